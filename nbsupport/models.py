@@ -1,0 +1,243 @@
+"""Small models and one training loop whose results are cached by configuration.
+
+Training in a chapter is a pure function of its configuration (architecture, initial weights,
+data, optimiser settings, seed), so :func:`train` stores the trained weights under a hash of that
+configuration and a second build loads them instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import data_root
+
+__all__ = ["mlp", "train", "TrainResult", "config_hash", "evaluate"]
+
+
+def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
+    """A fully connected network ``Linear, act, Linear, act, ..., Linear``.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        ``[d_in, m_1, ..., m_L, d_out]``: input size, hidden widths, output size (at least two
+        entries; two entries give a single linear layer).
+    activation : callable returning an ``nn.Module``
+        Called once per hidden layer, so each layer has its own module (hooks can tell them apart).
+    bias : bool
+        Whether the linear layers have biases.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        Modules alternate ``Linear`` and activation; the last module is ``Linear``.
+    """
+    widths = list(widths)
+    if len(widths) < 2 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise ValueError(f"widths must be a sequence of at least two positive ints, got {widths!r}")
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        if i > 0:
+            layers.append(activation())
+        layers.append(nn.Linear(fan_in, fan_out, bias=bias))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    history : list of dict
+        One entry per epoch: ``epoch``, mean training ``loss`` and, when test data was given,
+        ``test_loss`` and ``test_accuracy``.
+    checkpoints : dict of int to state_dict
+        Weights after the requested epochs (epoch 0 is the initialisation).
+    key : str
+        The configuration hash the weights are cached under.
+    from_cache : bool
+        Whether the weights were loaded instead of trained.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    key: str = ""
+    from_cache: bool = False
+
+
+def config_hash(model: nn.Module, tensors: Sequence[torch.Tensor], **config) -> str:
+    """A hex digest of the architecture, the current weights, the data and the settings.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Its ``repr`` and every parameter and buffer enter the hash.
+    tensors : sequence of Tensor
+        Data tensors; their shape, dtype and bytes enter the hash.
+    **config
+        Settings, hashed through their ``repr`` (sorted by name).
+    """
+    h = hashlib.sha256(repr(model).encode())
+    for name, t in list(model.state_dict().items()) + [(f"data{i}", t) for i, t in enumerate(tensors)]:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(repr(sorted(config.items())).encode())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=nn.functional.cross_entropy,
+             batch_size: int = 4096) -> tuple[float, float]:
+    """Mean loss and accuracy (argmax of the output) of ``model`` on ``(x, y)``, in eval mode.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, ...)
+    y : Tensor, shape (N,), class indices
+
+    Returns
+    -------
+    loss, accuracy : float
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    try:
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+            out = model(xb)
+            total_loss += float(loss_fn(out, yb, reduction="sum"))
+            correct += int((out.argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return total_loss / len(x), correct / len(x)
+
+
+def _cache_dir(cache_dir) -> Path:
+    return Path(cache_dir) if cache_dir is not None else data_root() / "weights"
+
+
+def train(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    weight_decay: float = 0.0,
+    loss_fn: Callable = nn.functional.cross_entropy,
+    test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    checkpoints: Sequence[int] = (),
+    seed: int = 0,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place with Adam and shuffled minibatches; cache the result.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place; on a cache hit its weights are loaded instead.
+    data : (x, y)
+        Training inputs ``x`` of shape (N, ...) and targets ``y`` of shape (N,).
+    epochs : int
+        Number of passes over the data, >= 1.
+    lr, weight_decay : float
+        Adam's learning rate (> 0) and weight decay (>= 0).
+    batch_size : int
+        Minibatch size, >= 1.
+    loss_fn : callable
+        ``loss_fn(output, target)`` returning the mean loss; must accept ``reduction="sum"`` when
+        ``test_data`` is given. Enters the cache key by its qualified name.
+    test_data : (x, y), optional
+        Evaluated after every epoch (loss and accuracy recorded in the history).
+    checkpoints : sequence of int
+        Epochs in ``[0, epochs]`` after which to keep a copy of the weights (0: before training).
+    seed : int
+        Seeds the minibatch order.
+    cache : bool
+        Load from and store to the cache.
+    cache_dir : path, optional
+        Default ``<data_root()>/weights``.
+    progress : bool
+        Show a tqdm progress bar over the minibatches.
+
+    Returns
+    -------
+    TrainResult
+    """
+    x, y = data
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"data must be a pair (x, y) of equal non-zero length, got {len(x)} and {len(y)}")
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    checkpoints = sorted(set(checkpoints))
+    if any(not (isinstance(c, int) and 0 <= c <= epochs) for c in checkpoints):
+        raise ValueError(f"checkpoints must be ints in [0, {epochs}], got {checkpoints!r}")
+
+    tensors = [x, y] + (list(test_data) if test_data is not None else [])
+    key = config_hash(model, tensors, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                      loss_fn=getattr(loss_fn, "__qualname__", repr(loss_fn)), checkpoints=checkpoints, seed=seed)
+    path = _cache_dir(cache_dir) / f"{key}.pt"
+    if cache and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["final"])
+        model.eval()
+        return TrainResult(saved["history"], saved["checkpoints"], key, from_cache=True)
+
+    def snapshot():
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    device = next(model.parameters()).device
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    result = TrainResult(key=key)
+    if 0 in checkpoints:
+        result.checkpoints[0] = snapshot()
+    n_batches = -(-len(x) // batch_size)
+    bar = tqdm(total=epochs * n_batches, desc="training", disable=not progress, leave=False)
+    model.train()
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(x), generator=generator)
+        running = 0.0
+        for idx in order.split(batch_size):
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            loss = loss_fn(model(xb), yb)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            running += loss.item() * len(idx)
+            bar.update()
+        record = {"epoch": epoch, "loss": running / len(x)}
+        if test_data is not None:
+            record["test_loss"], record["test_accuracy"] = evaluate(model, *test_data, loss_fn=loss_fn)
+        result.history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if epoch in checkpoints:
+            result.checkpoints[epoch] = snapshot()
+    bar.close()
+    model.eval()
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"final": snapshot(), "history": result.history, "checkpoints": result.checkpoints}, tmp)
+        tmp.replace(path)
+    return result

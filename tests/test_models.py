@@ -1,0 +1,112 @@
+"""nbsupport.models: the MLP against a hand-written forward pass, and the cached training loop."""
+
+import pytest
+import torch
+from torch import nn
+
+from nbsupport.models import config_hash, evaluate, mlp, train
+
+
+def test_mlp_structure_and_forward():
+    torch.manual_seed(0)
+    net = mlp([3, 5, 4, 2])
+    kinds = [type(m) for m in net]
+    assert kinds == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert net[1] is not net[3]  # one module per layer, so hooks can tell layers apart
+    x = torch.randn(10, 3)
+    h = x
+    for lin in (net[0], net[2]):  # reference: x W^T + b, then relu, by hand
+        h = torch.clamp(h @ lin.weight.T + lin.bias, min=0)
+    expected = h @ net[4].weight.T + net[4].bias
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_mlp_variants():
+    assert len(mlp([4, 2])) == 1
+    net = mlp([2, 3, 1], activation=nn.Tanh, bias=False)
+    assert isinstance(net[1], nn.Tanh) and net[0].bias is None
+
+
+@pytest.mark.parametrize("widths", [[3], [], [3, 0, 1], [3, 2.5, 1], [True, 2]])
+def test_mlp_bad_widths(widths):
+    with pytest.raises(ValueError, match="widths"):
+        mlp(widths)
+
+
+def _blobs(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 2, generator=g) * 0.5 + torch.stack([2.0 * y - 1, torch.zeros(n)], dim=1)
+    return x, y
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return mlp([2, 16, 2])
+
+
+def test_config_hash_sees_weights_data_and_settings():
+    x, y = _blobs()
+    net = _net()
+    base = config_hash(net, [x, y], lr=1e-3)
+    assert base == config_hash(net, [x, y], lr=1e-3)
+    assert base != config_hash(net, [x, y], lr=1e-2)
+    assert base != config_hash(net, [x[:-1], y[:-1]], lr=1e-3)
+    assert base != config_hash(_net(seed=1), [x, y], lr=1e-3)
+
+
+def test_evaluate_matches_a_manual_count():
+    x, y = _blobs()
+    net = _net()
+    loss, acc = evaluate(net, x, y, batch_size=50)
+    out = net(x)
+    assert acc == pytest.approx((out.argmax(1) == y).double().mean().item())
+    assert loss == pytest.approx(nn.functional.cross_entropy(out, y).item(), rel=1e-5)
+    assert net.training  # mode restored
+
+
+def test_train_learns_checkpoints_and_is_deterministic(tmp_path):
+    x, y = _blobs()
+    net = _net()
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    res = train(net, (x, y), epochs=20, lr=0.02, batch_size=32, test_data=_blobs(seed=1),
+                checkpoints=[0, 10, 20], cache=False, progress=False)
+    assert [r["epoch"] for r in res.history] == list(range(1, 21))
+    assert res.history[-1]["loss"] < 0.5 * res.history[0]["loss"]
+    assert res.history[-1]["test_accuracy"] > 0.95  # well-separated blobs
+    assert sorted(res.checkpoints) == [0, 10, 20]
+    for k in init:
+        assert torch.equal(res.checkpoints[0][k], init[k])
+        assert torch.equal(res.checkpoints[20][k], net.state_dict()[k])
+    again = _net()
+    train(again, (x, y), epochs=20, lr=0.02, batch_size=32, cache=False, progress=False)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+
+
+def test_train_cache_roundtrip(tmp_path):
+    x, y = _blobs()
+    first = _net()
+    res1 = train(first, (x, y), epochs=3, checkpoints=[1], cache_dir=tmp_path, progress=False)
+    assert not res1.from_cache and (tmp_path / f"{res1.key}.pt").is_file()
+    second = _net()  # same initial weights, same configuration: loaded, not trained
+    res2 = train(second, (x, y), epochs=3, checkpoints=[1], cache_dir=tmp_path, progress=False)
+    assert res2.from_cache and res2.key == res1.key and res2.history == res1.history
+    for k, v in first.state_dict().items():
+        assert torch.equal(v, second.state_dict()[k])
+        assert torch.equal(res1.checkpoints[1][k], res2.checkpoints[1][k])
+    third = _net()  # another configuration: a new key, trained again
+    res3 = train(third, (x, y), epochs=4, cache_dir=tmp_path, progress=False)
+    assert not res3.from_cache and res3.key != res1.key
+
+
+@pytest.mark.parametrize("kwargs, word", [(dict(epochs=0), "epochs"), (dict(epochs=1, lr=0.0), "lr"),
+                                          (dict(epochs=1, batch_size=0), "batch_size"),
+                                          (dict(epochs=1, weight_decay=-1.0), "weight_decay"),
+                                          (dict(epochs=2, checkpoints=[3]), "checkpoints")])
+def test_train_bad_arguments(kwargs, word):
+    x, y = _blobs()
+    with pytest.raises(ValueError, match=word):
+        train(_net(), (x, y), cache=False, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="data"):
+        train(_net(), (x, y[:-1]), epochs=1, cache=False, progress=False)
