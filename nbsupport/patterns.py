@@ -1,0 +1,138 @@
+"""Activation patterns: which ReLUs are on, and grouping samples by their pattern.
+
+A ReLU layer's gate matrix :math:`A = \\mathbf{1}(Z > 0)` (one row per sample) assigns every sample
+to a linear region of the network :cite:p:`condcov_note`. :func:`activation_patterns` reads the gates
+of every ReLU of a model; :func:`group_by_pattern` finds the distinct rows, fast, for any width.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["activation_patterns", "group_by_pattern", "pack_patterns", "Groups"]
+
+#: Bits per packed word: 63, so that every word is a non-negative int64 and signed order is code order.
+WORD_BITS = 63
+
+
+def activation_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The gates :math:`\\mathbf{1}(z > 0)` of every ReLU module of ``model`` on the batch ``x``.
+
+    Forward pre-hooks read each ReLU's input before the ReLU sees it (so in-place ReLUs are read
+    correctly); the hooks are removed afterwards, also on error, and the model's parameters,
+    buffers and train/eval mode are left as they were (the pass runs under ``torch.no_grad``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module whose ReLUs are ``nn.ReLU`` submodules (an ``nn.Sequential`` or a deeper tree).
+        ReLUs called functionally (``F.relu``) are not seen.
+    x : Tensor, shape (N, ...)
+        A batch of inputs.
+
+    Returns
+    -------
+    list of Tensor, each bool of shape (N, m_l)
+        One gate matrix per ReLU call, in call order; unit axes beyond the batch are flattened
+        (``m_l = C*H*W`` for a convolutional feature map).
+    """
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError(f"model has no nn.ReLU submodule: {type(model).__name__}")
+    gates: list[torch.Tensor] = []
+
+    def record(module, inputs):
+        gates.append((inputs[0] > 0).reshape(inputs[0].shape[0], -1))
+
+    handles = [m.register_forward_pre_hook(record) for m in relus]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return gates
+
+
+def pack_patterns(gates: torch.Tensor) -> torch.Tensor:
+    """Pack the rows of a bool matrix into int64 words, 63 bits per word.
+
+    Parameters
+    ----------
+    gates : Tensor, bool, shape (N, m)
+
+    Returns
+    -------
+    Tensor, int64, shape (N, ceil(m / 63))
+        Word ``j`` holds units ``63 j ... 63 j + 62``, unit ``63 j + i`` as bit ``i``. Every word is
+        non-negative, so comparing words as signed integers orders patterns by their code
+        :math:`\\sum_i a_i 2^i` (most significant word last).
+    """
+    if not isinstance(gates, torch.Tensor) or gates.dtype != torch.bool or gates.ndim != 2:
+        raise ValueError(f"gates must be a bool tensor of shape (N, m), got "
+                         f"{getattr(gates, 'dtype', type(gates).__name__)} of shape {tuple(getattr(gates, 'shape', ()))}")
+    n, m = gates.shape
+    n_words = max(1, -(-m // WORD_BITS))
+    padded = torch.zeros(n, n_words * WORD_BITS, dtype=torch.int64, device=gates.device)
+    padded[:, :m] = gates
+    powers = torch.ones(WORD_BITS, dtype=torch.int64, device=gates.device) << torch.arange(WORD_BITS, device=gates.device)
+    return (padded.view(n, n_words, WORD_BITS) * powers).sum(dim=2)
+
+
+class Groups(NamedTuple):
+    """Distinct patterns, as :func:`group_by_pattern` returns them.
+
+    Attributes
+    ----------
+    patterns : Tensor, bool, shape (G, m)
+        The distinct rows, most frequent first; ties in order of increasing code.
+    inverse : Tensor, long, shape (N,)
+        ``patterns[inverse] == gates``.
+    counts : Tensor, long, shape (G,)
+        Rows per pattern, non-increasing.
+    """
+
+    patterns: torch.Tensor
+    inverse: torch.Tensor
+    counts: torch.Tensor
+
+
+def group_by_pattern(gates: torch.Tensor) -> Groups:
+    """Group the rows of a gate matrix by their pattern.
+
+    Same contract as ``torch.unique(gates, dim=0, return_inverse=True, return_counts=True)``
+    except for the order of the groups: by count, descending, ties broken by increasing code
+    :math:`\\sum_i a_i 2^i`. Rows are packed into int64 words (:func:`pack_patterns`), so the work is
+    one 1-D sort per 63 units, :math:`O(N \\log N)`, for any width ``m``.
+
+    Parameters
+    ----------
+    gates : Tensor, bool, shape (N, m)
+        One pattern per row, ``N >= 1``.
+
+    Returns
+    -------
+    Groups
+        ``(patterns [G, m] bool, inverse [N] long, counts [G] long)``.
+    """
+    words = pack_patterns(gates)
+    if len(words) == 0:
+        raise ValueError("gates must have at least one row")
+    # Dense ranks of the multi-word keys, most significant word first; every rank is < N, so
+    # rank * N + next_rank fits in int64 for N < 3e9.
+    _, rank = torch.unique(words[:, -1], return_inverse=True)
+    for j in range(words.shape[1] - 2, -1, -1):
+        _, word_rank = torch.unique(words[:, j], return_inverse=True)
+        _, rank = torch.unique(rank * len(words) + word_rank, return_inverse=True)
+    n_groups = int(rank.max()) + 1
+    counts = torch.bincount(rank, minlength=n_groups)
+    order = torch.sort(counts, descending=True, stable=True).indices  # ranks already follow the code
+    position = torch.empty_like(order)
+    position[order] = torch.arange(n_groups, device=order.device)
+    inverse = position[rank]
+    first = torch.full((n_groups,), len(words), dtype=torch.long, device=words.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(words), device=words.device), reduce="amin")
+    return Groups(gates[first], inverse, counts[order])

@@ -1,0 +1,360 @@
+"""Per-sample gradients, and the covariance of gradients through the N x N Gram matrix.
+
+The per-sample gradient :math:`g_i = \\nabla_\\theta \\ell(f(x_i), y_i)` is the object whose
+covariance source 000 decomposes :cite:p:`condcov_note`. Three routes compute it:
+
+* :func:`per_sample_grads_loop`, the source's loop: one backward pass per sample (the reference);
+* ``per_sample_grads(..., method="vmap")``: ``torch.func.vmap(grad(...))`` over the batch;
+* ``per_sample_grads(..., method="outer")``: for an MLP (``nn.Sequential`` of ``nn.Linear`` and
+  elementwise activations) one forward and one backward pass give every layer's input :math:`a_i`
+  and output gradient :math:`\\delta_i`, and the weight gradient of sample ``i`` is the outer product
+  :math:`\\delta_i a_i^\\top`, written straight into one preallocated ``(N, P)`` buffer.
+
+For networks with :math:`P \\gtrsim 10^5` parameters a :math:`P \\times P` covariance is out of reach,
+but every trace and non-zero eigenvalue of a covariance of gradients is one of an
+:math:`N \\times N` matrix: with :math:`K = G G^\\top` and a symmetric idempotent centring matrix
+:math:`H`, :math:`G^\\top H G` and :math:`H K H` share their non-zero spectrum. For linear layers
+:math:`K = \\sum_l (\\Delta_l \\Delta_l^\\top) \\odot (A_l A_l^\\top + 1)` (the 1 for the bias), so
+:math:`G` is never materialised (:func:`gradient_gram`, :func:`gram_decomposition`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from .covariance import CovarianceSplit
+
+__all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradient_gram",
+           "gram_decomposition", "group_gram_spectra", "top_eigenvalues", "GramSpectra"]
+
+#: Elementwise modules allowed between the linear layers of the outer-product route.
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Softplus, nn.ELU, nn.Identity)
+
+
+def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must be tensors with the same non-zero number of rows, got "
+                         f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}")
+
+
+def per_sample_grads_loop(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The source's algorithm: a backward pass per sample, gradients flattened one by one.
+
+    Unlike the listing in the source, gradients are cleared between samples (the listing lets
+    them accumulate, so its :math:`G_i` would be the running sum of the first ``i`` gradients).
+
+    Parameters
+    ----------
+    model : nn.Module
+    loss_fn : callable
+        ``loss_fn(output, target)`` returning the mean loss over the batch (e.g. ``F.cross_entropy``).
+    x : Tensor, shape (N, ...)
+    y : Tensor, shape (N, ...)
+
+    Returns
+    -------
+    Tensor, shape (N, P)
+        Row ``i`` is the gradient of ``loss_fn(model(x[i:i+1]), y[i:i+1])``, flattened in
+        ``model.parameters()`` order. The model's ``.grad`` fields are left as they were.
+    """
+    _check_batch(model, x, y)
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(len(x)):
+        grads = torch.autograd.grad(loss_fn(model(x[i:i + 1]), y[i:i + 1]), params, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                               for g, p in zip(grads, params)]))
+    return torch.stack(rows)
+
+
+def _is_mlp(model: nn.Module) -> bool:
+    return (isinstance(model, nn.Sequential) and any(isinstance(m, nn.Linear) for m in model)
+            and all(isinstance(m, (nn.Linear,) + ELEMENTWISE) for m in model))
+
+
+def layer_signals(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor
+                  ) -> list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]:
+    """Inputs and output gradients of every linear layer of an MLP, for every sample.
+
+    One forward and one backward pass of :math:`\\sum_i \\ell_i` (``loss_fn`` times N): because the
+    samples do not interact in an MLP, the gradient with respect to layer ``l``'s output row ``i``
+    is sample ``i``'s own :math:`\\delta_{l,i}`.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``nn.Linear`` layers and elementwise activations (see :data:`ELEMENTWISE`) only.
+    loss_fn : callable
+        Mean loss over the batch, as in :func:`per_sample_grads_loop`.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N, ...)
+
+    Returns
+    -------
+    list of (layer, a, delta)
+        ``a`` of shape (N, in_features) and ``delta`` of shape (N, out_features), detached.
+    """
+    _check_batch(model, x, y)
+    if not _is_mlp(model):
+        raise ValueError("model must be an nn.Sequential of nn.Linear and elementwise activations "
+                         f"({', '.join(t.__name__ for t in ELEMENTWISE)}), got {model!r}")
+    inputs, outputs = [], []
+    h = x
+    for module in model:
+        if isinstance(module, nn.Linear):
+            inputs.append(h.detach())
+            h = module(h)
+            outputs.append(h)
+        else:
+            h = module(h)
+    deltas = torch.autograd.grad(loss_fn(h, y) * len(x), outputs)
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    return [(layer, a, d.detach()) for layer, a, d in zip(layers, inputs, deltas)]
+
+
+def _outer_grads(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    params = [p for p in model.parameters() if p.requires_grad]
+    offsets, start = {}, 0
+    for p in params:
+        offsets[id(p)] = start
+        start += p.numel()
+    n = len(x)
+    out = torch.zeros(n, start, dtype=x.dtype, device=x.device)
+    for layer, a, delta in layer_signals(model, loss_fn, x, y):
+        if layer.weight.requires_grad:
+            o = offsets[id(layer.weight)]
+            torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=out[:, o:o + layer.weight.numel()].view(n, *layer.weight.shape))
+        if layer.bias is not None and layer.bias.requires_grad:
+            o = offsets[id(layer.bias)]
+            out[:, o:o + layer.bias.numel()] = delta
+    return out
+
+
+def _vmap_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(p, xi, yi):
+        return loss_fn(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    return torch.cat([g.reshape(len(x), -1) for g in grads.values()], dim=1)
+
+
+def per_sample_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                     method: str = "auto") -> torch.Tensor:
+    """Gradients of the loss of every sample, one row per sample.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Without batch-coupling layers (batch norm in training mode would mix samples).
+    loss_fn : callable
+        ``loss_fn(output, target)`` returning the mean loss over the batch (e.g. ``F.cross_entropy``).
+    x : Tensor, shape (N, ...)
+    y : Tensor, shape (N, ...)
+    method : {"auto", "outer", "vmap"}
+        ``"outer"``: outer products of layer signals, MLPs only (see the module docstring);
+        ``"vmap"``: ``torch.func``; ``"auto"``: ``"outer"`` when the model is an MLP, else ``"vmap"``.
+
+    Returns
+    -------
+    Tensor, shape (N, P)
+        Flattened in ``model.parameters()`` order (parameters with ``requires_grad``), equal to
+        :func:`per_sample_grads_loop` up to rounding.
+    """
+    _check_batch(model, x, y)
+    if method not in ("auto", "outer", "vmap"):
+        raise ValueError(f"method must be 'auto', 'outer' or 'vmap', got {method!r}")
+    if method == "outer" or (method == "auto" and _is_mlp(model)):
+        return _outer_grads(model, loss_fn, x, y)
+    return _vmap_grads(model, loss_fn, x, y)
+
+
+def gradient_gram(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                  per_layer: bool = False) -> torch.Tensor | list[torch.Tensor]:
+    """The Gram matrix :math:`K_{ij} = g_i \\cdot g_j` of per-sample gradients, without forming G.
+
+    For linear layer ``l`` with inputs :math:`A_l` and output gradients :math:`\\Delta_l`,
+    :math:`K_l = (\\Delta_l \\Delta_l^\\top) \\odot (A_l A_l^\\top + [\\text{bias}])`; computed in float64.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        An MLP, as in :func:`layer_signals`.
+    loss_fn, x, y
+        As in :func:`per_sample_grads`.
+    per_layer : bool
+        Return one Gram matrix per linear layer instead of their sum.
+
+    Returns
+    -------
+    Tensor, float64, shape (N, N), or a list of them
+    """
+    grams = []
+    for layer, a, delta in layer_signals(model, loss_fn, x, y):
+        a, delta = a.to(torch.float64), delta.to(torch.float64)
+        dd = delta @ delta.T
+        k = torch.zeros_like(dd)
+        if layer.weight.requires_grad:
+            k += dd * (a @ a.T)
+        if layer.bias is not None and layer.bias.requires_grad:
+            k += dd
+        grams.append(k)
+    return grams if per_layer else torch.stack(grams).sum(0)
+
+
+class GramSpectra(NamedTuple):
+    """Traces and top eigenvalues of the total, within- and between-group gradient covariances."""
+
+    traces: CovarianceSplit
+    eigenvalues: CovarianceSplit
+
+
+def _check_gram(gram: torch.Tensor, inverse: torch.Tensor, ddof: int, k: int) -> None:
+    if not isinstance(gram, torch.Tensor) or gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"gram must be a square (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
+    if not isinstance(inverse, torch.Tensor) or inverse.dtype != torch.long or inverse.shape != gram.shape[:1]:
+        raise ValueError(f"inverse must be a long tensor of shape ({gram.shape[0]},)")
+    if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof not in (0, 1) or gram.shape[0] <= ddof:
+        raise ValueError(f"ddof must be 0 or 1 (and smaller than N), got {ddof!r}")
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+
+
+#: Up to this size (or when k is more than half of it) eigenvalues come from a dense ``eigvalsh``;
+#: above it from ARPACK's Lanczos iteration (``scipy.sparse.linalg.eigsh``), started from a seeded vector.
+DENSE_EIG_MAX = 256
+
+
+def top_eigenvalues(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``min(k, n)`` largest eigenvalues of a symmetric (n, n) matrix, descending, float64.
+
+    Dense ``eigvalsh`` for small matrices; for large ones Lanczos (ARPACK ``eigsh``, ``tol=0``,
+    i.e. to machine precision) with a fixed starting vector, so results are deterministic.
+    """
+    n = matrix.shape[0]
+    if n <= DENSE_EIG_MAX or 2 * k > n:
+        return torch.linalg.eigvalsh(matrix).flip(0)[:k]
+    from scipy.sparse.linalg import eigsh
+
+    start = np.random.default_rng(0).standard_normal(n)
+    values = eigsh(matrix.detach().cpu().numpy(), k=k, which="LA", v0=start, tol=0, return_eigenvectors=False)
+    return torch.from_numpy(np.sort(values)[::-1].copy()).to(matrix.device)
+
+
+def _group_sums(gram: torch.Tensor, inverse: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Row sums of K per group, (G, N), and block sums :math:`1_k^\top K 1_l`, (G, G)."""
+    rows = torch.zeros(n_groups, gram.shape[0], dtype=gram.dtype, device=gram.device).index_add_(0, inverse, gram)
+    blocks = torch.zeros(n_groups, n_groups, dtype=gram.dtype, device=gram.device).index_add_(1, inverse, rows)
+    return rows, blocks
+
+
+def gram_decomposition(gram: torch.Tensor, inverse: torch.Tensor, ddof: int = 0, k: int = 5) -> GramSpectra:
+    r"""Within/between split of the traces and top-``k`` eigenvalues of :math:`\Cov(G)`, from K = G Gᵀ.
+
+    With :math:`J = \mathbf{1}\mathbf{1}^\top / N` and the group-averaging matrix :math:`B`
+    (:math:`B_{ij} = 1/n_k` when samples i and j are both in group k), the total, within and between
+    scatter matrices are :math:`G^\top H G` for :math:`H = I - J`, :math:`I - B` and :math:`B - J`.
+    Each H is a symmetric projector, so the non-zero eigenvalues equal those of :math:`H K H`, and
+    :math:`H K H` is formed by group averages of K in :math:`O(N^2)` (no N x N matrix products). The
+    between part has rank below the number of groups G and is diagonalised as a G x G matrix.
+    Everything is divided by :math:`N - \text{ddof}`, as in
+    :func:`nbsupport.covariance.decompose_covariance`.
+
+    Parameters
+    ----------
+    gram : Tensor, shape (N, N)
+        :math:`K = G G^\top` (:func:`gradient_gram`); converted to float64.
+    inverse : Tensor, long, shape (N,)
+        Group of every sample.
+    ddof : {0, 1}
+    k : int
+        Number of leading eigenvalues.
+
+    Returns
+    -------
+    GramSpectra
+        ``traces`` (three 0-d tensors) and ``eigenvalues`` (three descending tensors of at most
+        ``k`` entries; the between part has at most G), each a
+        :class:`~nbsupport.covariance.CovarianceSplit`.
+    """
+    _check_gram(gram, inverse, ddof, k)
+    gram = gram.to(torch.float64)
+    n = gram.shape[0]
+    n_groups = int(inverse.max()) + 1
+    counts = torch.bincount(inverse, minlength=n_groups).to(torch.float64)
+    present = counts > 0
+    rows, blocks = _group_sums(gram, inverse, n_groups)
+    rows, blocks, counts = rows[present], blocks[present][:, present], counts[present]
+    inverse = torch.cumsum(present.long(), 0)[inverse] - 1  # renumber without empty groups
+    row_mean = gram.mean(1)
+    total = gram - row_mean[:, None] - row_mean[None, :] + gram.mean()
+    group_rows = (rows / counts[:, None])[inverse]                 # B K
+    block_means = blocks / (counts[:, None] * counts[None, :])     # 1_k' K 1_l / (n_k n_l)
+    within = gram - group_rows - group_rows.T + block_means[inverse][:, inverse]
+    # between: C C^T with rows C_k = sqrt(n_k) (g_k - g), g_k group mean gradients, g the mean
+    w = counts / n
+    dev = block_means - (block_means @ w)[:, None] - (w @ block_means)[None, :] + w @ block_means @ w
+    between = counts.sqrt()[:, None] * dev * counts.sqrt()[None, :]
+    norm = n - ddof
+    traces = CovarianceSplit(*(torch.trace(m) / norm for m in (total, within, between)))
+    eigs = CovarianceSplit(*(top_eigenvalues(m, k) / norm for m in (total, within, between)))
+    return GramSpectra(traces, eigs)
+
+
+def group_gram_spectra(gram: torch.Tensor, inverse: torch.Tensor, groups: torch.Tensor, ddof: int = 1,
+                       k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trace and top-``k`` eigenvalues of :math:`\\Cov(G \\mid A = a)` for chosen groups.
+
+    The groups' centred sub-Gram matrices are gathered (no loop over groups), zero-padded to the
+    largest group and diagonalised in one batched ``eigvalsh`` (padding adds only zero eigenvalues).
+
+    Parameters
+    ----------
+    gram : Tensor, shape (N, N)
+    inverse : Tensor, long, shape (N,)
+    groups : Tensor, long, shape (K,)
+        Group indices, each with more than ``ddof`` members.
+    ddof : {0, 1}
+    k : int
+
+    Returns
+    -------
+    traces : Tensor, float64, shape (K,)
+    eigenvalues : Tensor, float64, shape (K, k)
+        Descending; zero where a group has fewer than ``k`` non-zero eigenvalues.
+    """
+    _check_gram(gram, inverse, ddof, k)
+    if not isinstance(groups, torch.Tensor) or groups.dtype != torch.long or groups.ndim != 1 or len(groups) == 0:
+        raise ValueError("groups must be a non-empty long tensor of group indices")
+    gram = gram.to(torch.float64)
+    slot_of = torch.full((int(max(inverse.max(), groups.max())) + 1,), -1, dtype=torch.long, device=gram.device)
+    slot_of[groups] = torch.arange(len(groups), device=gram.device)
+    rows = torch.nonzero(slot_of[inverse] >= 0).squeeze(1)
+    slots, order = torch.sort(slot_of[inverse[rows]], stable=True)
+    rows = rows[order]
+    sizes = torch.bincount(slots, minlength=len(groups))
+    if bool((sizes <= ddof).any()):
+        raise ValueError(f"every group needs more than ddof={ddof} members, sizes {sizes.tolist()}")
+    position = torch.arange(len(rows), device=gram.device) - (torch.cumsum(sizes, 0) - sizes)[slots]
+    n_max = int(sizes.max())
+    index = torch.zeros(len(groups), n_max, dtype=torch.long, device=gram.device)
+    valid = torch.zeros(len(groups), n_max, dtype=torch.bool, device=gram.device)
+    index[slots, position], valid[slots, position] = rows, True
+    pair = (valid.unsqueeze(2) & valid.unsqueeze(1)).to(torch.float64)
+    sub = gram[index.unsqueeze(2), index.unsqueeze(1)] * pair
+    n = sizes.to(torch.float64).view(-1, 1, 1)
+    centred = (sub - sub.sum(2, keepdim=True) / n - sub.sum(1, keepdim=True) / n
+               + sub.sum((1, 2), keepdim=True) / n**2) * pair / (n - ddof)
+    eig = torch.linalg.eigvalsh(centred).flip(-1)  # batched and dense: groups are small
+    top = torch.zeros(len(groups), k, dtype=torch.float64, device=gram.device)
+    top[:, :min(k, n_max)] = eig[:, :k]
+    return centred.diagonal(dim1=1, dim2=2).sum(1), top

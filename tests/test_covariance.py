@@ -1,0 +1,94 @@
+"""nbsupport.covariance against per-group numpy loops and the exact total-covariance identity."""
+
+import numpy as np
+import pytest
+import torch
+
+from nbsupport.covariance import decompose_covariance, group_moments
+
+
+def _data(n=500, d=4, groups=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    inverse = torch.randint(0, groups, (n,), generator=g)
+    shift = torch.randn(groups, d, generator=g, dtype=torch.float64) * 3
+    values = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
+    return values + shift[inverse], inverse
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_group_moments_match_numpy_loop(ddof):
+    values, inverse = _data()
+    res = group_moments(values, inverse, ddof=ddof)
+    x, inv = values.numpy(), inverse.numpy()
+    for slot, k in enumerate(res.groups.tolist()):
+        rows = x[inv == k]
+        assert res.counts[slot] == len(rows)
+        assert res.weights[slot].item() == pytest.approx(len(rows) / len(x))
+        np.testing.assert_allclose(res.means[slot].numpy(), rows.mean(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(res.covariances[slot].numpy(), np.cov(rows, rowvar=False, ddof=ddof),
+                                   rtol=1e-10, atol=1e-12)
+    assert res.n_small == 0 and res.small_mass == 0.0
+
+
+def test_small_groups_are_reported_not_hidden():
+    values, _ = _data(n=100)
+    inverse = torch.cat([torch.zeros(90, dtype=torch.long), torch.arange(1, 11)])  # one big group, 10 singletons
+    res = group_moments(values, inverse, min_count=5)
+    assert res.groups.tolist() == [0] and res.counts.tolist() == [90]
+    assert res.n_small == 10 and res.small_mass == pytest.approx(0.10)
+    assert res.weights.sum().item() + res.small_mass == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="min_count"):
+        group_moments(values, inverse)  # singletons and ddof=1: each needs 2 rows
+    assert group_moments(values, inverse, ddof=0).covariances[1:].abs().max() == 0  # a single row has no spread
+
+
+def test_group_moments_chunking(monkeypatch):
+    import nbsupport.covariance as cov
+    values, inverse = _data(n=300, d=3)
+    full = group_moments(values, inverse)
+    monkeypatch.setattr(cov, "_CHUNK_ELEMENTS", 20)  # two rows per chunk
+    torch.testing.assert_close(group_moments(values, inverse).covariances, full.covariances, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_identity_is_exact(ddof):
+    values, inverse = _data(n=2000, d=6, groups=40, seed=3)
+    total, within, between = decompose_covariance(values, inverse, ddof=ddof)
+    np.testing.assert_allclose(total.numpy(), np.cov(values.numpy(), rowvar=False, ddof=ddof), rtol=1e-12, atol=1e-12)
+    assert (total - within - between).abs().max().item() < 1e-10
+    # against the per-group formula with every group included
+    res = group_moments(values, inverse, ddof=0)
+    n, mu = len(values), values.mean(0)
+    ref_within = (res.counts.double().view(-1, 1, 1) * res.covariances).sum(0) / (n - ddof)
+    dev = res.means - mu
+    ref_between = (res.counts.double().view(-1, 1, 1) * dev[:, :, None] * dev[:, None, :]).sum(0) / (n - ddof)
+    torch.testing.assert_close(within, ref_within, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(between, ref_between, rtol=1e-10, atol=1e-12)
+
+
+def test_limits():
+    values, _ = _data(n=50)
+    one = torch.zeros(50, dtype=torch.long)
+    split = decompose_covariance(values, one)
+    assert split.between.abs().max().item() < 1e-12   # one group: nothing between
+    own = torch.arange(50)
+    split = decompose_covariance(values, own)
+    assert split.within.abs().max().item() < 1e-12    # every row its own group: nothing within
+    assert decompose_covariance(values.float(), one).total.dtype == torch.float64
+
+
+@pytest.mark.parametrize("call", [
+    lambda v, i: decompose_covariance(v, i[:-1]),
+    lambda v, i: decompose_covariance(v, i.int()),
+    lambda v, i: decompose_covariance(v.long(), i),
+    lambda v, i: decompose_covariance(v, i, ddof=2),
+    lambda v, i: decompose_covariance(v, i, ddof=True),
+    lambda v, i: group_moments(v, i, min_count=0),
+    lambda v, i: decompose_covariance(v[:1], i[:1], ddof=1),
+    lambda v, i: decompose_covariance(v, -i - 1),
+    lambda v, i: decompose_covariance(v.index_fill(0, torch.tensor([3]), float("nan")), i),
+])
+def test_bad_input(call):
+    values, inverse = _data(n=20)
+    with pytest.raises(ValueError, match="values|inverse|ddof|min_count"):
+        call(values, inverse)

@@ -1,0 +1,121 @@
+"""nbsupport.patterns against plain loops and torch.unique(dim=0)."""
+
+import pytest
+import torch
+from torch import nn
+
+from nbsupport.models import mlp
+from nbsupport.patterns import activation_patterns, group_by_pattern, pack_patterns
+
+
+def _reference_groups(gates):
+    """A dictionary loop, then the documented order: count descending, code ascending."""
+    codes, members = {}, {}
+    for i, row in enumerate(gates.tolist()):
+        key = tuple(row)
+        members.setdefault(key, []).append(i)
+        codes[key] = sum(1 << u for u, bit in enumerate(row) if bit)
+    keys = sorted(members, key=lambda k: (-len(members[k]), codes[k]))
+    inverse = torch.empty(len(gates), dtype=torch.long)
+    for g, k in enumerate(keys):
+        inverse[members[k]] = g
+    return torch.tensor(keys, dtype=torch.bool).reshape(len(keys), gates.shape[1]), inverse, \
+        torch.tensor([len(members[k]) for k in keys])
+
+
+@pytest.mark.parametrize("m", [1, 5, 62, 63, 64, 130])
+def test_group_by_pattern_matches_a_loop(m):
+    g = torch.Generator().manual_seed(m)
+    base = torch.rand(12, m, generator=g) < 0.5          # 12 distinct-ish patterns ...
+    gates = base[torch.randint(0, 12, (400,), generator=g)]  # ... repeated with random counts
+    patterns, inverse, counts = group_by_pattern(gates)
+    ref_patterns, ref_inverse, ref_counts = _reference_groups(gates)
+    assert torch.equal(patterns, ref_patterns)
+    assert torch.equal(inverse, ref_inverse)
+    assert torch.equal(counts, ref_counts)
+    assert torch.equal(patterns[inverse], gates)
+
+
+def test_same_groups_as_torch_unique():
+    g = torch.Generator().manual_seed(1)
+    gates = torch.rand(3000, 9, generator=g) < torch.linspace(0.05, 0.95, 9)
+    patterns, inverse, counts = group_by_pattern(gates)
+    u_patterns, u_inverse, u_counts = torch.unique(gates, dim=0, return_inverse=True, return_counts=True)
+    assert len(patterns) == len(u_patterns)
+    assert sorted(counts.tolist()) == sorted(u_counts.tolist())
+    # the two groupings are the same partition: a bijection maps one set of labels to the other
+    pairs = torch.unique(torch.stack([inverse, u_inverse], dim=1), dim=0)
+    assert len(pairs) == len(patterns)
+    assert bool((counts[:-1] >= counts[1:]).all())
+
+
+def test_order_ties_by_code_and_high_bits():
+    # equal counts: order by code, and units beyond 63 are the most significant
+    gates = torch.zeros(4, 70, dtype=torch.bool)
+    gates[0, 69] = True      # code 2**69
+    gates[1, 0] = True       # code 1
+    gates[2, 63] = True      # code 2**63
+    patterns, inverse, counts = group_by_pattern(gates)
+    assert counts.tolist() == [1, 1, 1, 1]
+    assert inverse.tolist() == [3, 1, 2, 0]  # the zero pattern (code 0) first
+
+
+def test_pack_patterns_codes():
+    gates = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    assert pack_patterns(gates)[:, 0].tolist() == [5, 0, 7]
+    wide = torch.ones(2, 126, dtype=torch.bool)
+    assert pack_patterns(wide).tolist() == [[2**63 - 1] * 2] * 2
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3, 4), torch.zeros(4, dtype=torch.bool), [[True]]])
+def test_bad_gates(bad):
+    with pytest.raises(ValueError, match="gates"):
+        group_by_pattern(bad)
+    with pytest.raises(ValueError, match="gates"):
+        group_by_pattern(torch.zeros(0, 3, dtype=torch.bool))
+
+
+def test_activation_patterns_of_an_mlp_by_hand():
+    torch.manual_seed(0)
+    net = mlp([3, 6, 5, 2])
+    x = torch.randn(50, 3)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()
+    gates = activation_patterns(net, x)
+    z1 = x @ net[0].weight.T + net[0].bias
+    z2 = torch.relu(z1) @ net[2].weight.T + net[2].bias
+    assert len(gates) == 2 and torch.equal(gates[0], z1 > 0) and torch.equal(gates[1], z2 > 0)
+    assert net.training and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in net.modules())
+
+
+class Nested(nn.Module):
+    """ReLUs in a tree (one in-place, one inside a child), and a convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.block = nn.Sequential(nn.ReLU(inplace=True), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(2 * 4 * 4, 3), nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.block(self.conv(x)))
+
+
+def test_activation_patterns_nested_and_inplace():
+    torch.manual_seed(0)
+    model = Nested()
+    x = torch.randn(7, 1, 6, 6)
+    gates = activation_patterns(model, x)
+    conv = model.conv(x)
+    assert torch.equal(gates[0], (conv > 0).reshape(7, -1))  # read before the in-place ReLU
+    assert torch.equal(gates[1], model.head[0](torch.relu(conv).reshape(7, -1)) > 0)
+
+
+def test_activation_patterns_errors_remove_hooks():
+    net = mlp([3, 4, 2])
+    with pytest.raises(RuntimeError):
+        activation_patterns(net, torch.randn(5, 7))  # wrong input width
+    assert not any(m._forward_pre_hooks for m in net.modules())
+    with pytest.raises(ValueError, match="ReLU"):
+        activation_patterns(nn.Linear(2, 2), torch.randn(3, 2))

@@ -1,0 +1,167 @@
+"""nbsupport.pergrad against the per-sample loop and explicit P x P covariances."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nbsupport.covariance import decompose_covariance, group_moments
+from nbsupport.models import mlp
+from nbsupport.patterns import activation_patterns, group_by_pattern
+from nbsupport.pergrad import (gradient_gram, gram_decomposition, group_gram_spectra, layer_signals,
+                               per_sample_grads, per_sample_grads_loop)
+
+
+def _setup(widths=(4, 8, 6, 3), n=60, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    net = mlp(list(widths)).to(dtype)
+    x = torch.randn(n, widths[0], dtype=dtype)
+    y = torch.randint(0, widths[-1], (n,))
+    return net, x, y
+
+
+@pytest.mark.parametrize("method", ["auto", "outer", "vmap"])
+def test_per_sample_grads_equal_the_loop(method):
+    net, x, y = _setup()
+    ref = per_sample_grads_loop(net, F.cross_entropy, x, y)
+    assert ref.shape == (60, sum(p.numel() for p in net.parameters()))
+    torch.testing.assert_close(per_sample_grads(net, F.cross_entropy, x, y, method=method), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_per_sample_grads_mean_is_the_batch_gradient():
+    net, x, y = _setup(dtype=torch.float64)
+    F.cross_entropy(net(x), y).backward()
+    full = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    torch.testing.assert_close(per_sample_grads(net, F.cross_entropy, x, y).mean(0), full, rtol=1e-10, atol=1e-12)
+
+
+def test_frozen_parameters_and_grad_fields():
+    net, x, y = _setup(dtype=torch.float64)
+    net[2].weight.requires_grad_(False)
+    ref = per_sample_grads_loop(net, F.cross_entropy, x, y)
+    assert all(p.grad is None for p in net.parameters())  # the loop leaves .grad alone
+    for method in ("outer", "vmap"):
+        torch.testing.assert_close(per_sample_grads(net, F.cross_entropy, x, y, method=method), ref)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(2 * 3 * 3, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_vmap_route_for_other_models():
+    torch.manual_seed(0)
+    model, x, y = SmallCNN().double(), torch.randn(10, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (10,))
+    ref = per_sample_grads_loop(model, F.cross_entropy, x, y)
+    torch.testing.assert_close(per_sample_grads(model, F.cross_entropy, x, y), ref)
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        per_sample_grads(model, F.cross_entropy, x, y, method="outer")
+
+
+def test_bad_input():
+    net, x, y = _setup()
+    with pytest.raises(ValueError, match="x and y"):
+        per_sample_grads(net, F.cross_entropy, x, y[:-1])
+    with pytest.raises(ValueError, match="method"):
+        per_sample_grads(net, F.cross_entropy, x, y, method="fast")
+    with pytest.raises(ValueError, match="model"):
+        per_sample_grads_loop(lambda t: t, F.cross_entropy, x, y)
+
+
+def test_layer_signals_are_inputs_and_output_gradients():
+    net, x, y = _setup(dtype=torch.float64)
+    (l1, a1, d1), (l2, a2, d2), (l3, a3, d3) = layer_signals(net, F.cross_entropy, x, y)
+    assert l1 is net[0] and torch.equal(a1, x)
+    torch.testing.assert_close(a2, torch.relu(net[0](x)))
+    p = torch.softmax(net(x), 1)
+    torch.testing.assert_close(d3, p - F.one_hot(y, 3).double())  # d(CE)/d(logits) per sample
+
+
+def _explicit(widths=(3, 6, 5, 4), n=80):
+    net, x, y = _setup(widths, n=n, dtype=torch.float64, seed=1)
+    g = per_sample_grads_loop(net, F.cross_entropy, x, y)
+    inverse = group_by_pattern(activation_patterns(net, x)[0]).inverse
+    return net, x, y, g, inverse
+
+
+def test_gradient_gram_equals_g_gt():
+    net, x, y, g, _ = _explicit()
+    gram = gradient_gram(net, F.cross_entropy, x, y)
+    torch.testing.assert_close(gram, g @ g.T, rtol=1e-10, atol=1e-12)
+    layers = gradient_gram(net, F.cross_entropy, x, y, per_layer=True)
+    sizes = [p.numel() for p in net.parameters()]
+    starts = torch.tensor([0] + sizes).cumsum(0).tolist()
+    for l, k_l in enumerate(layers):  # layer l owns parameters 2l (weight) and 2l+1 (bias)
+        block = g[:, starts[2 * l]:starts[2 * l + 2]]
+        torch.testing.assert_close(k_l, block @ block.T, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_gram_decomposition_equals_explicit_covariance(ddof):
+    net, x, y, g, inverse = _explicit()
+    assert 3 < int(inverse.max()) + 1 < len(x)  # a real partition: several groups, some shared
+    explicit = decompose_covariance(g, inverse, ddof=ddof)  # P x P matrices
+    res = gram_decomposition(gradient_gram(net, F.cross_entropy, x, y), inverse, ddof=ddof, k=6)
+    for name in ("total", "within", "between"):
+        cov = getattr(explicit, name)
+        assert abs(getattr(res.traces, name).item() - torch.trace(cov).item()) < 1e-8
+        top = torch.linalg.eigvalsh(cov).flip(0)[:6]
+        torch.testing.assert_close(getattr(res.eigenvalues, name), top, rtol=0, atol=1e-8)
+    t = res.traces
+    assert abs((t.total - t.within - t.between).item()) < 1e-10
+
+
+def test_group_gram_spectra_equal_explicit_group_covariances():
+    net, x, y, g, inverse = _explicit(n=200)
+    moments = group_moments(g, inverse, min_count=3, ddof=1)
+    assert len(moments.groups) >= 2
+    traces, top = group_gram_spectra(gradient_gram(net, F.cross_entropy, x, y), inverse, moments.groups, ddof=1, k=4)
+    for slot, cov in enumerate(moments.covariances):
+        assert abs(traces[slot].item() - torch.trace(cov).item()) < 1e-8
+        ref = torch.linalg.eigvalsh(cov).flip(0)[:4]
+        torch.testing.assert_close(top[slot], ref, rtol=0, atol=1e-8)
+
+
+def test_gram_bad_input():
+    k = torch.eye(4, dtype=torch.float64)
+    inv = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="gram"):
+        gram_decomposition(k[:3], inv)
+    with pytest.raises(ValueError, match="inverse"):
+        gram_decomposition(k, inv[:3])
+    with pytest.raises(ValueError, match="ddof"):
+        gram_decomposition(k, inv, ddof=2)
+    with pytest.raises(ValueError, match="k must"):
+        gram_decomposition(k, inv, k=0)
+    with pytest.raises(ValueError, match="more than ddof"):
+        group_gram_spectra(k, torch.tensor([0, 1, 1, 1]), torch.tensor([0]), ddof=1)
+
+
+def test_lanczos_path_matches_dense():
+    import nbsupport.pergrad as pg
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(400, 30, generator=g, dtype=torch.float64)
+    sym = m @ m.T  # rank 30, PSD, n = 400 > DENSE_EIG_MAX
+    assert sym.shape[0] > pg.DENSE_EIG_MAX
+    dense = torch.linalg.eigvalsh(sym).flip(0)[:6]
+    torch.testing.assert_close(pg.top_eigenvalues(sym, 6), dense, rtol=1e-10, atol=1e-8)
+    assert torch.equal(pg.top_eigenvalues(sym, 6), pg.top_eigenvalues(sym, 6))  # deterministic
+
+
+def test_gram_decomposition_large_n_and_empty_groups():
+    net, x, y = _setup((3, 6, 4), n=300, dtype=torch.float64, seed=2)
+    g = per_sample_grads_loop(net, F.cross_entropy, x, y)
+    inverse = group_by_pattern(activation_patterns(net, x)[0][:, :3]).inverse * 2  # odd labels empty
+    res = gram_decomposition(g @ g.T, inverse, k=4)
+    explicit = decompose_covariance(g, inverse)
+    for name in ("total", "within", "between"):
+        cov = getattr(explicit, name)
+        assert abs(getattr(res.traces, name).item() - torch.trace(cov).item()) < 1e-8
+        top = torch.linalg.eigvalsh(cov).flip(0)[:4]
+        torch.testing.assert_close(getattr(res.eigenvalues, name), top[:len(getattr(res.eigenvalues, name))],
+                                   rtol=0, atol=1e-8)
