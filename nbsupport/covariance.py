@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["group_moments", "decompose_covariance", "GroupMoments", "CovarianceSplit"]
+__all__ = ["group_moments", "decompose_covariance", "principal_angles", "GroupMoments", "CovarianceSplit"]
 
 #: Elements of the (rows, d, d) outer-product buffer in :func:`group_moments` (256 MB in float64).
 _CHUNK_ELEMENTS = 2**25
@@ -180,3 +180,31 @@ def decompose_covariance(values: torch.Tensor, inverse: torch.Tensor, ddof: int 
     between = offsets.T @ offsets / norm
     centred = values - values.mean(dim=0)
     return CovarianceSplit(centred.T @ centred / norm, within, between)
+
+
+def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Principal angles between the top-``k`` eigenspaces of two covariance matrices.
+
+    Parameters
+    ----------
+    cov_a, cov_b : Tensor, shape (d, d)
+        Symmetric matrices (converted to float64).
+    k : int
+        Dimension of the compared eigenspaces, ``1 <= k <= d``.
+
+    Returns
+    -------
+    Tensor, float64, shape (k,)
+        Angles in radians, ascending: 0 where the subspaces share a direction, :math:`\pi/2`
+        where a direction of one is orthogonal to the other (``scipy.linalg.subspace_angles``).
+    """
+    from scipy.linalg import subspace_angles
+
+    if not (isinstance(cov_a, torch.Tensor) and isinstance(cov_b, torch.Tensor) and cov_a.ndim == 2
+            and cov_a.shape[0] == cov_a.shape[1] and cov_a.shape == cov_b.shape):
+        raise ValueError(f"cov_a and cov_b must be square tensors of the same shape, got "
+                         f"{tuple(getattr(cov_a, 'shape', ()))} and {tuple(getattr(cov_b, 'shape', ()))}")
+    if not (isinstance(k, int) and 1 <= k <= cov_a.shape[0]):
+        raise ValueError(f"k must be an int in [1, {cov_a.shape[0]}], got {k!r}")
+    tops = [torch.linalg.eigh(c.to(torch.float64))[1][:, -k:].cpu().numpy() for c in (cov_a, cov_b)]
+    return torch.from_numpy(subspace_angles(*tops)[::-1].copy())

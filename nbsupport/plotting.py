@@ -13,8 +13,12 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+import torch
+from matplotlib.patches import Ellipse
 
-__all__ = ["PALETTE", "ANALYTIC", "MONTE_CARLO", "set_style", "image_grid"]
+from .patterns import activation_patterns, group_by_pattern
+
+__all__ = ["PALETTE", "ANALYTIC", "MONTE_CARLO", "set_style", "image_grid", "pattern_regions", "covariance_ellipse"]
 
 #: Seaborn's colour-blind-safe qualitative palette (10 colours).
 PALETTE = tuple(sns.color_palette("colorblind"))
@@ -93,3 +97,82 @@ def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8, cmap
             if titles is not None:
                 ax.set_title(titles[k], fontsize="small")
     return fig
+
+
+def pattern_regions(ax: plt.Axes, model: torch.nn.Module, extent: Sequence[float], layers: Sequence[int] = (0,),
+                    resolution: int = 400, alpha: float = 0.35) -> int:
+    """Colour a 2-D input plane by activation pattern and draw the units' boundaries.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    model : nn.Module
+        Takes inputs of shape (N, 2); its ``nn.ReLU`` modules define the patterns.
+    extent : (x_min, x_max, y_min, y_max)
+    layers : sequence of int
+        Which ReLU layers (0 = first) make up the pattern; boundaries of their units are drawn.
+    resolution : int
+        Grid points per axis.
+    alpha : float
+        Opacity of the region colours.
+
+    Returns
+    -------
+    int
+        Number of distinct patterns (regions) visible in the plane.
+    """
+    x0, x1, y0, y1 = extent
+    if not (x0 < x1 and y0 < y1):
+        raise ValueError(f"extent must be (x_min, x_max, y_min, y_max) with min < max, got {extent!r}")
+    dtype = next(model.parameters()).dtype
+    gx, gy = torch.meshgrid(torch.linspace(x0, x1, resolution, dtype=dtype),
+                            torch.linspace(y0, y1, resolution, dtype=dtype), indexing="xy")
+    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+    gates = activation_patterns(model, grid)
+    selected = torch.cat([gates[l] for l in layers], dim=1)
+    groups = group_by_pattern(selected)
+    colours = mpl.colors.ListedColormap(sns.color_palette("husl", 24))
+    ids = groups.inverse.reshape(resolution, resolution).numpy()
+    # a fixed scramble of group ids so that neighbouring regions rarely share a colour
+    ax.imshow((ids * 7) % 24, extent=extent, origin="lower", cmap=colours, alpha=alpha, aspect="auto",
+              interpolation="nearest", vmin=0, vmax=23)
+    for l in layers:
+        g = gates[l].reshape(resolution, resolution, -1).numpy().astype(float)
+        for unit in range(g.shape[2]):
+            if 0 < g[:, :, unit].mean() < 1:
+                ax.contour(gx.numpy(), gy.numpy(), g[:, :, unit], levels=[0.5], colors="k", linewidths=0.5, alpha=0.6)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    return len(groups.counts)
+
+
+def covariance_ellipse(ax: plt.Axes, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
+    r"""Draw the ellipse :math:`(x-\mu)^\top \Sigma^{-1} (x-\mu) = n_{std}^2` of a 2-D Gaussian.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    mean : array-like, shape (2,)
+    cov : array-like, shape (2, 2)
+        Symmetric positive semi-definite.
+    n_std : float
+        Radius in standard deviations (> 0).
+    **kwargs
+        Passed to :class:`matplotlib.patches.Ellipse` (default: no fill).
+
+    Returns
+    -------
+    matplotlib.patches.Ellipse
+    """
+    mean, cov = np.asarray(mean, dtype=float), np.asarray(cov, dtype=float)
+    if mean.shape != (2,) or cov.shape != (2, 2):
+        raise ValueError(f"mean must have shape (2,) and cov (2, 2), got {mean.shape} and {cov.shape}")
+    if not n_std > 0:
+        raise ValueError(f"n_std must be > 0, got {n_std!r}")
+    values, vectors = np.linalg.eigh(cov)
+    values = np.clip(values, 0, None)
+    angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
+    kwargs.setdefault("fill", False)
+    ellipse = Ellipse(mean, 2 * n_std * np.sqrt(values[1]), 2 * n_std * np.sqrt(values[0]), angle=angle, **kwargs)
+    ax.add_patch(ellipse)
+    return ellipse

@@ -92,3 +92,23 @@ def test_bad_input(call):
     values, inverse = _data(n=20)
     with pytest.raises(ValueError, match="values|inverse|ddof|min_count"):
         call(values, inverse)
+
+
+def test_principal_angles_against_a_rotation():
+    from nbsupport.covariance import principal_angles
+    d = 5
+    base = torch.diag(torch.tensor([5.0, 4.0, 1.0, 0.5, 0.1], dtype=torch.float64))
+    theta = 0.3  # rotate the top direction e0 towards e3 by theta
+    rot = torch.eye(d, dtype=torch.float64)
+    rot[0, 0] = rot[3, 3] = torch.cos(torch.tensor(theta))
+    rot[0, 3], rot[3, 0] = -torch.sin(torch.tensor(theta)), torch.sin(torch.tensor(theta))
+    rotated = rot @ base @ rot.T
+    angles = principal_angles(base, rotated, k=2)  # span(e0, e1) vs span(R e0, e1)
+    torch.testing.assert_close(angles, torch.tensor([0.0, theta], dtype=torch.float64), atol=1e-8, rtol=0)
+    assert principal_angles(base, base, k=3).abs().max() < 1e-7
+    swapped = torch.diag(torch.tensor([0.1, 0.5, 1.0, 4.0, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(principal_angles(base, swapped, k=2), torch.full((2,), torch.pi / 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="k must"):
+        principal_angles(base, base, k=6)
+    with pytest.raises(ValueError, match="cov_a"):
+        principal_angles(base, base[:4, :4], k=1)

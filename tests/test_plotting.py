@@ -35,3 +35,34 @@ def test_image_grid_bad_input():
         image_grid(np.zeros((2, 4, 4)), titles=["a"])
     with pytest.raises(ValueError, match="ncols"):
         image_grid(np.zeros((2, 4, 4)), ncols=0)
+
+
+def test_pattern_regions_counts_regions_of_a_known_arrangement():
+    import torch
+    from torch import nn
+
+    from nbsupport.plotting import pattern_regions
+    # three lines x = 0, y = 0, x + y = 0.5 cut the square [-1, 1]^2 into 7 regions
+    layer = nn.Linear(2, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        layer.bias.copy_(torch.tensor([0.0, 0.0, -0.5]))
+    model = nn.Sequential(layer, nn.ReLU())
+    fig, ax = plt.subplots()
+    assert pattern_regions(ax, model, (-1, 1, -1, 1), resolution=101) == 7
+    with pytest.raises(ValueError, match="extent"):
+        pattern_regions(ax, model, (1, -1, -1, 1))
+    plt.close(fig)
+
+
+def test_covariance_ellipse_axes():
+    from nbsupport.plotting import covariance_ellipse
+    fig, ax = plt.subplots()
+    # variance 4 along (1, 1)/sqrt 2 and 1 along (1, -1)/sqrt 2
+    cov = np.array([[2.5, 1.5], [1.5, 2.5]])
+    e = covariance_ellipse(ax, [1.0, 2.0], cov, n_std=1.0)
+    assert e.width == pytest.approx(4.0) and e.height == pytest.approx(2.0)
+    assert e.angle % 180 == pytest.approx(45.0)
+    with pytest.raises(ValueError, match="cov"):
+        covariance_ellipse(ax, [0, 0], np.eye(3))
+    plt.close(fig)
