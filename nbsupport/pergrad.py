@@ -30,7 +30,8 @@ from torch.func import functional_call, grad, vmap
 from .covariance import CovarianceSplit
 
 __all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradient_gram",
-           "gram_decomposition", "group_gram_spectra", "top_eigenvalues", "GramSpectra"]
+           "gram_decomposition", "group_gram_spectra", "top_eigenvalues", "GramSpectra", "ELEMENTWISE",
+           "DENSE_EIG_MAX"]
 
 #: Elementwise modules allowed between the linear layers of the outer-product route.
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Softplus, nn.ELU, nn.Identity)
