@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .data import data_root
 
-__all__ = ["mlp", "train", "TrainResult", "config_hash", "evaluate"]
+__all__ = ["mlp", "init_normal_", "train", "TrainResult", "config_hash", "evaluate"]
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
@@ -49,6 +49,38 @@ def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bi
             layers.append(activation())
         layers.append(nn.Linear(fan_in, fan_out, bias=bias))
     return nn.Sequential(*layers)
+
+
+def init_normal_(model: nn.Module, C_W: float, C_b: float = 0.0, seed: int = 0) -> nn.Module:
+    """Initialise every ``nn.Linear`` in place: weights N(0, C_W / fan_in), biases N(0, C_b).
+
+    The initialisation of chapter 5 (:math:`C_W = 1` is Glorot-like for linear nets, :math:`C_W = 2`
+    is He's for ReLU nets :cite:p:`he2015delving`).
+
+    Parameters
+    ----------
+    model : nn.Module
+    C_W, C_b : float
+        Weight and bias variances, >= 0.
+    seed : int
+        Seed of the draws (a private generator; the global one is untouched).
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+    """
+    if not (C_W >= 0 and C_b >= 0):
+        raise ValueError(f"C_W and C_b must be >= 0, got C_W={C_W!r}, C_b={C_b!r}")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+            w = torch.randn(layer.weight.shape, generator=generator, dtype=torch.float64)
+            layer.weight.copy_(w * (C_W / layer.in_features) ** 0.5)
+            if layer.bias is not None:
+                b = torch.randn(layer.bias.shape, generator=generator, dtype=torch.float64)
+                layer.bias.copy_(b * C_b**0.5)
+    return model
 
 
 @dataclass
@@ -136,6 +168,7 @@ def train(
     lr: float = 1e-3,
     batch_size: int = 128,
     weight_decay: float = 0.0,
+    optimizer: str = "adam",
     loss_fn: Callable = nn.functional.cross_entropy,
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     checkpoints: Sequence[int] = (),
@@ -144,7 +177,7 @@ def train(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` in place with Adam and shuffled minibatches; cache the result.
+    """Train ``model`` in place on shuffled minibatches; cache the result.
 
     Parameters
     ----------
@@ -155,7 +188,9 @@ def train(
     epochs : int
         Number of passes over the data, >= 1.
     lr, weight_decay : float
-        Adam's learning rate (> 0) and weight decay (>= 0).
+        Learning rate (> 0) and weight decay (>= 0).
+    optimizer : {"adam", "sgd"}
+        Adam, or SGD with momentum 0.9.
     batch_size : int
         Minibatch size, >= 1.
     loss_fn : callable
@@ -189,12 +224,15 @@ def train(
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     checkpoints = sorted(set(checkpoints))
     if any(not (isinstance(c, int) and 0 <= c <= epochs) for c in checkpoints):
         raise ValueError(f"checkpoints must be ints in [0, {epochs}], got {checkpoints!r}")
 
     tensors = [x, y] + (list(test_data) if test_data is not None else [])
     key = config_hash(model, tensors, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                      **({"optimizer": optimizer} if optimizer != "adam" else {}),
                       loss_fn=getattr(loss_fn, "__qualname__", repr(loss_fn)), checkpoints=checkpoints, seed=seed)
     path = _cache_dir(cache_dir) / f"{key}.pt"
     if cache and path.is_file():
@@ -207,7 +245,10 @@ def train(
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     device = next(model.parameters()).device
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "adam":
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     result = TrainResult(key=key)
     if 0 in checkpoints:

@@ -23,6 +23,7 @@ import math
 import torch
 
 __all__ = ["ACTIVATIONS", "kernel_recursion", "relu_expectation", "relu_correlation_map", "empirical_kernels",
+           "preactivations",
            "excess_kurtosis_theory", "gradient_norms"]
 
 #: Activations with a closed-form kernel map.
@@ -199,6 +200,23 @@ def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: 
                      for z in _networks(x, depth, width, C_W, C_b, activation, n_networks, seed)]
     kernels = torch.stack(layers, dim=1)
     return kernels if per_network else kernels.mean(0)
+
+
+def preactivations(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
+                   activation: str = "linear", n_networks: int = 100, seed: int = 0) -> torch.Tensor:
+    """The preactivations of every layer of ``n_networks`` random networks (drawn as in
+    :func:`empirical_kernels`).
+
+    Returns
+    -------
+    Tensor, float64, shape (depth, n_networks, n_inputs, width)
+    """
+    _check_common(depth, C_W, C_b, activation)
+    _check_mc(x, width, n_networks)
+    layers = list(_networks(x, depth, width, C_W, C_b, activation, n_networks, seed))
+    if not layers:
+        return torch.zeros(0, n_networks, len(x), width, dtype=torch.float64, device=x.device)
+    return torch.stack(layers)
 
 
 def excess_kurtosis_theory(depth: int, width: int, activation: str = "linear") -> torch.Tensor:

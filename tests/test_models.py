@@ -110,3 +110,27 @@ def test_train_bad_arguments(kwargs, word):
         train(_net(), (x, y), cache=False, progress=False, **kwargs)
     with pytest.raises(ValueError, match="data"):
         train(_net(), (x, y[:-1]), epochs=1, cache=False, progress=False)
+
+
+def test_init_normal_variances():
+    from nbsupport.models import init_normal_
+    net = init_normal_(mlp([400, 300, 200]), C_W=2.0, C_b=0.5, seed=0)
+    for layer in (net[0], net[2]):  # sample variances within 5 standard errors of the target
+        w = layer.weight.detach().double()
+        target = 2.0 / layer.in_features
+        assert abs(w.var().item() - target) < 5 * target * (2 / w.numel()) ** 0.5
+        assert abs(layer.bias.detach().double().var().item() - 0.5) < 5 * 0.5 * (2 / layer.bias.numel()) ** 0.5
+    again = init_normal_(mlp([400, 300, 200]), C_W=2.0, C_b=0.5, seed=0)
+    assert torch.equal(net[0].weight, again[0].weight)
+    with pytest.raises(ValueError, match="C_W"):
+        init_normal_(net, C_W=-1.0)
+
+
+def test_train_with_sgd(tmp_path):
+    x, y = _blobs()
+    res = train(_net(), (x, y), epochs=10, lr=0.05, optimizer="sgd", cache_dir=tmp_path, progress=False)
+    assert res.history[-1]["loss"] < 0.5 * res.history[0]["loss"]
+    adam = train(_net(), (x, y), epochs=10, lr=0.05, cache_dir=tmp_path, progress=False)
+    assert adam.key != res.key
+    with pytest.raises(ValueError, match="optimizer"):
+        train(_net(), (x, y), epochs=1, optimizer="lbfgs", cache=False, progress=False)

@@ -92,10 +92,11 @@ def test_empirical_kernels_shapes_and_determinism():
 def test_excess_kurtosis_matches_monte_carlo(activation, C_W):
     width, depth = 8, 5
     x = torch.ones(1, 10, dtype=torch.float64)
-    from nbsupport.propagation import _networks
+    from nbsupport.propagation import _networks, preactivations
     theory = excess_kurtosis_theory(depth, width, activation)
-    for weights in (True, False):  # drawing weights, or each layer from its conditional Gaussian law
-        zs = _networks(x, depth, width, C_W, 0.0, activation, n_networks=40_000, seed=5, weights=weights)
+    drawn = {True: _networks(x, depth, width, C_W, 0.0, activation, n_networks=40_000, seed=5, weights=True),
+             False: preactivations(x, depth, width, C_W, 0.0, activation, n_networks=40_000, seed=5)}
+    for weights, zs in drawn.items():  # drawing weights, or each layer from its conditional Gaussian law
         for l, z in enumerate(zs):
             measured = (z**4).mean() / (z**2).mean() ** 2 - 3
             assert abs(measured - theory[l]) < 0.08 + 0.1 * theory[l], (weights, l, measured.item(), theory[l].item())
