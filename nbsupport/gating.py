@@ -1,0 +1,237 @@
+r"""Activation patterns as latent variables: Bernoulli gates of probability :math:`\sigma(z/\tau)`.
+
+Source 001 :cite:p:`bayesgating_note` replaces each ReLU gate :math:`\mathbf{1}(z > 0)` by a random
+gate :math:`a \sim \text{Bernoulli}(\sigma(z/\tau))`, turning a classifier into a mixture over
+patterns,
+
+.. math::
+
+    P(y \mid x) = \sum_a P(y \mid x, a)\, P(a \mid x), \qquad
+    P(a \mid x) = \prod_i \sigma(z_i/\tau)^{a_i} \, \sigma(-z_i/\tau)^{1 - a_i},
+
+where a hidden unit outputs :math:`a_i z_i`. As :math:`\tau \to 0` the gates become the ReLU's.
+This module computes the mixture exactly (all :math:`2^m` patterns of one hidden layer, m <= 16)
+and by Monte Carlo, and the variational lower bound of a factorised Bernoulli :math:`q(a)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "log_marginal_likelihood",
+           "bernoulli_kl", "elbo", "MonteCarloEstimate", "MAX_EXACT_UNITS"]
+
+#: Largest hidden width for exact enumeration (2**16 = 65 536 patterns).
+MAX_EXACT_UNITS = 16
+
+
+def _check_tau(tau) -> None:
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+
+
+def soft_gates(z: torch.Tensor, tau: float) -> torch.Tensor:
+    r"""Gate probabilities :math:`\sigma(z / \tau)`, same shape as ``z``.
+
+    Parameters
+    ----------
+    z : Tensor
+        Preactivations.
+    tau : float
+        Temperature, > 0; :math:`\tau \to 0` gives the hard gate :math:`\mathbf{1}(z > 0)` (and 1/2 at 0).
+    """
+    _check_tau(tau)
+    return torch.sigmoid(z / tau)
+
+
+def sample_gates(probs: torch.Tensor, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Independent Bernoulli gates.
+
+    Parameters
+    ----------
+    probs : Tensor, shape (...)
+        Probabilities in [0, 1].
+    n_samples : int
+        Number of draws, >= 1.
+    generator : torch.Generator, optional
+        For reproducible draws.
+
+    Returns
+    -------
+    Tensor, shape (n_samples, ...)
+        0/1 values in the dtype of ``probs``.
+    """
+    if not (isinstance(n_samples, int) and n_samples >= 1):
+        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    if not bool(((probs >= 0) & (probs <= 1)).all()):
+        raise ValueError("probs must lie in [0, 1]")
+    expanded = probs.expand(n_samples, *probs.shape)
+    return torch.bernoulli(expanded, generator=generator).to(probs.dtype)
+
+
+GateSpec = Sequence[torch.Tensor] | Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def gated_forward(model: nn.Sequential, x: torch.Tensor, gates: GateSpec) -> torch.Tensor:
+    r"""Run an MLP with hidden layer ``l`` computing :math:`z_l \odot a_l` instead of :math:`\relu(z_l)`.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear, ReLU, Linear, ..., ReLU, Linear``.
+    x : Tensor, shape (..., N, d)
+        Leading dimensions (e.g. one per gate sample) pass through.
+    gates : sequence of Tensor or callable
+        Either one tensor per ReLU, broadcastable to that layer's ``(..., N, m_l)``, or a function
+        ``gates(l, z) -> a`` called with each layer's preactivations (so later layers can depend on
+        earlier gates): ``lambda l, z: (z > 0).to(z.dtype)`` is the ReLU network,
+        ``lambda l, z: soft_gates(z, tau)`` the mean-gate network :math:`z\sigma(z/\tau)`.
+
+    Returns
+    -------
+    Tensor, shape (..., N, k)
+    """
+    relus = [i for i, m in enumerate(model) if isinstance(m, nn.ReLU)]
+    if not isinstance(model, nn.Sequential) or not relus or not all(
+            isinstance(m, (nn.Linear, nn.ReLU)) for m in model):
+        raise ValueError("model must be an nn.Sequential of nn.Linear and nn.ReLU modules")
+    if not callable(gates) and len(gates) != len(relus):
+        raise ValueError(f"gates must hold one tensor per ReLU ({len(relus)}), got {len(gates)}")
+    gate_of = gates if callable(gates) else (lambda l, z: gates[l])
+    h, layer = x, 0
+    for module in model:
+        if isinstance(module, nn.ReLU):
+            h = h * gate_of(layer, h)
+            layer += 1
+        else:
+            h = module(h)
+    return h
+
+
+def _check_one_hidden(model, x, y) -> tuple[nn.Linear, nn.Linear]:
+    if not (isinstance(model, nn.Sequential) and len(model) == 3 and isinstance(model[0], nn.Linear)
+            and isinstance(model[1], nn.ReLU) and isinstance(model[2], nn.Linear)):
+        raise ValueError("model must be nn.Sequential(Linear, ReLU, Linear)")
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"x must have shape (N, d) and y shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    return model[0], model[2]
+
+
+def all_patterns(m: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Every pattern of ``m`` units, shape (2**m, m), row ``c`` the pattern with code ``c`` (unit i = bit i)."""
+    if not (isinstance(m, int) and 1 <= m <= MAX_EXACT_UNITS):
+        raise ValueError(f"m must be an int in [1, {MAX_EXACT_UNITS}] for enumeration, got {m!r}")
+    codes = torch.arange(2**m, device=device)
+    return ((codes.unsqueeze(1) >> torch.arange(m, device=device)) & 1).to(dtype)
+
+
+def _log_prior(z: torch.Tensor, patterns: torch.Tensor, tau: float) -> torch.Tensor:
+    """log P(a | x) for every sample and pattern: (N, 2**m)."""
+    return F.logsigmoid(z / tau) @ patterns.T + F.logsigmoid(-z / tau) @ (1 - patterns).T
+
+
+def _log_lik_all(first: nn.Linear, second: nn.Linear, z: torch.Tensor, y: torch.Tensor,
+                 patterns: torch.Tensor) -> torch.Tensor:
+    """log P(y | x, a) for every sample and pattern: (N, 2**m)."""
+    logits = second(z.unsqueeze(1) * patterns.unsqueeze(0))            # (N, 2**m, k)
+    return F.log_softmax(logits, dim=2).gather(2, y.view(-1, 1, 1).expand(-1, len(patterns), 1)).squeeze(2)
+
+
+class MonteCarloEstimate(NamedTuple):
+    """``estimate`` of :math:`\\log P(y \\mid x)` per sample and its standard error (delta method)."""
+
+    estimate: torch.Tensor
+    stderr: torch.Tensor
+
+
+def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float,
+                            method: str = "exact", n_samples: int = 1000,
+                            generator: torch.Generator | None = None, chunk: int = 2**22):
+    r""":math:`\log \sum_a P(y \mid x, a) P(a \mid x)` for a one-hidden-layer classifier with random gates.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)``; the logits for gates ``a`` are :math:`W_2 (a \odot z) + b_2`.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,), class indices
+    tau : float
+        Gate temperature, > 0.
+    method : {"exact", "mc"}
+        ``"exact"``: log-sum-exp over all :math:`2^m` patterns (``m <= 16``), in chunks of about
+        ``chunk`` logits. ``"mc"``: ``n_samples`` gate draws per sample from :math:`P(a \mid x)`.
+    n_samples : int
+        Draws for ``"mc"``.
+    generator : torch.Generator, optional
+        For ``"mc"``.
+
+    Returns
+    -------
+    Tensor, shape (N,)
+        For ``"exact"``.
+    MonteCarloEstimate
+        For ``"mc"``: ``log`` of the mean likelihood over draws, and its standard error
+        :math:`\hat s / (\sqrt{S}\,\hat P)` (the estimate is biased low by :math:`O(1/S)`).
+    """
+    _check_tau(tau)
+    first, second = _check_one_hidden(model, x, y)
+    z = first(x)
+    if method == "exact":
+        patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
+        rows = max(1, chunk // (len(patterns) * second.out_features))
+        out = []
+        for start in range(0, len(x), rows):
+            zc, yc = z[start:start + rows], y[start:start + rows]
+            joint = _log_lik_all(first, second, zc, yc, patterns) + _log_prior(zc, patterns, tau)
+            out.append(torch.logsumexp(joint, dim=1))
+        return torch.cat(out)
+    if method == "mc":
+        gates = sample_gates(soft_gates(z, tau).detach(), n_samples, generator)   # (S, N, m)
+        logits = second(z.unsqueeze(0) * gates)
+        lik = F.log_softmax(logits, dim=2).gather(2, y.view(1, -1, 1).expand(n_samples, -1, 1)).squeeze(2).exp()
+        mean = lik.mean(0)
+        return MonteCarloEstimate(mean.log(), lik.std(0) / (math.sqrt(n_samples) * mean))
+    raise ValueError(f"method must be 'exact' or 'mc', got {method!r}")
+
+
+def bernoulli_kl(q: torch.Tensor, p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    r""":math:`\mathrm{KL}(\text{Bern}(q) \,\|\, \text{Bern}(p))` summed over the last axis."""
+    q, p = q.clamp(eps, 1 - eps), p.clamp(eps, 1 - eps)
+    return (q * (q.log() - p.log()) + (1 - q) * ((1 - q).log() - (1 - p).log())).sum(-1)
+
+
+def elbo(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_probs: torch.Tensor) -> torch.Tensor:
+    r"""Exact variational objective :math:`\E_q[\log P(y \mid x, A)] - \mathrm{KL}(q \,\|\, P(A \mid x))`.
+
+    For a factorised Bernoulli :math:`q(a \mid x) = \prod_i q_i^{a_i}(1 - q_i)^{1 - a_i}`, by
+    enumeration of all patterns (``m <= 16``). It is a lower bound of
+    :func:`log_marginal_likelihood`, with equality iff q is the posterior :math:`P(a \mid x, y)`.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear, ReLU, Linear``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+    q_probs : Tensor, shape (N, m)
+        Gate probabilities of q, in [0, 1].
+
+    Returns
+    -------
+    Tensor, shape (N,)
+    """
+    _check_tau(tau)
+    first, second = _check_one_hidden(model, x, y)
+    z = first(x)
+    if q_probs.shape != z.shape or not bool(((q_probs >= 0) & (q_probs <= 1)).all()):
+        raise ValueError(f"q_probs must have shape {tuple(z.shape)} with values in [0, 1]")
+    patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
+    log_q = _log_prior(torch.logit(q_probs.clamp(1e-12, 1 - 1e-12)), patterns, 1.0)  # log q(a)
+    expected = (log_q.exp() * _log_lik_all(first, second, z, y, patterns)).sum(1)
+    return expected - bernoulli_kl(q_probs, soft_gates(z, tau))

@@ -1,0 +1,141 @@
+"""nbsupport.gating against brute-force pattern loops, Monte Carlo bounds and the tau -> 0 limit."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nbsupport.gating import (all_patterns, bernoulli_kl, elbo, gated_forward, log_marginal_likelihood,
+                              sample_gates, soft_gates)
+from nbsupport.models import mlp
+
+
+def _net(widths=(3, 5, 4), n=7, seed=0):
+    torch.manual_seed(seed)
+    net = mlp(list(widths)).double()
+    x = torch.randn(n, widths[0], dtype=torch.float64)
+    y = torch.randint(0, widths[-1], (n,))
+    return net, x, y
+
+
+def test_soft_gates_limits():
+    z = torch.tensor([-2.0, -1e-3, 1e-3, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(soft_gates(z, 1.0), torch.sigmoid(z))
+    assert torch.equal(soft_gates(z, 1e-6), (z > 0).double())
+    assert soft_gates(torch.zeros(1), 0.1).item() == 0.5
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="tau"):
+            soft_gates(z, bad)
+
+
+def test_sample_gates_frequencies():
+    probs = torch.tensor([[0.1, 0.5], [0.9, 0.0]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    draws = sample_gates(probs, 20_000, generator=g)
+    assert draws.shape == (20_000, 2, 2) and set(draws.unique().tolist()) <= {0.0, 1.0}
+    se = (probs * (1 - probs) / 20_000).sqrt()
+    assert bool(((draws.mean(0) - probs).abs() <= 4 * se + 1e-12).all())
+    again = sample_gates(probs, 20_000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+    with pytest.raises(ValueError, match="probs"):
+        sample_gates(torch.tensor([1.5]), 3)
+    with pytest.raises(ValueError, match="n_samples"):
+        sample_gates(probs, 0)
+
+
+def test_gated_forward_hard_gates_is_the_relu_network():
+    net, x, _ = _net((3, 6, 5, 2))
+    torch.testing.assert_close(gated_forward(net, x, lambda l, z: (z > 0).to(z.dtype)), net(x))
+    fixed = [torch.ones(6, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)]
+    torch.testing.assert_close(gated_forward(net, x, fixed), net[4].bias.expand(len(x), -1))  # layer 2 off
+    stacked = gated_forward(net, x.expand(4, -1, -1), lambda l, z: soft_gates(z, 0.5))  # leading sample axis
+    assert stacked.shape == (4, len(x), 2)
+    with pytest.raises(ValueError, match="gates"):
+        gated_forward(net, x, fixed[:1])
+
+
+def _brute_force(net, x, y, tau):
+    """A loop over samples and patterns, with probabilities multiplied out unit by unit."""
+    z = net[0](x)
+    out = []
+    for i in range(len(x)):
+        total = 0.0
+        for bits in itertools.product([0.0, 1.0], repeat=z.shape[1]):
+            a = torch.tensor(bits, dtype=torch.float64)
+            prior = 1.0
+            for zi, ai in zip(z[i], bits):
+                p_on = 1 / (1 + math.exp(-zi.item() / tau))
+                prior *= p_on if ai else 1 - p_on
+            lik = torch.softmax(net[2](a * z[i]), 0)[y[i]].item()
+            total += prior * lik
+        out.append(math.log(total))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("tau", [0.3, 1.0, 3.0])
+def test_exact_marginal_matches_brute_force(tau):
+    net, x, y = _net()
+    torch.testing.assert_close(log_marginal_likelihood(net, x, y, tau), _brute_force(net, x, y, tau),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_exact_marginal_chunks_and_normalises():
+    net, x, _ = _net((3, 8, 4), n=5)
+    per_class = torch.stack([log_marginal_likelihood(net, x, torch.full((5,), k), 0.7) for k in range(4)])
+    torch.testing.assert_close(per_class.exp().sum(0), torch.ones(5, dtype=torch.float64))  # a distribution over y
+    y = torch.tensor([0, 1, 2, 3, 0])
+    torch.testing.assert_close(log_marginal_likelihood(net, x, y, 0.7, chunk=50), log_marginal_likelihood(net, x, y, 0.7))
+
+
+def test_monte_carlo_interval_covers_exact():
+    net, x, y = _net((3, 10, 4), n=20, seed=2)
+    exact = log_marginal_likelihood(net, x, y, 0.5)
+    mc = log_marginal_likelihood(net, x, y, 0.5, method="mc", n_samples=20_000,
+                                 generator=torch.Generator().manual_seed(0))
+    z = (mc.estimate - exact) / mc.stderr
+    assert bool((z.abs() < 4.5).all()), z  # 20 intervals at ~4.5 sigma
+
+
+def test_tau_to_zero_is_the_relu_network():
+    net, x, y = _net((3, 6, 4), n=10, seed=3)
+    relu = F.log_softmax(net(x), 1).gather(1, y.view(-1, 1)).squeeze(1)
+    torch.testing.assert_close(log_marginal_likelihood(net, x, y, 1e-4), relu, rtol=1e-6, atol=1e-6)
+
+
+def test_elbo_is_a_lower_bound_with_known_cases():
+    net, x, y = _net((3, 6, 4), n=10, seed=4)
+    tau = 0.8
+    exact = log_marginal_likelihood(net, x, y, tau)
+    prior = soft_gates(net[0](x), tau)
+    g = torch.Generator().manual_seed(0)
+    for q in (prior, torch.rand(prior.shape, generator=g, dtype=torch.float64), torch.full_like(prior, 0.5)):
+        assert bool((elbo(net, x, y, tau, q) <= exact + 1e-12).all())
+    # q = prior: the bound is E_prior[log P(y|x,a)], checked against the enumeration by hand
+    patterns = all_patterns(6)
+    z = net[0](x)
+    weights = torch.exp(patterns @ F.logsigmoid(z / tau).T + (1 - patterns) @ F.logsigmoid(-z / tau).T).T
+    loglik = torch.stack([F.log_softmax(net[2](z * a), 1).gather(1, y.view(-1, 1)).squeeze(1) for a in patterns], 1)
+    torch.testing.assert_close(elbo(net, x, y, tau, prior), (weights * loglik).sum(1))
+
+
+def test_bernoulli_kl_closed_form():
+    q, p = torch.tensor([[0.2, 0.7]]), torch.tensor([[0.5, 0.1]])
+    ref = sum(qi * math.log(qi / pi) + (1 - qi) * math.log((1 - qi) / (1 - pi)) for qi, pi in [(0.2, 0.5), (0.7, 0.1)])
+    assert bernoulli_kl(q, p).item() == pytest.approx(ref, rel=1e-6)
+    assert bernoulli_kl(p, p).abs().item() < 1e-7
+
+
+def test_bad_input():
+    net, x, y = _net()
+    with pytest.raises(ValueError, match="method"):
+        log_marginal_likelihood(net, x, y, 1.0, method="vi")
+    with pytest.raises(ValueError, match="Linear, ReLU, Linear"):
+        log_marginal_likelihood(mlp([3, 4, 4, 2]).double(), x, y, 1.0)
+    with pytest.raises(ValueError, match="x must"):
+        log_marginal_likelihood(net, x, y[:-1], 1.0)
+    with pytest.raises(ValueError, match="m must"):
+        all_patterns(17)
+    with pytest.raises(ValueError, match="q_probs"):
+        elbo(net, x, y, 1.0, torch.full((len(x), 5), 1.5, dtype=torch.float64))
