@@ -26,7 +26,7 @@ sync: install
 	$(VENV)/bin/jupytext --sync notebooks/*.md
 
 bench: install
-	for f in benchmarks/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) "$$f" || exit 1; done
+	for f in benchmarks/[!_]*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) "$$f" || exit 1; done
 
 clean:
 	rm -rf _build
