@@ -204,6 +204,8 @@ def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.
             and cov_a.shape[0] == cov_a.shape[1] and cov_a.shape == cov_b.shape):
         raise ValueError(f"cov_a and cov_b must be square tensors of the same shape, got "
                          f"{tuple(getattr(cov_a, 'shape', ()))} and {tuple(getattr(cov_b, 'shape', ()))}")
+    if not all(torch.allclose(c, c.T, rtol=1e-10, atol=1e-12) for c in (cov_a, cov_b)):
+        raise ValueError("cov_a and cov_b must be symmetric")
     if not (isinstance(k, int) and 1 <= k <= cov_a.shape[0]):
         raise ValueError(f"k must be an int in [1, {cov_a.shape[0]}], got {k!r}")
     tops = [torch.linalg.eigh(c.to(torch.float64))[1][:, -k:].cpu().numpy() for c in (cov_a, cov_b)]

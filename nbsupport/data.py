@@ -180,6 +180,8 @@ def fashion_mnist_tensors(
     x : Tensor, shape (N, 784) or (N, 1, 28, 28)
     y : Tensor, shape (N,), long
     """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     ds = load_fashion_mnist(train=train, root=root)
     total = len(ds.targets)
     if n is not None and not (isinstance(n, int) and 0 < n <= total):

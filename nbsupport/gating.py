@@ -96,9 +96,10 @@ def gated_forward(model: nn.Sequential, x: torch.Tensor, gates: GateSpec) -> tor
     -------
     Tensor, shape (..., N, k)
     """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"model must be an nn.Sequential, got {type(model).__name__}")
     relus = [i for i, m in enumerate(model) if isinstance(m, nn.ReLU)]
-    if not isinstance(model, nn.Sequential) or not relus or not all(
-            isinstance(m, (nn.Linear, nn.ReLU)) for m in model):
+    if not relus or not all(isinstance(m, (nn.Linear, nn.ReLU)) for m in model):
         raise ValueError("model must be an nn.Sequential of nn.Linear and nn.ReLU modules")
     if not callable(gates) and len(gates) != len(relus):
         raise ValueError(f"gates must hold one tensor per ReLU ({len(relus)}), got {len(gates)}")
@@ -164,9 +165,10 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
         Gate temperature, > 0.
     method : {"exact", "mc"}
         ``"exact"``: log-sum-exp over all :math:`2^m` patterns (``m <= 16``), in chunks of about
-        ``chunk`` logits. ``"mc"``: ``n_samples`` gate draws per sample from :math:`P(a \mid x)`.
+        ``chunk`` elements of the largest intermediate tensor. ``"mc"``: ``n_samples`` gate draws per
+        sample from :math:`P(a \mid x)`.
     n_samples : int
-        Draws for ``"mc"``.
+        Draws for ``"mc"``, >= 2.
     generator : torch.Generator, optional
         For ``"mc"``.
 
@@ -175,15 +177,16 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
     Tensor, shape (N,)
         For ``"exact"``.
     MonteCarloEstimate
-        For ``"mc"``: ``log`` of the mean likelihood over draws, and its standard error
-        :math:`\hat s / (\sqrt{S}\,\hat P)` (the estimate is biased low by :math:`O(1/S)`).
+        For ``"mc"``: ``log`` of the mean likelihood over draws (computed relative to the largest
+        draw, so it does not underflow), and its standard error :math:`\hat s / (\sqrt{S}\,\hat P)`
+        by the delta method (the estimate is biased low by :math:`O(1/S)`).
     """
     _check_tau(tau)
     first, second = _check_one_hidden(model, x, y)
     z = first(x)
     if method == "exact":
         patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
-        rows = max(1, chunk // (len(patterns) * second.out_features))
+        rows = max(1, chunk // (len(patterns) * max(second.out_features, second.in_features)))
         out = []
         for start in range(0, len(x), rows):
             zc, yc = z[start:start + rows], y[start:start + rows]
@@ -191,18 +194,33 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
             out.append(torch.logsumexp(joint, dim=1))
         return torch.cat(out)
     if method == "mc":
+        if not (isinstance(n_samples, int) and n_samples >= 2):
+            raise ValueError(f"n_samples must be an int >= 2 for method='mc', got {n_samples!r}")
         gates = sample_gates(soft_gates(z, tau).detach(), n_samples, generator)   # (S, N, m)
         logits = second(z.unsqueeze(0) * gates)
-        lik = F.log_softmax(logits, dim=2).gather(2, y.view(1, -1, 1).expand(n_samples, -1, 1)).squeeze(2).exp()
-        mean = lik.mean(0)
-        return MonteCarloEstimate(mean.log(), lik.std(0) / (math.sqrt(n_samples) * mean))
+        log_lik = F.log_softmax(logits, dim=2).gather(2, y.view(1, -1, 1).expand(n_samples, -1, 1)).squeeze(2)
+        top = log_lik.max(0).values                      # work relative to the largest draw: no underflow
+        ratio = (log_lik - top).exp()
+        mean = ratio.mean(0)
+        return MonteCarloEstimate(top + mean.log(), ratio.std(0) / (math.sqrt(n_samples) * mean))
     raise ValueError(f"method must be 'exact' or 'mc', got {method!r}")
 
 
-def bernoulli_kl(q: torch.Tensor, p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    r""":math:`\mathrm{KL}(\text{Bern}(q) \,\|\, \text{Bern}(p))` summed over the last axis."""
-    q, p = q.clamp(eps, 1 - eps), p.clamp(eps, 1 - eps)
-    return (q * (q.log() - p.log()) + (1 - q) * ((1 - q).log() - (1 - p).log())).sum(-1)
+def bernoulli_kl(q: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
+    r""":math:`\mathrm{KL}(\text{Bern}(q) \,\|\, \text{Bern}(\sigma(\ell)))` summed over the last axis.
+
+    The prior is given by its logits :math:`\ell` (e.g. :math:`z/\tau`), so that saturated gates
+    (:math:`\sigma(\ell)` rounding to 0 or 1) keep their exact log-probabilities
+    :math:`\log\sigma(\pm\ell)`; :math:`0 \log 0 = 0` for ``q`` in {0, 1}.
+
+    Parameters
+    ----------
+    q : Tensor, shape (..., m)
+        Probabilities in [0, 1].
+    p_logits : Tensor, shape (..., m)
+    """
+    return (torch.xlogy(q, q) + torch.xlogy(1 - q, 1 - q)
+            - q * F.logsigmoid(p_logits) - (1 - q) * F.logsigmoid(-p_logits)).sum(-1)
 
 
 def elbo(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_probs: torch.Tensor) -> torch.Tensor:
@@ -232,6 +250,7 @@ def elbo(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_p
     if q_probs.shape != z.shape or not bool(((q_probs >= 0) & (q_probs <= 1)).all()):
         raise ValueError(f"q_probs must have shape {tuple(z.shape)} with values in [0, 1]")
     patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
-    log_q = _log_prior(torch.logit(q_probs.clamp(1e-12, 1 - 1e-12)), patterns, 1.0)  # log q(a)
+    floor = torch.finfo(z.dtype).min / (4 * z.shape[1])  # log 0, finite so that 0 * log 0 = 0 in the sums
+    log_q = q_probs.log().clamp(min=floor) @ patterns.T + (1 - q_probs).log().clamp(min=floor) @ (1 - patterns).T
     expected = (log_q.exp() * _log_lik_all(first, second, z, y, patterns)).sum(1)
-    return expected - bernoulli_kl(q_probs, soft_gates(z, tau))
+    return expected - bernoulli_kl(q_probs, z / tau)

@@ -7,6 +7,7 @@ configuration and a second build loads them instead of training again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from .data import data_root
 
-__all__ = ["mlp", "init_normal_", "train", "TrainResult", "config_hash", "evaluate"]
+__all__ = ["mlp", "init_normal_", "train", "TrainResult", "config_hash", "callable_key", "evaluate"]
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
@@ -106,6 +107,22 @@ class TrainResult:
     from_cache: bool = False
 
 
+def callable_key(fn: Callable) -> str:
+    """A text that changes when a function's behaviour can: name, bytecode, constants, defaults,
+    closure values (recursively through ``functools.partial``). Lambdas with different bodies, or
+    closures over different values, get different keys."""
+    if isinstance(fn, functools.partial):
+        return f"partial({callable_key(fn.func)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
+    code = getattr(fn, "__code__", None)
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    if code is None:
+        return name
+    digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+    cells = [callable_key(c.cell_contents) if callable(c.cell_contents) else repr(c.cell_contents)
+             for c in (fn.__closure__ or ())]
+    return f"{name}:{digest}:{fn.__defaults__!r}:{fn.__kwdefaults__!r}:{cells!r}"
+
+
 def config_hash(model: nn.Module, tensors: Sequence[torch.Tensor], **config) -> str:
     """A hex digest of the architecture, the current weights, the data and the settings.
 
@@ -122,7 +139,7 @@ def config_hash(model: nn.Module, tensors: Sequence[torch.Tensor], **config) -> 
     for name, t in list(model.state_dict().items()) + [(f"data{i}", t) for i, t in enumerate(tensors)]:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(repr(sorted(config.items())).encode())
     return h.hexdigest()[:20]
 
@@ -195,7 +212,7 @@ def train(
         Minibatch size, >= 1.
     loss_fn : callable
         ``loss_fn(output, target)`` returning the mean loss; must accept ``reduction="sum"`` when
-        ``test_data`` is given. Enters the cache key by its qualified name.
+        ``test_data`` is given. Enters the cache key through :func:`callable_key`.
     test_data : (x, y), optional
         Evaluated after every epoch (loss and accuracy recorded in the history).
     checkpoints : sequence of int
@@ -233,7 +250,7 @@ def train(
     tensors = [x, y] + (list(test_data) if test_data is not None else [])
     key = config_hash(model, tensors, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                       **({"optimizer": optimizer} if optimizer != "adam" else {}),
-                      loss_fn=getattr(loss_fn, "__qualname__", repr(loss_fn)), checkpoints=checkpoints, seed=seed)
+                      loss_fn=callable_key(loss_fn), checkpoints=checkpoints, seed=seed)
     path = _cache_dir(cache_dir) / f"{key}.pt"
     if cache and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)

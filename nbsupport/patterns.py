@@ -22,8 +22,10 @@ def activation_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]
     """The gates :math:`\\mathbf{1}(z > 0)` of every ReLU module of ``model`` on the batch ``x``.
 
     Forward pre-hooks read each ReLU's input before the ReLU sees it (so in-place ReLUs are read
-    correctly); the hooks are removed afterwards, also on error, and the model's parameters,
-    buffers and train/eval mode are left as they were (the pass runs under ``torch.no_grad``).
+    correctly); the hooks are removed afterwards, also on error. The pass runs under
+    ``torch.no_grad`` and the buffers are restored afterwards (a BatchNorm in training mode would
+    otherwise update its running statistics), so parameters, buffers and train/eval mode are left
+    as they were. In training mode the gates are those of training mode (batch statistics).
 
     Parameters
     ----------
@@ -47,6 +49,7 @@ def activation_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]
     def record(module, inputs):
         gates.append((inputs[0] > 0).reshape(inputs[0].shape[0], -1))
 
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
     handles = [m.register_forward_pre_hook(record) for m in relus]
     try:
         with torch.no_grad():
@@ -54,6 +57,9 @@ def activation_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
     return gates
 
 

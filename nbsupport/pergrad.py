@@ -76,8 +76,11 @@ def per_sample_grads_loop(model: nn.Module, loss_fn: Callable, x: torch.Tensor, 
 
 
 def _is_mlp(model: nn.Module) -> bool:
+    """An nn.Sequential of distinct nn.Linear and elementwise modules (a reused Linear shares weights,
+    and its per-sample gradient would be a sum the outer-product route does not form)."""
     return (isinstance(model, nn.Sequential) and any(isinstance(m, nn.Linear) for m in model)
-            and all(isinstance(m, (nn.Linear,) + ELEMENTWISE) for m in model))
+            and all(isinstance(m, (nn.Linear,) + ELEMENTWISE) for m in model)
+            and len({id(m) for m in model if isinstance(m, nn.Linear)}) == sum(isinstance(m, nn.Linear) for m in model))
 
 
 def layer_signals(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor
@@ -222,8 +225,12 @@ class GramSpectra(NamedTuple):
 def _check_gram(gram: torch.Tensor, inverse: torch.Tensor, ddof: int, k: int) -> None:
     if not isinstance(gram, torch.Tensor) or gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must be a square (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
+    if not bool(torch.isfinite(gram).all()) or not torch.allclose(gram, gram.T, rtol=1e-10, atol=1e-12):
+        raise ValueError("gram must be finite and symmetric")
     if not isinstance(inverse, torch.Tensor) or inverse.dtype != torch.long or inverse.shape != gram.shape[:1]:
         raise ValueError(f"inverse must be a long tensor of shape ({gram.shape[0]},)")
+    if bool((inverse < 0).any()):
+        raise ValueError("inverse must hold group indices >= 0")
     if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof not in (0, 1) or gram.shape[0] <= ddof:
         raise ValueError(f"ddof must be 0 or 1 (and smaller than N), got {ddof!r}")
     if not (isinstance(k, int) and k >= 1):
@@ -241,6 +248,11 @@ def top_eigenvalues(matrix: torch.Tensor, k: int) -> torch.Tensor:
     Dense ``eigvalsh`` for small matrices; for large ones Lanczos (ARPACK ``eigsh``, ``tol=0``,
     i.e. to machine precision) with a fixed starting vector, so results are deterministic.
     """
+    if not (isinstance(matrix, torch.Tensor) and matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]):
+        raise ValueError(f"matrix must be a square tensor, got shape {tuple(getattr(matrix, 'shape', ()))}")
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    matrix = matrix.to(torch.float64)
     n = matrix.shape[0]
     if n <= DENSE_EIG_MAX or 2 * k > n:
         return torch.linalg.eigvalsh(matrix).flip(0)[:k]
@@ -334,8 +346,9 @@ def group_gram_spectra(gram: torch.Tensor, inverse: torch.Tensor, groups: torch.
         Descending; zero where a group has fewer than ``k`` non-zero eigenvalues.
     """
     _check_gram(gram, inverse, ddof, k)
-    if not isinstance(groups, torch.Tensor) or groups.dtype != torch.long or groups.ndim != 1 or len(groups) == 0:
-        raise ValueError("groups must be a non-empty long tensor of group indices")
+    if (not isinstance(groups, torch.Tensor) or groups.dtype != torch.long or groups.ndim != 1 or len(groups) == 0
+            or bool((groups < 0).any()) or len(torch.unique(groups)) != len(groups)):
+        raise ValueError("groups must be a non-empty long tensor of distinct group indices >= 0")
     gram = gram.to(torch.float64)
     slot_of = torch.full((int(max(inverse.max(), groups.max())) + 1,), -1, dtype=torch.long, device=gram.device)
     slot_of[groups] = torch.arange(len(groups), device=gram.device)

@@ -50,8 +50,9 @@ def relu_expectation(kernel: torch.Tensor) -> torch.Tensor:
         \left(\sin\theta + (\pi - \theta)\cos\theta\right), \quad
         \theta = \arccos \frac{K_{\alpha\beta}}{\sqrt{K_{\alpha\alpha} K_{\beta\beta}}},
 
-    with :math:`\theta` computed as ``atan2(sqrt(max(0, K_aa K_bb - K_ab^2)), K_ab)``, which is stable
-    at :math:`\theta \approx 0` where ``arccos`` loses half the digits.
+    with :math:`\theta` computed as ``atan2(sqrt(max(0, K_aa K_bb - K_ab^2)), K_ab)``: no NaN when
+    rounding pushes the correlation past 1 (``arccos`` would return NaN there). Near
+    :math:`\theta = 0` the map is flat, so the digits lost in :math:`\theta` do not reach the result.
 
     Parameters
     ----------
@@ -62,9 +63,14 @@ def relu_expectation(kernel: torch.Tensor) -> torch.Tensor:
     -------
     Tensor, shape (n, n)
     """
+    if not (isinstance(kernel, torch.Tensor) and kernel.ndim == 2 and kernel.shape[0] == kernel.shape[1]):
+        raise ValueError(f"kernel must be a square tensor, got shape {tuple(getattr(kernel, 'shape', ()))}")
     diag = torch.diagonal(kernel)
-    norms = torch.sqrt(torch.outer(diag, diag))
-    theta = torch.atan2(torch.sqrt(torch.clamp(norms**2 - kernel**2, min=0)), kernel)
+    if bool((diag < 0).any()) or not bool(torch.isfinite(kernel).all()):
+        raise ValueError("kernel must be finite with a non-negative diagonal")
+    products = torch.outer(diag, diag)
+    norms = torch.sqrt(products)
+    theta = torch.atan2(torch.sqrt(torch.clamp(products - kernel**2, min=0)), kernel)
     return norms / (2 * math.pi) * (torch.sin(theta) + (math.pi - theta) * torch.cos(theta))
 
 
@@ -80,7 +86,7 @@ def relu_correlation_map(c: torch.Tensor) -> torch.Tensor:
         Correlations in [-1, 1].
     """
     c = torch.as_tensor(c, dtype=torch.float64)
-    if bool(((c < -1 - 1e-12) | (c > 1 + 1e-12)).any()):
+    if not bool(((c >= -1 - 1e-12) & (c <= 1 + 1e-12)).all()):  # also rejects NaN
         raise ValueError("c must lie in [-1, 1]")
     c = c.clamp(-1, 1)  # rounding can push a correlation of 1 just past it
     theta = torch.atan2(torch.sqrt(torch.clamp(1 - c**2, min=0)), c)
@@ -152,8 +158,10 @@ def _networks(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float, a
 
 
 def _check_mc(x, width, n_networks) -> None:
-    if not (isinstance(x, torch.Tensor) and x.ndim == 2 and len(x) >= 1):
+    if not (isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[0] >= 1 and x.shape[1] >= 1):
         raise ValueError(f"x must be a tensor of shape (n_inputs, n_0), got {tuple(getattr(x, 'shape', ()))}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite")
     if not (isinstance(width, int) and width >= 1):
         raise ValueError(f"width must be an int >= 1, got {width!r}")
     if not (isinstance(n_networks, int) and n_networks >= 1):

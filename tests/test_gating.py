@@ -121,10 +121,66 @@ def test_elbo_is_a_lower_bound_with_known_cases():
 
 
 def test_bernoulli_kl_closed_form():
-    q, p = torch.tensor([[0.2, 0.7]]), torch.tensor([[0.5, 0.1]])
+    q, p = torch.tensor([[0.2, 0.7]], dtype=torch.float64), torch.tensor([[0.5, 0.1]], dtype=torch.float64)
     ref = sum(qi * math.log(qi / pi) + (1 - qi) * math.log((1 - qi) / (1 - pi)) for qi, pi in [(0.2, 0.5), (0.7, 0.1)])
-    assert bernoulli_kl(q, p).item() == pytest.approx(ref, rel=1e-6)
-    assert bernoulli_kl(p, p).abs().item() < 1e-7
+    assert bernoulli_kl(q, torch.logit(p)).item() == pytest.approx(ref, rel=1e-12)
+    assert bernoulli_kl(p, torch.logit(p)).abs().item() < 1e-15
+    # saturated prior: sigma(50) rounds to 1 in float64, the KL of q = 1/2 must still be exact
+    half = torch.tensor([[0.5]], dtype=torch.float64)
+    exact = 0.5 * math.log(0.5) * 2 - 0.5 * F.logsigmoid(torch.tensor(50.0, dtype=torch.float64)).item() + 0.5 * 50
+    exact = math.log(0.5) - 0.5 * (F.logsigmoid(torch.tensor(50.0, dtype=torch.float64)).item()
+                                   + F.logsigmoid(torch.tensor(-50.0, dtype=torch.float64)).item())
+    assert bernoulli_kl(half, torch.tensor([[50.0]], dtype=torch.float64)).item() == pytest.approx(exact, rel=1e-12)
+    assert bernoulli_kl(torch.tensor([[0.0, 1.0]]), torch.tensor([[-3.0, 2.0]])).isfinite().all()
+
+
+def _brute_force_elbo(net, x, y, tau, q):
+    """Sum over patterns of q(a) [log P(y|x,a) - log q(a) + log P(a|x)], unit by unit, in log space."""
+    z = net[0](x)
+    out = []
+    for i in range(len(x)):
+        total = 0.0
+        for bits in itertools.product([0, 1], repeat=z.shape[1]):
+            log_q, log_p = 0.0, 0.0
+            for u, bit in enumerate(bits):
+                qu = q[i, u].item()
+                if (bit and qu == 0) or (not bit and qu == 1):
+                    log_q = -math.inf
+                    break
+                log_q += math.log(qu if bit else 1 - qu)
+                log_p += F.logsigmoid((1 if bit else -1) * z[i, u] / tau).item()
+            if log_q == -math.inf:
+                continue
+            a = torch.tensor(bits, dtype=z.dtype)
+            lik = F.log_softmax(net[2](a * z[i]), 0)[y[i]].item()
+            total += math.exp(log_q) * (lik - log_q + log_p)
+        out.append(total)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("tau", [0.01, 1.0])
+def test_elbo_matches_brute_force_even_when_saturated(tau):
+    net, x, y = _net((3, 5, 4), n=6, seed=5)
+    g = torch.Generator().manual_seed(1)
+    q = torch.rand(6, 5, generator=g, dtype=torch.float64)
+    q[0, 0], q[1, 1] = 0.0, 1.0  # deterministic gates in q
+    torch.testing.assert_close(elbo(net, x, y, tau, q), _brute_force_elbo(net, x, y, tau, q), rtol=1e-10, atol=1e-10)
+
+
+def test_float32_and_strongly_rejected_labels_stay_finite():
+    torch.manual_seed(0)
+    net = mlp([3, 6, 4])
+    with torch.no_grad():
+        net[2].bias.copy_(torch.tensor([0.0, -300.0, -300.0, -300.0]))  # every pattern rejects labels 1..3
+    x, y = torch.randn(8, 3), torch.randint(1, 4, (8,))
+    exact = log_marginal_likelihood(net, x, y, 0.05)
+    mc = log_marginal_likelihood(net, x, y, 0.05, method="mc", n_samples=4000, generator=torch.Generator().manual_seed(0))
+    assert exact.max() < -250 and bool(mc.estimate.isfinite().all()) and bool(mc.stderr.isfinite().all())
+    assert bool(((mc.estimate - exact).abs() < 1e-2 * exact.abs()).all())  # exp(-300) underflows float32
+    assert bool(elbo(net, x, y, 0.01, torch.ones(8, 6)).isfinite().all())
+    assert bool((elbo(net, x, y, 0.05, soft_gates(net[0](x), 0.05)) <= exact + 1e-4 * exact.abs()).all())
+    with pytest.raises(ValueError, match="n_samples"):
+        log_marginal_likelihood(net, x, y, 0.05, method="mc", n_samples=1)
 
 
 def test_bad_input():

@@ -134,3 +134,22 @@ def test_train_with_sgd(tmp_path):
     assert adam.key != res.key
     with pytest.raises(ValueError, match="optimizer"):
         train(_net(), (x, y), epochs=1, optimizer="lbfgs", cache=False, progress=False)
+
+
+def test_cache_key_tells_losses_apart_and_handles_batchnorm():
+    from nbsupport.models import callable_key
+    square, absolute = (lambda out, y: (out - y).pow(2).mean()), (lambda out, y: (out - y).abs().mean())
+    assert callable_key(square) != callable_key(absolute)  # two lambdas, same qualified name
+
+    def scaled(c):
+        return lambda out, y: c * (out - y).pow(2).mean()
+    assert callable_key(scaled(1.0)) != callable_key(scaled(2.0))  # closures over different values
+    import functools
+    assert callable_key(functools.partial(F_cross_entropy, label_smoothing=0.1)) == \
+        callable_key(functools.partial(F_cross_entropy, label_smoothing=0.1))
+    net = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))  # 0-d buffer inside
+    x, y = _blobs()
+    assert config_hash(net, [x, y]) == config_hash(net, [x, y])
+
+
+F_cross_entropy = nn.functional.cross_entropy

@@ -119,3 +119,12 @@ def test_activation_patterns_errors_remove_hooks():
     assert not any(m._forward_pre_hooks for m in net.modules())
     with pytest.raises(ValueError, match="ReLU"):
         activation_patterns(nn.Linear(2, 2), torch.randn(3, 2))
+
+
+def test_activation_patterns_leave_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    activation_patterns(model, torch.randn(16, 3) + 5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -165,3 +165,29 @@ def test_gram_decomposition_large_n_and_empty_groups():
         top = torch.linalg.eigvalsh(cov).flip(0)[:4]
         torch.testing.assert_close(getattr(res.eigenvalues, name), top[:len(getattr(res.eigenvalues, name))],
                                    rtol=0, atol=1e-8)
+
+
+def test_shared_linear_falls_back_to_vmap():
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4).double()
+    net = nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(4, 3).double())
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.randint(0, 3, (9,))
+    ref = per_sample_grads_loop(net, F.cross_entropy, x, y)
+    torch.testing.assert_close(per_sample_grads(net, F.cross_entropy, x, y), ref)
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        gradient_gram(net, F.cross_entropy, x, y)
+
+
+def test_more_bad_gram_input():
+    import nbsupport.pergrad as pg
+    k = torch.eye(4, dtype=torch.float64)
+    inv = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="groups"):
+        group_gram_spectra(k, inv, torch.tensor([-1]))
+    with pytest.raises(ValueError, match="inverse"):
+        gram_decomposition(k, torch.tensor([0, -1, 1, 1]))
+    with pytest.raises(ValueError, match="symmetric"):
+        gram_decomposition(torch.triu(torch.ones(4, 4, dtype=torch.float64)), inv)
+    assert pg.top_eigenvalues(torch.eye(3), 2).dtype == torch.float64
+    with pytest.raises(ValueError, match="k must"):
+        pg.top_eigenvalues(torch.eye(3), -1)

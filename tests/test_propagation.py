@@ -39,10 +39,17 @@ def test_relu_expectation_matches_monte_carlo():
     torch.testing.assert_close(torch.diagonal(exact), torch.diagonal(k) / 2)  # E relu(u)^2 = k / 2
 
 
-def test_relu_expectation_stable_near_identical_inputs():
-    # theta ~ 1e-9: arccos would lose half the digits; the map must stay at k/2 to high accuracy
-    k = torch.tensor([[1.0, 1 - 1e-18], [1 - 1e-18, 1.0]], dtype=torch.float64)
-    torch.testing.assert_close(relu_expectation(k), torch.full((2, 2), 0.5, dtype=torch.float64), rtol=1e-12, atol=0)
+def test_relu_expectation_when_rounding_pushes_the_correlation_past_one():
+    # K_ab a hair above sqrt(K_aa K_bb): arccos of the ratio would be NaN; the map must give K/2
+    k = torch.tensor([[2.0, 2.0 * (1 + 4e-16)], [2.0 * (1 + 4e-16), 2.0]], dtype=torch.float64)
+    torch.testing.assert_close(relu_expectation(k), torch.full((2, 2), 1.0, dtype=torch.float64), rtol=1e-12, atol=0)
+    # small angle against the closed form evaluated with the angle given exactly
+    theta = 1e-4
+    k = torch.tensor([[1.0, math.cos(theta)], [math.cos(theta), 1.0]], dtype=torch.float64)
+    expected = (math.sin(theta) + (math.pi - theta) * math.cos(theta)) / (2 * math.pi)
+    assert relu_expectation(k)[0, 1].item() == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="kernel"):
+        relu_expectation(torch.tensor([[-1.0, 0.0], [0.0, -1.0]]))
 
 
 def test_relu_one_step_and_correlation_map():
@@ -122,6 +129,9 @@ def test_gradient_norms_follow_cw_chi(activation, C_W, chi):
     (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, n_networks=0), "n_networks"),
     (lambda: empirical_kernels(torch.ones(3), 2, 4, 1.0), "x must"),
     (lambda: gradient_norms(torch.ones(2, 3), 0, 4, 1.0), "depth"),
+    (lambda: empirical_kernels(torch.ones(2, 0), 2, 4, 1.0), "x must"),
+    (lambda: empirical_kernels(torch.full((2, 3), float("nan")), 2, 4, 1.0), "finite"),
+    (lambda: relu_correlation_map(torch.tensor([float("nan")])), "c must"),
 ])
 def test_bad_input(call, word):
     with pytest.raises(ValueError, match=word):
