@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "log_marginal_likelihood",
+__all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "pattern_log_probs", "PatternLogProbs",
+           "log_marginal_likelihood",
            "bernoulli_kl", "elbo", "MonteCarloEstimate", "MAX_EXACT_UNITS"]
 
 #: Largest hidden width for exact enumeration (2**16 = 65 536 patterns).
@@ -141,6 +142,40 @@ def _log_lik_all(first: nn.Linear, second: nn.Linear, z: torch.Tensor, y: torch.
     """log P(y | x, a) for every sample and pattern: (N, 2**m)."""
     logits = second(z.unsqueeze(1) * patterns.unsqueeze(0))            # (N, 2**m, k)
     return F.log_softmax(logits, dim=2).gather(2, y.view(-1, 1, 1).expand(-1, len(patterns), 1)).squeeze(2)
+
+
+class PatternLogProbs(NamedTuple):
+    """Per sample and pattern (rows of :func:`all_patterns`): ``log_lik`` = log P(y | x, a) and
+    ``log_prior`` = log P(a | x), both of shape (N, 2**m)."""
+
+    log_lik: torch.Tensor
+    log_prior: torch.Tensor
+
+
+def pattern_log_probs(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float) -> PatternLogProbs:
+    r"""Both factors of the joint :math:`P(y, a \mid x)` for every pattern of a one-hidden-layer net.
+
+    Differentiable in the parameters, so expectations of gradients under any weights :math:`w(a)`
+    are gradients of :math:`\sum_a w(a) f(a)` with ``w`` detached: e.g. Fisher's identity
+    :math:`\nabla \log P(y \mid x) = \E_{P(a \mid x, y)}[\nabla \log P(y \mid x, a) + \nabla \log P(a \mid x)]`.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)`` with ``m <= 16``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+
+    Returns
+    -------
+    PatternLogProbs
+    """
+    _check_tau(tau)
+    first, second = _check_one_hidden(model, x, y)
+    z = first(x)
+    patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
+    return PatternLogProbs(_log_lik_all(first, second, z, y, patterns), _log_prior(z, patterns, tau))
 
 
 class MonteCarloEstimate(NamedTuple):

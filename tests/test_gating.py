@@ -195,3 +195,26 @@ def test_bad_input():
         all_patterns(17)
     with pytest.raises(ValueError, match="q_probs"):
         elbo(net, x, y, 1.0, torch.full((len(x), 5), 1.5, dtype=torch.float64))
+
+
+def test_fisher_identity_needs_the_posterior_and_the_prior_score():
+    """Source 001 writes grad log P(y|x) = E_prior[grad log P(y|x,A)]; Fisher's identity uses the posterior
+    and adds grad log P(A|x) when the gate probabilities depend on the parameters."""
+    from nbsupport.gating import pattern_log_probs
+    net, x, y = _net((3, 5, 4), n=6, seed=6)
+    tau = 0.5
+    params = list(net.parameters())
+
+    def flat(scalar):
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(scalar, params, retain_graph=True)])
+
+    exact = flat(log_marginal_likelihood(net, x, y, tau).sum())
+    lp = pattern_log_probs(net, x, y, tau)
+    posterior = torch.softmax(lp.log_lik + lp.log_prior, dim=1).detach()
+    prior = lp.log_prior.exp().detach()
+    fisher = flat((posterior * (lp.log_lik + lp.log_prior)).sum())
+    posterior_without_score = flat((posterior * lp.log_lik).sum())
+    as_written = flat((prior * lp.log_lik).sum())
+    torch.testing.assert_close(fisher, exact, rtol=1e-10, atol=1e-12)
+    gap = lambda g: ((g - exact).norm() / exact.norm()).item()
+    assert gap(as_written) > 1e-2 and gap(posterior_without_score) > 1e-2
