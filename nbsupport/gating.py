@@ -25,7 +25,8 @@ from torch import nn
 
 __all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "pattern_log_probs", "PatternLogProbs",
            "log_marginal_likelihood",
-           "bernoulli_kl", "elbo", "MonteCarloEstimate", "MAX_EXACT_UNITS"]
+           "bernoulli_kl", "elbo", "MonteCarloEstimate", "gate_information", "GateInformation",
+           "plugin_entropy", "MAX_EXACT_UNITS"]
 
 #: Largest hidden width for exact enumeration (2**16 = 65 536 patterns).
 MAX_EXACT_UNITS = 16
@@ -289,3 +290,76 @@ def elbo(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_p
     log_q = q_probs.log().clamp(min=floor) @ patterns.T + (1 - q_probs).log().clamp(min=floor) @ (1 - patterns).T
     expected = (log_q.exp() * _log_lik_all(first, second, z, y, patterns)).sum(1)
     return expected - bernoulli_kl(q_probs, z / tau)
+
+
+class GateInformation(NamedTuple):
+    """Entropies (nats) of the gate pattern A of one layer over a data set, and mutual informations."""
+
+    H_A: float
+    H_A_given_X: float
+    H_A_given_Y: float
+    I_AX: float
+    I_AY: float
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -torch.xlogy(probs, probs).sum(-1)
+
+
+def gate_information(z: torch.Tensor, y: torch.Tensor, tau: float) -> GateInformation:
+    r"""Exact :math:`I(A; X)` and :math:`I(A; Y)` for Bernoulli gates :math:`\sigma(z/\tau)` of one layer.
+
+    X is uniform over the N rows of ``z`` (the empirical data distribution). Given X the gates are
+    independent, so :math:`H(A \mid X)` is a sum of binary entropies; :math:`P(a) = \frac1N \sum_x
+    P(a \mid x)` and :math:`P(a \mid y)` are enumerated over all :math:`2^m` patterns (``m <= 16``).
+
+    Parameters
+    ----------
+    z : Tensor, shape (N, m)
+        Preactivations of the layer.
+    y : Tensor, long, shape (N,)
+        Labels.
+    tau : float
+
+    Returns
+    -------
+    GateInformation
+        ``I_AX = H_A - H_A_given_X`` and ``I_AY = H_A - H_A_given_Y``, in nats.
+    """
+    _check_tau(tau)
+    if not (isinstance(z, torch.Tensor) and z.ndim == 2 and isinstance(y, torch.Tensor) and y.shape == z.shape[:1]):
+        raise ValueError(f"z must have shape (N, m) and y shape (N,), got {tuple(getattr(z, 'shape', ()))} "
+                         f"and {tuple(getattr(y, 'shape', ()))}")
+    z = z.detach().to(torch.float64)
+    patterns = all_patterns(z.shape[1], device=z.device)
+    conditional = _log_prior(z, patterns, tau).exp()                        # P(a | x): (N, 2**m)
+    h_a = _entropy(conditional.mean(0))
+    on = soft_gates(z, tau)
+    h_a_x = _entropy(torch.stack([on, 1 - on], dim=-1)).sum(1).mean()
+    classes, y_index = torch.unique(y, return_inverse=True)
+    per_class = torch.zeros(len(classes), conditional.shape[1], dtype=torch.float64, device=z.device)
+    per_class.index_add_(0, y_index, conditional)
+    class_counts = torch.bincount(y_index).to(torch.float64)
+    h_a_y = (class_counts / len(y) * _entropy(per_class / class_counts.unsqueeze(1))).sum()
+    return GateInformation(h_a.item(), h_a_x.item(), h_a_y.item(), (h_a - h_a_x).item(), (h_a - h_a_y).item())
+
+
+def plugin_entropy(codes: torch.Tensor, miller_madow: bool = True) -> float:
+    r"""Entropy (nats) of a discrete variable from samples: plug-in, with the Miller–Madow correction.
+
+    :math:`\hat H = -\sum_k \hat p_k \log \hat p_k + (K - 1) / (2n)` with K the number of distinct
+    values seen and n the sample size; the correction removes the leading :math:`O(1/n)` bias of the
+    plug-in estimate, which otherwise underestimates H when many values are rare.
+
+    Parameters
+    ----------
+    codes : Tensor, shape (n,) or (n, m)
+        Samples; rows of a 2-D tensor are values (e.g. gate patterns).
+    miller_madow : bool
+    """
+    if not (isinstance(codes, torch.Tensor) and codes.ndim in (1, 2) and len(codes) >= 1):
+        raise ValueError("codes must be a non-empty tensor of shape (n,) or (n, m)")
+    _, counts = torch.unique(codes, dim=0 if codes.ndim == 2 else None, return_counts=True)
+    p = counts.to(torch.float64) / len(codes)
+    estimate = _entropy(p).item()
+    return estimate + (len(counts) - 1) / (2 * len(codes)) if miller_madow else estimate

@@ -218,3 +218,62 @@ def test_fisher_identity_needs_the_posterior_and_the_prior_score():
     torch.testing.assert_close(fisher, exact, rtol=1e-10, atol=1e-12)
     gap = lambda g: ((g - exact).norm() / exact.norm()).item()
     assert gap(as_written) > 1e-2 and gap(posterior_without_score) > 1e-2
+
+
+def _brute_force_information(z, y, tau):
+    """Joint table P(x, y, a) with x uniform, built with loops, then entropies by definition."""
+    n, m = z.shape
+    table = {}
+    for i in range(n):
+        for bits in itertools.product([0, 1], repeat=m):
+            p = 1.0 / n
+            for u, bit in enumerate(bits):
+                on = 1 / (1 + math.exp(-z[i, u].item() / tau))
+                p *= on if bit else 1 - on
+            table[(i, int(y[i]), bits)] = p
+
+    def h(keys):
+        marg = {}
+        for key, p in table.items():
+            k = keys(key)
+            marg[k] = marg.get(k, 0.0) + p
+        return -sum(p * math.log(p) for p in marg.values() if p > 0)
+
+    h_a = h(lambda k: k[2])
+    h_a_x = h(lambda k: (k[0], k[2])) - h(lambda k: k[0])
+    h_a_y = h(lambda k: (k[1], k[2])) - h(lambda k: k[1])
+    return h_a, h_a_x, h_a_y
+
+
+def test_gate_information_matches_brute_force_and_limits():
+    from nbsupport.gating import gate_information
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,), generator=g)
+    info = gate_information(z, y, 0.7)
+    h_a, h_a_x, h_a_y = _brute_force_information(z, y, 0.7)
+    assert info.H_A == pytest.approx(h_a, rel=1e-12) and info.H_A_given_X == pytest.approx(h_a_x, rel=1e-12)
+    assert info.H_A_given_Y == pytest.approx(h_a_y, rel=1e-12)
+    assert 0 <= info.I_AY <= info.I_AX + 1e-12 <= info.H_A + 1e-12  # data processing: Y depends on A only through X
+    same = gate_information(z[:1].expand(12, -1), y, 0.7)   # gates independent of x: no information
+    assert abs(same.I_AX) < 1e-12 and abs(same.I_AY) < 1e-12
+    hard = gate_information(z, y, 1e-6)                     # hard gates: A is a function of X
+    counts = torch.unique(z > 0, dim=0, return_counts=True)[1].double() / 12
+    assert hard.H_A_given_X < 1e-6 and hard.I_AX == pytest.approx(-(counts * counts.log()).sum().item(), abs=1e-6)
+
+
+def test_plugin_entropy_is_close_to_exact_and_corrected():
+    from nbsupport.gating import plugin_entropy
+    g = torch.Generator().manual_seed(1)
+    p = torch.tensor([0.4, 0.3, 0.2, 0.05, 0.05], dtype=torch.float64)
+    exact = -(p * p.log()).sum().item()
+    samples = torch.multinomial(p, 200, replacement=True, generator=g)
+    plain, corrected = plugin_entropy(samples, miller_madow=False), plugin_entropy(samples)
+    assert corrected - plain == pytest.approx((len(samples.unique()) - 1) / 400)
+    # averaged over many small samples, the correction removes most of the bias
+    runs = [torch.multinomial(p, 50, replacement=True, generator=g) for _ in range(400)]
+    bias_plain = sum(plugin_entropy(r, miller_madow=False) for r in runs) / 400 - exact
+    bias_mm = sum(plugin_entropy(r) for r in runs) / 400 - exact
+    assert bias_plain < -0.02 and abs(bias_mm) < abs(bias_plain) / 3
+    rows = torch.tensor([[1, 0], [1, 0], [0, 1], [1, 1]])
+    assert plugin_entropy(rows, miller_madow=False) == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
