@@ -138,7 +138,7 @@ def _log_prior(z: torch.Tensor, patterns: torch.Tensor, tau: float) -> torch.Ten
     return F.logsigmoid(z / tau) @ patterns.T + F.logsigmoid(-z / tau) @ (1 - patterns).T
 
 
-def _log_lik_all(first: nn.Linear, second: nn.Linear, z: torch.Tensor, y: torch.Tensor,
+def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor,
                  patterns: torch.Tensor) -> torch.Tensor:
     """log P(y | x, a) for every sample and pattern: (N, 2**m)."""
     logits = second(z.unsqueeze(1) * patterns.unsqueeze(0))            # (N, 2**m, k)
@@ -176,7 +176,7 @@ def pattern_log_probs(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ta
     first, second = _check_one_hidden(model, x, y)
     z = first(x)
     patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
-    return PatternLogProbs(_log_lik_all(first, second, z, y, patterns), _log_prior(z, patterns, tau))
+    return PatternLogProbs(_log_lik_all(second, z, y, patterns), _log_prior(z, patterns, tau))
 
 
 class MonteCarloEstimate(NamedTuple):
@@ -226,7 +226,7 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
         out = []
         for start in range(0, len(x), rows):
             zc, yc = z[start:start + rows], y[start:start + rows]
-            joint = _log_lik_all(first, second, zc, yc, patterns) + _log_prior(zc, patterns, tau)
+            joint = _log_lik_all(second, zc, yc, patterns) + _log_prior(zc, patterns, tau)
             out.append(torch.logsumexp(joint, dim=1))
         return torch.cat(out)
     if method == "mc":
@@ -288,7 +288,7 @@ def elbo(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_p
     patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
     floor = torch.finfo(z.dtype).min / (4 * z.shape[1])  # log 0, finite so that 0 * log 0 = 0 in the sums
     log_q = q_probs.log().clamp(min=floor) @ patterns.T + (1 - q_probs).log().clamp(min=floor) @ (1 - patterns).T
-    expected = (log_q.exp() * _log_lik_all(first, second, z, y, patterns)).sum(1)
+    expected = (log_q.exp() * _log_lik_all(second, z, y, patterns)).sum(1)
     return expected - bernoulli_kl(q_probs, z / tau)
 
 
