@@ -138,11 +138,35 @@ def _log_prior(z: torch.Tensor, patterns: torch.Tensor, tau: float) -> torch.Ten
     return F.logsigmoid(z / tau) @ patterns.T + F.logsigmoid(-z / tau) @ (1 - patterns).T
 
 
-def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor,
-                 patterns: torch.Tensor) -> torch.Tensor:
-    """log P(y | x, a) for every sample and pattern: (N, 2**m)."""
-    logits = second(z.unsqueeze(1) * patterns.unsqueeze(0))            # (N, 2**m, k)
-    return F.log_softmax(logits, dim=2).gather(2, y.view(-1, 1, 1).expand(-1, len(patterns), 1)).squeeze(2)
+def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""log P(y | x, a) for every sample and every pattern, in code order: (N, 2**m).
+
+    The logits are additive over units, :math:`W_2 (a \odot z) + b_2 = u_l + v_h` for the low bits
+    ``l`` and the high bits ``h`` of the pattern's code, so the class normaliser
+    :math:`\log \sum_k e^{u_{lk}} e^{v_{hk}}` of all :math:`2^m` patterns is one batched matrix
+    product of two :math:`2^{m/2} \times k` factors per sample, never a :math:`(2^m, k)` logit array.
+    Entries whose product underflows (logits spread over more than ~700 nats) are recomputed directly.
+    """
+    m, k = z.shape[1], second.out_features
+    patterns = all_patterns(m, dtype=z.dtype, device=z.device)
+    n_low = 2 ** (m // 2)
+    contributions = z.unsqueeze(2) * second.weight.T                       # (N, m, k): z_i W2[:, i]
+    u = patterns[:n_low] @ contributions                                   # (N, L, k): codes with high bits 0
+    if second.bias is not None:
+        u = u + second.bias
+    v = patterns[::n_low] @ contributions                                  # (N, H, k): codes with low bits 0
+    u_max, v_max = u.max(2, keepdim=True).values, v.max(2, keepdim=True).values
+    products = torch.bmm((u - u_max).exp(), (v - v_max).exp().transpose(1, 2))   # (N, L, H)
+    tiny = torch.finfo(z.dtype).tiny / torch.finfo(z.dtype).eps
+    log_norm = products.clamp(min=tiny).log() + u_max + v_max.transpose(1, 2)
+    underflow = (products < tiny).nonzero(as_tuple=True)
+    if len(underflow[0]):
+        n, l, h = underflow
+        log_norm = log_norm.index_put(underflow, torch.logsumexp(u[n, l] + v[n, h], dim=1))
+    u_y = u.gather(2, y.view(-1, 1, 1).expand(-1, u.shape[1], 1))          # (N, L, 1)
+    v_y = v.gather(2, y.view(-1, 1, 1).expand(-1, v.shape[1], 1))          # (N, H, 1)
+    log_lik = u_y + v_y.transpose(1, 2) - log_norm                         # (N, L, H)
+    return log_lik.transpose(1, 2).reshape(len(z), -1)                     # code l + L h at index h L + l
 
 
 class PatternLogProbs(NamedTuple):
@@ -176,7 +200,7 @@ def pattern_log_probs(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ta
     first, second = _check_one_hidden(model, x, y)
     z = first(x)
     patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
-    return PatternLogProbs(_log_lik_all(second, z, y, patterns), _log_prior(z, patterns, tau))
+    return PatternLogProbs(_log_lik_all(second, z, y), _log_prior(z, patterns, tau))
 
 
 class MonteCarloEstimate(NamedTuple):
@@ -200,8 +224,8 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
     tau : float
         Gate temperature, > 0.
     method : {"exact", "mc"}
-        ``"exact"``: log-sum-exp over all :math:`2^m` patterns (``m <= 16``), in chunks of about
-        ``chunk`` elements of the largest intermediate tensor. ``"mc"``: ``n_samples`` gate draws per
+        ``"exact"``: log-sum-exp over all :math:`2^m` patterns (``m <= 16``), batched over patterns
+        and samples, in chunks of about ``chunk`` (sample, pattern) pairs. ``"mc"``: ``n_samples`` gate draws per
         sample from :math:`P(a \mid x)`.
     n_samples : int
         Draws for ``"mc"``, >= 2.
@@ -222,11 +246,11 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
     z = first(x)
     if method == "exact":
         patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
-        rows = max(1, chunk // (len(patterns) * max(second.out_features, second.in_features)))
+        rows = max(1, chunk // len(patterns))
         out = []
         for start in range(0, len(x), rows):
             zc, yc = z[start:start + rows], y[start:start + rows]
-            joint = _log_lik_all(second, zc, yc, patterns) + _log_prior(zc, patterns, tau)
+            joint = _log_lik_all(second, zc, yc) + _log_prior(zc, patterns, tau)
             out.append(torch.logsumexp(joint, dim=1))
         return torch.cat(out)
     if method == "mc":
@@ -288,7 +312,7 @@ def elbo(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_p
     patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
     floor = torch.finfo(z.dtype).min / (4 * z.shape[1])  # log 0, finite so that 0 * log 0 = 0 in the sums
     log_q = q_probs.log().clamp(min=floor) @ patterns.T + (1 - q_probs).log().clamp(min=floor) @ (1 - patterns).T
-    expected = (log_q.exp() * _log_lik_all(second, z, y, patterns)).sum(1)
+    expected = (log_q.exp() * _log_lik_all(second, z, y)).sum(1)
     return expected - bernoulli_kl(q_probs, z / tau)
 
 

@@ -81,6 +81,32 @@ def test_exact_marginal_matches_brute_force(tau):
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("widths", [(3, 1, 4), (2, 5, 3), (3, 6, 2)])
+def test_exact_marginal_any_width_and_bias(widths):
+    """Odd and tiny widths split into low/high halves correctly; a second layer without bias too."""
+    net, x, y = _net(widths, n=5, seed=6)
+    torch.testing.assert_close(log_marginal_likelihood(net, x, y, 0.4), _brute_force(net, x, y, 0.4),
+                               rtol=1e-12, atol=1e-12)
+    no_bias = torch.nn.Sequential(net[0], net[1], torch.nn.Linear(widths[1], widths[2], bias=False).double())
+    with torch.no_grad():
+        no_bias[2].weight.copy_(net[2].weight)
+        net[2].bias.zero_()
+    torch.testing.assert_close(log_marginal_likelihood(no_bias, x, y, 0.4), _brute_force(net, x, y, 0.4),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_exact_marginal_survives_logits_spread_over_thousands_of_nats():
+    """The factorised class normaliser underflows here; the fallback recomputes those entries directly."""
+    net, x, y = _net((3, 6, 4), n=6, seed=7)
+    with torch.no_grad():
+        net[2].weight.mul_(2000.0)
+    exact = log_marginal_likelihood(net, x, y, 0.7)
+    assert bool(exact.isfinite().all())
+    torch.testing.assert_close(exact, _brute_force(net, x, y, 0.7), rtol=1e-10, atol=1e-10)
+    grads = torch.autograd.grad(exact.sum(), list(net.parameters()))
+    assert all(bool(g.isfinite().all()) for g in grads)
+
+
 def test_exact_marginal_chunks_and_normalises():
     net, x, _ = _net((3, 8, 4), n=5)
     per_class = torch.stack([log_marginal_likelihood(net, x, torch.full((5,), k), 0.7) for k in range(4)])
