@@ -1,0 +1,667 @@
+r"""Excitation pullbacks: input gradients with soft ReLU gates and softmax-pool routing.
+
+Source :cite:p:`satkiewicz2025tapping` keeps a ReLU network's forward pass and changes only its
+backward pass: every ReLU passes the incoming gradient times :math:`\sigma(z/T)` instead of
+:math:`\1(z > 0)`, and every max-pooling routes it as a softmax pooling at temperature :math:`T`
+would. The input gradient of a class logit under these rules is the *excitation pullback*.
+
+The rules are installed by a :class:`torch.overrides.TorchFunctionMode` that is active only while
+the model's forward pass runs (entered and left by forward hooks on every submodule). It intercepts
+the *functions* ``torch.relu``, ``torch.relu_``, ``F.relu`` (in place or not), ``Tensor.relu``,
+``Tensor.relu_``, ``F.max_pool2d`` (also with ``return_indices``) and ``torch.max_pool2d``, so it
+covers ``nn.ReLU``/``nn.MaxPool2d`` modules (which call those functions) and ReLUs called inside a
+``forward`` alike, without touching the model: restoring it means removing the hooks. Related
+functions for which no rule exists (``relu6``, ``threshold``, other max-poolings) raise
+:class:`NotImplementedError` naming the call rather than keeping their vanilla gradient. ReLUs
+written as ``clamp(min=0)``, ``torch.maximum`` or ``torch.where`` cannot be recognised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "surrogate_gradients",
+    "excitation_pullback",
+    "input_gradient",
+    "guided_backprop",
+    "gate_patterns",
+    "softmax_pool2d",
+    "SoftMaxPool2d",
+    "pool_output_size",
+    "projected_gradient_ascent",
+    "check_target",
+    "vgg_cnn",
+    "small_resnet",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared by the attribution functions
+# ---------------------------------------------------------------------------------------------
+
+def _check_temperature(temperature: float, name: str = "temperature") -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating tensor of shape (N, ...) with a batch axis, got {shape}")
+
+
+def check_target(target, n: int, n_classes: int, device=None) -> torch.Tensor:
+    """Validate class indices and broadcast them to one per sample.
+
+    Parameters
+    ----------
+    target : int or Tensor of shape () or (N,)
+        Class indices in ``[0, n_classes)``.
+    n, n_classes : int
+        Batch size and number of classes (outputs of the model).
+
+    Returns
+    -------
+    Tensor, long, shape (N,)
+    """
+    if isinstance(target, bool):
+        raise ValueError(f"target must be an int or an integer tensor of shape ({n},), got {target!r}")
+    if isinstance(target, int):
+        target = torch.full((n,), target, dtype=torch.long, device=device)
+    elif isinstance(target, torch.Tensor) and not target.is_floating_point() and target.dtype != torch.bool:
+        if target.ndim == 0:
+            target = target.expand(n)
+        if target.shape != (n,):
+            raise ValueError(f"target must have shape ({n},) (one class per sample), got {tuple(target.shape)}")
+        target = target.to(device=device, dtype=torch.long)
+    else:
+        raise ValueError(f"target must be an int or an integer tensor of shape ({n},), got {target!r}")
+    if len(target) and not (0 <= int(target.min()) and int(target.max()) < n_classes):
+        raise ValueError(f"target must lie in [0, {n_classes}) (the model has {n_classes} outputs), "
+                         f"got values in [{int(target.min())}, {int(target.max())}]")
+    return target
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        out = model(x)
+    except NotImplementedError:  # a call without a backward rule: not about x
+        raise
+    except RuntimeError as err:  # a shape mismatch inside the model
+        raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model: {err}") from err
+    if not (isinstance(out, torch.Tensor) and out.ndim == 2 and len(out) == len(x)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model must map x of shape {tuple(x.shape)} to logits (N, classes), got {shape}")
+    return out
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    r"""Gradient of the target logit with respect to the input (vanilla gradient, "saliency").
+
+    Computed with whatever backward rules are active: inside :func:`surrogate_gradients` this is
+    the excitation pullback. Gradients are taken with ``torch.autograd.grad``, so the parameters'
+    ``.grad`` are left untouched; grad mode is switched on even under ``torch.no_grad``. The model
+    is called as it is (call ``model.eval()`` first for BatchNorm to use its running statistics).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps a batch ``(N, ...)`` to logits ``(N, classes)``.
+    x : Tensor, shape (N, ...)
+    target : int or Tensor of shape (N,)
+        Class whose logit is differentiated, per sample.
+
+    Returns
+    -------
+    Tensor, shape of ``x``
+        :math:`\partial f_{c_n}(x_n) / \partial x_n` for every sample ``n``.
+    """
+    _check_input(x)
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        out = _logits(model, xg)
+        target = check_target(target, len(x), out.shape[1], device=out.device)
+        (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), xg)
+    return grad
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax pooling: the soft branch of the pooling rule
+# ---------------------------------------------------------------------------------------------
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """Output length of ``max_pool2d`` along one axis (PyTorch's rule, ``ceil_mode`` included).
+
+    In ceil mode a last, partial window is kept only if it starts inside the input or the left
+    padding.
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if span < 0:
+        raise ValueError(f"the pooling window (kernel {kernel}, dilation {dilation}) is larger than the "
+                         f"padded input ({size} + 2*{padding})")
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pool_params(kernel_size, stride, padding, dilation):
+    kernel = _pair(kernel_size)
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
+    padding, dilation = _pair(padding), _pair(dilation)
+    if not (all(k >= 1 for k in kernel) and all(s >= 1 for s in stride) and all(d >= 1 for d in dilation)
+            and all(0 <= p <= k // 2 for p, k in zip(padding, kernel))):
+        raise ValueError(f"pooling needs kernel_size, stride, dilation >= 1 and 0 <= padding <= kernel_size // 2, "
+                         f"got kernel_size={kernel}, stride={stride}, padding={padding}, dilation={dilation}")
+    return kernel, stride, padding, dilation
+
+
+def _windows(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode):
+    """Pooling windows of ``x`` (N, C, H, W) as a tensor (N*C, kh*kw, L), padded positions -inf.
+
+    Returns the windows, the output size (oh, ow) and the padded size with the pads, for folding.
+    """
+    n, c, h, w = x.shape
+    oh = pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    # extra bottom/right padding so that the last (ceil-mode) window fits; never negative here
+    extra_h = max(0, (oh - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1 - (h + 2 * padding[0]))
+    extra_w = max(0, (ow - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1 - (w + 2 * padding[1]))
+    pads = (padding[1], padding[1] + extra_w, padding[0], padding[0] + extra_h)
+    xp = F.pad(x.reshape(n * c, 1, h, w), pads, value=-math.inf)
+    # with this padding unfold's window grid is exactly max_pool2d's (oh, ow)
+    win = F.unfold(xp, kernel, dilation=dilation, stride=stride)  # (N*C, kh*kw, oh*ow)
+    return win, (oh, ow), xp.shape[2:], pads
+
+
+def _check_pool_input(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim not in (3, 4):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating tensor of shape (N, C, H, W) or (C, H, W), got {shape}")
+    return (x, False) if x.ndim == 4 else (x.unsqueeze(0), True)
+
+
+def softmax_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+                   temperature: float = 0.3) -> torch.Tensor:
+    r"""Softmax pooling: each window's values averaged with weights :math:`\mathrm{softmax}(x/T)`.
+
+    :math:`s = \sum_i w_i x_i` with :math:`w = \mathrm{softmax}(x_{\text{window}} / T)`, over the same
+    windows as ``F.max_pool2d`` with the same arguments; padded positions take no part (they are
+    :math:`-\infty`, as in max-pooling, where the source's Listing 2 pads with zeros and supports only
+    an int kernel, no dilation and no ``ceil_mode`` :cite:p:`satkiewicz2025tapping`). As
+    :math:`T \to 0` it tends to max-pooling.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, C, H, W) or (C, H, W)
+    kernel_size, stride, padding, dilation : int or pair of ints
+        As in :func:`torch.nn.functional.max_pool2d` (``stride`` defaults to ``kernel_size``).
+    ceil_mode : bool
+    temperature : float
+        :math:`T > 0`.
+
+    Returns
+    -------
+    Tensor, shape of ``F.max_pool2d(x, ...)``
+    """
+    temperature = _check_temperature(temperature)
+    x4, squeeze = _check_pool_input(x)
+    kernel, stride, padding, dilation = _pool_params(kernel_size, stride, padding, dilation)
+    win, (oh, ow), _, _ = _windows(x4, kernel, stride, padding, dilation, ceil_mode)
+    weights = torch.softmax(win / temperature, dim=1)
+    out = (weights * win.nan_to_num(neginf=0.0)).sum(1).reshape(*x4.shape[:2], oh, ow)
+    return out[0] if squeeze else out
+
+
+def _softmax_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, kernel, stride, padding, dilation, ceil_mode,
+                           temperature: float) -> torch.Tensor:
+    r"""Vector-Jacobian product of :func:`softmax_pool2d` at ``x`` (N, C, H, W).
+
+    With :math:`s = \sum_i w_i x_i`, :math:`\partial s / \partial x_i = w_i (1 + (x_i - s)/T)`; the
+    windows' contributions are summed back onto the input by ``F.fold``.
+    """
+    n, c, h, w = x.shape
+    win, (oh, ow), padded, pads = _windows(x, kernel, stride, padding, dilation, ceil_mode)
+    weights = torch.softmax(win / temperature, dim=1)
+    values = win.nan_to_num(neginf=0.0)  # padded positions have weight 0; keep them finite
+    soft = (weights * values).sum(1, keepdim=True)
+    g = grad_out.reshape(n * c, 1, oh * ow)
+    local = weights * (1 + (values - soft) / temperature) * g
+    grad = F.fold(local, padded, kernel, dilation=dilation, stride=stride)
+    return grad[:, 0, pads[2]: pads[2] + h, pads[0]: pads[0] + w].reshape(n, c, h, w)
+
+
+class SoftMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d``'s arguments, forward pass :func:`softmax_pool2d` (the soft branch itself).
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, dilation, ceil_mode
+        As in :class:`torch.nn.MaxPool2d` (``return_indices`` is not supported).
+    temperature : float
+        :math:`T > 0`.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, temperature: float = 0.3):
+        super().__init__(kernel_size, stride, padding, dilation, return_indices=False, ceil_mode=ceil_mode)
+        self.temperature = _check_temperature(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return softmax_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                              self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, temperature={self.temperature}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward rules as autograd functions (forward exactly the original operation)
+# ---------------------------------------------------------------------------------------------
+
+class _SurrogateReLU(torch.autograd.Function):
+    """Forward ``relu``; backward ``grad * sigmoid(z / T)`` (Listing 1 of the source)."""
+
+    @staticmethod
+    def forward(ctx, z, temperature, inplace):
+        ctx.temperature = temperature
+        if inplace:
+            ctx.save_for_backward(z.clone())
+            ctx.mark_dirty(z)
+            return z.relu_()
+        ctx.save_for_backward(z)
+        return torch.relu(z)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * torch.sigmoid(z / ctx.temperature), None, None
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """Forward ``relu``; backward ``max(grad, 0) * 1(z > 0)`` (guided backpropagation)."""
+
+    @staticmethod
+    def forward(ctx, z, inplace):
+        if inplace:
+            ctx.save_for_backward(z > 0)
+            ctx.mark_dirty(z)
+            return z.relu_()
+        ctx.save_for_backward(z > 0)
+        return torch.relu(z)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (active,) = ctx.saved_tensors
+        return grad.clamp(min=0) * active, None
+
+
+class _SoftmaxRoutedMaxPool(torch.autograd.Function):
+    """Forward ``max_pool2d``; backward the vector-Jacobian product of the softmax pooling."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, temperature):
+        ctx.save_for_backward(x)
+        ctx.params = (kernel, stride, padding, dilation, ceil_mode, temperature)
+        return F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        x4, squeeze = (x, False) if x.ndim == 4 else (x.unsqueeze(0), True)
+        g = _softmax_pool_backward(x4, grad.reshape(x4.shape[0], x4.shape[1], *grad.shape[-2:]), *ctx.params)
+        return (g[0] if squeeze else g), None, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The mode that dispatches ReLU and max-pool calls to the rules
+# ---------------------------------------------------------------------------------------------
+
+_RELU = {F.relu, torch.relu, torch.Tensor.relu}
+_RELU_INPLACE = {torch.relu_, torch.Tensor.relu_}
+_MAXPOOL = {F.max_pool2d, torch.max_pool2d}
+_MAXPOOL_INDICES = {F.max_pool2d_with_indices}
+_UNSUPPORTED = {F.relu6, F.threshold, torch.threshold, torch.threshold_, F.threshold_, F.max_pool1d, F.max_pool3d,
+                F.max_pool1d_with_indices, F.max_pool3d_with_indices, torch.max_pool1d, torch.max_pool3d,
+                F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.fractional_max_pool2d,
+                F.fractional_max_pool3d, F.lp_pool2d, F.hardtanh, F.hardtanh_}
+_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def _bind(args, kwargs, names):
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+class _BackwardRules(TorchFunctionMode):
+    """Route ReLU and max-pool calls to ``relu_rule(z, inplace)`` and ``pool_rule(x, *params)``."""
+
+    def __init__(self, relu_rule: Callable, pool_rule: Callable | None):
+        super().__init__()
+        self.relu_rule, self.pool_rule = relu_rule, pool_rule
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU:
+            bound = _bind(args, kwargs, ("input", "inplace"))
+            return self.relu_rule(bound["input"], bool(bound.get("inplace", False)))
+        if func in _RELU_INPLACE:
+            return self.relu_rule(args[0], True)
+        if self.pool_rule is not None and (func in _MAXPOOL or func in _MAXPOOL_INDICES):
+            b = _bind(args, kwargs, _POOL_ARGS)
+            kernel, stride, padding, dilation = _pool_params(b["kernel_size"], b.get("stride"), b.get("padding", 0),
+                                                             b.get("dilation", 1))
+            x, ceil_mode = b["input"], bool(b.get("ceil_mode", False))
+            out = self.pool_rule(x, kernel, stride, padding, dilation, ceil_mode)
+            if func in _MAXPOOL_INDICES or b.get("return_indices", False):
+                with torch.no_grad():
+                    _, indices = F.max_pool2d_with_indices(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode)
+                return out, indices
+            return out
+        if func in _UNSUPPORTED:
+            name = getattr(func, "__name__", repr(func))
+            raise NotImplementedError(f"the model calls {func.__module__ or 'torch'}.{name}, for which these backward "
+                                      f"rules have none; its gradient would silently stay the vanilla one")
+        return func(*args, **kwargs)
+
+
+_ACTIVE: set[int] = set()
+
+
+@contextlib.contextmanager
+def _backward_rules(model: nn.Module, relu_rule: Callable, pool_rule: Callable | None) -> Iterator[nn.Module]:
+    """Install a :class:`_BackwardRules` mode during every forward call of ``model`` (or a submodule)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if id(model) in _ACTIVE:
+        raise RuntimeError("backward rules are already installed on this model; nesting them is not supported")
+    mode = _BackwardRules(relu_rule, pool_rule)
+    depth = [0]
+
+    def enter(module, args):
+        if depth[0] == 0:
+            mode.__enter__()
+        depth[0] += 1
+
+    def leave(module, args, output):
+        depth[0] -= 1
+        if depth[0] == 0:
+            mode.__exit__(None, None, None)
+
+    handles = []
+    _ACTIVE.add(id(model))
+    try:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave, always_call=True))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        _ACTIVE.discard(id(model))
+
+
+def surrogate_gradients(model: nn.Module, temperature: float = 0.3,
+                        pool_temperature: float | None = None) -> contextlib.AbstractContextManager:
+    r"""Context manager: inside it, ``model``'s backward pass uses the excitation rules.
+
+    Every ReLU keeps its forward pass exactly and passes ``grad * sigmoid(z / T)`` backwards
+    (Listing 1 of :cite:t:`satkiewicz2025tapping`); every 2-d max-pooling keeps its forward pass
+    exactly and passes back the vector-Jacobian product of :func:`softmax_pool2d` with the same
+    kernel, stride, padding, dilation and ``ceil_mode`` (Listing 2, with :math:`-\infty` padding). The
+    model itself is not modified: only hooks are added (and removed on exit, also after an
+    exception). Functional calls are covered (see the module docstring); unsupported relatives raise
+    ``NotImplementedError``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    temperature : float
+        :math:`T > 0` of the ReLU gates :math:`\sigma(z/T)`.
+    pool_temperature : float, optional
+        Temperature of the softmax pooling; default ``temperature`` (as in the source).
+
+    Examples
+    --------
+    >>> with surrogate_gradients(model, 0.3):
+    ...     v = input_gradient(model, x, target)   # the excitation pullback
+    """
+    temperature = _check_temperature(temperature)
+    pool_temperature = temperature if pool_temperature is None else _check_temperature(pool_temperature,
+                                                                                         "pool_temperature")
+
+    def relu_rule(z, inplace):
+        return _SurrogateReLU.apply(z, temperature, inplace)
+
+    def pool_rule(x, kernel, stride, padding, dilation, ceil_mode):
+        return _SoftmaxRoutedMaxPool.apply(x, kernel, stride, padding, dilation, ceil_mode, pool_temperature)
+
+    return _backward_rules(model, relu_rule, pool_rule)
+
+
+def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: float = 0.3,
+                        pool_temperature: float | None = None) -> torch.Tensor:
+    r"""The excitation pullback :math:`v_\Gamma(x)` of the target logit, batched.
+
+    The input gradient of the target logit under :func:`surrogate_gradients`: the ordinary forward
+    pass, ReLU derivatives replaced by :math:`\sigma(z/T)` and max-pool routing by softmax-pool
+    routing :cite:p:`satkiewicz2025tapping` (Sections 4, 5.2, 5.3).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``(N, ...)`` to logits ``(N, classes)``; put it in eval mode first.
+    x : Tensor, shape (N, ...)
+    target : int or Tensor of shape (N,)
+        Class indices in ``[0, classes)``.
+    temperature, pool_temperature : float
+        See :func:`surrogate_gradients`.
+
+    Returns
+    -------
+    Tensor, shape of ``x``
+    """
+    temperature = _check_temperature(temperature)
+    with surrogate_gradients(model, temperature, pool_temperature):
+        return input_gradient(model, x, target)
+
+
+def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    r"""Guided backpropagation :cite:p:`springenberg2015striving`, all ReLU call paths covered.
+
+    Each ReLU passes back :math:`\max(g, 0)\,\1(z > 0)`; max-pooling keeps its usual routing.
+    Unlike Captum's ``GuidedBackprop`` (which hooks ``nn.ReLU`` modules only), ReLUs called
+    functionally are covered too.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+    target : int or Tensor of shape (N,)
+
+    Returns
+    -------
+    Tensor, shape of ``x``
+    """
+    with _backward_rules(model, lambda z, inplace: _GuidedReLU.apply(z, inplace), None):
+        return input_gradient(model, x, target)
+
+
+def gate_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    r"""The gates :math:`\1(z > 0)` of every ReLU call of ``model`` on ``x``, functional calls included.
+
+    The forward pass runs under ``torch.no_grad`` with the model as it is (train/eval mode, buffers:
+    call ``model.eval()`` first, a BatchNorm in training mode would update its statistics).
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+
+    Returns
+    -------
+    list of Tensor, bool, shape (N, m_l)
+        One per ReLU call in call order, unit axes flattened.
+    """
+    _check_input(x)
+    gates: list[torch.Tensor] = []
+
+    def record(z, inplace):
+        gates.append((z > 0).reshape(len(z), -1))
+        return z.relu_() if inplace else torch.relu(z)
+
+    with _backward_rules(model, record, None), torch.no_grad():
+        _logits(model, x)
+    return gates
+
+
+# ---------------------------------------------------------------------------------------------
+# Projected gradient ascent (Section 5.1 of the source)
+# ---------------------------------------------------------------------------------------------
+
+def projected_gradient_ascent(model: nn.Module, x: torch.Tensor, target, steps: int = 10, step_size: float = 0.72,
+                              radius: float = 3.6, temperature: float = 0.3, method: str = "pullback",
+                              bounds: Sequence[float] = (0.0, 1.0)) -> torch.Tensor:
+    r"""Move ``x`` towards a higher target logit along pullbacks or gradients, within an L2 ball.
+
+    Each step adds ``step_size`` times the direction divided by its L2 norm (per sample), then
+    projects onto the L2 ball of ``radius`` around the original ``x`` and clamps to ``bounds``.
+    Clamping after the ball projection stays inside the ball (each coordinate moves towards
+    ``x``'s, which lies in ``bounds``), so the result lies in both sets. The source's protocol
+    :cite:p:`satkiewicz2025tapping` is 10 steps of length 20 in a ball of radius 100 on 224x224x3
+    images in [-1, 1]; the defaults are the same per-pixel RMS on 28x28 images in [0, 1].
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+        Values in ``bounds``.
+    target : int or Tensor of shape (N,)
+    steps : int
+        Number of steps, >= 1.
+    step_size, radius : float
+        L2 length of a step and of the largest perturbation, > 0.
+    temperature : float
+        Of the excitation pullback (``method="pullback"``).
+    method : {"pullback", "gradient"}
+    bounds : (low, high)
+        Valid pixel range.
+
+    Returns
+    -------
+    Tensor, shape of ``x``
+        The perturbed inputs.
+    """
+    _check_input(x)
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not (step_size > 0 and radius > 0):
+        raise ValueError(f"step_size and radius must be > 0, got step_size={step_size!r}, radius={radius!r}")
+    if method not in ("pullback", "gradient"):
+        raise ValueError(f"method must be 'pullback' or 'gradient', got {method!r}")
+    low, high = bounds
+    if not low < high:
+        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds!r}")
+    if bool((x < low).any() or (x > high).any()):
+        raise ValueError(f"x must lie in bounds {tuple(bounds)}")
+    temperature = _check_temperature(temperature)
+
+    def norm(v):
+        return v.flatten(1).norm(dim=1).reshape(-1, *[1] * (v.ndim - 1))
+
+    x0 = x.detach()
+    current = x0.clone()
+    for _ in range(steps):
+        if method == "pullback":
+            direction = excitation_pullback(model, current, target, temperature)
+        else:
+            direction = input_gradient(model, current, target)
+        current = current + step_size * direction / norm(direction).clamp_min(torch.finfo(x.dtype).tiny)
+        delta = current - x0
+        current = x0 + delta * (radius / norm(delta)).clamp(max=1.0)
+        current = current.clamp(low, high)
+    return current
+
+
+# ---------------------------------------------------------------------------------------------
+# The chapter's models
+# ---------------------------------------------------------------------------------------------
+
+def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
+    """A VGG-style CNN: per stage ``Conv3x3-BN-ReLU-Conv3x3-BN-ReLU-MaxPool2``, then a linear head.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        Channels of each stage (each halves the resolution).
+    n_classes, in_channels : int
+
+    Returns
+    -------
+    nn.Sequential
+        ``features`` (the stages), ``flatten``, global average pool and ``Linear``; ``nn.ReLU``
+        modules (in place) and ``nn.MaxPool2d`` as in torchvision's VGG11_BN.
+    """
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for width in channels:
+        for _ in range(2):
+            layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            prev = width
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(prev, n_classes))
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1) shortcut; ReLUs called as ``F.relu`` / ``.relu()``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (nn.Sequential() if stride == 1 and c_in == c_out else
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return (self.bn2(self.conv2(out)) + self.shortcut(x)).relu()
+
+
+def small_resnet(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
+    """A small ResNet: stem ``Conv3x3-BN-ReLU-MaxPool2``, one basic block per stage, linear head.
+
+    Inside the blocks the ReLUs are functional (``F.relu(..., inplace=True)`` and ``Tensor.relu()``, as
+    in torchvision's DenseNet), so a module swap would miss them; the stem has ``nn.ReLU`` and
+    ``nn.MaxPool2d(3, 2, padding=1)`` as in torchvision's ResNets.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        Channels of the stem and first block, then of each further block (stride 2).
+    n_classes, in_channels : int
+
+    Returns
+    -------
+    nn.Sequential
+    """
+    stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1))
+    blocks = [_BasicBlock(channels[0], channels[0], 1)]
+    blocks += [_BasicBlock(a, b, 2) for a, b in zip(channels[:-1], channels[1:])]
+    return nn.Sequential(stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], n_classes))

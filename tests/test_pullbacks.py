@@ -1,0 +1,391 @@
+"""nbsupport.pullbacks against hand-written backward passes, brute-force pooling loops and Captum."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nbsupport.models import mlp
+from nbsupport.patterns import activation_patterns
+from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, gate_patterns, guided_backprop, input_gradient,
+                                 pool_output_size, projected_gradient_ascent, small_resnet, softmax_pool2d,
+                                 surrogate_gradients, vgg_cnn)
+
+
+def _images(n=3, c=1, side=12, seed=0):
+    return torch.rand(n, c, side, side, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _eval(model, seed=0):
+    torch.manual_seed(seed)
+    model = model.double()
+    for m in model.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+# --- every way a ReLU or a max-pool can be called --------------------------------------------
+
+RELU_CALLS = {
+    "F.relu": lambda z: F.relu(z),
+    "F.relu inplace": lambda z: F.relu(z, inplace=True),
+    "F.relu positional inplace": lambda z: F.relu(z, True),
+    "F.relu_": lambda z: F.relu_(z),
+    "torch.relu": lambda z: torch.relu(z),
+    "torch.relu_": lambda z: torch.relu_(z),
+    "Tensor.relu": lambda z: z.relu(),
+    "Tensor.relu_ (result unused)": lambda z: (z.relu_(), z)[1],
+    "nn.ReLU": nn.ReLU(),
+    "nn.ReLU(inplace=True)": nn.ReLU(inplace=True),
+}
+
+
+class _OneHidden(nn.Module):
+    """f(x) = w2 . act(W1 x + b1) + b2, the activation called the given way."""
+
+    def __init__(self, act, d=6, m=9, k=4):
+        super().__init__()
+        self.fc1, self.fc2, self.act = nn.Linear(d, m), nn.Linear(m, k), act
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+@pytest.mark.parametrize("call", list(RELU_CALLS))
+def test_every_relu_call_path_gets_the_sigmoid_gate(call):
+    torch.manual_seed(1)
+    net = _OneHidden(RELU_CALLS[call]).double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    T = 0.4
+    z = net.fc1(x)
+    expected = (torch.sigmoid(z / T) * net.fc2.weight[2]) @ net.fc1.weight  # hand-written backward
+    with torch.no_grad():
+        plain = net(x)
+    with surrogate_gradients(net, T):
+        with torch.no_grad():
+            assert torch.equal(net(x), plain)  # forward exactly the same
+    torch.testing.assert_close(excitation_pullback(net, x, 2, temperature=T), expected)
+    gates = gate_patterns(net, x)
+    assert len(gates) == 1 and torch.equal(gates[0], z > 0)
+
+
+def test_mlp_pullback_equals_hand_written_backward():
+    torch.manual_seed(0)
+    net = mlp([5, 7, 6, 3]).double()
+    x = torch.randn(8, 5, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 0, 1, 2, 2, 1])
+    T = 0.3
+    for n in range(len(x)):  # plain loop over samples, explicit chain rule
+        z1 = net[0](x[n])
+        z2 = net[2](torch.relu(z1))
+        v = net[4].weight[target[n]]
+        v = (v * torch.sigmoid(z2 / T)) @ net[2].weight
+        v = (v * torch.sigmoid(z1 / T)) @ net[0].weight
+        torch.testing.assert_close(excitation_pullback(net, x, target, T)[n], v)
+
+
+def test_small_temperature_gives_the_vanilla_gradient_away_from_kinks():
+    torch.manual_seed(3)
+    net = mlp([4, 16, 16, 3]).double()
+    x = torch.randn(50, 4, dtype=torch.float64)
+    with torch.no_grad():
+        margin = min(float(z.abs().min()) for z in (net[0](x), net[2](torch.relu(net[0](x)))))
+    T = margin / 40  # every gate within exp(-40) of the hard one
+    torch.testing.assert_close(excitation_pullback(net, x, 1, T), input_gradient(net, x, 1), rtol=1e-12, atol=1e-12)
+    # a CNN with max-pooling: generic inputs have no ties, the softmax routing tends to the argmax
+    cnn = _eval(vgg_cnn((4, 6)))
+    xi = _images(4, side=16)
+    far = excitation_pullback(cnn, xi, 3, temperature=1e-10)  # kinks closer than ~1e-8 are unlikely
+    torch.testing.assert_close(far, input_gradient(cnn, xi, 3), rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(excitation_pullback(cnn, xi, 3, 0.3), input_gradient(cnn, xi, 3), atol=1e-3)
+
+
+# --- softmax pooling against brute force ------------------------------------------------------
+
+POOL_CASES = [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=(3, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), ceil_mode=True),
+    dict(kernel_size=5, stride=1, padding=2, dilation=2),
+    dict(kernel_size=2, stride=3, ceil_mode=True),
+    dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1)),
+]
+
+
+def _brute_softmax_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, T=0.3):
+    """Per-window loop: positions that fall outside the input are skipped (max-pool's -inf padding)."""
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    k, p, d = pair(kernel_size), pair(padding), pair(dilation)
+    s = k if stride is None else pair(stride)
+    ref = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)  # output size from torch
+    out = torch.zeros_like(ref)
+    H, W = x.shape[-2:]
+    for n, c, i, j in itertools.product(*map(range, ref.shape)):
+        vals = [x[n, c, r, q] for a in range(k[0]) for b in range(k[1])
+                for r, q in [(i * s[0] - p[0] + a * d[0], j * s[1] - p[1] + b * d[1])] if 0 <= r < H and 0 <= q < W]
+        vals = torch.stack(vals)
+        w = torch.softmax(vals / T, 0)
+        out[n, c, i, j] = (w * vals).sum()
+    return out
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_softmax_pool_forward_and_surrogate_backward_match_a_loop(case):
+    x = torch.randn(2, 2, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    T = 0.7
+    ref = _brute_softmax_pool(x, **case, T=T)
+    torch.testing.assert_close(softmax_pool2d(x, **case, temperature=T), ref)
+    torch.testing.assert_close(SoftMaxPool2d(**case, temperature=T)(x), ref)
+    # surrogate backward of max-pooling == gradient of the brute-force soft pooling
+    g = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    xr = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad((_brute_softmax_pool(xr, **case, T=T) * g).sum(), xr)
+    pool = nn.MaxPool2d(**case)
+
+    class Probe(nn.Module):  # logit 0 of sample n: <pool(x)[n], g[n]>; logit 1: 0
+        def forward(self, inp):
+            score = (pool(inp) * g).sum((1, 2, 3))
+            return torch.stack([score, torch.zeros_like(score)], 1)
+
+    got = excitation_pullback(Probe(), x, 0, temperature=1.0, pool_temperature=T)
+    assert torch.equal(pool(x), F.max_pool2d(x, **case))  # outside the context: untouched
+    torch.testing.assert_close(got, expected)
+
+
+def test_surrogate_pool_covers_functional_calls_and_indices():
+    x = _images(2, c=3, side=10)
+    T = 0.5
+
+    class Pools(nn.Module):
+        def forward(self, inp):
+            a, idx = F.max_pool2d(inp, 3, 2, 1, return_indices=True)
+            b = torch.max_pool2d(inp, 2)
+            c, _ = F.max_pool2d_with_indices(inp, 2, ceil_mode=True, stride=3)
+            assert idx.dtype == torch.long
+            return torch.stack([a.sum((1, 2, 3)), b.sum((1, 2, 3)), c.sum((1, 2, 3))], 1)
+
+    model = Pools()
+    with torch.no_grad():
+        plain = model(x)
+    with surrogate_gradients(model, 1.0, pool_temperature=T), torch.no_grad():
+        assert torch.equal(model(x), plain)
+    for k, args in enumerate([dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2),
+                              dict(kernel_size=2, stride=3, ceil_mode=True)]):
+        xr = x.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(softmax_pool2d(xr, **args, temperature=T).sum(), xr)
+        torch.testing.assert_close(excitation_pullback(model, x, k, 1.0, pool_temperature=T), expected)
+
+
+def test_pool_output_size_is_torchs():
+    for size, k, s, p, d, ceil in itertools.product([5, 8, 13], [1, 2, 3], [1, 2, 3], [0, 1], [1, 2], [False, True]):
+        if p > k // 2 or size + 2 * p < d * (k - 1) + 1:
+            continue
+        out = F.max_pool2d(torch.zeros(1, 1, size, 1), (k, 1), (s, 1), (p, 0), (d, 1), ceil_mode=ceil)
+        assert pool_output_size(size, k, s, p, d, ceil) == out.shape[2]
+
+
+def test_softmax_pool_limits_and_bad_input():
+    x = _images(2, c=2, side=8)
+    torch.testing.assert_close(softmax_pool2d(x, 2, temperature=1e-6), F.max_pool2d(x, 2))
+    torch.testing.assert_close(softmax_pool2d(x, 2, temperature=1e6), F.avg_pool2d(x, 2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        softmax_pool2d(x, 2, temperature=0.0)
+    with pytest.raises(ValueError, match="padding"):
+        softmax_pool2d(x, 2, padding=2)
+    with pytest.raises(ValueError, match="x must"):
+        softmax_pool2d(x[0, 0], 2)
+
+
+# --- the models: forward unchanged, restoration, functional ReLUs ----------------------------
+
+def _snapshot(model):
+    return dict(ids=[id(m) for m in model.modules()], state={k: v.clone() for k, v in model.state_dict().items()},
+                grad_flags=[p.requires_grad for p in model.parameters()], training=[m.training for m in model.modules()],
+                hooks=[(dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks)) for m in
+                       model.modules()])
+
+
+def _assert_restored(model, before):
+    after = _snapshot(model)
+    assert after["ids"] == before["ids"] and after["grad_flags"] == before["grad_flags"]
+    assert after["training"] == before["training"] and after["hooks"] == before["hooks"]
+    assert all(torch.equal(after["state"][k], v) for k, v in before["state"].items())
+    assert not torch._C._is_torch_function_mode_enabled()
+
+
+@pytest.mark.parametrize("make", [lambda: vgg_cnn((4, 6)), lambda: small_resnet((4, 6))], ids=["vgg", "resnet"])
+def test_forward_identical_and_model_restored(make):
+    model = _eval(make())
+    model[0].requires_grad_(False)  # a frozen part must stay frozen
+    x = _images(4, side=16)
+    before = _snapshot(model)
+    with torch.no_grad():
+        plain = model(x)
+    with surrogate_gradients(model, 0.3):
+        with torch.no_grad():
+            assert torch.equal(model(x), plain)
+        v = input_gradient(model, x, torch.tensor([0, 1, 2, 3]))
+    _assert_restored(model, before)
+    assert v.shape == x.shape and bool(v.isfinite().all())
+    assert torch.equal(excitation_pullback(model, x, torch.tensor([0, 1, 2, 3])), v)
+    assert torch.equal(input_gradient(model, x, 1), input_gradient(model, x, 1))  # no rules leak after exit
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)
+
+
+def test_restored_after_an_exception_inside_and_outside_the_forward_pass():
+    model = _eval(small_resnet((4, 4)))
+    x = _images(2, side=8)
+    before = _snapshot(model)
+
+    def boom(module, args, output):
+        raise KeyError("inside forward")
+
+    handle = model[1].register_forward_hook(boom)
+    before_with_hook = _snapshot(model)
+    with pytest.raises(KeyError):
+        with surrogate_gradients(model):
+            model(x)
+    _assert_restored(model, before_with_hook)
+    handle.remove()
+    _assert_restored(model, before)
+    with pytest.raises(ZeroDivisionError):
+        with surrogate_gradients(model):
+            model(x)
+            1 / 0
+    _assert_restored(model, before)
+    torch.testing.assert_close(excitation_pullback(model, x, 0, 1e-9), input_gradient(model, x, 0), rtol=1e-5,
+                               atol=1e-8)
+
+
+def test_small_resnet_uses_functional_relus_and_all_are_covered():
+    model = _eval(small_resnet((4, 6)))
+    x = _images(3, side=12)
+    n_modules = sum(isinstance(m, nn.ReLU) for m in model.modules())
+    gates = gate_patterns(model, x)
+    assert n_modules == 1 and len(gates) == 1 + 2 * 2  # stem + two ReLUs per block
+    # a module-swap approach (here: hooks on nn.ReLU modules) sees only the stem
+    assert len(activation_patterns(model, x)) == 1 and torch.equal(activation_patterns(model, x)[0], gates[0])
+
+
+def test_gate_patterns_match_module_hooks_on_an_mlp():
+    torch.manual_seed(0)
+    net = mlp([5, 8, 7, 2]).double()
+    x = torch.randn(20, 5, dtype=torch.float64)
+    for a, b in zip(gate_patterns(net, x), activation_patterns(net, x), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_unsupported_relatives_raise_naming_the_call():
+    net = _OneHidden(lambda z: F.relu6(z)).double()
+    with pytest.raises(NotImplementedError, match="relu6"):
+        excitation_pullback(net, torch.randn(2, 6, dtype=torch.float64), 0)
+    pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
+    with pytest.raises(NotImplementedError, match="adaptive_max_pool2d"):
+        excitation_pullback(pool, _images(2, c=3), 0)
+
+
+def test_nesting_is_refused():
+    net = mlp([3, 4, 2])
+    with surrogate_gradients(net):
+        with pytest.raises(RuntimeError, match="already"):
+            with surrogate_gradients(net):
+                pass
+
+
+def test_bad_input():
+    torch.manual_seed(0)
+    net = mlp([4, 5, 3]).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    for bad in (0.0, -0.3, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="temperature"):
+            excitation_pullback(net, x, 0, temperature=bad)
+    for bad in (3, -1, torch.tensor([0, 1, 2, 3, 0, 5])):
+        with pytest.raises(ValueError, match=r"target must lie in \[0, 3\)"):
+            excitation_pullback(net, x, bad)
+    for bad in (torch.tensor([0, 1]), torch.zeros(6), 1.5, True):
+        with pytest.raises(ValueError, match="target"):
+            excitation_pullback(net, x, bad)
+    for bad in (x[0], torch.randn(6, 7, dtype=torch.float64), torch.zeros(6, 4, dtype=torch.long)):
+        with pytest.raises(ValueError, match="x"):
+            excitation_pullback(net, bad, 0)
+    with pytest.raises(ValueError, match="model"):
+        excitation_pullback(lambda t: t, x, 0)
+    one = excitation_pullback(net, x, torch.tensor(1))  # a 0-d tensor target broadcasts
+    torch.testing.assert_close(one, excitation_pullback(net, x, 1))
+
+
+# --- guided backpropagation against Captum -----------------------------------------------------
+
+def test_guided_backprop_matches_captum_on_module_relus_and_covers_functional_ones():
+    from captum.attr import GuidedBackprop
+
+    cnn = _eval(vgg_cnn((4, 6)))
+    for m in cnn.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False  # Captum's hooks refuse in-place ReLUs
+    x = _images(3, side=12)
+    target = torch.tensor([1, 4, 7])
+    torch.testing.assert_close(guided_backprop(cnn, x, target), GuidedBackprop(cnn).attribute(x, target=target))
+    # hand-written guided backward on a one-hidden-layer net with a functional ReLU
+    torch.manual_seed(2)
+    net = _OneHidden(lambda z: z.relu()).double()
+    xs = torch.randn(4, 6, dtype=torch.float64)
+    z = net.fc1(xs)
+    expected = ((net.fc2.weight[1].clamp(min=0) * (z > 0)) @ net.fc1.weight)
+    torch.testing.assert_close(guided_backprop(net, xs, 1), expected)
+    # Captum leaves the block's functional ReLUs with the vanilla rule
+    res = _eval(small_resnet((4, 6)))
+    ours = guided_backprop(res, x, target)
+    theirs = GuidedBackprop(res).attribute(x, target=target)
+    assert (ours - theirs).abs().max() > 1e-3 * ours.abs().max()
+
+
+# --- projected gradient ascent -----------------------------------------------------------------
+
+def test_projected_gradient_ascent_on_a_linear_model():
+    w = torch.randn(1, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(50, 2, bias=False)).double()
+    with torch.no_grad():
+        linear[1].weight.copy_(torch.cat([w.flatten(1), -w.flatten(1)]))
+    x = torch.full((1, 2, 5, 5), 0.5, dtype=torch.float64)
+    u = w / w.norm()
+    # no constraint active: x + steps * step_size * u
+    out = projected_gradient_ascent(linear, x, 0, steps=3, step_size=0.05, radius=10.0, bounds=(-10.0, 10.0),
+                                    method="gradient")
+    torch.testing.assert_close(out, x + 0.15 * u)
+    # ball active, box inactive: x + radius * u
+    out = projected_gradient_ascent(linear, x, 0, steps=5, step_size=1.0, radius=2.5, bounds=(-10.0, 10.0))
+    torch.testing.assert_close(out, x + 2.5 * u)
+    # both: inside the ball and the box
+    out = projected_gradient_ascent(linear, x, torch.tensor([1]), steps=10, step_size=1.0, radius=2.0)
+    assert (out - x).norm() <= 2.0 + 1e-12 and out.min() >= 0 and out.max() <= 1
+    with pytest.raises(ValueError, match="method"):
+        projected_gradient_ascent(linear, x, 0, method="adam")
+    with pytest.raises(ValueError, match="bounds"):
+        projected_gradient_ascent(linear, x + 1, 0)
+    with pytest.raises(ValueError, match="steps"):
+        projected_gradient_ascent(linear, x, 0, steps=0)
+
+
+def test_projected_gradient_ascent_raises_the_target_logit_on_a_cnn():
+    cnn = _eval(vgg_cnn((4, 6)))
+    x = _images(4, side=12)
+    for method in ("pullback", "gradient"):
+        out = projected_gradient_ascent(cnn, x, 5, steps=4, step_size=0.3, radius=1.0, method=method)
+        dist = (out - x).flatten(1).norm(dim=1)
+        assert bool((dist <= 1.0 + 1e-9).all()) and out.min() >= 0 and out.max() <= 1
+        with torch.no_grad():
+            assert bool((cnn(out)[:, 5] > cnn(x)[:, 5]).all())
+
+
+def test_models_shapes():
+    x = torch.rand(2, 1, 28, 28)
+    assert vgg_cnn((8, 16))(x).shape == (2, 10) and small_resnet((8, 16, 32))(x).shape == (2, 10)
+    assert math.isclose(sum(isinstance(m, nn.MaxPool2d) for m in vgg_cnn((8, 16, 32)).modules()), 3)
