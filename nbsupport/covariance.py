@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["group_moments", "decompose_covariance", "principal_angles", "GroupMoments", "CovarianceSplit"]
+__all__ = ["group_moments", "decompose_covariance", "decompose_variance", "principal_angles", "GroupMoments",
+           "CovarianceSplit"]
 
 #: Elements of the (rows, d, d) outer-product buffer in :func:`group_moments` (256 MB in float64).
 _CHUNK_ELEMENTS = 2**25
@@ -180,6 +181,31 @@ def decompose_covariance(values: torch.Tensor, inverse: torch.Tensor, ddof: int 
     between = offsets.T @ offsets / norm
     centred = values - values.mean(dim=0)
     return CovarianceSplit(centred.T @ centred / norm, within, between)
+
+
+def decompose_variance(values: torch.Tensor, inverse: torch.Tensor, ddof: int = 0) -> CovarianceSplit:
+    r"""The traces of :func:`decompose_covariance`, without forming any (d, d) matrix.
+
+    For values too wide for a covariance matrix (per-sample gradients of a real network): total
+    variance :math:`\tr \hat\Sigma` = expected within-group variance + variance of the group means.
+
+    Parameters
+    ----------
+    values : Tensor, shape (N, d)
+    inverse : Tensor, long, shape (N,)
+    ddof : {0, 1}
+
+    Returns
+    -------
+    CovarianceSplit
+        ``(total, within, between)`` as float64 scalars (0-d tensors).
+    """
+    values, n_groups = _check(values, inverse, ddof)
+    counts, means = _group_means(values, inverse, n_groups)
+    norm = len(values) - ddof
+    within = (values - means[inverse]).pow(2).sum() / norm
+    between = (counts.to(torch.float64) * (means - values.mean(dim=0)).pow(2).sum(1)).sum() / norm
+    return CovarianceSplit((values - values.mean(dim=0)).pow(2).sum() / norm, within, between)
 
 
 def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.Tensor:

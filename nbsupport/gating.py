@@ -22,11 +22,12 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
 __all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "pattern_log_probs", "PatternLogProbs",
-           "log_marginal_likelihood",
-           "bernoulli_kl", "elbo", "MonteCarloEstimate", "gate_information", "GateInformation",
-           "plugin_entropy", "MAX_EXACT_UNITS"]
+           "log_marginal_likelihood", "MonteCarloEstimate", "bernoulli_kl", "elbo", "GatePosterior",
+           "elbo_surrogate", "gate_information", "gate_information_plugin", "GateInformation", "plugin_entropy",
+           "pattern_moments", "PatternMoments", "sampled_gate_grads", "MAX_EXACT_UNITS"]
 
 #: Largest hidden width for exact enumeration (2**16 = 65 536 patterns).
 MAX_EXACT_UNITS = 16
@@ -387,3 +388,249 @@ def plugin_entropy(codes: torch.Tensor, miller_madow: bool = True) -> float:
     p = counts.to(torch.float64) / len(codes)
     estimate = _entropy(p).item()
     return estimate + (len(counts) - 1) / (2 * len(codes)) if miller_madow else estimate
+
+
+class PatternMoments(NamedTuple):
+    r"""Law of X given the gate pattern, for patterns ``a``: ``prob`` :math:`P(A = a)` (P,), ``mean``
+    :math:`\E[X \mid A = a]` (P, d) and ``cov`` :math:`\Sigma_X(a) = \Cov(X \mid A = a)` (P, d, d)."""
+
+    prob: torch.Tensor
+    mean: torch.Tensor
+    cov: torch.Tensor
+
+
+def pattern_moments(x: torch.Tensor, z: torch.Tensor, tau: float, patterns: torch.Tensor | None = None) -> PatternMoments:
+    r"""Mean and covariance of the inputs within each (soft) region: :math:`X \mid A = a`.
+
+    X is uniform over the N rows of ``x`` and, given X, the gates are independent
+    :math:`\text{Bernoulli}(\sigma(z/\tau))`. Bayes' rule gives the region of a pattern as a weighting of
+    the data, :math:`P(x_i \mid a) \propto P(a \mid x_i)`, so :math:`\Sigma_X(a)` is a weighted covariance
+    (population normalisation). With all :math:`2^m` patterns the law of total covariance
+    :math:`\Cov(X) = \sum_a P(a) [\Sigma_X(a) + (\mu_a - \mu)(\mu_a - \mu)^\top]` holds exactly; as
+    :math:`\tau \to 0` the weights become the hard regions of the ReLU layer.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, d)
+        Inputs (float64 is used).
+    z : Tensor, shape (N, m)
+        Preactivations of the gated layer for those inputs.
+    tau : float
+    patterns : Tensor, shape (P, m), optional
+        0/1 patterns to evaluate (e.g. sampled ones); default all :math:`2^m` (``m <= 16``).
+        Memory is :math:`P d^2` floats: project high-dimensional inputs first.
+
+    Returns
+    -------
+    PatternMoments
+    """
+    _check_tau(tau)
+    if not (isinstance(x, torch.Tensor) and isinstance(z, torch.Tensor) and x.ndim == 2 and z.ndim == 2
+            and len(x) == len(z)):
+        raise ValueError(f"x and z must have shapes (N, d) and (N, m), got {tuple(getattr(x, 'shape', ()))} "
+                         f"and {tuple(getattr(z, 'shape', ()))}")
+    x, z = x.detach().to(torch.float64), z.detach().to(torch.float64)
+    if patterns is None:
+        patterns = all_patterns(z.shape[1], device=z.device)
+    elif not (patterns.ndim == 2 and patterns.shape[1] == z.shape[1] and bool(((patterns == 0) | (patterns == 1)).all())):
+        raise ValueError(f"patterns must be 0/1 of shape (P, {z.shape[1]}), got {tuple(patterns.shape)}")
+    conditional = _log_prior(z, patterns.to(torch.float64), tau).T.exp()   # P(a | x_i): (P, N)
+    prob = conditional.mean(1)
+    weights = conditional / conditional.sum(1, keepdim=True)               # P(x_i | a)
+    mean = weights @ x
+    second = torch.einsum("pn,ni,nj->pij", weights, x, x)
+    return PatternMoments(prob, mean, second - mean.unsqueeze(2) * mean.unsqueeze(1))
+
+
+def gate_information_plugin(z: torch.Tensor, y: torch.Tensor, tau: float, n_samples: int,
+                            generator: torch.Generator | None = None) -> GateInformation:
+    r"""Sampling estimate of :func:`gate_information` for layers too wide to enumerate.
+
+    Draws ``n_samples`` pairs (x, a): x uniform over the rows, a from its gates. :math:`H(A)` and
+    :math:`H(A \mid Y)` are Miller–Madow plug-in estimates (:func:`plugin_entropy`) of the sampled
+    patterns; :math:`H(A \mid X)` stays exact (a sum of binary entropies). The plug-in cannot exceed
+    :math:`\log n` and is biased low when :math:`e^{H(A)}` is comparable to ``n_samples``.
+
+    Parameters
+    ----------
+    z : Tensor, shape (N, m)
+    y : Tensor, long, shape (N,)
+    tau : float
+    n_samples : int
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    GateInformation
+    """
+    _check_tau(tau)
+    if not (isinstance(z, torch.Tensor) and z.ndim == 2 and isinstance(y, torch.Tensor) and y.shape == z.shape[:1]):
+        raise ValueError(f"z must have shape (N, m) and y shape (N,), got {tuple(getattr(z, 'shape', ()))} "
+                         f"and {tuple(getattr(y, 'shape', ()))}")
+    if not (isinstance(n_samples, int) and n_samples >= 2):
+        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    on = soft_gates(z.detach().to(torch.float64), tau)
+    rows = torch.randint(len(z), (n_samples,), generator=generator, device=z.device)
+    codes = sample_gates(on[rows], 1, generator)[0].bool()
+    h_a = plugin_entropy(codes)
+    h_a_x = _entropy(torch.stack([on, 1 - on], dim=-1)).sum(1).mean().item()
+    labels = y[rows]
+    h_a_y = sum((labels == c).double().mean().item() * plugin_entropy(codes[labels == c])
+                for c in torch.unique(labels))
+    return GateInformation(h_a, h_a_x, h_a_y, h_a - h_a_x, h_a - h_a_y)
+
+
+class GatePosterior(nn.Module):
+    r"""Amortised factorised Bernoulli posterior :math:`q(a \mid x[, y])`: an MLP returning m gate logits.
+
+    Parameters
+    ----------
+    d : int
+        Input size.
+    m : int
+        Number of gated units.
+    n_classes : int, optional
+        If given, q also sees the one-hot label, so it can reach the true posterior
+        :math:`P(a \mid x, y)`; without it q is the :math:`q(a \mid x)` of the source, which cannot
+        depend on the label it explains.
+    hidden : int
+    """
+
+    def __init__(self, d: int, m: int, n_classes: int | None = None, hidden: int = 32):
+        super().__init__()
+        self.n_classes = n_classes
+        self.net = nn.Sequential(nn.Linear(d + (n_classes or 0), hidden), nn.Tanh(), nn.Linear(hidden, m))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Logits of q, shape (N, m), for inputs (N, d) and labels (N,)."""
+        if self.n_classes:
+            x = torch.cat([x, F.one_hot(y, self.n_classes).to(x.dtype)], dim=1)
+        return self.net(x)
+
+
+def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_logits: torch.Tensor,
+                   n_samples: int = 8, estimator: str = "reinforce", relaxation: float = 0.5,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""A sampled objective whose gradient estimates that of the :func:`elbo`.
+
+    The KL term is exact; only :math:`\E_q[\log P(y \mid x, A)]` is sampled, with ``n_samples`` draws.
+
+    * ``"reinforce"`` (score function): :math:`\nabla_\phi \E_q[f] = \E_q[(f - b)\nabla_\phi \log q(a)]`
+      with the leave-one-out baseline b (mean of the other draws) :cite:p:`williams1992simple`.
+      Unbiased; the value returned is an unbiased estimate of the ELBO.
+    * ``"concrete"``: relaxed Bernoulli gates
+      :math:`\sigma((\ell + \log u - \log(1 - u))/\lambda)` with temperature ``relaxation``
+      :cite:p:`maddison2017concrete,jang2017categorical`, plugged into the network as soft gates
+      :math:`a \odot z`. Low variance but biased: the network never sees such gates at test time.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear, ReLU, Linear``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+        Temperature of the prior gates :math:`\sigma(z/\tau)`.
+    q_logits : Tensor, shape (N, m)
+        Logits of the factorised Bernoulli q (differentiable, e.g. from :class:`GatePosterior`).
+    n_samples : int
+        Draws per sample, >= 2.
+    estimator : {"reinforce", "concrete"}
+    relaxation : float
+        Temperature of the concrete relaxation, > 0.
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    Tensor, shape (N,)
+        Differentiable in the model's and q's parameters.
+    """
+    _check_tau(tau)
+    first, second = _check_one_hidden(model, x, y)
+    z = first(x)
+    if q_logits.shape != z.shape:
+        raise ValueError(f"q_logits must have shape {tuple(z.shape)}, got {tuple(q_logits.shape)}")
+    if not (isinstance(n_samples, int) and n_samples >= 2):
+        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    kl = bernoulli_kl(torch.sigmoid(q_logits), z / tau)
+    index = y.view(1, -1, 1).expand(n_samples, -1, 1)
+    if estimator == "reinforce":
+        gates = sample_gates(torch.sigmoid(q_logits).detach(), n_samples, generator)      # (S, N, m)
+        f = F.log_softmax(second(z * gates), 2).gather(2, index).squeeze(2)               # (S, N)
+        log_q = (gates * F.logsigmoid(q_logits) + (1 - gates) * F.logsigmoid(-q_logits)).sum(2)
+        baseline = (f.sum(0, keepdim=True) - f) / (n_samples - 1)
+        score = (f - baseline).detach() * (log_q - log_q.detach())                        # value 0, gradient REINFORCE
+        return (f + score).mean(0) - kl
+    if estimator == "concrete":
+        if not (isinstance(relaxation, (int, float)) and relaxation > 0):
+            raise ValueError(f"relaxation must be > 0, got {relaxation!r}")
+        u = torch.rand((n_samples, *z.shape), generator=generator, dtype=z.dtype, device=z.device)
+        gates = torch.sigmoid((q_logits + torch.logit(u, eps=1e-12)) / relaxation)
+        f = F.log_softmax(second(z * gates), 2).gather(2, index).squeeze(2)
+        return f.mean(0) - kl
+    raise ValueError(f"estimator must be 'reinforce' or 'concrete', got {estimator!r}")
+
+
+class _GatedNet(nn.Module):
+    """``model`` run by :func:`gated_forward`, so that ``torch.func.functional_call`` can swap its parameters."""
+
+    def __init__(self, model: nn.Sequential):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, gates: GateSpec) -> torch.Tensor:
+        return gated_forward(self.model, x, gates)
+
+
+def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, n_draws: int,
+                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-sample gradients :math:`\nabla_\theta \log P(y \mid x, a)` with freshly sampled gates.
+
+    Every (draw, sample) pair draws its own gates :math:`a_l \sim \text{Bernoulli}(\sigma(z_l/\tau))`
+    layer by layer (later layers see the earlier sampled gates), inside
+    ``torch.func.vmap(..., randomness="different")``. The gates are held fixed when differentiating,
+    so the gradient is that of the gated network (the source's :math:`G`).
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        An MLP ``Linear, ReLU, ..., Linear``.
+    x : Tensor, shape (N, d)
+    y : Tensor, long, shape (N,)
+    tau : float
+    n_draws : int
+        Gate draws per sample.
+    seed : int
+        Seeds the draws without touching the global random state.
+
+    Returns
+    -------
+    grads : Tensor, shape (n_draws, N, P)
+        Flattened parameter gradients, in ``model.parameters()`` order.
+    gates : Tensor, bool, shape (n_draws, N, m_total)
+        The sampled gates of all hidden layers, concatenated.
+    """
+    _check_tau(tau)
+    if not (isinstance(n_draws, int) and n_draws >= 1):
+        raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}")
+    if x.ndim != 2 or y.shape != x.shape[:1]:
+        raise ValueError(f"x must have shape (N, d) and y shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    wrapper = _GatedNet(model)
+    params = {k: v.detach() for k, v in wrapper.named_parameters()}
+
+    def log_lik(p, xi, yi):
+        sampled = []
+
+        def draw(layer, z):
+            sampled.append(torch.bernoulli(soft_gates(z.detach(), tau)))
+            return sampled[-1]
+
+        out = functional_call(wrapper, p, (xi.unsqueeze(0), draw))
+        return F.log_softmax(out, 1)[0].gather(0, yi.view(1))[0], torch.cat(sampled, dim=1)[0]
+
+    xs, ys = x.repeat(n_draws, 1), y.repeat(n_draws)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        grads, gates = vmap(grad(log_lik, has_aux=True), in_dims=(None, 0, 0), randomness="different")(params, xs, ys)
+    flat = torch.cat([g.reshape(len(xs), -1) for g in grads.values()], dim=1)
+    return flat.view(n_draws, len(x), -1), gates.view(n_draws, len(x), -1).bool()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbsupport.covariance import decompose_covariance, group_moments
+from nbsupport.covariance import decompose_covariance, decompose_variance, group_moments
 
 
 def _data(n=500, d=4, groups=7, seed=0):
@@ -64,6 +64,19 @@ def test_identity_is_exact(ddof):
     ref_between = (res.counts.double().view(-1, 1, 1) * dev[:, :, None] * dev[:, None, :]).sum(0) / (n - ddof)
     torch.testing.assert_close(within, ref_within, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(between, ref_between, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_variance_split_is_the_trace_of_the_covariance_split(ddof):
+    values, inverse = _data(n=800, d=5, groups=30, seed=4)
+    matrices = decompose_covariance(values, inverse, ddof=ddof)
+    traces = decompose_variance(values, inverse, ddof=ddof)
+    for matrix, trace in zip(matrices, traces):
+        assert trace.ndim == 0
+        torch.testing.assert_close(trace, torch.trace(matrix), rtol=1e-12, atol=1e-12)
+    assert abs(traces.total - np.var(values.numpy(), axis=0, ddof=ddof).sum()) < 1e-10
+    with pytest.raises(ValueError, match="inverse"):
+        decompose_variance(values, inverse[:-1])
 
 
 def test_limits():

@@ -303,3 +303,150 @@ def test_plugin_entropy_is_close_to_exact_and_corrected():
     assert bias_plain < -0.02 and abs(bias_mm) < abs(bias_plain) / 3
     rows = torch.tensor([[1, 0], [1, 0], [0, 1], [1, 1]])
     assert plugin_entropy(rows, miller_madow=False) == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+
+
+def test_gate_information_plugin_agrees_with_exact_when_both_run():
+    from nbsupport.gating import gate_information, gate_information_plugin
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(40, 4, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, 3, (40,), generator=g)
+    exact = gate_information(z, y, 0.5)
+    plugin = gate_information_plugin(z, y, 0.5, 200_000, generator=torch.Generator().manual_seed(3))
+    assert plugin.H_A_given_X == pytest.approx(exact.H_A_given_X, rel=1e-12)   # exact in both
+    # 16 patterns and 2e5 draws: the plug-in's standard deviation is ~ sd(log p)/sqrt(n) < 3e-3 nats
+    for name in ("H_A", "H_A_given_Y", "I_AX", "I_AY"):
+        assert getattr(plugin, name) == pytest.approx(getattr(exact, name), abs=0.015), name
+    with pytest.raises(ValueError, match="n_samples"):
+        gate_information_plugin(z, y, 0.5, 1)
+
+
+def _weighted_moments_loop(x, z, tau, pattern):
+    """P(a), E[X | a], Cov(X | a) by Bayes' rule, one sample at a time in numpy."""
+    import numpy as np
+    xs, zs = x.numpy(), z.numpy()
+    probs = np.array([np.prod([1 / (1 + np.exp(-zi / tau)) if ai else 1 - 1 / (1 + np.exp(-zi / tau))
+                               for zi, ai in zip(row, pattern)]) for row in zs])
+    w = probs / probs.sum()
+    mean = (w[:, None] * xs).sum(0)
+    cov = sum(wi * np.outer(xi - mean, xi - mean) for wi, xi in zip(w, xs))
+    return probs.mean(), mean, cov
+
+
+def test_pattern_moments_match_a_loop_and_the_total_covariance():
+    from nbsupport.gating import pattern_moments
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    z = x @ torch.randn(3, 4, generator=g, dtype=torch.float64) + 0.3
+    moments = pattern_moments(x, z, 0.6)
+    assert moments.prob.shape == (16,) and moments.cov.shape == (16, 3, 3)
+    for code in (0, 5, 15):
+        pattern = [(code >> i) & 1 for i in range(4)]
+        p, mean, cov = _weighted_moments_loop(x, z, 0.6, pattern)
+        assert moments.prob[code].item() == pytest.approx(p, rel=1e-10)
+        torch.testing.assert_close(moments.mean[code], torch.from_numpy(mean), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(moments.cov[code], torch.from_numpy(cov), rtol=1e-10, atol=1e-12)
+    assert moments.prob.sum().item() == pytest.approx(1.0, abs=1e-12)
+    offsets = moments.mean - x.mean(0)
+    total = (moments.prob.view(-1, 1, 1) * (moments.cov + offsets[:, :, None] * offsets[:, None, :])).sum(0)
+    torch.testing.assert_close(total, torch.cov(x.T, correction=0), rtol=1e-10, atol=1e-12)
+
+
+def test_pattern_moments_hard_limit_and_given_patterns():
+    from nbsupport.covariance import group_moments
+    from nbsupport.gating import pattern_moments
+    from nbsupport.patterns import group_by_pattern
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 2, generator=g, dtype=torch.float64)
+    z = x @ torch.randn(2, 3, generator=g, dtype=torch.float64)
+    groups = group_by_pattern(z > 0)
+    hard = group_moments(x, groups.inverse, ddof=0)
+    patterns = groups.patterns.double()
+    soft = pattern_moments(x, z, 1e-9, patterns=patterns)
+    torch.testing.assert_close(soft.prob, groups.counts.double() / 200, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(soft.mean, hard.means, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(soft.cov, hard.covariances, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="patterns"):
+        pattern_moments(x, z, 0.5, patterns=torch.full((2, 3), 0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x and z"):
+        pattern_moments(x, z[:-1], 0.5)
+
+
+@pytest.mark.parametrize("estimator", ["reinforce", "concrete"])
+def test_elbo_surrogate_value_and_gradient(estimator):
+    """REINFORCE: unbiased for the ELBO and its gradient (5 standard errors over 30 independent runs).
+    Concrete at a small relaxation temperature: its value approaches the ELBO."""
+    from nbsupport.gating import elbo_surrogate
+    net, x, y = _net((3, 4, 3), n=5, seed=8)
+    logits = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9), requires_grad=True)
+    params = [logits, *net.parameters()]
+    exact = elbo(net, x, y, 0.7, torch.sigmoid(logits)).sum()
+    exact_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(exact, params)])
+    g = torch.Generator().manual_seed(10)
+    values, grads = [], []
+    relaxation = 0.5 if estimator == "reinforce" else 0.02
+    for _ in range(30):
+        s = elbo_surrogate(net, x, y, 0.7, logits, n_samples=2000, estimator=estimator, relaxation=relaxation,
+                           generator=g).sum()
+        values.append(s.item())
+        grads.append(torch.cat([g_.reshape(-1) for g_ in torch.autograd.grad(s, params)]))
+    values, grads = torch.tensor(values, dtype=torch.float64), torch.stack(grads)
+    se = values.std() / 30**0.5
+    if estimator == "reinforce":
+        assert abs(values.mean() - exact.item()) < 5 * se
+        z = (grads.mean(0) - exact_grad) / (grads.std(0) / 30**0.5 + 1e-12)
+        assert bool((z.abs() < 5).all()), z
+    else:
+        assert abs(values.mean() - exact.item()) < 5 * se + 0.02 * abs(exact.item())
+
+
+def test_elbo_surrogate_bad_input():
+    from nbsupport.gating import elbo_surrogate
+    net, x, y = _net()
+    logits = torch.zeros(len(x), 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="q_logits"):
+        elbo_surrogate(net, x, y, 1.0, logits[:, :3])
+    with pytest.raises(ValueError, match="estimator"):
+        elbo_surrogate(net, x, y, 1.0, logits, estimator="gumbel")
+    with pytest.raises(ValueError, match="relaxation"):
+        elbo_surrogate(net, x, y, 1.0, logits, estimator="concrete", relaxation=0.0)
+    with pytest.raises(ValueError, match="n_samples"):
+        elbo_surrogate(net, x, y, 1.0, logits, n_samples=1)
+
+
+def test_gate_posterior_sees_the_label_only_when_asked():
+    from nbsupport.gating import GatePosterior
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    with_label, without = GatePosterior(3, 5, n_classes=3), GatePosterior(3, 5)
+    assert with_label(x, y).shape == (6, 5) == without(x, y).shape
+    assert not torch.equal(with_label(x, y), with_label(x, (y + 1) % 3))
+    assert torch.equal(without(x, y), without(x, (y + 1) % 3))
+
+
+def test_sampled_gate_grads_match_autograd_with_the_drawn_gates():
+    from nbsupport.gating import sampled_gate_grads
+    net, x, y = _net((3, 5, 4, 3), n=6, seed=11)
+    state = torch.random.get_rng_state()
+    grads, gates = sampled_gate_grads(net, x, y, 0.5, n_draws=3, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)            # global random state untouched
+    assert grads.shape == (3, 6, sum(p.numel() for p in net.parameters())) and gates.shape == (3, 6, 9)
+    again = sampled_gate_grads(net, x, y, 0.5, n_draws=3, seed=1)
+    assert torch.equal(again[0], grads) and torch.equal(again[1], gates)
+    for draw, i in [(0, 0), (2, 5), (1, 3)]:
+        net.zero_grad()
+        hidden = gates[draw, i:i + 1].double()
+        out = gated_forward(net, x[i:i + 1], [hidden[:, :5], hidden[:, 5:]])
+        F.log_softmax(out, 1)[0, y[i]].backward()
+        reference = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+        torch.testing.assert_close(grads[draw, i], reference, rtol=1e-12, atol=1e-12)
+
+
+def test_sampled_gate_grads_draw_first_layer_gates_with_the_right_frequency():
+    from nbsupport.gating import sampled_gate_grads
+    net, x, y = _net((3, 4, 2), n=5, seed=12)
+    _, gates = sampled_gate_grads(net, x, y, 0.8, n_draws=4000, seed=2)
+    probs = soft_gates(net[0](x), 0.8).detach()
+    se = (probs * (1 - probs) / 4000).sqrt()
+    assert bool(((gates.double().mean(0) - probs).abs() < 5 * se + 1e-12).all())
+    with pytest.raises(ValueError, match="n_draws"):
+        sampled_gate_grads(net, x, y, 0.8, n_draws=0)
