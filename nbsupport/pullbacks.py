@@ -601,19 +601,21 @@ def projected_gradient_ascent(model: nn.Module, x: torch.Tensor, target, steps: 
 # The chapter's models
 # ---------------------------------------------------------------------------------------------
 
-def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
+def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels: int = 1,
+            image_size: int = 28) -> nn.Sequential:
     """A VGG-style CNN: per stage ``Conv3x3-BN-ReLU-Conv3x3-BN-ReLU-MaxPool2``, then a linear head.
 
     Parameters
     ----------
     channels : sequence of int
         Channels of each stage (each halves the resolution).
-    n_classes, in_channels : int
+    n_classes, in_channels, image_size : int
+        Square inputs ``(in_channels, image_size, image_size)``.
 
     Returns
     -------
     nn.Sequential
-        ``features`` (the stages), ``flatten``, global average pool and ``Linear``; ``nn.ReLU``
+        The stages, ``Flatten`` and a ``Linear`` head; ``nn.ReLU``
         modules (in place) and ``nn.MaxPool2d`` as in torchvision's VGG11_BN.
     """
     layers: list[nn.Module] = []
@@ -623,7 +625,8 @@ def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels
             layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             prev = width
         layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(prev, n_classes))
+    side = image_size // 2 ** len(channels)
+    return nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(prev * side * side, n_classes))
 
 
 class _BasicBlock(nn.Module):
@@ -643,7 +646,8 @@ class _BasicBlock(nn.Module):
         return (self.bn2(self.conv2(out)) + self.shortcut(x)).relu()
 
 
-def small_resnet(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
+def small_resnet(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels: int = 1,
+                 image_size: int = 28) -> nn.Sequential:
     """A small ResNet: stem ``Conv3x3-BN-ReLU-MaxPool2``, one basic block per stage, linear head.
 
     Inside the blocks the ReLUs are functional (``F.relu(..., inplace=True)`` and ``Tensor.relu()``, as
@@ -654,14 +658,19 @@ def small_resnet(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_cha
     ----------
     channels : sequence of int
         Channels of the stem and first block, then of each further block (stride 2).
-    n_classes, in_channels : int
+    n_classes, in_channels, image_size : int
+        Square inputs ``(in_channels, image_size, image_size)``.
 
     Returns
     -------
     nn.Sequential
+        Stem, blocks, ``Flatten`` and a ``Linear`` head.
     """
     stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
                          nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1))
     blocks = [_BasicBlock(channels[0], channels[0], 1)]
     blocks += [_BasicBlock(a, b, 2) for a, b in zip(channels[:-1], channels[1:])]
-    return nn.Sequential(stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], n_classes))
+    side = pool_output_size(image_size, 3, 2, 1, 1, False)
+    for _ in channels[1:]:
+        side = (side - 1) // 2 + 1  # 3x3 convolution, stride 2, padding 1
+    return nn.Sequential(stem, *blocks, nn.Flatten(), nn.Linear(channels[-1] * side * side, n_classes))

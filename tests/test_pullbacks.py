@@ -98,7 +98,7 @@ def test_small_temperature_gives_the_vanilla_gradient_away_from_kinks():
     T = margin / 40  # every gate within exp(-40) of the hard one
     torch.testing.assert_close(excitation_pullback(net, x, 1, T), input_gradient(net, x, 1), rtol=1e-12, atol=1e-12)
     # a CNN with max-pooling: generic inputs have no ties, the softmax routing tends to the argmax
-    cnn = _eval(vgg_cnn((4, 6)))
+    cnn = _eval(vgg_cnn((4, 6), image_size=16))
     xi = _images(4, side=16)
     far = excitation_pullback(cnn, xi, 3, temperature=1e-10)  # kinks closer than ~1e-8 are unlikely
     torch.testing.assert_close(far, input_gradient(cnn, xi, 3), rtol=1e-6, atol=1e-9)
@@ -219,7 +219,7 @@ def _assert_restored(model, before):
     assert not torch._C._is_torch_function_mode_enabled()
 
 
-@pytest.mark.parametrize("make", [lambda: vgg_cnn((4, 6)), lambda: small_resnet((4, 6))], ids=["vgg", "resnet"])
+@pytest.mark.parametrize("make", [lambda: vgg_cnn((4, 6), image_size=16), lambda: small_resnet((4, 6), image_size=16)], ids=["vgg", "resnet"])
 def test_forward_identical_and_model_restored(make):
     model = _eval(make())
     model[0].requires_grad_(False)  # a frozen part must stay frozen
@@ -240,7 +240,7 @@ def test_forward_identical_and_model_restored(make):
 
 
 def test_restored_after_an_exception_inside_and_outside_the_forward_pass():
-    model = _eval(small_resnet((4, 4)))
+    model = _eval(small_resnet((4, 4), image_size=8))
     x = _images(2, side=8)
     before = _snapshot(model)
 
@@ -265,7 +265,7 @@ def test_restored_after_an_exception_inside_and_outside_the_forward_pass():
 
 
 def test_small_resnet_uses_functional_relus_and_all_are_covered():
-    model = _eval(small_resnet((4, 6)))
+    model = _eval(small_resnet((4, 6), image_size=12))
     x = _images(3, side=12)
     n_modules = sum(isinstance(m, nn.ReLU) for m in model.modules())
     gates = gate_patterns(model, x)
@@ -326,7 +326,7 @@ def test_bad_input():
 def test_guided_backprop_matches_captum_on_module_relus_and_covers_functional_ones():
     from captum.attr import GuidedBackprop
 
-    cnn = _eval(vgg_cnn((4, 6)))
+    cnn = _eval(vgg_cnn((4, 6), image_size=12))
     for m in cnn.modules():
         if isinstance(m, nn.ReLU):
             m.inplace = False  # Captum's hooks refuse in-place ReLUs
@@ -341,7 +341,7 @@ def test_guided_backprop_matches_captum_on_module_relus_and_covers_functional_on
     expected = ((net.fc2.weight[1].clamp(min=0) * (z > 0)) @ net.fc1.weight)
     torch.testing.assert_close(guided_backprop(net, xs, 1), expected)
     # Captum leaves the block's functional ReLUs with the vanilla rule
-    res = _eval(small_resnet((4, 6)))
+    res = _eval(small_resnet((4, 6), image_size=12))
     ours = guided_backprop(res, x, target)
     theirs = GuidedBackprop(res).attribute(x, target=target)
     assert (ours - theirs).abs().max() > 1e-3 * ours.abs().max()
@@ -375,7 +375,7 @@ def test_projected_gradient_ascent_on_a_linear_model():
 
 
 def test_projected_gradient_ascent_raises_the_target_logit_on_a_cnn():
-    cnn = _eval(vgg_cnn((4, 6)))
+    cnn = _eval(vgg_cnn((4, 6), image_size=12))
     x = _images(4, side=12)
     for method in ("pullback", "gradient"):
         out = projected_gradient_ascent(cnn, x, 5, steps=4, step_size=0.3, radius=1.0, method=method)
