@@ -26,7 +26,7 @@ from torch.func import functional_call, grad, vmap
 
 __all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "pattern_log_probs", "PatternLogProbs",
            "log_marginal_likelihood", "MonteCarloEstimate", "bernoulli_kl", "elbo", "GatePosterior",
-           "elbo_surrogate", "gate_information", "gate_information_plugin", "GateInformation", "plugin_entropy",
+           "elbo_surrogate", "fit_variational", "gate_information", "gate_information_sampled", "GateInformation", "plugin_entropy",
            "pattern_moments", "PatternMoments", "sampled_gate_grads", "MAX_EXACT_UNITS"]
 
 #: Largest hidden width for exact enumeration (2**16 = 65 536 patterns).
@@ -442,14 +442,18 @@ def pattern_moments(x: torch.Tensor, z: torch.Tensor, tau: float, patterns: torc
     return PatternMoments(prob, mean, second - mean.unsqueeze(2) * mean.unsqueeze(1))
 
 
-def gate_information_plugin(z: torch.Tensor, y: torch.Tensor, tau: float, n_samples: int,
-                            generator: torch.Generator | None = None) -> GateInformation:
-    r"""Sampling estimate of :func:`gate_information` for layers too wide to enumerate.
+def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_samples: int,
+                             estimator: str = "density", generator: torch.Generator | None = None) -> GateInformation:
+    r"""Sampling estimates of :func:`gate_information` for layers too wide to enumerate.
 
-    Draws ``n_samples`` pairs (x, a): x uniform over the rows, a from its gates. :math:`H(A)` and
-    :math:`H(A \mid Y)` are Miller–Madow plug-in estimates (:func:`plugin_entropy`) of the sampled
-    patterns; :math:`H(A \mid X)` stays exact (a sum of binary entropies). The plug-in cannot exceed
-    :math:`\log n` and is biased low when :math:`e^{H(A)}` is comparable to ``n_samples``.
+    Draws ``n_samples`` pairs (x, a): x uniform over the rows, a from its gates. :math:`H(A \mid X)`
+    stays exact (a sum of binary entropies). :math:`H(A)` and :math:`H(A \mid Y)` are estimated by
+
+    * ``"density"``: :math:`-\frac1n \sum_s \log P(a_s)` with :math:`P(a_s) = \frac1N \sum_i
+      P(a_s \mid x_i)` evaluated exactly (and :math:`P(a_s \mid y_s)` over the rows of class
+      :math:`y_s`): unbiased, whatever the entropy; costs :math:`O(n N m)`;
+    * ``"plugin"``: Miller–Madow plug-in entropies (:func:`plugin_entropy`) of the sampled patterns.
+      It cannot exceed :math:`\log n` and is biased low once :math:`e^{H(A)}` approaches ``n_samples``.
 
     Parameters
     ----------
@@ -457,6 +461,8 @@ def gate_information_plugin(z: torch.Tensor, y: torch.Tensor, tau: float, n_samp
     y : Tensor, long, shape (N,)
     tau : float
     n_samples : int
+        >= 2.
+    estimator : {"density", "plugin"}
     generator : torch.Generator, optional
 
     Returns
@@ -469,14 +475,25 @@ def gate_information_plugin(z: torch.Tensor, y: torch.Tensor, tau: float, n_samp
                          f"and {tuple(getattr(y, 'shape', ()))}")
     if not (isinstance(n_samples, int) and n_samples >= 2):
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
-    on = soft_gates(z.detach().to(torch.float64), tau)
+    if estimator not in ("density", "plugin"):
+        raise ValueError(f"estimator must be 'density' or 'plugin', got {estimator!r}")
+    z = z.detach().to(torch.float64)
+    on = soft_gates(z, tau)
     rows = torch.randint(len(z), (n_samples,), generator=generator, device=z.device)
-    codes = sample_gates(on[rows], 1, generator)[0].bool()
-    h_a = plugin_entropy(codes)
-    h_a_x = _entropy(torch.stack([on, 1 - on], dim=-1)).sum(1).mean().item()
+    gates = sample_gates(on[rows], 1, generator)[0]                         # (n, m)
     labels = y[rows]
-    h_a_y = sum((labels == c).double().mean().item() * plugin_entropy(codes[labels == c])
-                for c in torch.unique(labels))
+    h_a_x = _entropy(torch.stack([on, 1 - on], dim=-1)).sum(1).mean().item()
+    if estimator == "plugin":
+        codes = gates.bool()
+        h_a = plugin_entropy(codes)
+        h_a_y = sum((labels == c).double().mean().item() * plugin_entropy(codes[labels == c])
+                    for c in torch.unique(labels))
+    else:
+        log_cond = _log_prior(z, gates, tau).T                              # log P(a_s | x_i): (n, N)
+        h_a = -(torch.logsumexp(log_cond, dim=1) - math.log(len(z))).mean().item()
+        same_class = labels.unsqueeze(1) == y.unsqueeze(0)                  # (n, N)
+        log_class = torch.logsumexp(log_cond.masked_fill(~same_class, -torch.inf), dim=1) - same_class.sum(1).log()
+        h_a_y = -log_class.mean().item()
     return GateInformation(h_a, h_a_x, h_a_y, h_a - h_a_x, h_a - h_a_y)
 
 
@@ -634,3 +651,56 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
         grads, gates = vmap(grad(log_lik, has_aux=True), in_dims=(None, 0, 0), randomness="different")(params, xs, ys)
     flat = torch.cat([g.reshape(len(xs), -1) for g in grads.values()], dim=1)
     return flat.view(n_draws, len(x), -1), gates.view(n_draws, len(x), -1).bool()
+
+
+def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Tensor, y: torch.Tensor, tau: float,
+                    steps: int, lr: float = 1e-2, batch_size: int = 100, estimator: str = "reinforce",
+                    n_samples: int = 8, train_model: bool = True, seed: int = 0) -> dict[str, list[float]]:
+    r"""Maximise the ELBO with Adam over q's parameters (and the model's, if ``train_model``).
+
+    Each step draws a minibatch, records its **exact** ELBO and exact :math:`\log P(y \mid x)` (by
+    enumeration, so ``m <= 16``) before updating, then follows the gradient of
+    :func:`elbo_surrogate`. The recorded pairs let one check the bound on every batch seen.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear, ReLU, Linear``, updated in place when ``train_model``.
+    posterior : GatePosterior
+        Updated in place.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+    steps, batch_size : int
+    lr : float
+    estimator : {"reinforce", "concrete"}
+    n_samples : int
+        Gate draws per sample and step.
+    train_model : bool
+    seed : int
+        Seeds minibatches and gate draws.
+
+    Returns
+    -------
+    dict
+        ``"elbo"``, ``"log_marginal"`` (batch means, exact) and ``"surrogate"`` per step.
+    """
+    if not (isinstance(steps, int) and steps >= 1 and isinstance(batch_size, int) and 1 <= batch_size <= len(x)):
+        raise ValueError(f"steps must be >= 1 and batch_size in [1, {len(x)}], got {steps!r} and {batch_size!r}")
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    params = list(posterior.parameters()) + (list(model.parameters()) if train_model else [])
+    optimiser = torch.optim.Adam(params, lr=lr)
+    history: dict[str, list[float]] = {"elbo": [], "log_marginal": [], "surrogate": []}
+    for _ in range(steps):
+        batch = torch.randperm(len(x), generator=generator, device=x.device)[:batch_size]
+        xb, yb = x[batch], y[batch]
+        logits = posterior(xb, yb)
+        with torch.no_grad():
+            history["elbo"].append(elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean().item())
+            history["log_marginal"].append(log_marginal_likelihood(model, xb, yb, tau).mean().item())
+        objective = elbo_surrogate(model, xb, yb, tau, logits, n_samples, estimator, generator=generator).mean()
+        optimiser.zero_grad()
+        (-objective).backward()
+        optimiser.step()
+        history["surrogate"].append(objective.item())
+    return history
