@@ -29,12 +29,13 @@ take a seed and are reproducible.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from scipy import linalg, special
+from scipy import special
 from scipy.stats import multivariate_normal, qmc
 
 __all__ = [
@@ -220,28 +221,36 @@ def _bounds(lower_rows, c_rows, partial):
     return lo, hi
 
 
+@functools.lru_cache(maxsize=64)
+def _sobol(dim, n_points):
+    """A fixed scrambled Sobol' point set in [0, 1)^dim (read-only)."""
+    points = qmc.Sobol(dim, scramble=True, rng=np.random.default_rng(dim)).random(n_points)
+    points.flags.writeable = False
+    return points
+
+
 def _qmc_probability(lower, c, last, n_points, n_rep, rng):
-    """Genz's separation of variables with scrambled Sobol' points; c (B, k). Returns p, err (B,)."""
+    """Genz's separation of variables, randomised QMC; c (B, k). Returns p, err (B,).
+
+    Replicate ``r`` uses the scrambled Sobol' points shifted by an independent uniform vector
+    modulo 1 (a Cranley-Patterson rotation), so each replicate is an unbiased estimate and their
+    spread gives the standard error; the replicates run as one batch."""
     n_var = last.max() + 1
-    estimates = []
-    for child in rng.spawn(n_rep):
-        if n_var > 1:
-            w = qmc.Sobol(n_var - 1, scramble=True, rng=child).random(n_points)  # (N, n_var-1)
-        else:
-            w = np.zeros((1, 0))
-        v = np.zeros((c.shape[0], len(w), n_var))
-        weight = np.ones((c.shape[0], len(w)))
-        for j in range(n_var):
-            rows = last == j
-            partial = np.einsum("bnl,kl->bnk", v[:, :, :j], lower[rows, :j])
-            lo, hi = _bounds(lower[rows, j], c[:, None, rows], partial)
-            weight = weight * _ndtr_diff(lo, hi)
-            if j < n_var - 1:
-                a_lo, a_hi = special.ndtr(lo), special.ndtr(hi)
-                v[:, :, j] = special.ndtri(np.clip(a_lo + w[:, j] * (a_hi - a_lo), 1e-300, 1 - 1e-16))
-        estimates.append(weight.mean(axis=1))
-    estimates = np.array(estimates)
-    return estimates.mean(0), estimates.std(0, ddof=1) / np.sqrt(n_rep)
+    base = _sobol(n_var - 1, n_points) if n_var > 1 else np.zeros((n_points, 0))
+    shifts = rng.random((n_rep, 1, base.shape[1]))
+    w = ((base + shifts) % 1.0).reshape(n_rep * n_points, -1)
+    v = np.zeros((c.shape[0], len(w), n_var))
+    weight = np.ones((c.shape[0], len(w)))
+    for j in range(n_var):
+        rows = last == j
+        partial = v[:, :, :j] @ lower[rows, :j].T
+        lo, hi = _bounds(lower[rows, j], c[:, None, rows], partial)
+        weight *= _ndtr_diff(lo, hi)
+        if j < n_var - 1:
+            a_lo, a_hi = special.ndtr(lo), special.ndtr(hi)
+            v[:, :, j] = special.ndtri(np.clip(a_lo + w[:, j] * (a_hi - a_lo), 1e-300, 1 - 1e-16))
+    estimates = weight.reshape(len(c), n_rep, n_points).mean(-1)
+    return estimates.mean(1), estimates.std(1, ddof=1) / np.sqrt(n_rep)
 
 
 def _quadrature_2d(lower, c, last):
@@ -291,8 +300,10 @@ def _standard_polytope(a, c, *, method="auto", n_points=1024, n_rep=8, rng=None)
     a, c = a[~zero] / norms[~zero, None], c[:, ~zero] / norms[~zero]
     if a.shape[0] == 0:
         return feasible, np.zeros(len(c))
-    if a.shape[0] < a.shape[1]:  # only the span of the rows matters: rotate to k variables
-        a = linalg.qr(a.T, mode="economic")[1].T
+    if a.shape[0] < a.shape[1]:  # a u has covariance a a^T: replace a by a (k, rank) factor of it
+        values, vectors = np.linalg.eigh(a @ a.T)
+        keep = values > _TOL * values[-1]
+        a = vectors[:, keep] * np.sqrt(values[keep])
     lower, order, last = _lower_trapezoidal(a, c[0])
     c = c[:, order]
     n_var = last.max() + 1
@@ -575,15 +586,21 @@ def region(weights, biases, pattern) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     ws, bs = _layers(weights, biases)
     parts = _split(pattern, ws)
-    A, c = np.eye(ws[0].shape[1]), np.zeros(ws[0].shape[1])
+    A, c = None, None  # the identity map of the input
     G, h = [], []
     for w, b, a in zip(ws[:-1], bs[:-1], parts):
-        z_A, z_c = w @ A, w @ c + b
+        z_A, z_c = (w, b) if A is None else (w @ A, w @ c + b)
         s = np.where(a, 1.0, -1.0)
         G.append(s[:, None] * z_A)
         h.append(s * z_c)
         A, c = a[:, None] * z_A, a * z_c
     return np.concatenate(G), np.concatenate(h), ws[-1] @ A, ws[-1] @ c + bs[-1]
+
+
+def _standardised(ws, bs, mean, cov):
+    """The network in the coordinates u of x = mean + C u, u ~ N(0, I_r): first layer W C, W mean + b."""
+    factor = _factor(cov)
+    return [ws[0] @ factor] + ws[1:], [ws[0] @ mean + bs[0]] + bs[1:]
 
 
 def network_patterns(weights, biases, x) -> np.ndarray:
@@ -659,12 +676,12 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         raise ValueError(f"eps must be in [0, 1), got {eps!r}")
     if not (isinstance(max_regions, int) and max_regions >= 1):
         raise ValueError(f"max_regions must be an int >= 1, got {max_regions!r}")
-    factor = _factor(cov)
+    ws_u, bs_u = _standardised(ws, bs, mean, cov)
     rng = _rng(rng)
 
     def probability(bits):
-        G, h, _, _ = region(ws, bs, np.array(bits))
-        p, e = _standard_polytope(G @ factor, G @ mean + h, rng=rng, **options)
+        G, h, _, _ = region(ws_u, bs_u, np.array(bits))
+        p, e = _standard_polytope(G, h, rng=rng, **options)
         return float(p[0]), float(e[0])
 
     start = tuple(network_patterns(ws, bs, mean[None])[0])
@@ -723,14 +740,14 @@ def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, outp
         raise ValueError(f"thresholds must be a finite 1-D array, got shape {t.shape}")
     if not 0 <= output < ws[-1].shape[0]:
         raise ValueError(f"output must be in [0, {ws[-1].shape[0]}), got {output!r}")
-    factor = _factor(cov)
+    ws_u, bs_u = _standardised(ws, bs, mean, cov)
     rng = _rng(rng)
     total, var = np.zeros(len(t)), np.zeros(len(t))
     for bits in support.patterns:
-        G, h, J, c = region(ws, bs, bits)
-        G = np.vstack([G, -J[output]])  # f(x) <= t  <=>  t - J x - c >= 0
+        G, h, J, c = region(ws_u, bs_u, bits)
+        G = np.vstack([G, -J[output]])  # f <= t  <=>  t - J u - c >= 0
         offsets = np.column_stack([np.broadcast_to(h, (len(t), len(h))), t - c[output]])
-        p, e = _standard_polytope(G @ factor, offsets + G @ mean, rng=rng, **options)
+        p, e = _standard_polytope(G, offsets, rng=rng, **options)
         total += p
         var += e**2
     missing = max(0.0, 1.0 - float(support.probs.sum()))
@@ -751,17 +768,17 @@ def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=Non
     """
     ws, bs = _layers(weights, biases)
     mean, cov = _gaussian(mean, cov)
-    factor = _factor(cov)
+    ws_u, bs_u = _standardised(ws, bs, mean, cov)
     rng = _rng(rng)
     n_out = ws[-1].shape[0]
     total, var = np.zeros(n_out), np.zeros(n_out)
     for bits in support.patterns:
-        G, h, J, c = region(ws, bs, bits)
+        G, h, J, c = region(ws_u, bs_u, bits)
         for k in range(n_out):
             others = np.arange(n_out) != k
             Gk = np.vstack([G, J[k] - J[others]])
             hk = np.concatenate([h, c[k] - c[others]])
-            p, e = _standard_polytope(Gk @ factor, Gk @ mean + hk, rng=rng, **options)
+            p, e = _standard_polytope(Gk, hk, rng=rng, **options)
             total[k] += p[0]
             var[k] += e[0] ** 2
     missing = max(0.0, 1.0 - float(support.probs.sum()))
