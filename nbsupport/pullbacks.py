@@ -34,6 +34,7 @@ __all__ = [
     "input_gradient",
     "guided_backprop",
     "gate_patterns",
+    "path_correlation",
     "softmax_pool2d",
     "SoftMaxPool2d",
     "pool_output_size",
@@ -527,6 +528,37 @@ def gate_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with _backward_rules(model, record, None), torch.no_grad():
         _logits(model, x)
     return gates
+
+
+def path_correlation(gates_a: Sequence[torch.Tensor], gates_b: Sequence[torch.Tensor]) -> torch.Tensor:
+    r"""Pearson correlation, per sample, of two rank-one path tensors :math:`\bigotimes_\ell a_\ell` and
+    :math:`\bigotimes_\ell b_\ell`.
+
+    The source's Hypothesis 1 is stated for gate tensors :math:`\tilde G(x) \in \R^{P_1}`,
+    :math:`P_1 = \prod_\ell d_\ell` :cite:p:`satkiewicz2025tapping`, far too many entries to list.
+    For rank-one tensors the moments over paths factorise, :math:`\operatorname{mean}(A B) =
+    \prod_\ell \operatorname{mean}_i(a_\ell[i] b_\ell[i])` and so on, so the correlation is exact
+    from per-layer means.
+
+    Parameters
+    ----------
+    gates_a, gates_b : sequences of Tensor, each of shape (N, m_l)
+        Gates of the same layers (bool or values in [0, 1]), e.g. from :func:`gate_patterns`.
+
+    Returns
+    -------
+    Tensor, float64, shape (N,)
+        NaN where a tensor is constant over paths.
+    """
+    if len(gates_a) != len(gates_b) or not gates_a or any(a.shape != b.shape or a.ndim != 2
+                                                         for a, b in zip(gates_a, gates_b)):
+        raise ValueError("gates_a and gates_b must list the same number (>= 1) of (N, m_l) tensors of equal shapes")
+    mean_a = mean_b = mean_ab = mean_aa = mean_bb = 1.0
+    for a, b in zip(gates_a, gates_b):
+        a, b = a.double(), b.double()
+        mean_a, mean_b = mean_a * a.mean(1), mean_b * b.mean(1)
+        mean_ab, mean_aa, mean_bb = mean_ab * (a * b).mean(1), mean_aa * (a * a).mean(1), mean_bb * (b * b).mean(1)
+    return (mean_ab - mean_a * mean_b) / ((mean_aa - mean_a**2) * (mean_bb - mean_b**2)).sqrt()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -389,3 +389,28 @@ def test_models_shapes():
     x = torch.rand(2, 1, 28, 28)
     assert vgg_cnn((8, 16))(x).shape == (2, 10) and small_resnet((8, 16, 32))(x).shape == (2, 10)
     assert math.isclose(sum(isinstance(m, nn.MaxPool2d) for m in vgg_cnn((8, 16, 32)).modules()), 3)
+
+
+def test_path_correlation_equals_the_correlation_of_the_explicit_tensor():
+    import numpy as np
+
+    from nbsupport.pullbacks import path_correlation
+
+    g = torch.Generator().manual_seed(0)
+    widths = (5, 6, 4)
+    a = [torch.rand(5, m, generator=g) > 0.5 for m in widths]
+    a[2][4] = False  # an all-off layer: the path tensor is constant
+    b = [torch.rand(5, m, generator=g) for m in widths]  # soft gates
+    b[0][0] = a[0][0].double()
+    got = path_correlation(a, b)
+    for n in range(5):
+        ta = torch.einsum("i,j,k->ijk", *[t[n].double() for t in a]).flatten().numpy()
+        tb = torch.einsum("i,j,k->ijk", *[t[n].double() for t in b]).flatten().numpy()
+        expected = np.corrcoef(ta, tb)[0, 1] if ta.std() > 0 and tb.std() > 0 else math.nan
+        np.testing.assert_allclose(float(got[n]), expected, rtol=1e-10)  # NaN == NaN here
+    self_corr = path_correlation(a, a)
+    constant = torch.stack([~t.any(1) for t in a]).any(0) | torch.stack([t.all(1) for t in a]).all(0)
+    assert bool(constant[4]) and int(constant.sum()) < 5
+    assert bool(self_corr[constant].isnan().all()) and torch.allclose(self_corr[~constant], torch.tensor(1.0).double())
+    with pytest.raises(ValueError, match="gates_a"):
+        path_correlation(a, b[:2])
