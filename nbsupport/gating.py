@@ -11,7 +11,10 @@ patterns,
 
 where a hidden unit outputs :math:`a_i z_i`. As :math:`\tau \to 0` the gates become the ReLU's.
 This module computes the mixture exactly (all :math:`2^m` patterns of one hidden layer, m <= 16)
-and by Monte Carlo, and the variational lower bound of a factorised Bernoulli :math:`q(a)`.
+and by Monte Carlo; the variational lower bound of a factorised Bernoulli :math:`q(a)`, its sampled
+gradient estimators and a fitting loop; the law of X within soft regions (:math:`\Sigma_X(a)`); the
+information the gates carry about X and Y, exactly and by sampling; and per-sample gradients with
+sampled gates for the split of gradient variance.
 """
 
 from __future__ import annotations
@@ -331,6 +334,12 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
     return -torch.xlogy(probs, probs).sum(-1)
 
 
+def _check_z_y(z, y) -> None:
+    if not (isinstance(z, torch.Tensor) and z.ndim == 2 and isinstance(y, torch.Tensor) and y.shape == z.shape[:1]):
+        raise ValueError(f"z must have shape (N, m) and y shape (N,), got {tuple(getattr(z, 'shape', ()))} "
+                         f"and {tuple(getattr(y, 'shape', ()))}")
+
+
 def gate_information(z: torch.Tensor, y: torch.Tensor, tau: float) -> GateInformation:
     r"""Exact :math:`I(A; X)` and :math:`I(A; Y)` for Bernoulli gates :math:`\sigma(z/\tau)` of one layer.
 
@@ -352,9 +361,7 @@ def gate_information(z: torch.Tensor, y: torch.Tensor, tau: float) -> GateInform
         ``I_AX = H_A - H_A_given_X`` and ``I_AY = H_A - H_A_given_Y``, in nats.
     """
     _check_tau(tau)
-    if not (isinstance(z, torch.Tensor) and z.ndim == 2 and isinstance(y, torch.Tensor) and y.shape == z.shape[:1]):
-        raise ValueError(f"z must have shape (N, m) and y shape (N,), got {tuple(getattr(z, 'shape', ()))} "
-                         f"and {tuple(getattr(y, 'shape', ()))}")
+    _check_z_y(z, y)
     z = z.detach().to(torch.float64)
     patterns = all_patterns(z.shape[1], device=z.device)
     conditional = _log_prior(z, patterns, tau).exp()                        # P(a | x): (N, 2**m)
@@ -470,9 +477,7 @@ def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_sam
     GateInformation
     """
     _check_tau(tau)
-    if not (isinstance(z, torch.Tensor) and z.ndim == 2 and isinstance(y, torch.Tensor) and y.shape == z.shape[:1]):
-        raise ValueError(f"z must have shape (N, m) and y shape (N,), got {tuple(getattr(z, 'shape', ()))} "
-                         f"and {tuple(getattr(y, 'shape', ()))}")
+    _check_z_y(z, y)
     if not (isinstance(n_samples, int) and n_samples >= 2):
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
     if estimator not in ("density", "plugin"):
