@@ -233,6 +233,9 @@ def _softmax_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, kernel, stri
     windows' contributions are summed back onto the input by ``F.fold``.
     """
     n, c, h, w = x.shape
+    if dilation == (1, 1) and stride == kernel and padding == (0, 0) and (
+            not ceil_mode or (h % kernel[0] == 0 and w % kernel[1] == 0)):
+        return _tiled_softmax_pool_backward(x, grad_out, kernel, temperature)
     win, (oh, ow), padded, pads = _windows(x, kernel, stride, padding, dilation, ceil_mode)
     weights = torch.softmax(win / temperature, dim=1)
     values = win.nan_to_num(neginf=0.0)  # padded positions have weight 0; keep them finite
@@ -241,6 +244,22 @@ def _softmax_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, kernel, stri
     local = weights * (1 + (values - soft) / temperature) * g
     grad = F.fold(local, padded, kernel, dilation=dilation, stride=stride)
     return grad[:, 0, pads[2]: pads[2] + h, pads[0]: pads[0] + w].reshape(n, c, h, w)
+
+
+def _tiled_softmax_pool_backward(x, grad_out, kernel, temperature):
+    """:func:`_softmax_pool_backward` for non-overlapping, unpadded windows: views instead of unfold/fold."""
+    n, c, h, w = x.shape
+    (kh, kw), oh, ow = kernel, h // kernel[0], w // kernel[1]
+    tiles = x[:, :, : oh * kh, : ow * kw].reshape(n, c, oh, kh, ow, kw)
+    weights = (tiles - tiles.amax(dim=(3, 5), keepdim=True)).div_(temperature).exp_()
+    weights.div_(weights.sum(dim=(3, 5), keepdim=True))
+    soft = (weights * tiles).sum(dim=(3, 5), keepdim=True)
+    local = (tiles - soft).div_(temperature).add_(1).mul_(weights).mul_(grad_out.reshape(n, c, oh, 1, ow, 1))
+    if oh * kh == h and ow * kw == w:
+        return local.reshape(n, c, h, w)
+    grad = x.new_zeros(x.shape)
+    grad[:, :, : oh * kh, : ow * kw] = local.reshape(n, c, oh * kh, ow * kw)
+    return grad
 
 
 class SoftMaxPool2d(nn.MaxPool2d):
@@ -287,7 +306,7 @@ class _SurrogateReLU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (z,) = ctx.saved_tensors
-        return grad * torch.sigmoid(z / ctx.temperature), None, None
+        return z.div(ctx.temperature).sigmoid_().mul_(grad), None, None
 
 
 class _GuidedReLU(torch.autograd.Function):

@@ -109,6 +109,8 @@ def test_small_temperature_gives_the_vanilla_gradient_away_from_kinks():
 
 POOL_CASES = [
     dict(kernel_size=2),
+    dict(kernel_size=(2, 3)),
+    dict(kernel_size=3, ceil_mode=True),
     dict(kernel_size=3, stride=2, padding=1),
     dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
     dict(kernel_size=(3, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), ceil_mode=True),
