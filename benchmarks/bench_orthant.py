@@ -23,8 +23,8 @@ from nbsupport.orthant import mc_network_pmf, mlp_layers, pattern_pmf, support_s
 from nbsupport.seeding import seed_everything
 
 
-def bce(out, y, reduction="mean"):
-    """Binary cross-entropy on the single logit (the moons network of chapter 3)."""
+def bce(out, y, reduction="mean"):  # identical to chapter 3's, so both share the cached weights
+    """Binary cross-entropy on the single logit."""
     return F.binary_cross_entropy_with_logits(out[:, 0], y.to(out.dtype), reduction=reduction)
 
 
