@@ -44,6 +44,8 @@ __all__ = [
     "pattern_pmf",
     "mc_pattern_pmf",
     "mixture_pattern_pmf",
+    "mixture_support_search",
+    "mixture_output_cdf",
     "mlp_layers",
     "region",
     "network_patterns",
@@ -495,6 +497,17 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
     return counts / n
 
 
+def _mixture(weights, means, covs, name="weights"):
+    """Validated mixture weights (K,), with one mean and one covariance per component."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 1 or np.any(weights < 0) or abs(weights.sum() - 1) > 1e-9:
+        raise ValueError(f"{name} must be a 1-D array of non-negative mixture weights summing to 1, got {weights}")
+    if len(means) != len(weights) or len(covs) != len(weights):
+        raise ValueError(f"means and covs must have one entry per weight ({len(weights)}), "
+                         f"got {len(means)} and {len(covs)}")
+    return weights
+
+
 def mixture_pattern_pmf(weight, bias, weights, means, covs, *, return_err: bool = False, rng=None, **options):
     r"""First-layer pattern PMF under a Gaussian mixture :math:`\sum_k \pi_k \mathcal N(\mu_k, \Sigma_k)`.
 
@@ -514,12 +527,7 @@ def mixture_pattern_pmf(weight, bias, weights, means, covs, *, return_err: bool 
     -------
     pmf : ndarray, shape (2**m,); err as well with ``return_err``
     """
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.ndim != 1 or np.any(weights < 0) or abs(weights.sum() - 1) > 1e-9:
-        raise ValueError(f"weights must be a 1-D array of non-negative mixture weights summing to 1, got {weights}")
-    if len(means) != len(weights) or len(covs) != len(weights):
-        raise ValueError(f"means and covs must have one entry per weight ({len(weights)}), "
-                         f"got {len(means)} and {len(covs)}")
+    weights = _mixture(weights, means, covs)
     rng = _rng(rng)
     parts = [pattern_pmf(weight, bias, mu, cov, return_err=True, rng=child, **options)
              for mu, cov, child in zip(means, covs, rng.spawn(len(weights)))]
@@ -708,6 +716,48 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
     return Support(patterns, np.array([f[1] for f in found]), np.array([f[2] for f in found]), n_evaluated)
 
 
+def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: float = 1e-3, rng=None,
+                           **options) -> tuple[Support, list[Support]]:
+    r""":func:`support_search` under a Gaussian mixture :math:`\sum_j \pi_j \mathcal N(\mu_j, \Sigma_j)`.
+
+    Each component is searched to mass ``1 - eps``; the merged support gives pattern :math:`a`
+    the probability :math:`\sum_j \pi_j P_j(A = a)` (errors in quadrature), so the mass it
+    misses is at most ``eps`` as well.
+
+    Parameters
+    ----------
+    weights, biases : list of array-like
+        The network.
+    mix_weights : array-like, shape (K,)
+        Mixture weights, >= 0, summing to 1.
+    means : array-like, shape (K, d)
+    covs : array-like, shape (K, d, d)
+    eps, rng, **options
+        As in :func:`support_search`.
+
+    Returns
+    -------
+    merged : Support
+        Most probable first; ``n_evaluated`` counts all components' polytopes.
+    components : list of Support
+        One per component (what :func:`mixture_output_cdf` needs).
+    """
+    mix_weights = _mixture(mix_weights, means, covs, name="mix_weights")
+    rng = _rng(rng)
+    components = [support_search(weights, biases, mu, cov, eps=eps, rng=child, **options)
+                  for mu, cov, child in zip(means, covs, rng.spawn(len(mix_weights)))]
+    merged: dict[tuple, list[float]] = {}
+    for pi, sup in zip(mix_weights, components):
+        for bits, p, e in zip(sup.patterns, sup.probs, sup.errors):
+            entry = merged.setdefault(tuple(bits), [0.0, 0.0])
+            entry[0] += pi * p
+            entry[1] += (pi * e) ** 2
+    ranked = sorted(merged.items(), key=lambda item: -item[1][0])
+    support = Support(np.array([k for k, _ in ranked], dtype=bool), np.array([v[0] for _, v in ranked]),
+                      np.sqrt([v[1] for _, v in ranked]), sum(c.n_evaluated for c in components))
+    return support, components
+
+
 def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, output: int = 0, rng=None,
                **options) -> tuple[np.ndarray, np.ndarray]:
     r"""CDF of one network output: :math:`P(f(x) \le t) = \sum_a P(x \in R_a,\ J_a x + c_a \le t)`.
@@ -754,12 +804,49 @@ def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, outp
     return total, np.sqrt(var) + missing
 
 
+def mixture_output_cdf(weights, biases, mix_weights, means, covs, thresholds, components: Sequence[Support], *,
+                       output: int = 0, rng=None, **options) -> tuple[np.ndarray, np.ndarray]:
+    r"""Output CDF under a Gaussian mixture: :math:`\sum_j \pi_j F_j(t)`, each by :func:`output_cdf`.
+
+    Parameters
+    ----------
+    weights, biases, mix_weights, means, covs
+        As in :func:`mixture_support_search`.
+    thresholds : array-like, shape (T,)
+    components : list of Support
+        One per component, e.g. from :func:`mixture_support_search`.
+    output : int
+
+    Returns
+    -------
+    cdf, err : ndarray, shape (T,)
+        ``err`` is the weighted sum of the components' errors (each includes its missing mass).
+    """
+    mix_weights = _mixture(mix_weights, means, covs, name="mix_weights")
+    if len(components) != len(mix_weights):
+        raise ValueError(f"components must hold one Support per mixture component ({len(mix_weights)}), "
+                         f"got {len(components)}")
+    rng = _rng(rng)
+    parts = [output_cdf(weights, biases, mu, cov, thresholds, sup, output=output, rng=child, **options)
+             for mu, cov, sup, child in zip(means, covs, components, rng.spawn(len(mix_weights)))]
+    return sum(pi * c for pi, (c, _) in zip(mix_weights, parts)), sum(pi * e for pi, (_, e) in zip(mix_weights, parts))
+
+
 def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=None,
                         **options) -> tuple[np.ndarray, np.ndarray]:
     r"""P(argmax of the output = k) for each class k, summed over the regions of ``support``.
 
     Within region :math:`a` the logits are :math:`J_a x + c_a`; class :math:`k` wins where
     :math:`(J_k - J_j) x + c_k - c_j > 0` for every :math:`j \ne k`: ``d_out - 1`` more half-spaces.
+
+    Parameters
+    ----------
+    weights, biases, mean, cov
+        As in :func:`support_search`.
+    support : Support
+        The regions to sum over.
+    rng, **options
+        As in :func:`support_search`.
 
     Returns
     -------

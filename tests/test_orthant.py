@@ -17,7 +17,8 @@ from scipy import integrate, special
 
 from nbsupport.models import mlp
 from nbsupport.orthant import (MAX_FULL_PMF_UNITS, class_probabilities, jacobian_singular_values, mc_jacobian_singular_values,
-                               mc_network, mc_network_pmf, mc_pattern_pmf, mixture_pattern_pmf, mlp_layers, network_patterns,
+                               mc_network, mc_network_pmf, mc_pattern_pmf, mixture_output_cdf, mixture_pattern_pmf,
+                               mixture_support_search, mlp_layers, network_patterns,
                                orthant_probability, output_cdf, pattern_pmf, polytope_probability, region,
                                support_search)
 
@@ -403,3 +404,40 @@ def test_product_is_independent_reference_for_search():
         exact = np.prod(np.where(bits, on, 1 - on))
         assert abs(p - exact) <= Z * err + 1e-9
     assert len(sup.probs) == 8 and {tuple(b) for b in sup.patterns} == set(product([False, True], repeat=3))
+
+
+def test_mixture_support_and_cdf_against_monte_carlo():
+    _, ws, bs = _network((2, 5, 4, 1), seed=7)
+    pis, means = np.array([0.6, 0.4]), np.array([[-0.5, 0.3], [0.8, -0.4]])
+    covs = np.array([[[0.3, 0.1], [0.1, 0.2]], 0.2 * np.eye(2)])
+    merged, components = mixture_support_search(ws, bs, pis, means, covs, eps=0.0)
+    n = 300_000
+    draw = np.random.default_rng(15)
+    comp = draw.random(n) < pis[0]
+    x = np.where(comp[:, None], draw.multivariate_normal(means[0], covs[0], n), draw.multivariate_normal(means[1], covs[1], n))
+    codes, counts = np.unique(_mc_codes(network_patterns(ws, bs, x)), return_counts=True)
+    found = dict(zip(merged.codes, zip(merged.probs, merged.errors)))
+    assert set(codes) <= set(found) and abs(merged.probs.sum() - 1) < 1e-9 and np.all(np.diff(merged.probs) <= 0)
+    for code, count in zip(codes, counts):
+        assert _within(found[code][0], count / n, n, found[code][1])
+    h = np.maximum(x @ ws[0].T + bs[0], 0)
+    out = (np.maximum(h @ ws[1].T + bs[1], 0) @ ws[2].T + bs[2])[:, 0]
+    t = np.quantile(out, np.linspace(0.02, 0.98, 15))
+    cdf, err = mixture_output_cdf(ws, bs, pis, means, covs, t, components)
+    dkw = np.sqrt(np.log(2 / 1e-6) / (2 * n))
+    assert np.all(np.abs(cdf - (out[None, :] <= t[:, None]).mean(1)) <= dkw + Z * err)
+    with pytest.raises(ValueError, match="components"):
+        mixture_output_cdf(ws, bs, pis, means, covs, t, components[:1])
+    with pytest.raises(ValueError, match="mix_weights"):
+        mixture_support_search(ws, bs, [0.5, 0.4], means, covs)
+
+
+def test_orthant_small_probabilities_keep_relative_accuracy():
+    """scipy's tolerance is absolute (abseps = 1e-5), yet separation of variables keeps tiny
+    probabilities relatively accurate: independent units, exact product of Phi values."""
+    mean = np.array([-3.0, -3.5, -2.5, -3.0])
+    exact = np.prod(special.ndtr(mean))
+    p, _ = orthant_probability(mean, np.eye(4), rng=0)
+    assert abs(p - exact) <= 1e-6 * exact
+    p, _ = polytope_probability(np.eye(4), np.zeros(4), mean, np.eye(4), rng=0)
+    assert abs(p - exact) <= 1e-6 * exact
