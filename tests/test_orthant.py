@@ -285,8 +285,9 @@ def _network(widths, seed):
     return net, *mlp_layers(net)
 
 
-def test_region_is_lemma_1_and_gives_the_affine_map():
-    net, ws, bs = _network((3, 5, 4, 2), seed=0)
+@pytest.mark.parametrize("widths", [(3, 5, 4, 2), (3, 4, 5, 3, 2)])
+def test_region_is_lemma_1_and_gives_the_affine_map(widths):
+    net, ws, bs = _network(widths, seed=0)
     x = torch.randn(200, 3, dtype=torch.float64)
     bits = network_patterns(ws, bs, x.numpy())
     jac = torch.vmap(torch.func.jacrev(net))(x)
@@ -309,7 +310,7 @@ def _mc_codes(bits):
     return bits @ (1 << np.arange(bits.shape[1]))
 
 
-@pytest.mark.parametrize("widths", [(2, 6, 5, 1), (3, 4, 3, 1)])
+@pytest.mark.parametrize("widths", [(2, 6, 5, 1), (3, 4, 3, 1), (2, 4, 4, 3, 1)])
 def test_support_search_full_against_monte_carlo(widths):
     _, ws, bs = _network(widths, seed=1)
     mean, cov = _gaussian(widths[0], seed=12)
