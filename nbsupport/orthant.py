@@ -259,7 +259,7 @@ def _quadrature_2d(lower, c, last):
     """Two effective variables: integrate phi(v0) [Phi(hi(v0)) - Phi(lo(v0))]^+ piecewise; c (B, k) -> (B,).
 
     The bound of row i on v1 is the line (-c_i - L_i0 v0) / L_i1 in v0, so the integrand is smooth
-    between the points where two lines cross; those points, and the integers, split the range."""
+    between the points where two active bounds cross; those points and a grid of spacing 1.5 split the range."""
     first, second = last == 0, last == 1
     t0, t1 = lower[second, 0], lower[second, 1]
     lo0, hi0 = _bounds(lower[first, 0], c[:, first], 0.0)
