@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from _timing import best_of, setup
 
-from nbsupport.pullbacks import _SoftmaxRoutedMaxPool, surrogate_gradients, vgg_cnn
+from nbsupport.models import vgg_cnn
+from nbsupport.pullbacks import _SoftmaxRoutedMaxPool, surrogate_gradients
 
 
 def backward_time(model, x, surrogate: bool, repeat: int = 5) -> float:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from .data import data_root
 
-__all__ = ["mlp", "init_normal_", "train", "TrainResult", "config_hash", "callable_key", "evaluate"]
+__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "TrainResult", "config_hash", "callable_key", "evaluate"]
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
@@ -50,6 +51,81 @@ def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bi
             layers.append(activation())
         layers.append(nn.Linear(fan_in, fan_out, bias=bias))
     return nn.Sequential(*layers)
+
+
+def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels: int = 1,
+            image_size: int = 28) -> nn.Sequential:
+    """A VGG-style CNN: per stage ``Conv3x3-BN-ReLU-Conv3x3-BN-ReLU-MaxPool2``, then a linear head.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        Channels of each stage (each halves the resolution).
+    n_classes, in_channels, image_size : int
+        Square inputs ``(in_channels, image_size, image_size)``.
+
+    Returns
+    -------
+    nn.Sequential
+        The stages, ``Flatten`` and a ``Linear`` head; ``nn.ReLU``
+        modules (in place) and ``nn.MaxPool2d`` as in torchvision's VGG11_BN.
+    """
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for width in channels:
+        for _ in range(2):
+            layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            prev = width
+        layers.append(nn.MaxPool2d(2))
+    side = image_size // 2 ** len(channels)
+    return nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(prev * side * side, n_classes))
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1) shortcut; ReLUs called as ``F.relu`` / ``.relu()``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (nn.Sequential() if stride == 1 and c_in == c_out else
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return (self.bn2(self.conv2(out)) + self.shortcut(x)).relu()
+
+
+def small_resnet(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels: int = 1,
+                 image_size: int = 28) -> nn.Sequential:
+    """A small ResNet: stem ``Conv3x3-BN-ReLU-MaxPool2``, one basic block per stage, linear head.
+
+    Inside the blocks the ReLUs are functional (``F.relu(..., inplace=True)`` and ``Tensor.relu()``, as
+    in torchvision's DenseNet), so a module swap would miss them; the stem has ``nn.ReLU`` and
+    ``nn.MaxPool2d(3, 2, padding=1)`` as in torchvision's ResNets.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        Channels of the stem and first block, then of each further block (stride 2).
+    n_classes, in_channels, image_size : int
+        Square inputs ``(in_channels, image_size, image_size)``.
+
+    Returns
+    -------
+    nn.Sequential
+        Stem, blocks, ``Flatten`` and a ``Linear`` head.
+    """
+    stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1))
+    blocks = [_BasicBlock(channels[0], channels[0], 1)]
+    blocks += [_BasicBlock(a, b, 2) for a, b in zip(channels[:-1], channels[1:])]
+    side = (image_size - 1) // 2 + 1  # max-pool 3x3, stride 2, padding 1
+    for _ in channels[1:]:
+        side = (side - 1) // 2 + 1  # 3x3 convolution, stride 2, padding 1
+    return nn.Sequential(stem, *blocks, nn.Flatten(), nn.Linear(channels[-1] * side * side, n_classes))
 
 
 def init_normal_(model: nn.Module, C_W: float, C_b: float = 0.0, seed: int = 0) -> nn.Module:

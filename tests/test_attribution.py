@@ -10,7 +10,8 @@ from torch import nn
 
 from nbsupport.attribution import (curve_auc, deletion_insertion, gradient_x_input, infidelity, max_sensitivity,
                                    mean_ci, randomise_top_layers, rank_correlation, smoothgrad)
-from nbsupport.pullbacks import input_gradient, vgg_cnn
+from nbsupport.models import vgg_cnn
+from nbsupport.pullbacks import input_gradient
 
 
 def _linear(c=1, side=4, k=3, seed=0):

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbsupport.models import mlp
+from nbsupport.models import mlp, small_resnet, vgg_cnn
 from nbsupport.patterns import activation_patterns
 from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, gate_patterns, guided_backprop, input_gradient,
-                                 pool_output_size, projected_gradient_ascent, small_resnet, softmax_pool2d,
-                                 surrogate_gradients, vgg_cnn)
+                                 pool_output_size, projected_gradient_ascent, softmax_pool2d, surrogate_gradients)
 
 
 def _images(n=3, c=1, side=12, seed=0):
