@@ -195,7 +195,7 @@ def infidelity(model: nn.Module, x: torch.Tensor, target, attribution: torch.Ten
     r"""Infidelity :cite:p:`yeh2019fidelity` under Gaussian perturbations, scale-free.
 
     :math:`\min_\beta \E_I[(\beta I^\top a - (f_c(x) - f_c(x - I)))^2]`, :math:`I \sim \mathcal N(0,
-    \sigma^2 I)`, estimated from ``n_samples`` draws by :func:`captum.metrics.infidelity` with
+    \sigma^2 I)`, estimated from ``n_samples`` draws by ``captum.metrics.infidelity`` with
     ``normalize=True`` (the optimal :math:`\beta` makes maps of different scales comparable). The
     target logit is :math:`f_c`. Lower is better; the value is in squared logits.
 
@@ -243,7 +243,7 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attrib
 
     :math:`\max_k \|a(x + \delta_k) - a(x)\| / \|a(x)\|` over ``n_samples`` draws
     :math:`\delta_k` uniform in the :math:`L_\infty` ball of ``radius``, by
-    :func:`captum.metrics.sensitivity_max` (Frobenius norm). Lower is more stable.
+    ``captum.metrics.sensitivity_max`` (Frobenius norm). Lower is more stable.
 
     Parameters
     ----------

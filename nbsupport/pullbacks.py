@@ -34,6 +34,7 @@ __all__ = [
     "input_gradient",
     "guided_backprop",
     "gate_patterns",
+    "relu_inputs",
     "path_correlation",
     "softmax_pool2d",
     "SoftMaxPool2d",
@@ -205,7 +206,7 @@ def softmax_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     ----------
     x : Tensor, shape (N, C, H, W) or (C, H, W)
     kernel_size, stride, padding, dilation : int or pair of ints
-        As in :func:`torch.nn.functional.max_pool2d` (``stride`` defaults to ``kernel_size``).
+        As in ``torch.nn.functional.max_pool2d`` (``stride`` defaults to ``kernel_size``).
     ceil_mode : bool
     temperature : float
         :math:`T > 0`.
@@ -519,8 +520,8 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         return input_gradient(model, x, target)
 
 
-def gate_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    r"""The gates :math:`\1(z > 0)` of every ReLU call of ``model`` on ``x``, functional calls included.
+def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    r"""The pre-activations :math:`z` entering every ReLU call of ``model`` on ``x``, functional calls included.
 
     The forward pass runs under ``torch.no_grad`` with the model as it is (train/eval mode, buffers:
     call ``model.eval()`` first, a BatchNorm in training mode would update its statistics).
@@ -532,19 +533,24 @@ def gate_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
     Returns
     -------
-    list of Tensor, bool, shape (N, m_l)
+    list of Tensor, shape (N, m_l)
         One per ReLU call in call order, unit axes flattened.
     """
     _check_input(x)
-    gates: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] = []
 
     def record(z, inplace):
-        gates.append((z > 0).reshape(len(z), -1))
+        inputs.append(z.reshape(len(z), -1).clone())
         return z.relu_() if inplace else torch.relu(z)
 
     with _backward_rules(model, record, None), torch.no_grad():
         _logits(model, x)
-    return gates
+    return inputs
+
+
+def gate_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    r"""The gates :math:`\1(z > 0)` of every ReLU call (see :func:`relu_inputs`): bool, shapes (N, m_l)."""
+    return [z > 0 for z in relu_inputs(model, x)]
 
 
 def path_correlation(gates_a: Sequence[torch.Tensor], gates_b: Sequence[torch.Tensor]) -> torch.Tensor:

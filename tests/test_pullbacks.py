@@ -11,7 +11,8 @@ from torch import nn
 from nbsupport.models import mlp, small_resnet, vgg_cnn
 from nbsupport.patterns import activation_patterns
 from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, gate_patterns, guided_backprop, input_gradient,
-                                 pool_output_size, projected_gradient_ascent, softmax_pool2d, surrogate_gradients)
+                                 pool_output_size, projected_gradient_ascent, relu_inputs, softmax_pool2d,
+                                 surrogate_gradients)
 
 
 def _images(n=3, c=1, side=12, seed=0):
@@ -281,6 +282,18 @@ def test_gate_patterns_match_module_hooks_on_an_mlp():
     x = torch.randn(20, 5, dtype=torch.float64)
     for a, b in zip(gate_patterns(net, x), activation_patterns(net, x), strict=True):
         assert torch.equal(a, b)
+    z1 = net[0](x)
+    z2 = net[2](torch.relu(z1))
+    inputs = relu_inputs(net, x)
+    assert len(inputs) == 2 and torch.equal(inputs[0], z1.detach()) and torch.equal(inputs[1], z2.detach())
+
+
+def test_relu_inputs_see_functional_and_in_place_relus():
+    model = _eval(small_resnet((4, 6), image_size=12))
+    x = _images(2, side=12)
+    inputs = relu_inputs(model, x)
+    assert len(inputs) == 1 + 2 * 2                      # stem, then two ReLU calls per block
+    assert any(bool((z < 0).any()) for z in inputs)      # recorded before the in-place ReLU overwrote them
 
 
 def test_unsupported_relatives_raise_naming_the_call():
