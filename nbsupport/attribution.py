@@ -294,8 +294,9 @@ def randomise_top_layers(model: nn.Module, n_layers: int, seed: int = 0) -> nn.M
     """A copy of ``model`` whose last ``n_layers`` weight layers are re-initialised.
 
     The cascading model-parameter randomisation test of :cite:t:`adebayo2018sanity`: weight layers
-    are the ``nn.Linear`` and ``nn.Conv2d`` modules in definition order (the forward order of the
-    chapter's models); each of the last ``n_layers`` gets its default ``reset_parameters()``, drawn
+    are the ``nn.Linear`` and ``nn.Conv2d`` modules in definition order. For a residual block that
+    defines its shortcut after its second convolution (as ``small_resnet`` does) the last layers
+    are the shortcut's 1x1 convolution and the head; each of the last ``n_layers`` gets its default ``reset_parameters()``, drawn
     from a private seeded generator state. BatchNorm layers are left as they are. The original is
     untouched.
 
@@ -334,6 +335,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) ->
     Returns
     -------
     Tensor, float64, shape (N,)
+        NaN for a sample whose map is constant (e.g. an all-zero gradient).
     """
     if a.shape != b.shape or a.ndim < 2:
         raise ValueError(f"a and b must have the same shape (N, ...), got {tuple(a.shape)} and {tuple(b.shape)}")

@@ -441,12 +441,14 @@ def pattern_moments(x: torch.Tensor, z: torch.Tensor, tau: float, patterns: torc
         patterns = all_patterns(z.shape[1], device=z.device)
     elif not (patterns.ndim == 2 and patterns.shape[1] == z.shape[1] and bool(((patterns == 0) | (patterns == 1)).all())):
         raise ValueError(f"patterns must be 0/1 of shape (P, {z.shape[1]}), got {tuple(patterns.shape)}")
-    conditional = _log_prior(z, patterns.to(torch.float64), tau).T.exp()   # P(a | x_i): (P, N)
-    prob = conditional.mean(1)
-    weights = conditional / conditional.sum(1, keepdim=True)               # P(x_i | a)
-    mean = weights @ x
-    second = torch.einsum("pn,ni,nj->pij", weights, x, x)
-    return PatternMoments(prob, mean, second - mean.unsqueeze(2) * mean.unsqueeze(1))
+    log_conditional = _log_prior(z, patterns.to(torch.float64), tau).T     # log P(a | x_i): (P, N)
+    prob = (torch.logsumexp(log_conditional, dim=1) - math.log(len(x))).exp()
+    weights = torch.softmax(log_conditional, dim=1)                         # P(x_i | a), finite even if P(a) underflows
+    centre = x.mean(0)
+    xc = x - centre                                                         # centred: no cancellation for shifted data
+    mean_c = weights @ xc
+    second = torch.einsum("pn,ni,nj->pij", weights, xc, xc)
+    return PatternMoments(prob, mean_c + centre, second - mean_c.unsqueeze(2) * mean_c.unsqueeze(1))
 
 
 def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_samples: int,
@@ -460,7 +462,7 @@ def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_sam
       P(a_s \mid x_i)` evaluated exactly (and :math:`P(a_s \mid y_s)` over the rows of class
       :math:`y_s`): unbiased, whatever the entropy; costs :math:`O(n N m)`;
     * ``"plugin"``: Miller–Madow plug-in entropies (:func:`plugin_entropy`) of the sampled patterns.
-      It cannot exceed :math:`\log n` and is biased low once :math:`e^{H(A)}` approaches ``n_samples``.
+      It cannot exceed :math:`\log n` by more than 1/2 and is biased low once :math:`e^{H(A)}` approaches ``n_samples``.
 
     Parameters
     ----------
@@ -660,7 +662,8 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
 
 def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Tensor, y: torch.Tensor, tau: float,
                     steps: int, lr: float = 1e-2, batch_size: int = 100, estimator: str = "reinforce",
-                    n_samples: int = 8, train_model: bool = True, seed: int = 0) -> dict[str, list[float]]:
+                    n_samples: int = 8, relaxation: float = 0.5, train_model: bool = True,
+                    seed: int = 0) -> dict[str, list[float]]:
     r"""Maximise the ELBO with Adam over q's parameters (and the model's, if ``train_model``).
 
     Each step draws a minibatch, records its **exact** ELBO and exact :math:`\log P(y \mid x)` (by
@@ -681,6 +684,8 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     estimator : {"reinforce", "concrete"}
     n_samples : int
         Gate draws per sample and step.
+    relaxation : float
+        Temperature of the concrete relaxation (``estimator="concrete"`` only).
     train_model : bool
     seed : int
         Seeds minibatches and gate draws.
@@ -703,7 +708,8 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
         with torch.no_grad():
             history["elbo"].append(elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean().item())
             history["log_marginal"].append(log_marginal_likelihood(model, xb, yb, tau).mean().item())
-        objective = elbo_surrogate(model, xb, yb, tau, logits, n_samples, estimator, generator=generator).mean()
+        objective = elbo_surrogate(model, xb, yb, tau, logits, n_samples, estimator, relaxation,
+                                   generator=generator).mean()
         optimiser.zero_grad()
         (-objective).backward()
         optimiser.step()

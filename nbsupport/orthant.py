@@ -255,11 +255,15 @@ def _qmc_probability(lower, c, last, n_points, n_rep, rng):
     return estimates.mean(1), estimates.std(1, ddof=1) / np.sqrt(n_rep)
 
 
+_STEEP_LEVELS = np.array([0.0, -1.0, 1.0, -2.0, 2.0, -4.0, 4.0, -8.0, 8.0])
+
+
 def _quadrature_2d(lower, c, last):
     """Two effective variables: integrate phi(v0) [Phi(hi(v0)) - Phi(lo(v0))]^+ piecewise; c (B, k) -> (B,).
 
     The bound of row i on v1 is the line (-c_i - L_i0 v0) / L_i1 in v0, so the integrand is smooth
-    between the points where two active bounds cross; those points and a grid of spacing 1.5 split the range."""
+    between the points where two active bounds cross; those points, a grid of spacing 1.5 and the points
+    where a bound line crosses the levels 0, +-1, +-2, +-4, +-8 (steep lines) split the range."""
     first, second = last == 0, last == 1
     t0, t1 = lower[second, 0], lower[second, 1]
     lo0, hi0 = _bounds(lower[first, 0], c[:, first], 0.0)
@@ -275,8 +279,12 @@ def _quadrature_2d(lower, c, last):
     inside = active & (cross > lo0[:, None]) & (cross < hi0[:, None])
     n_kinks = inside.sum(1).max()
     kinks = np.sort(np.where(inside, cross, np.inf), axis=1)[:, :n_kinks]
-    grid = np.broadcast_to(np.arange(-_GL_RANGE, _GL_RANGE + 1, 1.5), (len(c), 13))
-    edges = np.column_stack([lo0, hi0, kinks, grid])
+    grid = np.arange(-_GL_RANGE, _GL_RANGE + 1, 1.5)
+    # a steep bound line makes Phi(bound) jump within a short v0 interval: break where it crosses these levels
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steep = ((_STEEP_LEVELS[:, None] - icpt[:, None, :]) / slope).reshape(len(c), -1)
+    steep = np.where(np.isfinite(steep), steep, lo0[:, None])
+    edges = np.column_stack([lo0, hi0, kinks, np.broadcast_to(grid, (len(c), grid.size)), steep])
     # points outside [lo0, hi0] collapse onto its ends (empty pieces)
     edges = np.sort(np.clip(edges, lo0[:, None], np.maximum(lo0, hi0)[:, None]), axis=1)
     mid, half = (edges[:, 1:] + edges[:, :-1]) / 2, (edges[:, 1:] - edges[:, :-1]) / 2
@@ -295,6 +303,10 @@ def _standard_polytope(a, c, *, method="auto", n_points=1024, n_rep=8, rng=None)
     """P(a u + c > 0) for u ~ N(0, I_r); a (k, r), c (B, k). Returns p, err of shape (B,)."""
     if method not in ("auto", "exact", "quadrature", "qmc"):
         raise ValueError(f"method must be 'auto', 'exact', 'quadrature' or 'qmc', got {method!r}")
+    if not (isinstance(n_points, int) and n_points >= 2 and n_points & (n_points - 1) == 0):
+        raise ValueError(f"n_points must be a power of 2 >= 2, got {n_points!r}")
+    if not (isinstance(n_rep, int) and n_rep >= 2):
+        raise ValueError(f"n_rep must be an int >= 2, got {n_rep!r}")
     c = np.atleast_2d(c)
     norms = np.linalg.norm(a, axis=1)
     zero = norms <= _TOL * max(norms.max(initial=0.0), 1.0)
@@ -364,10 +376,6 @@ def polytope_probability(G, h, mean, cov, *, method: str = "auto", n_points: int
         raise ValueError(f"G must be a finite (k, {mean.size}) array to match mean, got shape {G.shape}")
     if h.shape[-1:] != G.shape[:1] or h.ndim not in (1, 2) or not np.all(np.isfinite(h)):
         raise ValueError(f"h must have shape ({G.shape[0]},) or (B, {G.shape[0]}) to match G, got {h.shape}")
-    if not (isinstance(n_points, int) and n_points >= 2 and n_points & (n_points - 1) == 0):
-        raise ValueError(f"n_points must be a power of 2 >= 2, got {n_points!r}")
-    if not (isinstance(n_rep, int) and n_rep >= 2):
-        raise ValueError(f"n_rep must be an int >= 2, got {n_rep!r}")
     factor = _factor(cov)
     p, err = _standard_polytope(G @ factor, np.atleast_2d(G @ mean + h), method=method, n_points=n_points,
                                 n_rep=n_rep, rng=rng)
@@ -500,7 +508,7 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
 def _mixture(weights, means, covs, name="weights"):
     """Validated mixture weights (K,), with one mean and one covariance per component."""
     weights = np.asarray(weights, dtype=np.float64)
-    if weights.ndim != 1 or np.any(weights < 0) or abs(weights.sum() - 1) > 1e-9:
+    if weights.ndim != 1 or not np.all(np.isfinite(weights)) or np.any(weights < 0) or abs(weights.sum() - 1) > 1e-9:
         raise ValueError(f"{name} must be a 1-D array of non-negative mixture weights summing to 1, got {weights}")
     if len(means) != len(weights) or len(covs) != len(weights):
         raise ValueError(f"means and covs must have one entry per weight ({len(weights)}), "

@@ -374,6 +374,24 @@ def test_pattern_moments_match_a_loop_and_the_total_covariance():
     torch.testing.assert_close(total, torch.cov(x.T, correction=0), rtol=1e-10, atol=1e-12)
 
 
+def test_pattern_moments_stay_finite_and_exact_for_impossible_patterns_and_shifted_data():
+    """At a small tau most of the 2**6 patterns have P(a | x) = 0 for every row (underflow); shifting
+    the data by 1e8 must not destroy the covariances by cancellation."""
+    from nbsupport.gating import pattern_moments
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(50, 2, generator=g, dtype=torch.float64)
+    z = x @ torch.randn(2, 6, generator=g, dtype=torch.float64)
+    moments = pattern_moments(x, z, 1e-3)
+    assert bool(moments.mean.isfinite().all() and moments.cov.isfinite().all())
+    offsets = moments.mean - x.mean(0)
+    total = (moments.prob.view(-1, 1, 1) * (moments.cov + offsets[:, :, None] * offsets[:, None, :])).sum(0)
+    torch.testing.assert_close(total, torch.cov(x.T, correction=0), rtol=1e-10, atol=1e-12)
+    shifted = pattern_moments(x + 1e8, z, 0.5)
+    reference = pattern_moments(x, z, 0.5)
+    torch.testing.assert_close(shifted.cov, reference.cov, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(shifted.mean - 1e8, reference.mean, rtol=0, atol=1e-6)
+
+
 def test_pattern_moments_hard_limit_and_given_patterns():
     from nbsupport.covariance import group_moments
     from nbsupport.gating import pattern_moments
@@ -481,7 +499,7 @@ def test_fit_variational_approaches_the_posterior_and_keeps_the_bound():
     net, x, y = _net((2, 4, 2), n=64, seed=13)
     torch.manual_seed(0)
     q = GatePosterior(2, 4, n_classes=2).double()
-    before = net.state_dict()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     history = fit_variational(net, q, x, y, 0.5, steps=150, lr=3e-2, batch_size=64, train_model=False, seed=0)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())   # model untouched
     gaps = torch.tensor(history["log_marginal"]) - torch.tensor(history["elbo"])

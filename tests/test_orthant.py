@@ -274,6 +274,12 @@ def test_pattern_pmf_bad_input():
         pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), np.eye(2), method="orthant")
     with pytest.raises(ValueError, match="n must"):
         mc_pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), np.eye(2), n=0, seed=0)
+    with pytest.raises(ValueError, match="n_rep"):      # options reach the core's checks from every caller
+        pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), np.eye(2), method="polytope", n_rep=1)
+    with pytest.raises(ValueError, match="n_points"):
+        pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), np.eye(2), method="polytope", n_points=0)
+    with pytest.raises(ValueError, match="weights"):
+        mixture_pattern_pmf(np.ones((3, 2)), np.zeros(3), [np.nan, 1.0], [np.zeros(2)] * 2, [np.eye(2)] * 2)
 
 
 # --------------------------------------------------------------------------------------------- networks
@@ -442,3 +448,22 @@ def test_orthant_small_probabilities_keep_relative_accuracy():
     assert abs(p - exact) <= 1e-6 * exact
     p, _ = polytope_probability(np.eye(4), np.zeros(4), mean, np.eye(4), rng=0)
     assert abs(p - exact) <= 1e-6 * exact
+
+
+def test_quadrature_route_on_thin_strips_and_extreme_correlation():
+    """Nearly parallel or anti-parallel constraints make the bound on v1 a very steep line in v0;
+    the 2-D quadrature must still match the bivariate normal (scipy's 2-D orthant route) and its
+    error estimate must not under-report."""
+    rng = np.random.default_rng(7)
+    cases = [(np.array([[0.2877, -1.1826], [-0.1674, 0.6865]]), np.array([0.636, 0.492]))]
+    for rho in (0.9999, -0.9999):
+        cases.append((np.linalg.cholesky(np.array([[1.0, rho], [rho, 1.0]])), np.array([0.3, -0.2])))
+    for _ in range(40):
+        row = rng.normal(size=2)
+        other = -row * rng.uniform(0.3, 3.0) + rng.normal(scale=1e-2, size=2)   # anti-parallel: a thin strip
+        cases.append((np.stack([row, other]), rng.normal(size=2)))
+    for G, h in cases:
+        p, err = polytope_probability(G, h, np.zeros(2), np.eye(2), method="quadrature")
+        reference, _ = orthant_probability(h, G @ G.T)
+        p, err = float(np.ravel(p)[0]), float(np.ravel(err)[0])
+        assert abs(p - reference) <= max(5 * err, 1e-9), (G, h, p, err, reference)

@@ -227,6 +227,7 @@ def test_forward_identical_and_model_restored(make):
     model[0].requires_grad_(False)  # a frozen part must stay frozen
     x = _images(4, side=16)
     before = _snapshot(model)
+    vanilla = input_gradient(model, x, 1)
     with torch.no_grad():
         plain = model(x)
     with surrogate_gradients(model, 0.3):
@@ -236,7 +237,8 @@ def test_forward_identical_and_model_restored(make):
     _assert_restored(model, before)
     assert v.shape == x.shape and bool(v.isfinite().all())
     assert torch.equal(excitation_pullback(model, x, torch.tensor([0, 1, 2, 3])), v)
-    assert torch.equal(input_gradient(model, x, 1), input_gradient(model, x, 1))  # no rules leak after exit
+    assert not torch.equal(v, input_gradient(model, x, torch.tensor([0, 1, 2, 3])))  # the rules were active inside
+    assert torch.equal(input_gradient(model, x, 1), vanilla)                          # and do not leak after exit
     with torch.no_grad():
         assert torch.equal(model(x), plain)
 
