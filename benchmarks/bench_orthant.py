@@ -12,7 +12,6 @@ is measured against that reference as well, so both analytic routes are compared
 import time
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from _timing import best_of, setup
 from scipy import stats
