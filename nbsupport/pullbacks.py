@@ -246,18 +246,26 @@ def _softmax_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, kernel, stri
 
 
 def _tiled_softmax_pool_backward(x, grad_out, kernel, temperature):
-    """:func:`_softmax_pool_backward` for non-overlapping, unpadded windows: views instead of unfold/fold."""
+    """:func:`_softmax_pool_backward` for non-overlapping, unpadded windows.
+
+    The window position (i, j) of every output is the strided view ``x[..., i::kh, j::kw]``, so the
+    softmax over a window is elementwise work on kh*kw views of the output's size: no unfold, no
+    reductions over non-contiguous axes.
+    """
     n, c, h, w = x.shape
     (kh, kw), oh, ow = kernel, h // kernel[0], w // kernel[1]
-    tiles = x[:, :, : oh * kh, : ow * kw].reshape(n, c, oh, kh, ow, kw)
-    weights = (tiles - tiles.amax(dim=(3, 5), keepdim=True)).div_(temperature).exp_()
-    weights.div_(weights.sum(dim=(3, 5), keepdim=True))
-    soft = (weights * tiles).sum(dim=(3, 5), keepdim=True)
-    local = (tiles - soft).div_(temperature).add_(1).mul_(weights).mul_(grad_out.reshape(n, c, oh, 1, ow, 1))
-    if oh * kh == h and ow * kw == w:
-        return local.reshape(n, c, h, w)
+    offsets = [(i, j) for i in range(kh) for j in range(kw)]
+    parts = [x[:, :, i: oh * kh: kh, j: ow * kw: kw] for i, j in offsets]        # each (N, C, oh, ow)
+    top = parts[0]
+    for part in parts[1:]:
+        top = torch.maximum(top, part)
+    weights = [(part - top).div_(temperature).exp_() for part in parts]
+    total = sum(weights[1:], weights[0].clone())
+    weights = [weight.div_(total) for weight in weights]
+    soft = sum((weight * part for weight, part in zip(weights[1:], parts[1:])), weights[0] * parts[0])
     grad = x.new_zeros(x.shape)
-    grad[:, :, : oh * kh, : ow * kw] = local.reshape(n, c, oh * kh, ow * kw)
+    for (i, j), weight, part in zip(offsets, weights, parts):
+        grad[:, :, i: oh * kh: kh, j: ow * kw: kw] = (part - soft).div_(temperature).add_(1).mul_(weight).mul_(grad_out)
     return grad
 
 
