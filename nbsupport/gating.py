@@ -173,6 +173,12 @@ def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.T
     return log_lik.transpose(1, 2).reshape(len(z), -1)                     # code l + L h at index h L + l
 
 
+def _log_lik_sampled(second: nn.Linear, z: torch.Tensor, y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """log P(y | x, a) for gates (S, N, m) of any values, hard or relaxed: (S, N)."""
+    logits = second(z * gates)
+    return F.log_softmax(logits, dim=2).gather(2, y.view(1, -1, 1).expand(len(gates), -1, 1)).squeeze(2)
+
+
 class PatternLogProbs(NamedTuple):
     """Per sample and pattern (rows of :func:`all_patterns`): ``log_lik`` = log P(y | x, a) and
     ``log_prior`` = log P(a | x), both of shape (N, 2**m)."""
@@ -261,8 +267,7 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
         if not (isinstance(n_samples, int) and n_samples >= 2):
             raise ValueError(f"n_samples must be an int >= 2 for method='mc', got {n_samples!r}")
         gates = sample_gates(soft_gates(z, tau).detach(), n_samples, generator)   # (S, N, m)
-        logits = second(z.unsqueeze(0) * gates)
-        log_lik = F.log_softmax(logits, dim=2).gather(2, y.view(1, -1, 1).expand(n_samples, -1, 1)).squeeze(2)
+        log_lik = _log_lik_sampled(second, z, y, gates)
         top = log_lik.max(0).values                      # work relative to the largest draw: no underflow
         ratio = (log_lik - top).exp()
         mean = ratio.mean(0)
@@ -334,6 +339,11 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
     return -torch.xlogy(probs, probs).sum(-1)
 
 
+def _conditional_entropy(on: torch.Tensor) -> torch.Tensor:
+    """H(A | X) for independent gates with probabilities ``on`` (N, m), X uniform over the rows."""
+    return _entropy(torch.stack([on, 1 - on], dim=-1)).sum(1).mean()
+
+
 def _check_z_y(z, y) -> None:
     if not (isinstance(z, torch.Tensor) and z.ndim == 2 and isinstance(y, torch.Tensor) and y.shape == z.shape[:1]):
         raise ValueError(f"z must have shape (N, m) and y shape (N,), got {tuple(getattr(z, 'shape', ()))} "
@@ -367,7 +377,7 @@ def gate_information(z: torch.Tensor, y: torch.Tensor, tau: float) -> GateInform
     conditional = _log_prior(z, patterns, tau).exp()                        # P(a | x): (N, 2**m)
     h_a = _entropy(conditional.mean(0))
     on = soft_gates(z, tau)
-    h_a_x = _entropy(torch.stack([on, 1 - on], dim=-1)).sum(1).mean()
+    h_a_x = _conditional_entropy(on)
     classes, y_index = torch.unique(y, return_inverse=True)
     per_class = torch.zeros(len(classes), conditional.shape[1], dtype=torch.float64, device=z.device)
     per_class.index_add_(0, y_index, conditional)
@@ -489,7 +499,7 @@ def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_sam
     rows = torch.randint(len(z), (n_samples,), generator=generator, device=z.device)
     gates = sample_gates(on[rows], 1, generator)[0]                         # (n, m)
     labels = y[rows]
-    h_a_x = _entropy(torch.stack([on, 1 - on], dim=-1)).sum(1).mean().item()
+    h_a_x = _conditional_entropy(on).item()
     if estimator == "plugin":
         codes = gates.bool()
         h_a = plugin_entropy(codes)
@@ -577,10 +587,9 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
     if not (isinstance(n_samples, int) and n_samples >= 2):
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
     kl = bernoulli_kl(torch.sigmoid(q_logits), z / tau)
-    index = y.view(1, -1, 1).expand(n_samples, -1, 1)
     if estimator == "reinforce":
         gates = sample_gates(torch.sigmoid(q_logits).detach(), n_samples, generator)      # (S, N, m)
-        f = F.log_softmax(second(z * gates), 2).gather(2, index).squeeze(2)               # (S, N)
+        f = _log_lik_sampled(second, z, y, gates)                                        # (S, N)
         log_q = (gates * F.logsigmoid(q_logits) + (1 - gates) * F.logsigmoid(-q_logits)).sum(2)
         baseline = (f.sum(0, keepdim=True) - f) / (n_samples - 1)
         score = (f - baseline).detach() * (log_q - log_q.detach())                        # value 0, gradient REINFORCE
@@ -590,7 +599,7 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
             raise ValueError(f"relaxation must be > 0, got {relaxation!r}")
         u = torch.rand((n_samples, *z.shape), generator=generator, dtype=z.dtype, device=z.device)
         gates = torch.sigmoid((q_logits + torch.logit(u, eps=1e-12)) / relaxation)
-        f = F.log_softmax(second(z * gates), 2).gather(2, index).squeeze(2)
+        f = _log_lik_sampled(second, z, y, gates)
         return f.mean(0) - kl
     raise ValueError(f"estimator must be 'reinforce' or 'concrete', got {estimator!r}")
 
