@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -184,19 +186,71 @@ class TrainResult:
 
 
 def callable_key(fn: Callable) -> str:
-    """A text that changes when a function's behaviour can: name, bytecode, constants, defaults,
-    closure values (recursively through ``functools.partial``). Lambdas with different bodies, or
-    closures over different values, get different keys."""
+    """A text that changes when a function's behaviour can.
+
+    It covers the qualified name, the bytecode with its constants and referenced names (nested
+    functions and lambdas included), the defaults, the closure values and the globals the code
+    reads (modules by name and version, functions recursively, other values through their ``repr``),
+    recursively through ``functools.partial``. So ``lambda o, t: F.cross_entropy(o, t)`` and
+    ``lambda o, t: F.nll_loss(o, t)`` get different keys, and a key is the same in every process
+    (no memory addresses enter it). :func:`train` also hashes the torch version with it.
+    """
+    return _callable_key(fn, frozenset())
+
+
+def _callable_key(fn: Callable, seen: frozenset) -> str:
     if isinstance(fn, functools.partial):
-        return f"partial({callable_key(fn.func)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
-    code = getattr(fn, "__code__", None)
+        return (f"partial({_callable_key(fn.func, seen)}, {[_value_key(a, seen) for a in fn.args]!r}, "
+                f"{sorted((k, _value_key(v, seen)) for k, v in fn.keywords.items())!r})")
     name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-    if code is None:
+    code = getattr(fn, "__code__", None)
+    if isinstance(fn, nn.Module):  # a loss module: its settings and tensors (class weights, ...)
+        settings = {k: v for k, v in vars(fn).items() if not k.startswith("_") and k != "training"}
+        return f"{name}:{_value_key(settings, seen)}:{_value_key(dict(fn.state_dict()), seen)}"
+    if code is None or id(fn) in seen:  # builtins, classes, recursion: the name identifies them
         return name
-    digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
-    cells = [callable_key(c.cell_contents) if callable(c.cell_contents) else repr(c.cell_contents)
-             for c in (fn.__closure__ or ())]
-    return f"{name}:{digest}:{fn.__defaults__!r}:{fn.__kwdefaults__!r}:{cells!r}"
+    seen = seen | {id(fn)}
+    fn_globals = getattr(fn, "__globals__", {})
+    names = sorted(_code_names(code))
+    referenced = [(n, _value_key(fn_globals[n], seen)) for n in names if n in fn_globals]
+    cells = [_value_key(c.cell_contents, seen) for c in (fn.__closure__ or ())]
+    digest = hashlib.sha256(_code_text(code).encode()).hexdigest()[:16]
+    return (f"{name}:{digest}:{_value_key(fn.__defaults__, seen)}:{_value_key(fn.__kwdefaults__, seen)}:"
+            f"{cells!r}:{referenced!r}")
+
+
+def _code_text(code) -> str:
+    """Bytecode, names and constants of a code object and of the code objects nested in it."""
+    consts = [_code_text(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    return f"{code.co_code.hex()}|{code.co_names}|{code.co_varnames}|{consts}"
+
+
+def _code_names(code) -> set[str]:
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_code"):
+            names |= _code_names(c)
+    return names
+
+
+def _value_key(value, seen: frozenset) -> str:
+    """A process-independent text for a value a function can read."""
+    if isinstance(value, types.ModuleType):
+        return f"module {value.__name__} {getattr(value, '__version__', '')}"
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        return f"tensor{tuple(t.shape)}{t.dtype}:{hashlib.sha256(raw).hexdigest()[:16]}"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__}({[_value_key(v, seen) for v in value]})"
+    if isinstance(value, dict):
+        return f"dict({sorted((repr(k), _value_key(v, seen)) for k, v in value.items())})"
+    if callable(value) and not isinstance(value, type):
+        return _callable_key(value, seen)
+    return _ADDRESS.sub("", repr(value))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def config_hash(model: nn.Module, tensors: Sequence[torch.Tensor], **config) -> str:
@@ -326,7 +380,7 @@ def train(
     tensors = [x, y] + (list(test_data) if test_data is not None else [])
     key = config_hash(model, tensors, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                       **({"optimizer": optimizer} if optimizer != "adam" else {}),
-                      loss_fn=callable_key(loss_fn), checkpoints=checkpoints, seed=seed)
+                      loss_fn=callable_key(loss_fn), torch_version=torch.__version__, checkpoints=checkpoints, seed=seed)
     path = _cache_dir(cache_dir) / f"{key}.pt"
     if cache and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -153,3 +153,44 @@ def test_cache_key_tells_losses_apart_and_handles_batchnorm():
 
 
 F_cross_entropy = nn.functional.cross_entropy
+
+
+def test_cache_key_sees_referenced_names_and_globals():
+    """Regression (issue 16): the two lambdas below have the same bytecode and constants; only the
+    attribute they read differs, and train() used to load one's weights for the other."""
+    from nbsupport.models import callable_key
+    F = nn.functional
+    ce, nll = (lambda o, t: F.cross_entropy(o, t)), (lambda o, t: F.nll_loss(o, t))
+    assert ce.__code__.co_code == nll.__code__.co_code  # what the old key looked at is identical
+    assert callable_key(ce) != callable_key(nll)
+    # a global read by the function enters the key through its value
+    namespace = {"scale": 1.0}
+    exec("def loss(o, t):\n    return scale * (o - t).pow(2).mean()", namespace)
+    before = callable_key(namespace["loss"])
+    namespace["scale"] = 2.0
+    assert callable_key(namespace["loss"]) != before
+    # loss modules: settings count, addresses do not
+    assert callable_key(nn.CrossEntropyLoss(label_smoothing=0.1)) != callable_key(nn.CrossEntropyLoss())
+    assert callable_key(nn.CrossEntropyLoss()) == callable_key(nn.CrossEntropyLoss())
+
+
+def test_cache_key_is_the_same_in_another_process():
+    """No memory address (e.g. of a nested code object) may enter the key."""
+    import subprocess
+    import sys
+    src = ("import torch.nn.functional as F\nfrom nbsupport.models import callable_key\n"
+           "def outer(o, t):\n    inner = lambda u: F.cross_entropy(u, t)\n    return inner(o)\n"
+           "print(callable_key(outer))")
+    keys = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(keys) == 1 and "0x" not in keys.pop()
+
+
+def test_train_does_not_reuse_weights_across_losses(tmp_path):
+    x, y = _blobs()
+    F = nn.functional
+    first = train(_net(), (x, y), epochs=1, loss_fn=lambda o, t: F.cross_entropy(o, t), cache_dir=tmp_path,
+                  progress=False)
+    second = train(_net(), (x, y), epochs=1, loss_fn=lambda o, t: F.nll_loss(o, t), cache_dir=tmp_path,
+                   progress=False)
+    assert first.key != second.key and not second.from_cache
