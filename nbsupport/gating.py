@@ -19,6 +19,7 @@ sampled gates for the split of gradient variance.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, NamedTuple, Sequence
 
@@ -28,7 +29,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 __all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "pattern_log_probs", "PatternLogProbs",
-           "log_marginal_likelihood", "MonteCarloEstimate", "bernoulli_kl", "elbo", "GatePosterior",
+           "log_marginal_likelihood", "MonteCarloEstimate", "posterior_marginals", "mean_gate_log_likelihood",
+           "train_latent_gates", "eigenvector_angles", "bernoulli_kl", "elbo", "GatePosterior",
            "elbo_surrogate", "fit_variational", "gate_information", "gate_information_sampled", "GateInformation", "plugin_entropy",
            "pattern_moments", "PatternMoments", "sampled_gate_grads", "MAX_EXACT_UNITS"]
 
@@ -222,7 +224,8 @@ class MonteCarloEstimate(NamedTuple):
 
 def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float,
                             method: str = "exact", n_samples: int = 1000,
-                            generator: torch.Generator | None = None, chunk: int = 2**22):
+                            generator: torch.Generator | None = None, chunk: int = 2**22,
+                            proposal: torch.Tensor | None = None):
     r""":math:`\log \sum_a P(y \mid x, a) P(a \mid x)` for a one-hidden-layer classifier with random gates.
 
     Parameters
@@ -233,23 +236,33 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
     y : Tensor, shape (N,), class indices
     tau : float
         Gate temperature, > 0.
-    method : {"exact", "mc"}
+    method : {"exact", "mc", "is"}
         ``"exact"``: log-sum-exp over all :math:`2^m` patterns (``m <= 16``), batched over patterns
         and samples, in chunks of about ``chunk`` (sample, pattern) pairs. ``"mc"``: ``n_samples`` gate draws per
-        sample from :math:`P(a \mid x)`.
+        sample from :math:`P(a \mid x)`. ``"is"``: importance sampling, ``n_samples`` draws from the
+        factorised Bernoulli ``proposal`` :math:`q(a)`, each weighted by
+        :math:`w(a) = P(y \mid x, a) P(a \mid x) / q(a)`.
     n_samples : int
-        Draws for ``"mc"``, >= 2.
+        Draws for ``"mc"`` and ``"is"``, >= 2.
     generator : torch.Generator, optional
-        For ``"mc"``.
+        For ``"mc"`` and ``"is"``.
+    proposal : Tensor, shape (N, m), optional
+        Gate probabilities of the proposal, for ``"is"`` (required there). The estimate is consistent
+        only if :math:`q(a) > 0` wherever :math:`P(a \mid x) > 0`, i.e. every entry strictly inside
+        (0, 1) unless the prior's gate is itself saturated; a proposal close to the posterior
+        :math:`P(a \mid x, y)` (e.g. its marginals, :func:`posterior_marginals`, mixed with a little
+        of the uniform law for bounded weights) gives weights of small variance.
 
     Returns
     -------
     Tensor, shape (N,)
         For ``"exact"``.
     MonteCarloEstimate
-        For ``"mc"``: ``log`` of the mean likelihood over draws (computed relative to the largest
-        draw, so it does not underflow), and its standard error :math:`\hat s / (\sqrt{S}\,\hat P)`
-        by the delta method (the estimate is biased low by :math:`O(1/S)`).
+        For ``"mc"`` and ``"is"``: ``log`` of the mean likelihood (or weight) over draws (computed
+        relative to the largest draw, so it does not underflow), and its standard error
+        :math:`\hat s / (\sqrt{S}\,\hat P)` by the delta method (the estimate is biased low by
+        :math:`O(1/S)`). The standard error is exactly 0 when all draws give the same value, e.g. when
+        every draw is the same pattern: it then says nothing about patterns never drawn.
     """
     _check_tau(tau)
     first, second = _check_one_hidden(model, x, y)
@@ -268,11 +281,83 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
             raise ValueError(f"n_samples must be an int >= 2 for method='mc', got {n_samples!r}")
         gates = sample_gates(soft_gates(z, tau).detach(), n_samples, generator)   # (S, N, m)
         log_lik = _log_lik_sampled(second, z, y, gates)
-        top = log_lik.max(0).values                      # work relative to the largest draw: no underflow
-        ratio = (log_lik - top).exp()
-        mean = ratio.mean(0)
-        return MonteCarloEstimate(top + mean.log(), ratio.std(0) / (math.sqrt(n_samples) * mean))
-    raise ValueError(f"method must be 'exact' or 'mc', got {method!r}")
+        return _log_mean_exp(log_lik)
+    if method == "is":
+        if not (isinstance(n_samples, int) and n_samples >= 2):
+            raise ValueError(f"n_samples must be an int >= 2 for method='is', got {n_samples!r}")
+        if not (isinstance(proposal, torch.Tensor) and proposal.shape == z.shape
+                and bool(((proposal >= 0) & (proposal <= 1)).all())):
+            raise ValueError(f"proposal must be a tensor of gate probabilities in [0, 1] of shape {tuple(z.shape)}, "
+                             f"got {proposal if proposal is None else tuple(proposal.shape)}")
+        q = proposal.detach().to(z.dtype)
+        gates = sample_gates(q, n_samples, generator)                                  # (S, N, m)
+        log_lik = _log_lik_sampled(second, z, y, gates)
+        on, logit_q = gates.bool(), torch.logit(q)                                     # logit(0) = -inf: exact
+        log_prior = torch.where(on, F.logsigmoid(z / tau), F.logsigmoid(-z / tau)).sum(2)
+        log_q = torch.where(on, F.logsigmoid(logit_q), F.logsigmoid(-logit_q)).sum(2)
+        log_ratio = log_prior - log_q
+        return _log_mean_exp(log_lik + log_ratio)
+    raise ValueError(f"method must be 'exact', 'mc' or 'is', got {method!r}")
+
+
+def _log_mean_exp(log_values: torch.Tensor) -> MonteCarloEstimate:
+    """log of the mean over axis 0 of exp(log_values) (S, N), and its delta-method standard error."""
+    top = log_values.max(0).values                       # work relative to the largest draw: no underflow
+    ratio = (log_values - top).exp()
+    mean = ratio.mean(0)
+    return MonteCarloEstimate(top + mean.log(), ratio.std(0) / (math.sqrt(len(log_values)) * mean))
+
+
+def posterior_marginals(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    r"""Exact posterior gate probabilities :math:`P(a_i = 1 \mid x, y)` by enumeration of all patterns.
+
+    The posterior :math:`P(a \mid x, y) \propto P(y \mid x, a) P(a \mid x)` is not factorised in
+    general; these are its one-unit marginals, the label-aware factorised :math:`q` closest to it in
+    :math:`\mathrm{KL}(P(\cdot \mid x, y) \,\Vert\, q)`.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)`` with ``m <= 16``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+
+    Returns
+    -------
+    Tensor, shape (N, m)
+        In the dtype and on the device of the model's output.
+    """
+    lp = pattern_log_probs(model, x, y, tau)
+    patterns = all_patterns(lp.log_lik.shape[1].bit_length() - 1, dtype=lp.log_lik.dtype, device=lp.log_lik.device)
+    return torch.softmax(lp.log_lik + lp.log_prior, dim=1) @ patterns
+
+
+def mean_gate_log_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    r""":math:`\log P(y \mid x, \bar a)` of the *mean-gate* network, every gate replaced by its mean.
+
+    Each hidden unit outputs :math:`z\,\sigma(z/\tau)` (a SiLU-type unit; :func:`gated_forward` with
+    ``gates = lambda l, z: soft_gates(z, tau)``), so deeper layers see the mean-gated outputs of earlier
+    ones. This is another model than the mixture of :func:`log_marginal_likelihood`:
+    :math:`\E_A[P(y \mid x, A)] \ne P(y \mid x, \E[A])` because the softmax is not linear.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        An MLP ``Linear, ReLU, ..., Linear``.
+    x : Tensor, shape (N, d)
+    y : Tensor, long, shape (N,)
+    tau : float
+
+    Returns
+    -------
+    Tensor, shape (N,)
+    """
+    _check_tau(tau)
+    if x.ndim != 2 or y.shape != x.shape[:1]:
+        raise ValueError(f"x must have shape (N, d) and y shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    logits = gated_forward(model, x, lambda layer, z: soft_gates(z, tau))
+    return F.log_softmax(logits, dim=1).gather(1, y.view(-1, 1)).squeeze(1)
 
 
 def bernoulli_kl(q: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
@@ -461,6 +546,40 @@ def pattern_moments(x: torch.Tensor, z: torch.Tensor, tau: float, patterns: torc
     return PatternMoments(prob, mean_c + centre, second - mean_c.unsqueeze(2) * mean_c.unsqueeze(1))
 
 
+def eigenvector_angles(cov: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Angles (radians, in [0, pi/2]) between the leading eigenvectors of covariance matrices.
+
+    The leading eigenvector is defined up to sign, so the angle is :math:`\arccos |u^\top v|`. It is
+    ill-defined when the two largest eigenvalues (nearly) coincide; callers should weigh such matrices
+    down or look at the eigenvalue gap.
+
+    Parameters
+    ----------
+    cov : Tensor, shape (P, d, d)
+        Symmetric matrices, e.g. :math:`\Sigma_X(a)` of :func:`pattern_moments`.
+    reference : Tensor, shape (d, d), optional
+        If given, the angle of every ``cov[p]`` to this matrix's leading eigenvector, shape (P,);
+        otherwise all pairwise angles, shape (P, P).
+
+    Returns
+    -------
+    Tensor, shape (P, P) or (P,)
+        In the dtype and on the device of ``cov``.
+    """
+    if not (isinstance(cov, torch.Tensor) and cov.ndim == 3 and cov.shape[1] == cov.shape[2]):
+        raise ValueError(f"cov must be a tensor of shape (P, d, d), got {tuple(getattr(cov, 'shape', ()))}")
+    top = torch.linalg.eigh(cov)[1][:, :, -1]                                   # (P, d), unit vectors
+    if reference is None:
+        other = top
+    elif isinstance(reference, torch.Tensor) and reference.shape == cov.shape[1:]:
+        other = torch.linalg.eigh(reference)[1][:, -1].unsqueeze(0)
+    else:
+        raise ValueError(f"reference must be a tensor of shape {tuple(cov.shape[1:])}, "
+                         f"got {tuple(getattr(reference, 'shape', ()))}")
+    cosine = (top @ other.T).abs().clamp(max=1)
+    return torch.arccos(cosine) if reference is None else torch.arccos(cosine[:, 0])
+
+
 def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_samples: int,
                              estimator: str = "density", generator: torch.Generator | None = None) -> GateInformation:
     r"""Sampling estimates of :func:`gate_information` for layers too wide to enumerate.
@@ -616,13 +735,16 @@ class _GatedNet(nn.Module):
 
 
 def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, n_draws: int,
-                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                       seed: int = 0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-sample gradients :math:`\nabla_\theta \log P(y \mid x, a)` with freshly sampled gates.
 
     Every (draw, sample) pair draws its own gates :math:`a_l \sim \text{Bernoulli}(\sigma(z_l/\tau))`
-    layer by layer (later layers see the earlier sampled gates), inside
-    ``torch.func.vmap(..., randomness="different")``. The gates are held fixed when differentiating,
-    so the gradient is that of the gated network (the source's :math:`G`).
+    layer by layer (later layers see the earlier sampled gates), as :math:`a_l = \mathbf{1}(u_l <
+    \sigma(z_l/\tau))` with uniform noise :math:`u_l` drawn *before* the vectorised map from an explicit
+    generator and passed into ``torch.func.vmap`` as an input (vmap's own ``randomness="different"``
+    can only use the global generator). The global random state is never read or changed. The gates
+    are held fixed when differentiating, so the gradient is that of the gated network (the source's
+    :math:`G`).
 
     Parameters
     ----------
@@ -634,37 +756,48 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     n_draws : int
         Gate draws per sample.
     seed : int
-        Seeds the draws without touching the global random state.
+        Seeds a fresh ``torch.Generator`` when ``generator`` is not given.
+    generator : torch.Generator, optional
+        Source of the uniform noise (advanced by the call); on any device, the noise is moved to ``x``'s.
 
     Returns
     -------
     grads : Tensor, shape (n_draws, N, P)
         Flattened parameter gradients, in ``model.parameters()`` order.
     gates : Tensor, bool, shape (n_draws, N, m_total)
-        The sampled gates of all hidden layers, concatenated.
+        The sampled gates of all hidden layers, concatenated (``m_total`` the sum of the hidden widths).
     """
     _check_tau(tau)
     if not (isinstance(n_draws, int) and n_draws >= 1):
         raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}")
     if x.ndim != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must have shape (N, d) and y shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    wrapper = _GatedNet(model)
-    params = {k: v.detach() for k, v in wrapper.named_parameters()}
+    if generator is None:
+        if not (isinstance(seed, int) and seed >= 0):
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+    gated_net = _GatedNet(model)
+    widths = [module.out_features for i, module in enumerate(model[:-1])
+              if isinstance(module, nn.Linear) and isinstance(model[i + 1], nn.ReLU)]
+    if len(widths) != sum(isinstance(module, nn.ReLU) for module in model):
+        raise ValueError("model must be an nn.Sequential of Linear layers each followed by a ReLU, then a Linear")
+    params = {k: v.detach() for k, v in gated_net.named_parameters()}
+    xs, ys = x.repeat(n_draws, 1), y.repeat(n_draws)
+    noise = torch.rand(len(xs), sum(widths), generator=generator, dtype=x.dtype,
+                       device=generator.device).to(x.device)                       # (n_draws N, m_total)
+    offsets = [0, *itertools.accumulate(widths)]
 
-    def log_lik(p, xi, yi):
+    def log_lik(p, xi, yi, ui):
         sampled = []
 
         def draw(layer, z):
-            sampled.append(torch.bernoulli(soft_gates(z.detach(), tau)))
+            sampled.append((ui[offsets[layer]:offsets[layer + 1]] < soft_gates(z.detach(), tau)).to(z.dtype))
             return sampled[-1]
 
-        out = functional_call(wrapper, p, (xi.unsqueeze(0), draw))
+        out = functional_call(gated_net, p, (xi.unsqueeze(0), draw))
         return F.log_softmax(out, 1)[0].gather(0, yi.view(1))[0], torch.cat(sampled, dim=1)[0]
 
-    xs, ys = x.repeat(n_draws, 1), y.repeat(n_draws)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        grads, gates = vmap(grad(log_lik, has_aux=True), in_dims=(None, 0, 0), randomness="different")(params, xs, ys)
+    grads, gates = vmap(grad(log_lik, has_aux=True), in_dims=(None, 0, 0, 0))(params, xs, ys, noise)
     flat = torch.cat([g.reshape(len(xs), -1) for g in grads.values()], dim=1)
     return flat.view(n_draws, len(x), -1), gates.view(n_draws, len(x), -1).bool()
 
@@ -672,7 +805,7 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
 def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Tensor, y: torch.Tensor, tau: float,
                     steps: int, lr: float = 1e-2, batch_size: int = 100, estimator: str = "reinforce",
                     n_samples: int = 8, relaxation: float = 0.5, train_model: bool = True,
-                    seed: int = 0) -> dict[str, list[float]]:
+                    seed: int = 0, schedule: str = "constant") -> dict[str, list[float]]:
     r"""Maximise the ELBO with Adam over q's parameters (and the model's, if ``train_model``).
 
     Each step draws a minibatch, records its **exact** ELBO and exact :math:`\log P(y \mid x)` (by
@@ -697,7 +830,10 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
         Temperature of the concrete relaxation (``estimator="concrete"`` only).
     train_model : bool
     seed : int
-        Seeds minibatches and gate draws.
+        Seeds minibatches and gate draws (a local ``torch.Generator``; the global state is untouched).
+    schedule : {"constant", "cosine"}
+        Learning rate held at ``lr``, or decayed from ``lr`` to 0 along a half cosine over the steps
+        (so the final iterates average out the estimator's noise).
 
     Returns
     -------
@@ -706,9 +842,13 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     """
     if not (isinstance(steps, int) and steps >= 1 and isinstance(batch_size, int) and 1 <= batch_size <= len(x)):
         raise ValueError(f"steps must be >= 1 and batch_size in [1, {len(x)}], got {steps!r} and {batch_size!r}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     generator = torch.Generator(device=x.device).manual_seed(seed)
     params = list(posterior.parameters()) + (list(model.parameters()) if train_model else [])
     optimiser = torch.optim.Adam(params, lr=lr)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps) if schedule == "cosine"
+                 else None)
     history: dict[str, list[float]] = {"elbo": [], "log_marginal": [], "surrogate": []}
     for _ in range(steps):
         batch = torch.randperm(len(x), generator=generator, device=x.device)[:batch_size]
@@ -722,5 +862,63 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
         optimiser.zero_grad()
         (-objective).backward()
         optimiser.step()
+        if scheduler is not None:
+            scheduler.step()
         history["surrogate"].append(objective.item())
+    return history
+
+
+def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, epochs: int,
+                       lr: float = 1e-2, batch_size: int = 100,
+                       generator: torch.Generator | None = None) -> list[float]:
+    r"""Train the latent-gate classifier on its own objective, the exact marginal likelihood.
+
+    Minimises :math:`-\frac1B \sum_{i \in \text{batch}} \log \sum_a P(y_i \mid x_i, a) P(a \mid x_i)`
+    (:func:`log_marginal_likelihood`, exact, so ``m <= 16``) with Adam over shuffled minibatches, in
+    place. This is the model the gates define; a ReLU network trained on cross-entropy and then read
+    with random gates is not trained for it.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)``; updated in place.
+    x : Tensor, shape (N, d)
+    y : Tensor, long, shape (N,)
+    tau : float
+    epochs : int
+        Passes over the data, >= 1.
+    lr : float
+        Adam learning rate, > 0.
+    batch_size : int
+        In [1, N].
+    generator : torch.Generator, optional
+        Shuffles the minibatches (default: a generator seeded with 0), so the global random state is untouched.
+
+    Returns
+    -------
+    list of float
+        The mean training objective (negative log marginal likelihood, nats) of every epoch.
+    """
+    _check_tau(tau)
+    _check_one_hidden(model, x, y)
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= len(x)):
+        raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator, device=generator.device).to(x.device)
+        total = 0.0
+        for batch in order.split(batch_size):
+            loss = -log_marginal_likelihood(model, x[batch], y[batch], tau).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(batch)
+        history.append(total / len(x))
     return history
