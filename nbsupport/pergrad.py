@@ -8,14 +8,17 @@ covariance source 000 decomposes :cite:p:`condcov_note`. Three routes compute it
 * ``per_sample_grads(..., method="outer")``: for an MLP (``nn.Sequential`` of ``nn.Linear`` and
   elementwise activations) one forward and one backward pass give every layer's input :math:`a_i`
   and output gradient :math:`\\delta_i`, and the weight gradient of sample ``i`` is the outer product
-  :math:`\\delta_i a_i^\\top`, written straight into one preallocated ``(N, P)`` buffer.
+  :math:`\\delta_i a_i^\\top`, written straight into one ``(N, P)`` buffer (optionally the caller's,
+  ``out=``), each entry once: the route runs at the speed of writing N x P numbers
+  (``benchmarks/bench_pergrad.py`` measures it against Opacus, BackPACK and a plain fill).
 
 For networks with :math:`P \\gtrsim 10^5` parameters a :math:`P \\times P` covariance is out of reach,
 but every trace and non-zero eigenvalue of a covariance of gradients is one of an
 :math:`N \\times N` matrix: with :math:`K = G G^\\top` and a symmetric idempotent centring matrix
 :math:`H`, :math:`G^\\top H G` and :math:`H K H` share their non-zero spectrum. For linear layers
 :math:`K = \\sum_l (\\Delta_l \\Delta_l^\\top) \\odot (A_l A_l^\\top + 1)` (the 1 for the bias), so
-:math:`G` is never materialised (:func:`gradient_gram`, :func:`gram_decomposition`).
+:math:`G` is never materialised (:func:`gradient_gram`, :func:`gram_decomposition`); for other
+models :func:`gradient_gram` adds :math:`G_m G_m^\\top` one parameter-owning module at a time.
 """
 
 from __future__ import annotations
@@ -123,18 +126,40 @@ def layer_signals(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: t
     return [(layer, a, d.detach()) for layer, a, d in zip(layers, inputs, deltas)]
 
 
-def _outer_grads(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _param_offsets(params: list[torch.Tensor]) -> tuple[dict[int, int], int]:
     offsets, start = {}, 0
     for p in params:
         offsets[id(p)] = start
         start += p.numel()
+    return offsets, start
+
+
+def _check_out(out: torch.Tensor | None, n: int, p: int, like: torch.Tensor) -> None:
+    if out is None:
+        return
+    if (not isinstance(out, torch.Tensor) or out.shape != (n, p) or out.dtype != like.dtype
+            or out.device != like.device or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous tensor of shape ({n}, {p}), dtype {like.dtype} on "
+                         f"{like.device}, got {getattr(out, 'dtype', type(out).__name__)} of shape "
+                         f"{tuple(getattr(out, 'shape', ()))}")
+
+
+def _outer_grads(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    params = [p for p in model.parameters() if p.requires_grad]
+    offsets, total = _param_offsets(params)
     n = len(x)
-    out = torch.zeros(n, start, dtype=x.dtype, device=x.device)
-    for layer, a, delta in layer_signals(model, loss_fn, x, y):
+    _check_out(out, n, total, x)
+    signals = layer_signals(model, loss_fn, x, y)
+    # every trainable parameter of an MLP is a weight or a bias of one of its (distinct) Linear layers,
+    # so every column is written below: no zero fill, one pass over the N x P output
+    if out is None:
+        out = torch.empty(n, total, dtype=x.dtype, device=x.device)
+    for layer, a, delta in signals:
         if layer.weight.requires_grad:
             o = offsets[id(layer.weight)]
-            torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=out[:, o:o + layer.weight.numel()].view(n, *layer.weight.shape))
+            block = out[:, o:o + layer.weight.numel()].view(n, *layer.weight.shape)
+            torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=block)
         if layer.bias is not None and layer.bias.requires_grad:
             o = offsets[id(layer.bias)]
             out[:, o:o + layer.bias.numel()] = delta
@@ -153,7 +178,7 @@ def _vmap_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.T
 
 
 def per_sample_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                     method: str = "auto") -> torch.Tensor:
+                     method: str = "auto", out: torch.Tensor | None = None) -> torch.Tensor:
     """Gradients of the loss of every sample, one row per sample.
 
     Parameters
@@ -167,6 +192,11 @@ def per_sample_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
     method : {"auto", "outer", "vmap"}
         ``"outer"``: outer products of layer signals, MLPs only (see the module docstring);
         ``"vmap"``: ``torch.func``; ``"auto"``: ``"outer"`` when the model is an MLP, else ``"vmap"``.
+    out : Tensor, shape (N, P), optional
+        A contiguous buffer of x's dtype and device to write into (and return), e.g. reused across
+        batches: the outer-product route then writes every entry once and allocates nothing of size
+        N x P. Building the matrix is memory-bound, and a fresh N x P allocation costs about as
+        much as writing it (the operating system zero-fills every new page).
 
     Returns
     -------
@@ -178,41 +208,117 @@ def per_sample_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
     if method not in ("auto", "outer", "vmap"):
         raise ValueError(f"method must be 'auto', 'outer' or 'vmap', got {method!r}")
     if method == "outer" or (method == "auto" and _is_mlp(model)):
-        return _outer_grads(model, loss_fn, x, y)
-    return _vmap_grads(model, loss_fn, x, y)
+        return _outer_grads(model, loss_fn, x, y, out=out)
+    g = _vmap_grads(model, loss_fn, x, y)
+    if out is None:
+        return g
+    _check_out(out, g.shape[0], g.shape[1], g)
+    return out.copy_(g)
 
 
-def gradient_gram(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                  per_layer: bool = False) -> torch.Tensor | list[torch.Tensor]:
+def _owned_parameter_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Names of trainable parameters grouped by the module that owns them, in parameters() order."""
+    names = [k for k, v in model.named_parameters() if v.requires_grad]
+    owner = {}
+    for mname, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            owner.setdefault(full, mname)
+    groups: dict[str, list[str]] = {}
+    for k in names:
+        groups.setdefault(owner[k], []).append(k)
+    return list(groups.items())
+
+
+def _blocked_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, per_layer: bool,
+                  chunk_size: int) -> torch.Tensor | list[torch.Tensor]:
+    """K = sum over parameter-owning modules of G_m G_m^T, with G_m (N x P_m) from vmap, one module at a time."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    n = len(x)
+    grams = []
+    for _, group in _owned_parameter_groups(model):
+        fixed = {k: v for k, v in params.items() if k not in group}
+
+        def loss(trainable, xi, yi):
+            merged = {**fixed, **trainable}
+            return loss_fn(functional_call(model, (merged, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+        per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+        trainable = {k: params[k] for k in group}
+        g = torch.cat([torch.cat([t.reshape(len(xb), -1) for t in per_sample(trainable, xb, yb).values()], 1)
+                       for xb, yb in zip(x.split(chunk_size), y.split(chunk_size))]).to(torch.float64)
+        k = g @ g.T
+        del g
+        if per_layer:
+            grams.append(k)
+        elif grams:
+            grams[0] += k
+        else:
+            grams.append(k)
+    if not grams:
+        raise ValueError("model has no parameters with requires_grad")
+    return grams if per_layer else grams[0]
+
+
+def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                  per_layer: bool = False, method: str = "auto", chunk_size: int | None = None
+                  ) -> torch.Tensor | list[torch.Tensor]:
     """The Gram matrix :math:`K_{ij} = g_i \\cdot g_j` of per-sample gradients, without forming G.
 
-    For linear layer ``l`` with inputs :math:`A_l` and output gradients :math:`\\Delta_l`,
-    :math:`K_l = (\\Delta_l \\Delta_l^\\top) \\odot (A_l A_l^\\top + [\\text{bias}])`; computed in float64.
+    Two routes, neither of which holds the (N, P) matrix G of per-sample gradients:
+
+    * ``"signals"`` (MLPs, see :func:`layer_signals`): for linear layer ``l`` with inputs
+      :math:`A_l` and output gradients :math:`\\Delta_l`,
+      :math:`K_l = (\\Delta_l \\Delta_l^\\top) \\odot (A_l A_l^\\top + [\\text{bias}])`.
+      Memory :math:`O(N^2 + N \\cdot \\text{width})`, time :math:`O(N^2 \\sum_l (m_{l-1} + m_l))`.
+    * ``"blocks"`` (any model without batch-coupling layers): for each module that owns trainable
+      parameters, its per-sample gradients :math:`G_m` (N, P_m) by ``torch.func.vmap``, added as
+      :math:`G_m G_m^\\top` and dropped. Memory :math:`O(N^2 + N \\max_m P_m)`; one vmapped
+      backward pass per module.
 
     Parameters
     ----------
-    model : nn.Sequential
-        An MLP, as in :func:`layer_signals`.
+    model : nn.Module
+        An MLP for ``method="signals"``; any model (no batch norm in training mode) for ``"blocks"``.
     loss_fn, x, y
         As in :func:`per_sample_grads`.
     per_layer : bool
-        Return one Gram matrix per linear layer instead of their sum.
+        Return one Gram matrix per linear layer (``"signals"``) or per parameter-owning module
+        (``"blocks"``, in ``model.parameters()`` order) instead of their sum.
+    method : {"auto", "signals", "blocks"}
+        ``"auto"``: ``"signals"`` for MLPs, else ``"blocks"``.
+    chunk_size : int, optional
+        ``"blocks"`` only: samples per vmap call (default all N), to bound vmap's intermediates.
 
     Returns
     -------
     Tensor, float64, shape (N, N), or a list of them
     """
-    grams = []
+    _check_batch(model, x, y)
+    if method not in ("auto", "signals", "blocks"):
+        raise ValueError(f"method must be 'auto', 'signals' or 'blocks', got {method!r}")
+    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if method == "blocks" or (method == "auto" and not _is_mlp(model)):
+        return _blocked_gram(model, loss_fn, x, y, per_layer, chunk_size or len(x))
+    grams, total = [], None
     for layer, a, delta in layer_signals(model, loss_fn, x, y):
         a, delta = a.to(torch.float64), delta.to(torch.float64)
-        dd = delta @ delta.T
-        k = torch.zeros_like(dd)
-        if layer.weight.requires_grad:
-            k += dd * (a @ a.T)
-        if layer.bias is not None and layer.bias.requires_grad:
-            k += dd
-        grams.append(k)
-    return grams if per_layer else torch.stack(grams).sum(0)
+        k = delta @ delta.T
+        if layer.weight.requires_grad and layer.bias is not None and layer.bias.requires_grad:
+            k *= torch.addmm(torch.ones_like(k), a, a.T)          # (a a^T + 1): weight and bias
+        elif layer.weight.requires_grad:
+            k *= a @ a.T
+        elif not (layer.bias is not None and layer.bias.requires_grad):
+            k.zero_()
+        if per_layer:
+            grams.append(k)
+        elif total is None:
+            total = k
+        else:
+            total += k
+    return grams if per_layer else total
 
 
 class GramSpectra(NamedTuple):

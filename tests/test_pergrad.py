@@ -175,7 +175,9 @@ def test_shared_linear_falls_back_to_vmap():
     ref = per_sample_grads_loop(net, F.cross_entropy, x, y)
     torch.testing.assert_close(per_sample_grads(net, F.cross_entropy, x, y), ref)
     with pytest.raises(ValueError, match="nn.Sequential"):
-        gradient_gram(net, F.cross_entropy, x, y)
+        gradient_gram(net, F.cross_entropy, x, y, method="signals")
+    # the blocks route sees the shared layer once: its gradient is the sum over both uses
+    torch.testing.assert_close(gradient_gram(net, F.cross_entropy, x, y), ref @ ref.T, rtol=1e-10, atol=1e-12)
 
 
 def test_more_bad_gram_input():
@@ -191,3 +193,64 @@ def test_more_bad_gram_input():
     assert pg.top_eigenvalues(torch.eye(3), 2).dtype == torch.float64
     with pytest.raises(ValueError, match="k must"):
         pg.top_eigenvalues(torch.eye(3), -1)
+
+
+def test_out_buffer_is_filled_and_returned():
+    net, x, y = _setup(dtype=torch.float64)
+    ref = per_sample_grads_loop(net, F.cross_entropy, x, y)
+    for method in ("outer", "vmap"):
+        buf = torch.full_like(ref, float("nan"))  # every entry must be overwritten
+        res = per_sample_grads(net, F.cross_entropy, x, y, method=method, out=buf)
+        assert res.data_ptr() == buf.data_ptr()
+        torch.testing.assert_close(buf, ref, rtol=1e-10, atol=1e-12)
+    net[0].bias.requires_grad_(False)  # fewer columns: a frozen bias has none
+    ref = per_sample_grads_loop(net, F.cross_entropy, x, y)
+    buf = torch.full_like(ref, float("nan"))
+    torch.testing.assert_close(per_sample_grads(net, F.cross_entropy, x, y, out=buf), ref, rtol=1e-10, atol=1e-12)
+    for bad in (torch.empty(len(x), ref.shape[1] + 1, dtype=torch.float64), torch.empty_like(ref, dtype=torch.float32),
+                torch.empty(ref.shape[1], len(x), dtype=torch.float64).T):
+        with pytest.raises(ValueError, match="out must"):
+            per_sample_grads(net, F.cross_entropy, x, y, out=bad)
+
+
+@pytest.mark.parametrize("frozen", [None, "weight", "bias", "both"])
+def test_gram_routes_agree_with_g_gt_under_frozen_parameters(frozen):
+    net, x, y = _setup(dtype=torch.float64, seed=3)
+    if frozen in ("weight", "both"):
+        net[2].weight.requires_grad_(False)
+    if frozen in ("bias", "both"):
+        net[2].bias.requires_grad_(False)
+    g = per_sample_grads_loop(net, F.cross_entropy, x, y)
+    for method in ("signals", "blocks"):
+        torch.testing.assert_close(gradient_gram(net, F.cross_entropy, x, y, method=method), g @ g.T,
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_blocks_route_for_a_cnn_per_module_and_in_chunks():
+    torch.manual_seed(0)
+    model, x, y = SmallCNN().double(), torch.randn(23, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (23,))
+    g = per_sample_grads_loop(model, F.cross_entropy, x, y)
+    torch.testing.assert_close(gradient_gram(model, F.cross_entropy, x, y), g @ g.T, rtol=1e-10, atol=1e-12)
+    parts = gradient_gram(model, F.cross_entropy, x, y, per_layer=True, chunk_size=5)  # conv, then fc
+    n_conv = sum(p.numel() for p in model.conv.parameters())
+    assert len(parts) == 2
+    torch.testing.assert_close(parts[0], g[:, :n_conv] @ g[:, :n_conv].T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(parts[1], g[:, n_conv:] @ g[:, n_conv:].T, rtol=1e-10, atol=1e-12)
+    # the spectra of Cov(G) then follow without G, as for MLPs
+    inverse = torch.arange(23) % 3
+    explicit = decompose_covariance(g, inverse)
+    res = gram_decomposition(gradient_gram(model, F.cross_entropy, x, y), inverse, k=3)
+    for name in ("total", "within", "between"):
+        assert abs(getattr(res.traces, name).item() - torch.trace(getattr(explicit, name)).item()) < 1e-10
+
+
+def test_gradient_gram_bad_input():
+    net, x, y = _setup()
+    with pytest.raises(ValueError, match="method"):
+        gradient_gram(net, F.cross_entropy, x, y, method="dense")
+    with pytest.raises(ValueError, match="chunk_size"):
+        gradient_gram(net, F.cross_entropy, x, y, method="blocks", chunk_size=0)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad"):
+        gradient_gram(net, F.cross_entropy, x, y, method="blocks")
