@@ -22,12 +22,21 @@ import math
 
 import torch
 
-__all__ = ["ACTIVATIONS", "kernel_recursion", "relu_expectation", "relu_correlation_map", "empirical_kernels",
-           "preactivations",
-           "excess_kurtosis_theory", "gradient_norms"]
+from typing import NamedTuple
+
+__all__ = ["ACTIVATIONS", "SAMPLERS", "kernel_recursion", "relu_expectation", "relu_correlation_map",
+           "empirical_kernels", "preactivations", "kernel_correlation", "kernel_summary", "KernelSummary",
+           "kernel_ratio_moments", "excess_kurtosis_theory", "excess_kurtosis_estimate", "gradient_norms",
+           "fit_decay", "DecayFit"]
 
 #: Activations with a closed-form kernel map.
 ACTIVATIONS = ("linear", "relu")
+
+#: How :func:`empirical_kernels` and :func:`preactivations` draw a layer: from its exact Gaussian law
+#: given the previous layer (``"conditional"``, fast), through a Gaussian weight matrix
+#: (``"gaussian"``), or through a weight matrix of random signs :math:`\pm\sqrt{C_W / n}` and biases
+#: :math:`\pm\sqrt{C_b}` (``"rademacher"``, same mean and variance, not Gaussian).
+SAMPLERS = ("conditional", "gaussian", "rademacher")
 
 
 def _check_common(depth, C_W, C_b, activation) -> None:
@@ -129,35 +138,44 @@ def kernel_recursion(G0: torch.Tensor, depth: int, C_W: float, C_b: float = 0.0,
 
 
 def _networks(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float, activation: str,
-              n_networks: int, seed: int, weights: bool = False):
+              n_networks: int, seed: int, sampler: str = "conditional"):
     r"""Yield the preactivations (n_networks, n_inputs, width) of layers 1..depth of random networks.
 
-    With ``weights=False`` each layer is drawn from its exact conditional law instead of through a
+    ``sampler="conditional"`` draws each layer from its exact conditional law instead of through a
     weight matrix: given the previous activations :math:`h` (n_inputs x fan_in), the columns of
     :math:`z = h W^\top + b` are independent :math:`\mathcal{N}(0, C_b + C_W h h^\top / \text{fan\_in})`,
     so one draws ``width x n_inputs`` normals instead of ``width x fan_in``. Same distribution,
-    far fewer random numbers. ``weights=True`` draws the weights (needed to backpropagate).
+    far fewer random numbers, but the independence of neurons is built in. ``"gaussian"`` and
+    ``"rademacher"`` draw weight matrices (needed to backpropagate, or to measure that independence).
     """
     generator = torch.Generator(device=x.device).manual_seed(seed)
     h = x.to(torch.float64).unsqueeze(0).expand(n_networks, -1, -1)
     n_inputs = h.shape[1]
+    options = dict(generator=generator, dtype=torch.float64, device=x.device)
     for layer in range(depth):
         fan_in = h.shape[2]
-        if weights:
-            w = torch.randn(n_networks, fan_in, width, generator=generator, dtype=torch.float64, device=x.device)
-            b = torch.randn(n_networks, 1, width, generator=generator, dtype=torch.float64, device=x.device)
-            z = torch.bmm(h, w * math.sqrt(C_W / fan_in)) + b * math.sqrt(C_b)
-        else:
+        if sampler == "conditional":
             cov = C_b + C_W * torch.bmm(h, h.transpose(1, 2)) / fan_in
             values, vectors = torch.linalg.eigh(cov)
             factor = vectors * values.clamp(min=0).sqrt().unsqueeze(1)  # cov = factor factor^T
-            noise = torch.randn(n_networks, n_inputs, width, generator=generator, dtype=torch.float64, device=x.device)
-            z = torch.bmm(factor, noise)
+            z = torch.bmm(factor, torch.randn(n_networks, n_inputs, width, **options))
+        else:
+            if sampler == "gaussian":
+                w = torch.randn(n_networks, fan_in, width, **options)
+                b = torch.randn(n_networks, 1, width, **options)
+            else:
+                w = torch.randint(0, 2, (n_networks, fan_in, width), **options) * 2 - 1
+                b = torch.randint(0, 2, (n_networks, 1, width), **options) * 2 - 1
+            z = torch.bmm(h, w * math.sqrt(C_W / fan_in)) + b * math.sqrt(C_b)
         yield z
         h = torch.relu(z) if activation == "relu" else z
 
 
-def _check_mc(x, width, n_networks) -> None:
+def _check_mc(x, width, n_networks, sampler="conditional", seed=0) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if not (isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[0] >= 1 and x.shape[1] >= 1):
         raise ValueError(f"x must be a tensor of shape (n_inputs, n_0), got {tuple(getattr(x, 'shape', ()))}")
     if not bool(torch.isfinite(x).all()):
@@ -170,12 +188,12 @@ def _check_mc(x, width, n_networks) -> None:
 
 def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
                       activation: str = "linear", n_networks: int = 100, seed: int = 0,
-                      per_network: bool = False) -> torch.Tensor:
+                      per_network: bool = False, sampler: str = "conditional") -> torch.Tensor:
     r"""Monte Carlo kernels :math:`\frac{1}{n}\sum_i z^{(l)}_{i;\alpha} z^{(l)}_{i;\beta}` of random networks.
 
-    All ``n_networks`` networks run at once, and each layer is drawn from its exact Gaussian law
-    given the previous one (:math:`z \mid h \sim \mathcal{N}(0, C_b + C_W h h^\top / n)` per neuron),
-    which needs ``width x n_inputs`` random numbers per layer and network instead of a
+    All ``n_networks`` networks run at once. By default each layer is drawn from its exact Gaussian
+    law given the previous one (:math:`z \mid h \sim \mathcal{N}(0, C_b + C_W h h^\top / n)` per
+    neuron), which needs ``width x n_inputs`` random numbers per layer and network instead of a
     ``width x fan_in`` weight matrix.
 
     Parameters
@@ -191,40 +209,156 @@ def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: 
     n_networks : int
         Number of independent networks.
     seed : int
-        Seed of the weights.
+        Seed of the weights (a private generator on ``x``'s device).
     per_network : bool
         Return every network's kernels instead of their mean.
+    sampler : {"conditional", "gaussian", "rademacher"}
+        How layers are drawn (see ``SAMPLERS``).
 
     Returns
     -------
-    Tensor, float64, shape (depth + 1, n_inputs, n_inputs) or (n_networks, depth + 1, n_inputs, n_inputs)
+    Tensor, float64, on ``x``'s device, shape (depth + 1, n_inputs, n_inputs) or (n_networks, depth + 1, n_inputs, n_inputs)
         Entry 0 is :math:`x x^\top / n_0`.
     """
     _check_common(depth, C_W, C_b, activation)
-    _check_mc(x, width, n_networks)
+    _check_mc(x, width, n_networks, sampler, seed)
     x = x.to(torch.float64)
     g0 = (x @ x.T / x.shape[1]).expand(n_networks, -1, -1)
     layers = [g0] + [torch.bmm(z, z.transpose(1, 2)) / width
-                     for z in _networks(x, depth, width, C_W, C_b, activation, n_networks, seed)]
+                     for z in _networks(x, depth, width, C_W, C_b, activation, n_networks, seed, sampler)]
     kernels = torch.stack(layers, dim=1)
     return kernels if per_network else kernels.mean(0)
 
 
 def preactivations(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
-                   activation: str = "linear", n_networks: int = 100, seed: int = 0) -> torch.Tensor:
-    """The preactivations of every layer of ``n_networks`` random networks (drawn as in
-    :func:`empirical_kernels`).
+                   activation: str = "linear", n_networks: int = 100, seed: int = 0,
+                   sampler: str = "conditional") -> torch.Tensor:
+    """The preactivations of every layer of ``n_networks`` random networks.
+
+    Parameters
+    ----------
+    x, depth, width, C_W, C_b, activation, n_networks, seed, sampler
+        As in :func:`empirical_kernels`.
 
     Returns
     -------
-    Tensor, float64, shape (depth, n_networks, n_inputs, width)
+    Tensor, float64, on ``x``'s device, shape (depth, n_networks, n_inputs, width)
     """
     _check_common(depth, C_W, C_b, activation)
-    _check_mc(x, width, n_networks)
-    layers = list(_networks(x, depth, width, C_W, C_b, activation, n_networks, seed))
+    _check_mc(x, width, n_networks, sampler, seed)
+    layers = list(_networks(x, depth, width, C_W, C_b, activation, n_networks, seed, sampler))
     if not layers:
         return torch.zeros(0, n_networks, len(x), width, dtype=torch.float64, device=x.device)
     return torch.stack(layers)
+
+
+def kernel_correlation(kernels: torch.Tensor) -> torch.Tensor:
+    r"""Correlations :math:`c_{\alpha\beta} = G_{\alpha\beta} / \sqrt{G_{\alpha\alpha} G_{\beta\beta}}`.
+
+    Parameters
+    ----------
+    kernels : Tensor, shape (..., n, n)
+        Kernels with a positive diagonal (any leading batch dimensions, e.g. layers or networks).
+
+    Returns
+    -------
+    Tensor, shape (..., n, n)
+        Same dtype and device; the diagonal is 1.
+    """
+    if not (isinstance(kernels, torch.Tensor) and kernels.ndim >= 2 and kernels.shape[-1] == kernels.shape[-2]):
+        raise ValueError(f"kernels must be a tensor of shape (..., n, n), got {tuple(getattr(kernels, 'shape', ()))}")
+    diag = torch.diagonal(kernels, dim1=-2, dim2=-1)
+    if not bool((diag > 0).all()):
+        raise ValueError("kernels must have a positive diagonal")
+    scale = diag.sqrt()
+    return kernels / (scale.unsqueeze(-1) * scale.unsqueeze(-2))
+
+
+class KernelSummary(NamedTuple):
+    """What :func:`kernel_summary` returns; every field has shape (depth + 1,)."""
+
+    mean_variance: torch.Tensor
+    """Mean of the diagonal :math:`G^{(l)}_{\\alpha\\alpha}` over inputs."""
+    mean_correlation: torch.Tensor
+    """Mean correlation over the ordered pairs of distinct inputs."""
+    min_correlation: torch.Tensor
+    """Smallest correlation over the pairs of distinct inputs."""
+
+
+def kernel_summary(x: torch.Tensor, depth: int, C_W: float, C_b: float = 0.0,
+                   activation: str = "relu") -> KernelSummary:
+    r"""Mean variance and the mean and smallest pairwise correlation of the kernels of ``x``, per layer.
+
+    The infinite-width kernels :math:`G^{(0)}, \dots, G^{(\text{depth})}` of :func:`kernel_recursion`
+    for :math:`G^{(0)} = x x^\top / n_0`, summarised by their diagonal and their correlations
+    (:func:`kernel_correlation`) over the pairs :math:`\alpha \ne \beta`.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_inputs, n_0)
+        At least two inputs, none of them zero.
+    depth : int
+    C_W, C_b : float
+    activation : {"linear", "relu"}
+
+    Returns
+    -------
+    KernelSummary
+        Fields of shape (depth + 1,), float64, on ``x``'s device; entry ``l`` for layer ``l``.
+    """
+    _check_common(depth, C_W, C_b, activation)
+    if not (isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[0] >= 2 and x.shape[1] >= 1):
+        raise ValueError(f"x must be a tensor of shape (n_inputs >= 2, n_0), got {tuple(getattr(x, 'shape', ()))}")
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()) or bool((x.norm(dim=1) == 0).any()):
+        raise ValueError("x must be finite with no zero row")
+    kernels = kernel_recursion(x @ x.T / x.shape[1], depth, C_W, C_b, activation)
+    corr = kernel_correlation(kernels)
+    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    pairs = corr[:, off]  # (depth + 1, n (n - 1))
+    return KernelSummary(torch.diagonal(kernels, dim1=1, dim2=2).mean(1), pairs.mean(1), pairs.min(1).values)
+
+
+def _check_width(width) -> None:
+    if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
+        raise ValueError(f"width must be an int >= 1, got {width!r}")
+
+
+def kernel_ratio_moments(depth: int, width: int, order: int) -> torch.Tensor:
+    r"""Exact moments of one network's kernel over its mean, for a deep linear Gaussian network.
+
+    For one input, zero biases and any :math:`C_W`, the layer-:math:`l` kernel of one network of
+    width :math:`n` is :math:`K^{(l)} = G^{(l)} R_l` with :math:`R_l = \prod_{k=1}^{l} \chi^2_{n,k} / n`,
+    a product of independent scaled chi-squares (given layer :math:`l-1`, the :math:`n`
+    preactivations of layer :math:`l` are independent :math:`\mathcal{N}(0, C_W K^{(l-1)})`). Hence
+
+    .. math::
+
+        \E[R_l^k] = \Big(\prod_{j=0}^{k-1} \big(1 + \tfrac{2j}{n}\big)\Big)^{l},
+
+    and the relative mean-square deviation of one network's kernel is
+    :math:`\E[(R_l - 1)^2] = (1 + 2/n)^l - 1`, which is :math:`\approx 2l/n` only for :math:`l \ll n`.
+
+    Parameters
+    ----------
+    depth : int
+        Last layer, >= 0.
+    width : int
+        Width :math:`n` of every hidden layer, >= 1.
+    order : int
+        The moment :math:`k`, >= 0.
+
+    Returns
+    -------
+    Tensor, float64, shape (depth + 1,)
+        Entry ``l`` is :math:`\E[R_l^k]` (entry 0 is 1).
+    """
+    _check_common(depth, 1.0, 0.0, "linear")
+    _check_width(width)
+    if not (isinstance(order, int) and not isinstance(order, bool) and order >= 0):
+        raise ValueError(f"order must be an int >= 0, got {order!r}")
+    per_layer = math.prod(1 + 2 * j / width for j in range(order))
+    return per_layer ** torch.arange(depth + 1, dtype=torch.float64)
 
 
 def excess_kurtosis_theory(depth: int, width: int, activation: str = "linear") -> torch.Tensor:
@@ -242,39 +376,122 @@ def excess_kurtosis_theory(depth: int, width: int, activation: str = "linear") -
         Entry ``l - 1`` for layer ``l``.
     """
     _check_common(depth, 1.0, 0.0, activation)
-    if not (isinstance(width, int) and width >= 1):
-        raise ValueError(f"width must be an int >= 1, got {width!r}")
+    _check_width(width)
     factor = 1 + (2 if activation == "linear" else 5) / width
     layers = torch.arange(depth, dtype=torch.float64)
     return 3 * (factor**layers - 1)
 
 
+def excess_kurtosis_estimate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Excess kurtosis of preactivations pooled over neurons, with a standard error over networks.
+
+    The neurons of one network share its random variance, so they are not independent draws; the
+    networks are. With :math:`a_k, b_k` the means of :math:`z^4` and :math:`z^2` over the neurons
+    of network :math:`k` and :math:`A, B` their means over networks, the estimate is
+    :math:`A / B^2 - 3` and its standard error comes from the delta method on the sample covariance of
+    :math:`(a_k, b_k)` over networks: gradient :math:`(1/B^2, -2A/B^3)`.
+
+    Parameters
+    ----------
+    z : Tensor, shape (..., n_networks, m)
+        Preactivations (zero mean by symmetry); ``m`` values per network, at least 2 networks.
+
+    Returns
+    -------
+    estimate, stderr : Tensor, shape (...)
+        Same dtype and device as ``z``.
+    """
+    if not (isinstance(z, torch.Tensor) and z.ndim >= 2 and z.shape[-2] >= 2 and z.shape[-1] >= 1):
+        raise ValueError(f"z must be a tensor of shape (..., n_networks >= 2, m), got {tuple(getattr(z, 'shape', ()))}")
+    a, b = (z**4).mean(-1), (z**2).mean(-1)
+    n = a.shape[-1]
+    A, B = a.mean(-1), b.mean(-1)
+    da, db = a - A.unsqueeze(-1), b - B.unsqueeze(-1)
+    var_a, var_b, cov = (da**2).sum(-1) / (n - 1), (db**2).sum(-1) / (n - 1), (da * db).sum(-1) / (n - 1)
+    ga, gb = 1 / B**2, -2 * A / B**3
+    var = (ga**2 * var_a + gb**2 * var_b + 2 * ga * gb * cov) / n
+    return A / B**2 - 3, var.clamp(min=0).sqrt()
+
+
 def gradient_norms(x: torch.Tensor, depth: int, width: int, C_W: float, activation: str = "linear",
-                   n_networks: int = 100, seed: int = 0) -> torch.Tensor:
+                   n_networks: int = 100, seed: int = 0, per_network: bool = False) -> torch.Tensor:
     r"""Mean squared norm of :math:`\partial f / \partial z^{(l)}` for a random readout f, per layer.
 
     :math:`f = u \cdot z^{(\text{depth})}` with :math:`u \sim \mathcal{N}(0, I/n)`, so
     :math:`\E\|\partial f / \partial z^{(\text{depth})}\|^2 = 1`; each step back multiplies the
-    expectation by :math:`C_W` (linear) or, at large width, :math:`C_W / 2` (ReLU).
+    expectation by :math:`C_W` (linear) or, at large width, :math:`C_W / 2` (ReLU). Gaussian weight
+    matrices are drawn (``sampler="gaussian"``), zero biases.
 
     Parameters
     ----------
     x : Tensor, shape (n_inputs, n_0)
     depth, width, C_W, activation, n_networks, seed
-        As in :func:`empirical_kernels` (zero biases).
+        As in :func:`empirical_kernels`; ``depth >= 1``.
+    per_network : bool
+        Return each network's value (mean over inputs) instead of the mean over networks.
 
     Returns
     -------
-    Tensor, float64, shape (depth,)
-        Entry ``l - 1``: the mean over networks and inputs of :math:`\|\partial f/\partial z^{(l)}\|^2`.
+    Tensor, float64, on ``x``'s device, shape (depth,) or (n_networks, depth)
+        Entry ``l - 1``: the mean over inputs (and networks) of :math:`\|\partial f/\partial z^{(l)}\|^2`.
     """
     _check_common(depth, C_W, 0.0, activation)
-    _check_mc(x, width, n_networks)
+    _check_mc(x, width, n_networks, "gaussian", seed)
     if depth < 1:
         raise ValueError(f"depth must be >= 1 for gradients, got {depth}")
     start = x.detach().to(torch.float64).requires_grad_()  # so that every z is in the graph
-    zs = list(_networks(start, depth, width, C_W, 0.0, activation, n_networks, seed, weights=True))
+    zs = list(_networks(start, depth, width, C_W, 0.0, activation, n_networks, seed, "gaussian"))
     generator = torch.Generator(device=x.device).manual_seed(seed + 1)
     u = torch.randn(n_networks, 1, width, generator=generator, dtype=torch.float64, device=x.device) / math.sqrt(width)
     grads = torch.autograd.grad((zs[-1] * u).sum(), zs)
-    return torch.stack([(g**2).sum(2).mean() for g in grads])
+    norms = torch.stack([(g**2).sum(2).mean(1) for g in grads], dim=1)  # (n_networks, depth)
+    return norms if per_network else norms.mean(0)
+
+
+class DecayFit(NamedTuple):
+    """What :func:`fit_decay` returns."""
+
+    exponent: float
+    """Slope :math:`p` of :math:`\\log y` against :math:`\\log l` (power law :math:`y \\propto l^{p}`)."""
+    power_rms: float
+    """Root-mean-square residual of that fit, in :math:`\\log y`."""
+    rate: float
+    """Slope :math:`r` of :math:`\\log y` against :math:`l` (exponential :math:`y \\propto e^{r l}`)."""
+    exponential_rms: float
+    """Root-mean-square residual of the exponential fit, in :math:`\\log y`."""
+
+
+def fit_decay(layers, values) -> DecayFit:
+    r"""Least-squares fits of a power law and of an exponential to a positive decaying sequence.
+
+    Both are straight-line fits of :math:`\log y`: against :math:`\log l` (power law) and against
+    :math:`l` (exponential); the smaller residual says which law describes the data.
+
+    Parameters
+    ----------
+    layers : array-like, shape (m,)
+        Positive abscissae (layer indices), at least 3.
+    values : array-like, shape (m,)
+        Positive values :math:`y_l` (e.g. :math:`1 - c^{(l)}`).
+
+    Returns
+    -------
+    DecayFit
+    """
+    l = torch.as_tensor(layers, dtype=torch.float64).detach().cpu()
+    y = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    if not (l.ndim == 1 and len(l) >= 3 and bool((l > 0).all()) and bool(torch.isfinite(l).all())):
+        raise ValueError(f"layers must be a 1-d sequence of >= 3 positive numbers, got shape {tuple(l.shape)}")
+    if not (y.shape == l.shape and bool((y > 0).all()) and bool(torch.isfinite(y).all())):
+        raise ValueError(f"values must be positive and finite, shaped like layers {tuple(l.shape)}, got {tuple(y.shape)}")
+    log_y = y.log()
+
+    def line(t):
+        design = torch.stack([t, torch.ones_like(t)], dim=1)
+        coef = torch.linalg.lstsq(design, log_y.unsqueeze(1)).solution.squeeze(1)
+        residual = log_y - design @ coef
+        return coef[0].item(), residual.pow(2).mean().sqrt().item()
+
+    exponent, power_rms = line(l.log())
+    rate, exponential_rms = line(l)
+    return DecayFit(exponent, power_rms, rate, exponential_rms)
