@@ -13,7 +13,14 @@ within-group and a between-group part :cite:p:`condcov_note`:
 Dividing by :math:`N` gives the population form :math:`\\hat\\Sigma = \\sum_k \\frac{n_k}{N} \\hat\\Sigma_k
 + \\sum_k \\frac{n_k}{N} (\\mu_k - \\mu)(\\mu_k - \\mu)^\\top`; dividing by :math:`N - 1` gives the
 sample form :math:`(N-1) S = \\sum_k (n_k - 1) S_k + \\sum_k n_k (\\mu_k - \\mu)(\\mu_k - \\mu)^\\top`.
-All computations run in float64.
+All computations run in float64; results come back on the input's device, in its floating dtype.
+
+A between-region share only means something beside its chance level. Grouping the same N rows at
+random into groups of the same sizes :math:`n_1, \\dots, n_G` gives, in expectation, the share
+:math:`(G-1)/(N-1)` of the total trace whatever the data (:func:`random_grouping_share`); a few random
+permutations give its spread (:func:`random_grouping_null`, :func:`random_grouping_null_gram`).
+Principal angles between a group's top eigenspace and the global one have a sampling-noise floor of
+their own: that of a random subset of the same size (:func:`random_subset_angles`).
 """
 
 from __future__ import annotations
@@ -23,14 +30,15 @@ from typing import NamedTuple
 import torch
 
 __all__ = ["group_moments", "decompose_covariance", "decompose_variance", "principal_angles", "GroupMoments",
-           "CovarianceSplit"]
+           "CovarianceSplit", "random_grouping_share", "random_grouping_null", "random_grouping_null_gram",
+           "random_subset_angles", "group_angles"]
 
 #: Elements of the (rows, d, d) outer-product buffer in :func:`group_moments` (256 MB in float64).
 _CHUNK_ELEMENTS = 2**25
 
 
-def _check(values: torch.Tensor, inverse: torch.Tensor, ddof: int) -> tuple[torch.Tensor, int]:
-    """Validate; return ``values`` as float64 (N, d) and the number of groups."""
+def _check(values: torch.Tensor, inverse: torch.Tensor, ddof: int) -> tuple[torch.Tensor, int, torch.dtype]:
+    """Validate; return ``values`` as float64 (N, d), the number of groups and the dtype of the results."""
     if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
         raise ValueError(f"values must be a floating tensor of shape (N, d), got "
                          f"{getattr(values, 'dtype', type(values).__name__)} of shape {tuple(getattr(values, 'shape', ()))}")
@@ -39,16 +47,19 @@ def _check(values: torch.Tensor, inverse: torch.Tensor, ddof: int) -> tuple[torc
                          f"{getattr(inverse, 'dtype', type(inverse).__name__)} of shape {tuple(getattr(inverse, 'shape', ()))}")
     if len(inverse) != len(values):
         raise ValueError(f"inverse has {len(inverse)} entries but values has {len(values)} rows")
+    if inverse.device != values.device:
+        raise ValueError(f"inverse is on {inverse.device} but values on {values.device}")
     if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
     if len(values) <= ddof:
         raise ValueError(f"values needs more than ddof={ddof} rows, got {len(values)}")
     if bool((inverse < 0).any()):
         raise ValueError("inverse must hold group indices >= 0")
+    dtype = values.dtype
     values = values.to(torch.float64)
     if not bool(torch.isfinite(values).all()):
         raise ValueError("values must be finite (found NaN or inf)")
-    return values, int(inverse.max()) + 1
+    return values, int(inverse.max()) + 1, dtype
 
 
 def _group_means(values: torch.Tensor, inverse: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,10 +78,10 @@ class GroupMoments(NamedTuple):
         Indices (into the grouping) of the K groups with at least ``min_count`` rows.
     counts : Tensor, long, shape (K,)
         Rows per kept group, :math:`n_k`.
-    weights : Tensor, float64, shape (K,)
+    weights : Tensor, shape (K,)
         :math:`p(a) = n_k / N`, with N counting all rows.
-    means : Tensor, float64, shape (K, d)
-    covariances : Tensor, float64, shape (K, d, d)
+    means : Tensor, shape (K, d)
+    covariances : Tensor, shape (K, d, d)
         Divided by :math:`n_k - \\text{ddof}`.
     n_small : int
         Number of non-empty groups with fewer than ``min_count`` rows (not in the tensors above).
@@ -91,14 +102,15 @@ def group_moments(values: torch.Tensor, inverse: torch.Tensor, min_count: int = 
     """Counts, weights, means and covariances of every group with at least ``min_count`` rows.
 
     Sums are accumulated with ``index_add_`` over chunks of rows (no loop over groups), so memory
-    stays at ``K * d * d`` for the result plus a fixed-size buffer.
+    stays at ``K * d * d`` for the result plus a fixed-size buffer. Computed in float64; the floating
+    results are returned in the dtype of ``values``, on its device.
 
     Parameters
     ----------
     values : Tensor, shape (N, d)
-        Converted to float64.
+        Any floating dtype (computed in float64).
     inverse : Tensor, long, shape (N,)
-        Group of every row.
+        Group of every row, on the device of ``values``.
     min_count : int
         Groups with fewer rows are reported in ``n_small`` / ``small_mass`` instead of estimated.
     ddof : {0, 1}
@@ -108,7 +120,7 @@ def group_moments(values: torch.Tensor, inverse: torch.Tensor, min_count: int = 
     -------
     GroupMoments
     """
-    values, n_groups = _check(values, inverse, ddof)
+    values, n_groups, dtype = _check(values, inverse, ddof)
     if not (isinstance(min_count, int) and not isinstance(min_count, bool) and min_count >= 1):
         raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
     counts, means = _group_means(values, inverse, n_groups)
@@ -133,9 +145,9 @@ def group_moments(values: torch.Tensor, inverse: torch.Tensor, min_count: int = 
     return GroupMoments(
         groups=groups,
         counts=n_kept,
-        weights=n_kept.to(torch.float64) / len(values),
-        means=means[groups],
-        covariances=scatter / (n_kept - ddof).to(torch.float64).view(-1, 1, 1),
+        weights=(n_kept.to(torch.float64) / len(values)).to(dtype),
+        means=means[groups].to(dtype),
+        covariances=(scatter / (n_kept - ddof).to(torch.float64).view(-1, 1, 1)).to(dtype),
         n_small=int(small.sum()),
         small_mass=float(counts[small].sum()) / len(values),
     )
@@ -162,17 +174,17 @@ def decompose_covariance(values: torch.Tensor, inverse: torch.Tensor, ddof: int 
     Parameters
     ----------
     values : Tensor, shape (N, d)
-        Converted to float64.
+        Any floating dtype (computed in float64).
     inverse : Tensor, long, shape (N,)
-        Group of every row.
+        Group of every row, on the device of ``values``.
     ddof : {0, 1}
 
     Returns
     -------
     CovarianceSplit
-        ``(total, within, between)``, each float64 of shape (d, d).
+        ``(total, within, between)``, each of shape (d, d), in the dtype and on the device of ``values``.
     """
-    values, n_groups = _check(values, inverse, ddof)
+    values, n_groups, dtype = _check(values, inverse, ddof)
     counts, means = _group_means(values, inverse, n_groups)
     norm = len(values) - ddof
     centred_within = values - means[inverse]
@@ -180,7 +192,7 @@ def decompose_covariance(values: torch.Tensor, inverse: torch.Tensor, ddof: int 
     within = centred_within.T @ centred_within / norm
     between = offsets.T @ offsets / norm
     centred = values - values.mean(dim=0)
-    return CovarianceSplit(centred.T @ centred / norm, within, between)
+    return CovarianceSplit((centred.T @ centred / norm).to(dtype), within.to(dtype), between.to(dtype))
 
 
 def decompose_variance(values: torch.Tensor, inverse: torch.Tensor, ddof: int = 0) -> CovarianceSplit:
@@ -198,14 +210,72 @@ def decompose_variance(values: torch.Tensor, inverse: torch.Tensor, ddof: int = 
     Returns
     -------
     CovarianceSplit
-        ``(total, within, between)`` as float64 scalars (0-d tensors).
+        ``(total, within, between)`` as 0-d tensors (computed in float64), in the dtype and on the
+        device of ``values``.
     """
-    values, n_groups = _check(values, inverse, ddof)
+    values, n_groups, dtype = _check(values, inverse, ddof)
     counts, means = _group_means(values, inverse, n_groups)
     norm = len(values) - ddof
     within = (values - means[inverse]).pow(2).sum() / norm
     between = (counts.to(torch.float64) * (means - values.mean(dim=0)).pow(2).sum(1)).sum() / norm
-    return CovarianceSplit((values - values.mean(dim=0)).pow(2).sum() / norm, within, between)
+    total = (values - values.mean(dim=0)).pow(2).sum() / norm
+    return CovarianceSplit(total.to(dtype), within.to(dtype), between.to(dtype))
+
+
+#: Up to this size the top eigenspace comes from a dense ``eigh``; above it from subspace iteration.
+DENSE_SUBSPACE_MAX = 256
+
+
+def _top_of_psd(matrix: torch.Tensor, k: int, tol: float = 1e-11, max_iter: int = 2000) -> torch.Tensor:
+    """Orthonormal (s, k) basis of the top-``k`` eigenspace of a symmetric PSD (s, s) float64 matrix.
+
+    Dense ``eigh`` up to :data:`DENSE_SUBSPACE_MAX`; above it block subspace iteration (block
+    ``2k + 10``, seeded start, Rayleigh-Ritz every 5 steps) until the top-``k`` Ritz subspace moves by
+    less than ``tol`` radians, with the dense ``eigh`` as fallback if it does not converge.
+    """
+    s = matrix.shape[0]
+    block = 2 * k + 10
+    if s <= DENSE_SUBSPACE_MAX or block >= s:
+        return torch.linalg.eigh(matrix)[1][:, -k:]
+    start = torch.randn(s, block, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    q = torch.linalg.qr(start.to(matrix.device))[0]
+    previous = None
+    for step in range(max_iter):
+        q = torch.linalg.qr(matrix @ q)[0]
+        if step % 5 == 4:
+            ritz = torch.linalg.eigh(q.T @ matrix @ q)[1]
+            top = q @ ritz[:, -k:]
+            if previous is not None and float(_angles(top, previous).max()) < tol:
+                return top
+            previous = top
+    return torch.linalg.eigh(matrix)[1][:, -k:]
+
+
+def _top_subspace(centred: torch.Tensor, k: int) -> torch.Tensor:
+    """Orthonormal (d, k) basis of the top-``k`` eigenspace of ``centred.T @ centred`` (float64).
+
+    Works on the smaller of the (d, d) scatter and the (n, n) Gram matrix of the rows.
+    """
+    n, d = centred.shape
+    if n >= d:
+        return _top_of_psd(centred.T @ centred, k)
+    basis = centred.T @ _top_of_psd(centred @ centred.T, k)     # X^T u = sqrt(lambda) v
+    return basis / torch.linalg.vector_norm(basis, dim=0, keepdim=True)
+
+
+def _angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
+    """Principal angles between the spans of two orthonormal (d, k) bases, ascending (as scipy's
+    ``subspace_angles``: arccos of the singular values of ``A^T B``, arcsin of those of
+    ``B - A A^T B`` for angles below 45 degrees, where the cosine loses precision)."""
+    cross = basis_a.transpose(-2, -1) @ basis_b
+    cosines = torch.linalg.svdvals(cross)                                   # descending: angles ascending
+    sines = torch.linalg.svdvals(basis_b - basis_a @ cross).flip(-1)        # ascending, same order
+    return torch.where(cosines.pow(2) >= 0.5, torch.arcsin(sines.clamp(-1, 1)), torch.arccos(cosines.clamp(-1, 1)))
+
+
+def _check_k(k, d: int) -> None:
+    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= d):
+        raise ValueError(f"k must be an int in [1, {d}], got {k!r}")
 
 
 def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.Tensor:
@@ -214,25 +284,281 @@ def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.
     Parameters
     ----------
     cov_a, cov_b : Tensor, shape (d, d)
-        Symmetric matrices (converted to float64).
+        Symmetric matrices, on one device (computed in float64).
     k : int
         Dimension of the compared eigenspaces, ``1 <= k <= d``.
 
     Returns
     -------
-    Tensor, float64, shape (k,)
+    Tensor, shape (k,)
         Angles in radians, ascending: 0 where the subspaces share a direction, :math:`\pi/2`
-        where a direction of one is orthogonal to the other (``scipy.linalg.subspace_angles``).
+        where a direction of one is orthogonal to the other (as ``scipy.linalg.subspace_angles``,
+        computed in torch); in the dtype and on the device of ``cov_a``.
     """
-    from scipy.linalg import subspace_angles
-
     if not (isinstance(cov_a, torch.Tensor) and isinstance(cov_b, torch.Tensor) and cov_a.ndim == 2
             and cov_a.shape[0] == cov_a.shape[1] and cov_a.shape == cov_b.shape):
         raise ValueError(f"cov_a and cov_b must be square tensors of the same shape, got "
                          f"{tuple(getattr(cov_a, 'shape', ()))} and {tuple(getattr(cov_b, 'shape', ()))}")
+    if cov_a.device != cov_b.device or not (cov_a.dtype.is_floating_point and cov_b.dtype.is_floating_point):
+        raise ValueError(f"cov_a and cov_b must be floating tensors on one device, got {cov_a.dtype} on "
+                         f"{cov_a.device} and {cov_b.dtype} on {cov_b.device}")
     if not all(torch.allclose(c, c.T, rtol=1e-10, atol=1e-12) for c in (cov_a, cov_b)):
         raise ValueError("cov_a and cov_b must be symmetric")
-    if not (isinstance(k, int) and 1 <= k <= cov_a.shape[0]):
-        raise ValueError(f"k must be an int in [1, {cov_a.shape[0]}], got {k!r}")
-    tops = [torch.linalg.eigh(c.to(torch.float64))[1][:, -k:].cpu().numpy() for c in (cov_a, cov_b)]
-    return torch.from_numpy(subspace_angles(*tops)[::-1].copy())
+    _check_k(k, cov_a.shape[0])
+    tops = [torch.linalg.eigh(c.to(torch.float64))[1][:, -k:] for c in (cov_a, cov_b)]
+    return _angles(*tops).to(cov_a.dtype)
+
+
+def _check_counts(counts, n: int | None = None) -> torch.Tensor:
+    """Validate group sizes; return the positive ones as a long tensor."""
+    if isinstance(counts, torch.Tensor):
+        if counts.ndim != 1 or counts.dtype.is_floating_point or counts.dtype.is_complex or counts.dtype == torch.bool:
+            raise ValueError(f"counts must be a 1-D integer tensor, got {counts.dtype} of shape {tuple(counts.shape)}")
+        counts = counts.long()
+    else:
+        try:
+            counts = torch.as_tensor(list(counts), dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"counts must be a sequence of group sizes, got {counts!r}") from None
+    if len(counts) == 0 or bool((counts < 0).any()):
+        raise ValueError(f"counts must be non-empty and >= 0, got {counts.tolist()}")
+    counts = counts[counts > 0]
+    total = int(counts.sum())
+    if total < 2:
+        raise ValueError(f"counts must add up to at least 2 rows, got {total}")
+    if n is not None and total != n:
+        raise ValueError(f"counts add up to {total} but there are {n} rows")
+    return counts
+
+
+def random_grouping_share(counts) -> float:
+    r"""Expected between-group share of the total trace when N rows are grouped at random.
+
+    For any data, a grouping drawn uniformly among those with group sizes :math:`n_1, \dots, n_G`
+    (:math:`G` non-empty groups, :math:`\sum_k n_k = N`) has
+
+    .. math::
+
+        \E\left[\frac{\tr(\text{between})}{\tr(\text{total})}\right] = \frac{G - 1}{N - 1}.
+
+    Proof: the mean of a uniform random subset of size :math:`n_k` has
+    :math:`\E\|\mu_k - \mu\|^2 = \frac{s^2}{n_k} \frac{N - n_k}{N - 1}` with
+    :math:`s^2 = \frac1N \sum_i \|v_i - \mu\|^2` (sampling without replacement), so
+    :math:`\E \sum_k n_k \|\mu_k - \mu\|^2 = s^2 \sum_k \frac{N - n_k}{N - 1} = N s^2 \frac{G - 1}{N - 1}`,
+    and the total trace :math:`N s^2` does not depend on the grouping. The normalisation (ddof)
+    cancels in the share.
+
+    Parameters
+    ----------
+    counts : sequence of int or Tensor, integer, shape (G,)
+        Group sizes; zeros (empty groups) are ignored.
+
+    Returns
+    -------
+    float
+        :math:`(G - 1) / (N - 1)`.
+    """
+    counts = _check_counts(counts)
+    return (len(counts) - 1) / (int(counts.sum()) - 1)
+
+
+def _generator(generator) -> torch.Generator:
+    if generator is None:
+        return torch.Generator().manual_seed(0)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def _random_labels(counts: torch.Tensor, n_perm: int, generator: torch.Generator, device) -> list[torch.Tensor]:
+    """``n_perm`` uniform random groupings with the given sizes, as label vectors on ``device``."""
+    if not (isinstance(n_perm, int) and not isinstance(n_perm, bool) and n_perm >= 1):
+        raise ValueError(f"n_perm must be an int >= 1, got {n_perm!r}")
+    labels = torch.repeat_interleave(torch.arange(len(counts), device=device), counts.to(device))
+    return [labels[torch.randperm(len(labels), generator=generator, device=generator.device).to(device)]
+            for _ in range(n_perm)]
+
+
+def random_grouping_null(values: torch.Tensor, counts, n_perm: int = 20,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Between-group shares of :math:`\tr \Cov` for random groupings with the given group sizes.
+
+    The permutation null of a between-region share: the rows of ``values`` are shuffled into groups
+    of sizes ``counts`` ``n_perm`` times, and each time
+    :math:`\tr(\text{between}) / \tr(\text{total})` of :func:`decompose_variance` is recorded. Its
+    expectation is :func:`random_grouping_share`; the draws give the spread.
+
+    Parameters
+    ----------
+    values : Tensor, shape (N, d)
+        Any floating dtype (computed in float64).
+    counts : sequence of int or Tensor, integer, shape (G,)
+        Group sizes adding up to N (for instance ``group_by_pattern(gates).counts``).
+    n_perm : int
+        Number of random groupings.
+    generator : torch.Generator, optional
+        Source of the permutations; ``None`` uses a fresh generator seeded with 0 (deterministic).
+
+    Returns
+    -------
+    Tensor, shape (n_perm,)
+        Shares in [0, 1], in the dtype and on the device of ``values``.
+    """
+    if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
+        raise ValueError(f"values must be a floating tensor of shape (N, d), got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} of shape {tuple(getattr(values, 'shape', ()))}")
+    counts = _check_counts(counts, len(values)).to(values.device)
+    centred = values.to(torch.float64)
+    centred = centred - centred.mean(dim=0)
+    total = centred.pow(2).sum()
+    if not bool(torch.isfinite(total)) or float(total) == 0:
+        raise ValueError("values must be finite and not all equal (zero total variance)")
+    shares = []
+    for labels in _random_labels(counts, n_perm, _generator(generator), values.device):
+        sums = torch.zeros(len(counts), values.shape[1], dtype=torch.float64, device=values.device)
+        sums.index_add_(0, labels, centred)
+        shares.append((sums.pow(2).sum(1) / counts).sum() / total)
+    return torch.stack(shares).to(values.dtype)
+
+
+def random_grouping_null_gram(gram: torch.Tensor, counts, n_perm: int = 20,
+                              generator: torch.Generator | None = None) -> torch.Tensor:
+    r""":func:`random_grouping_null` for rows known only through their Gram matrix :math:`K = V V^\top`.
+
+    With the centred Gram matrix :math:`K_c = H K H` (:math:`H = I - \mathbf{1}\mathbf{1}^\top/N`),
+    the between trace of a grouping is :math:`\sum_k \frac{1}{n_k} \sum_{i, j \in k} (K_c)_{ij}` and
+    the total is :math:`\tr K_c`: :math:`O(N^2)` per grouping, whatever the width of the rows (for
+    per-sample gradients, :func:`nbsupport.pergrad.gradient_gram`). With the same generator state it
+    draws the same groupings as :func:`random_grouping_null`.
+
+    Parameters
+    ----------
+    gram : Tensor, shape (N, N)
+        Symmetric Gram matrix of the rows (computed in float64).
+    counts, n_perm, generator
+        As in :func:`random_grouping_null`.
+
+    Returns
+    -------
+    Tensor, shape (n_perm,)
+        In the dtype and on the device of ``gram``.
+    """
+    if not (isinstance(gram, torch.Tensor) and gram.ndim == 2 and gram.shape[0] == gram.shape[1]
+            and gram.dtype.is_floating_point):
+        raise ValueError(f"gram must be a square floating (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
+    counts = _check_counts(counts, len(gram)).to(gram.device)
+    k = gram.to(torch.float64)
+    row_mean = k.mean(1)
+    centred = k - row_mean[:, None] - row_mean[None, :] + k.mean()
+    total = torch.trace(centred)
+    if not bool(torch.isfinite(centred).all()) or float(total) <= 0:
+        raise ValueError("gram must be finite with a positive centred trace")
+    columns = torch.arange(len(gram), device=gram.device)
+    shares = []
+    for labels in _random_labels(counts, n_perm, _generator(generator), gram.device):
+        rows = torch.zeros(len(counts), len(gram), dtype=torch.float64, device=gram.device)
+        rows.index_add_(0, labels, centred)                      # rows[k, j] = sum_{i in k} Kc_ij
+        shares.append((rows[labels, columns] / counts[labels]).sum() / total)
+    return torch.stack(shares).to(gram.dtype)
+
+
+def _reference_subspace(x: torch.Tensor, k: int, reference: torch.Tensor | None) -> torch.Tensor:
+    d = x.shape[1]
+    if reference is None:
+        return _top_subspace(x - x.mean(0), k)
+    if not (isinstance(reference, torch.Tensor) and reference.shape == (d, d) and reference.dtype.is_floating_point):
+        raise ValueError(f"reference must be a floating ({d}, {d}) tensor, got shape {tuple(getattr(reference, 'shape', ()))}")
+    if reference.device != x.device:
+        raise ValueError(f"reference is on {reference.device} but values on {x.device}")
+    if not torch.allclose(reference, reference.T, rtol=1e-10, atol=1e-12):
+        raise ValueError("reference must be symmetric")
+    return torch.linalg.eigh(reference.to(torch.float64))[1][:, -k:]
+
+
+def random_subset_angles(values: torch.Tensor, size: int, k: int, n_draws: int = 20,
+                         generator: torch.Generator | None = None,
+                         reference: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Sampling-noise floor of principal angles: random subsets against the whole.
+
+    ``n_draws`` times, draw ``size`` rows of ``values`` uniformly without replacement and compute the
+    principal angles between the top-``k`` eigenspace of their sample covariance and that of
+    ``reference`` (by default the covariance of all rows). A group of ``size`` rows whose angles
+    are no larger than these is indistinguishable, on this measure, from a random subset.
+
+    Parameters
+    ----------
+    values : Tensor, shape (N, d)
+        Any floating dtype (computed in float64).
+    size : int
+        Rows per subset, ``k < size <= N``.
+    k : int
+        Dimension of the compared eigenspaces, ``1 <= k <= d``.
+    n_draws : int
+    generator : torch.Generator, optional
+        ``None`` uses a fresh generator seeded with 0.
+    reference : Tensor, shape (d, d), optional
+        Symmetric matrix whose top-``k`` eigenspace is the reference.
+
+    Returns
+    -------
+    Tensor, shape (n_draws, k)
+        Angles in radians, ascending in each row, in the dtype and on the device of ``values``.
+    """
+    if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
+        raise ValueError(f"values must be a floating tensor of shape (N, d), got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} of shape {tuple(getattr(values, 'shape', ()))}")
+    n, d = values.shape
+    _check_k(k, d)
+    if not (isinstance(size, int) and not isinstance(size, bool) and k < size <= n):
+        raise ValueError(f"size must be an int in ({k}, {n}], got {size!r}")
+    if not (isinstance(n_draws, int) and not isinstance(n_draws, bool) and n_draws >= 1):
+        raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}")
+    x = values.to(torch.float64)
+    top_ref = _reference_subspace(x, k, reference)
+    generator = _generator(generator)
+    out = []
+    for _ in range(n_draws):
+        rows = torch.randperm(n, generator=generator, device=generator.device)[:size].to(x.device)
+        subset = x[rows]
+        out.append(_angles(_top_subspace(subset - subset.mean(0), k), top_ref))
+    return torch.stack(out).to(values.dtype)
+
+
+def group_angles(values: torch.Tensor, inverse: torch.Tensor, groups: torch.Tensor, k: int,
+                 reference: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Principal angles between each chosen group's top eigenspace and the global one.
+
+    For group ``g``, the top-``k`` eigenspace of the sample covariance of its rows is compared with
+    that of ``reference`` (by default the covariance of all rows), exactly as
+    :func:`random_subset_angles` does for random subsets, so the two are directly comparable.
+
+    Parameters
+    ----------
+    values : Tensor, shape (N, d)
+        Any floating dtype (computed in float64).
+    inverse : Tensor, long, shape (N,)
+        Group of every row.
+    groups : Tensor, long, shape (K,)
+        Group indices to evaluate, each with more than ``k`` rows.
+    k : int
+        Dimension of the compared eigenspaces.
+    reference : Tensor, shape (d, d), optional
+
+    Returns
+    -------
+    Tensor, shape (K, k)
+        Angles in radians, ascending in each row, in the dtype and on the device of ``values``.
+    """
+    x, _, dtype = _check(values, inverse, 0)
+    _check_k(k, x.shape[1])
+    if not (isinstance(groups, torch.Tensor) and groups.dtype == torch.long and groups.ndim == 1 and len(groups) > 0):
+        raise ValueError(f"groups must be a non-empty 1-D long tensor, got {getattr(groups, 'dtype', type(groups).__name__)}")
+    sizes = torch.bincount(inverse, minlength=int(max(int(inverse.max()), int(groups.max()))) + 1)[groups]
+    if bool((sizes <= k).any()):
+        raise ValueError(f"every group needs more than k={k} rows, sizes {sizes.tolist()}")
+    top_ref = _reference_subspace(x, k, reference)
+    out = []
+    for g in groups.tolist():
+        rows = x[inverse == g]
+        out.append(_angles(_top_subspace(rows - rows.mean(0), k), top_ref))
+    return torch.stack(out).to(dtype)

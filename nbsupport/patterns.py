@@ -2,7 +2,8 @@
 
 A ReLU layer's gate matrix :math:`A = \\mathbf{1}(Z > 0)` (one row per sample) assigns every sample
 to a linear region of the network :cite:p:`condcov_note`. :func:`activation_patterns` reads the gates
-of every ReLU of a model; :func:`group_by_pattern` finds the distinct rows, fast, for any width.
+of every ReLU of a model; :func:`group_by_pattern` finds the distinct rows, fast, for any width;
+:func:`local_affine_maps` gives the affine map :math:`f(x) = J_a x + c_a` that a full pattern fixes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["activation_patterns", "group_by_pattern", "pack_patterns", "Groups"]
+__all__ = ["activation_patterns", "group_by_pattern", "pack_patterns", "Groups", "local_affine_maps"]
 
 #: Bits per packed word: 63, so that every word is a non-negative int64 and signed order is code order.
 WORD_BITS = 63
@@ -142,3 +143,68 @@ def group_by_pattern(gates: torch.Tensor) -> Groups:
     first = torch.full((n_groups,), len(words), dtype=torch.long, device=words.device)
     first.scatter_reduce_(0, inverse, torch.arange(len(words), device=words.device), reduce="amin")
     return Groups(gates[first], inverse, counts[order])
+
+
+def local_affine_maps(model: nn.Sequential, x: torch.Tensor, gates: list[torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine map :math:`f(x) = J_a x + c_a` that a full activation pattern fixes, per sample.
+
+    With the gates of every ReLU fixed to :math:`a`, an MLP is the composition of affine maps and
+    diagonal 0/1 masks: :math:`J_a = W^{(L+1)} D_L W^{(L)} \\cdots D_1 W^{(1)}` with
+    :math:`D_l = \\operatorname{diag}(a^{(l)})`, and :math:`c_a` follows the same products applied to
+    the biases. Computed from the weights and the gates, not by differentiation.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``nn.Linear``, ``nn.ReLU`` and ``nn.Identity`` modules only.
+    x : Tensor, shape (N, d)
+        Inputs; only their number, dtype and device are used when ``gates`` is given.
+    gates : list of Tensor, each bool of shape (N, m_l), optional
+        The pattern to impose on every ReLU, in call order; by default the inputs' own
+        (:func:`activation_patterns`), so that ``f(x) == J x + c``. Imposing another sample's pattern
+        evaluates the affine piece of its region at ``x``.
+
+    Returns
+    -------
+    J : Tensor, shape (N, out, d)
+    c : Tensor, shape (N, out)
+        In the dtype and on the device of ``x`` (the model's parameters are cast to them).
+    """
+    if not (isinstance(model, nn.Sequential) and all(isinstance(m, (nn.Linear, nn.ReLU, nn.Identity)) for m in model)
+            and any(isinstance(m, nn.Linear) for m in model)):
+        raise ValueError(f"model must be an nn.Sequential of nn.Linear, nn.ReLU and nn.Identity, got {model!r}")
+    if not (isinstance(x, torch.Tensor) and x.ndim == 2 and x.dtype.is_floating_point):
+        raise ValueError(f"x must be a floating tensor of shape (N, d), got {getattr(x, 'dtype', type(x).__name__)} "
+                         f"of shape {tuple(getattr(x, 'shape', ()))}")
+    first = next(m for m in model if isinstance(m, nn.Linear))
+    if x.shape[1] != first.in_features:
+        raise ValueError(f"x has {x.shape[1]} features but the model's first layer takes {first.in_features}")
+    n_relus = sum(isinstance(m, nn.ReLU) for m in model)
+    if gates is None:
+        gates = activation_patterns(model, x)
+    if not (isinstance(gates, (list, tuple)) and len(gates) == n_relus
+            and all(isinstance(g, torch.Tensor) and g.dtype == torch.bool and g.ndim == 2 and len(g) == len(x)
+                    for g in gates)):
+        raise ValueError(f"gates must be a list of {n_relus} bool tensors of shape (N={len(x)}, m_l)")
+    n, d = x.shape
+    jac = torch.eye(d, dtype=x.dtype, device=x.device).expand(n, d, d)
+    offset = torch.zeros(n, d, dtype=x.dtype, device=x.device)
+    layer = iter(gates)
+    with torch.no_grad():
+        for module in model:
+            if isinstance(module, nn.Linear):
+                weight = module.weight.to(dtype=x.dtype, device=x.device)
+                if weight.shape[1] != jac.shape[1]:
+                    raise ValueError(f"x has {d} features but the model does not fit it ({module})")
+                jac = torch.einsum("oi,nij->noj", weight, jac)
+                offset = offset @ weight.T
+                if module.bias is not None:
+                    offset = offset + module.bias.to(dtype=x.dtype, device=x.device)
+            elif isinstance(module, nn.ReLU):
+                a = next(layer)
+                if a.shape[1] != jac.shape[1]:
+                    raise ValueError(f"gates of a ReLU have {a.shape[1]} units, expected {jac.shape[1]}")
+                mask = a.to(device=x.device, dtype=x.dtype)
+                jac, offset = jac * mask.unsqueeze(2), offset * mask
+    return jac, offset

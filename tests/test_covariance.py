@@ -87,7 +87,7 @@ def test_limits():
     own = torch.arange(50)
     split = decompose_covariance(values, own)
     assert split.within.abs().max().item() < 1e-12    # every row its own group: nothing within
-    assert decompose_covariance(values.float(), one).total.dtype == torch.float64
+    assert decompose_covariance(values.float(), one).total.dtype == torch.float32  # computed in float64, returned as given
 
 
 @pytest.mark.parametrize("call", [
@@ -105,6 +105,18 @@ def test_bad_input(call):
     values, inverse = _data(n=20)
     with pytest.raises(ValueError, match="values|inverse|ddof|min_count"):
         call(values, inverse)
+
+
+def test_principal_angles_against_scipy():
+    from scipy.linalg import subspace_angles
+    from nbsupport.covariance import principal_angles
+    g = torch.Generator().manual_seed(11)
+    for d, k in [(6, 3), (10, 1), (10, 4), (20, 7)]:
+        a, b = (torch.randn(3 * d, d, generator=g, dtype=torch.float64) for _ in range(2))
+        cov_a, cov_b = a.T @ a, b.T @ b
+        tops = [np.linalg.eigh(c.numpy())[1][:, -k:] for c in (cov_a, cov_b)]
+        np.testing.assert_allclose(principal_angles(cov_a, cov_b, k).numpy(), np.sort(subspace_angles(*tops)),
+                                   rtol=0, atol=1e-10)
 
 
 def test_principal_angles_against_a_rotation():
@@ -125,3 +137,171 @@ def test_principal_angles_against_a_rotation():
         principal_angles(base, base, k=6)
     with pytest.raises(ValueError, match="cov_a"):
         principal_angles(base, base[:4, :4], k=1)
+
+
+# ---------------------------------------------------------------- random-grouping null
+
+
+def _share(values, labels):
+    """Between share of the trace, by a plain numpy loop over groups."""
+    v = np.asarray(values, dtype=np.float64)
+    mu = v.mean(0)
+    between = sum((labels == k).sum() * np.sum((v[labels == k].mean(0) - mu) ** 2) for k in np.unique(labels))
+    return between / np.sum((v - mu) ** 2)
+
+
+def test_random_grouping_share_is_the_exact_mean_over_all_groupings():
+    import itertools
+    from nbsupport.covariance import random_grouping_share
+    g = np.random.default_rng(0)
+    values = g.standard_normal((7, 3)) * [1.0, 5.0, 0.1] + g.standard_normal(3)
+    counts = [3, 2, 1, 1]
+    base = np.repeat(np.arange(len(counts)), counts)
+    shares = [_share(values, base[list(p)]) for p in itertools.permutations(range(7))]  # all 5040 orderings
+    assert np.mean(shares) == pytest.approx(random_grouping_share(counts), rel=1e-12)
+    assert random_grouping_share(counts) == pytest.approx(3 / 6)
+    assert abs(np.mean(shares) - len(counts) / len(values)) > 0.05   # not G / N
+    assert random_grouping_share([0, 7, 0]) == 0.0 and random_grouping_share([1] * 7) == 1.0
+
+
+def test_random_grouping_null_matches_the_closed_form_within_monte_carlo_error():
+    from nbsupport.covariance import random_grouping_null, random_grouping_share
+    values, _ = _data(n=400, d=5, groups=3, seed=7)
+    counts = torch.tensor([200, 100, 50, 20, 10, 10, 5, 3, 1, 1])
+    shares = random_grouping_null(values, counts, n_perm=400, generator=torch.Generator().manual_seed(1))
+    assert shares.shape == (400,) and bool(((shares >= 0) & (shares <= 1)).all())
+    expected = random_grouping_share(counts)
+    assert abs(shares.mean().item() - expected) < 4 * shares.std().item() / 400 ** 0.5
+    assert shares.std().item() > 0
+    # every draw is the between share of some grouping with these sizes: check one by the loop
+    labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    perm = torch.randperm(400, generator=torch.Generator().manual_seed(2))
+    first = random_grouping_null(values, counts, n_perm=1, generator=torch.Generator().manual_seed(2))
+    assert first.item() == pytest.approx(_share(values.numpy(), labels[perm].numpy()), rel=1e-12)
+    # the observed grouping of _data (shifted group means) is far above its null
+    _, inverse = _data(n=400, d=5, groups=3, seed=7)
+    split = decompose_variance(values, inverse)
+    observed = (split.between / split.total).item()
+    null = random_grouping_null(values, torch.bincount(inverse), n_perm=50)
+    assert observed > null.mean().item() + 10 * null.std().item()
+
+
+def test_random_grouping_null_gram_agrees_with_the_rows():
+    from nbsupport.covariance import random_grouping_null, random_grouping_null_gram
+    values, _ = _data(n=120, d=8, seed=8)
+    counts = [60, 30, 20, 5, 5]
+    a = random_grouping_null(values, counts, n_perm=10, generator=torch.Generator().manual_seed(3))
+    b = random_grouping_null_gram(values @ values.T, counts, n_perm=10, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    shifted = values + 100.0                                      # centring happens inside
+    torch.testing.assert_close(random_grouping_null_gram(shifted @ shifted.T, counts, 10, torch.Generator().manual_seed(3)),
+                               b, rtol=1e-8, atol=1e-10)
+    assert random_grouping_null(values, [120], 3).abs().max() < 1e-12          # one group: nothing between
+    torch.testing.assert_close(random_grouping_null_gram(values @ values.T, [1] * 120, 3),
+                               torch.ones(3, dtype=torch.float64))              # singletons: all between
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, [10, 9], 3), "counts add up"),
+    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, [10, 10], 0), "n_perm"),
+    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, [10, -1, 11], 3), "counts"),
+    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, torch.tensor([10.0, 10.0]), 3), "counts"),
+    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, [10, 10], 3, generator=0), "generator"),
+    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null_gram(v, [10, 10], 3), "gram"),
+    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_share([1]), "at least 2"),
+])
+def test_random_grouping_bad_input(call, match):
+    values, _ = _data(n=20)
+    with pytest.raises(ValueError, match=match):
+        call(values)
+
+
+# ---------------------------------------------------------------- sampling-noise floor of principal angles
+
+
+def test_random_subset_angles_isotropic_law():
+    """Isotropic Gaussian rows in the plane: the top eigenvector of a subset is uniform in angle, so
+    its angle to a fixed axis is uniform on [0, pi/2] (mean pi/4, sd pi/(4 sqrt 3))."""
+    from nbsupport.covariance import random_subset_angles
+    g = torch.Generator().manual_seed(4)
+    values = torch.randn(20_000, 2, generator=g, dtype=torch.float64)
+    reference = torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64))
+    angles = random_subset_angles(values, 30, k=1, n_draws=600, generator=g, reference=reference)[:, 0]
+    sd = np.pi / (4 * 3 ** 0.5)
+    assert abs(angles.mean().item() - np.pi / 4) < 4 * sd / 600 ** 0.5
+    assert abs(angles.std().item() - sd) < 0.1 * sd
+
+
+def test_random_subset_angles_shrink_with_the_subset_and_match_a_loop():
+    from nbsupport.covariance import principal_angles, random_subset_angles
+    g = torch.Generator().manual_seed(5)
+    scales = torch.tensor([6.0, 5.0, 4.0, 1.0, 0.9, 0.8, 0.7, 0.6], dtype=torch.float64)
+    values = torch.randn(4000, 8, generator=g, dtype=torch.float64) * scales
+    small = random_subset_angles(values, 20, k=3, n_draws=30).max(1).values.median()
+    large = random_subset_angles(values, 2000, k=3, n_draws=30).max(1).values.median()
+    assert large < small / 3
+    assert random_subset_angles(values, 4000, k=3, n_draws=2).abs().max() < 1e-7   # the whole sample
+    # one draw against the explicit covariances and principal_angles
+    rows = torch.randperm(4000, generator=torch.Generator().manual_seed(6))[:100]
+    draw = random_subset_angles(values, 100, k=3, n_draws=1, generator=torch.Generator().manual_seed(6))[0]
+    torch.testing.assert_close(draw, principal_angles(torch.cov(values[rows].T), torch.cov(values.T), 3),
+                               rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("n, d", [(300, 40), (30, 40)])
+def test_subspace_iteration_matches_dense(monkeypatch, n, d):
+    """Above DENSE_SUBSPACE_MAX the top eigenspace comes from subspace iteration; both routes agree."""
+    import nbsupport.covariance as cov
+    g = torch.Generator().manual_seed(9)
+    values = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(3, 0.5, d, dtype=torch.float64)
+    inverse = torch.randint(0, 2, (n,), generator=g)
+    dense = cov.group_angles(values, inverse, torch.tensor([0, 1]), k=4)
+    monkeypatch.setattr(cov, "DENSE_SUBSPACE_MAX", 8)
+    torch.testing.assert_close(cov.group_angles(values, inverse, torch.tensor([0, 1]), k=4), dense, rtol=0, atol=1e-8)
+
+
+def test_group_angles_against_principal_angles():
+    from nbsupport.covariance import group_angles, principal_angles
+    values, inverse = _data(n=600, d=6, groups=4, seed=10)
+    angles = group_angles(values, inverse, torch.tensor([2, 0]), k=2)
+    for row, g in zip(angles, [2, 0]):
+        torch.testing.assert_close(row, principal_angles(torch.cov(values[inverse == g].T), torch.cov(values.T), 2),
+                                   rtol=0, atol=1e-8)
+    tiny = torch.cat([torch.zeros(3, dtype=torch.long), torch.ones(597, dtype=torch.long)])
+    with pytest.raises(ValueError, match="more than k"):
+        group_angles(values, tiny, torch.tensor([0]), k=3)
+
+
+# ---------------------------------------------------------------- device and dtype
+
+
+def _forbid_host_round_trips(monkeypatch):
+    """A stand-in for a second device: fail on any copy to the host or to numpy."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("result went through the host (cpu()/numpy())")
+    monkeypatch.setattr(torch.Tensor, "cpu", refuse)
+    monkeypatch.setattr(torch.Tensor, "numpy", refuse)
+    monkeypatch.setattr(torch, "from_numpy", refuse)
+
+
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_results_keep_device_and_dtype(monkeypatch, device, dtype):
+    import nbsupport.covariance as cov
+    values, inverse = _data(n=200, d=4, groups=3, seed=12)
+    values, inverse = values.to(device=device, dtype=dtype), inverse.to(device)
+    counts = torch.bincount(inverse)
+    gen = torch.Generator(device=device).manual_seed(0) if device != "cpu" else torch.Generator().manual_seed(0)
+    _forbid_host_round_trips(monkeypatch)
+    outputs = [*cov.decompose_covariance(values, inverse), *cov.decompose_variance(values, inverse),
+               *cov.group_moments(values, inverse)[2:5],
+               cov.principal_angles(torch.cov(values.T), torch.cov(values[:100].T), 2),
+               cov.random_grouping_null(values, counts, 3, gen),
+               cov.random_grouping_null_gram(values @ values.T, counts, 3, gen),
+               cov.random_subset_angles(values, 50, 2, 3, gen),
+               cov.group_angles(values, inverse, torch.tensor([0, 1], device=device), 2)]
+    for out in outputs:
+        assert out.device.type == device and out.dtype == dtype

@@ -128,3 +128,40 @@ def test_activation_patterns_leave_batchnorm_statistics_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     activation_patterns(model, torch.randn(16, 3) + 5)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_local_affine_maps_against_autograd():
+    """J is the Jacobian (torch.func.jacrev, an independent route) and f(x) = J x + c on the sample's own pattern."""
+    from torch.func import jacrev, vmap
+
+    from nbsupport.patterns import local_affine_maps
+    torch.manual_seed(0)
+    model = mlp([3, 7, 5, 2]).double()
+    x = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    jac, offset = local_affine_maps(model, x)
+    torch.testing.assert_close(jac, vmap(jacrev(model))(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.einsum("noj,nj->no", jac, x) + offset, model(x).detach(), rtol=1e-12, atol=1e-12)
+    # another sample's pattern gives another affine piece, which does not reproduce f at x
+    gates = activation_patterns(model, x)
+    other = [g.roll(1, 0) for g in gates]
+    changed = torch.stack([(g != o).any(1) for g, o in zip(gates, other)]).any(0)
+    jac_o, offset_o = local_affine_maps(model, x, gates=other)
+    error = (torch.einsum("noj,nj->no", jac_o, x) + offset_o - model(x).detach()).abs().amax(1)
+    assert changed.sum() > 10 and (error[changed] > 1e-6).float().mean() > 0.5
+    assert error[~changed].max() < 1e-12
+
+
+def test_local_affine_maps_keeps_dtype_and_rejects_other_models():
+    from nbsupport.patterns import local_affine_maps
+    torch.manual_seed(0)
+    model = mlp([2, 4, 1])
+    jac, offset = local_affine_maps(model, torch.randn(5, 2))
+    assert jac.shape == (5, 1, 2) and offset.shape == (5, 1) and jac.dtype == torch.float32
+    gates = activation_patterns(model, torch.randn(5, 2))   # imposed gates: x only gives N, dtype, device
+    assert local_affine_maps(model, torch.randn(5, 2, dtype=torch.float64), gates)[0].dtype == torch.float64
+    with pytest.raises(ValueError, match="model"):
+        local_affine_maps(nn.Sequential(nn.Linear(2, 3), nn.Tanh()), torch.randn(5, 2))
+    with pytest.raises(ValueError, match="gates"):
+        local_affine_maps(model, torch.randn(5, 2), gates=[torch.ones(4, 4, dtype=torch.bool)])
+    with pytest.raises(ValueError, match="x"):
+        local_affine_maps(model, torch.randn(5, 3))
