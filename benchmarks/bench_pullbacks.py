@@ -5,6 +5,8 @@ Targets: the pullback's backward pass <= 1.5x the vanilla backward on the chapte
 reference (autograd through the source's Listing-2 construction, with -inf padding).
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from _timing import best_of, setup
@@ -54,7 +56,7 @@ if __name__ == "__main__":
 
         def ours():
             xg = feats.clone().requires_grad_(True)
-            out = _SoftmaxRoutedMaxPool.apply(xg, (k, k), (s, s), (p, p), (1, 1), False, 0.3)
+            out = _SoftmaxRoutedMaxPool.apply(xg, (k, k), (s, s), (p, p), (1, 1), False, 0.3, -math.inf)
             return torch.autograd.grad(out, xg, g)[0]
 
         def reference():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -41,6 +42,8 @@ __all__ = [
     "pool_output_size",
     "projected_gradient_ascent",
     "check_target",
+    "remap_legacy_densenet_keys",
+    "load_imagenet_checkpoint",
 ]
 
 
@@ -167,8 +170,8 @@ def _pool_params(kernel_size, stride, padding, dilation):
     return kernel, stride, padding, dilation
 
 
-def _windows(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode):
-    """Pooling windows of ``x`` (N, C, H, W) as a tensor (N*C, kh*kw, L), padded positions -inf.
+def _windows(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode, padding_value: float = -math.inf):
+    """Pooling windows of ``x`` (N, C, H, W) as a tensor (N*C, kh*kw, L), padded positions ``padding_value``.
 
     Returns the windows, the output size (oh, ow) and the padded size with the pads, for folding.
     """
@@ -179,10 +182,16 @@ def _windows(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode):
     extra_h = max(0, (oh - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1 - (h + 2 * padding[0]))
     extra_w = max(0, (ow - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1 - (w + 2 * padding[1]))
     pads = (padding[1], padding[1] + extra_w, padding[0], padding[0] + extra_h)
-    xp = F.pad(x.reshape(n * c, 1, h, w), pads, value=-math.inf)
+    xp = F.pad(x.reshape(n * c, 1, h, w), pads, value=padding_value)
     # with this padding unfold's window grid is exactly max_pool2d's (oh, ow)
     win = F.unfold(xp, kernel, dilation=dilation, stride=stride)  # (N*C, kh*kw, oh*ow)
     return win, (oh, ow), xp.shape[2:], pads
+
+
+def _check_padding_value(value) -> float:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and (value == 0 or value == -math.inf)):
+        raise ValueError(f"padding_value must be -inf (max-pooling's padding) or 0.0 (Listing 2's), got {value!r}")
+    return float(value)
 
 
 def _check_pool_input(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -193,7 +202,7 @@ def _check_pool_input(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def softmax_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-                   temperature: float = 0.3) -> torch.Tensor:
+                   temperature: float = 0.3, padding_value: float = -math.inf) -> torch.Tensor:
     r"""Softmax pooling: each window's values averaged with weights :math:`\mathrm{softmax}(x/T)`.
 
     :math:`s = \sum_i w_i x_i` with :math:`w = \mathrm{softmax}(x_{\text{window}} / T)`, over the same
@@ -210,22 +219,26 @@ def softmax_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     ceil_mode : bool
     temperature : float
         :math:`T > 0`.
+    padding_value : float
+        ``-inf`` (max-pooling's padding, the default) or ``0.0`` (what ``F.unfold`` in the source's
+        Listing 2 pads with: a padded zero then takes part in the softmax).
 
     Returns
     -------
     Tensor, shape of ``F.max_pool2d(x, ...)``
     """
     temperature = _check_temperature(temperature)
+    padding_value = _check_padding_value(padding_value)
     x4, squeeze = _check_pool_input(x)
     kernel, stride, padding, dilation = _pool_params(kernel_size, stride, padding, dilation)
-    win, (oh, ow), _, _ = _windows(x4, kernel, stride, padding, dilation, ceil_mode)
+    win, (oh, ow), _, _ = _windows(x4, kernel, stride, padding, dilation, ceil_mode, padding_value)
     weights = torch.softmax(win / temperature, dim=1)
     out = (weights * win.nan_to_num(neginf=0.0)).sum(1).reshape(*x4.shape[:2], oh, ow)
     return out[0] if squeeze else out
 
 
 def _softmax_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, kernel, stride, padding, dilation, ceil_mode,
-                           temperature: float) -> torch.Tensor:
+                           temperature: float, padding_value: float = -math.inf) -> torch.Tensor:
     r"""Vector-Jacobian product of :func:`softmax_pool2d` at ``x`` (N, C, H, W).
 
     With :math:`s = \sum_i w_i x_i`, :math:`\partial s / \partial x_i = w_i (1 + (x_i - s)/T)`; the
@@ -235,7 +248,7 @@ def _softmax_pool_backward(x: torch.Tensor, grad_out: torch.Tensor, kernel, stri
     if dilation == (1, 1) and stride == kernel and padding == (0, 0) and (
             not ceil_mode or (h % kernel[0] == 0 and w % kernel[1] == 0)):
         return _tiled_softmax_pool_backward(x, grad_out, kernel, temperature)
-    win, (oh, ow), padded, pads = _windows(x, kernel, stride, padding, dilation, ceil_mode)
+    win, (oh, ow), padded, pads = _windows(x, kernel, stride, padding, dilation, ceil_mode, padding_value)
     weights = torch.softmax(win / temperature, dim=1)
     values = win.nan_to_num(neginf=0.0)  # padded positions have weight 0; keep them finite
     soft = (weights * values).sum(1, keepdim=True)
@@ -339,9 +352,9 @@ class _SoftmaxRoutedMaxPool(torch.autograd.Function):
     """Forward ``max_pool2d``; backward the vector-Jacobian product of the softmax pooling."""
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, temperature):
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, temperature, padding_value):
         ctx.save_for_backward(x)
-        ctx.params = (kernel, stride, padding, dilation, ceil_mode, temperature)
+        ctx.params = (kernel, stride, padding, dilation, ceil_mode, temperature, padding_value)
         return F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode)
 
     @staticmethod
@@ -350,7 +363,7 @@ class _SoftmaxRoutedMaxPool(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         x4, squeeze = (x, False) if x.ndim == 4 else (x.unsqueeze(0), True)
         g = _softmax_pool_backward(x4, grad.reshape(x4.shape[0], x4.shape[1], *grad.shape[-2:]), *ctx.params)
-        return (g[0] if squeeze else g), None, None, None, None, None, None
+        return (g[0] if squeeze else g), None, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,8 +455,8 @@ def _backward_rules(model: nn.Module, relu_rule: Callable, pool_rule: Callable |
         _ACTIVE.discard(id(model))
 
 
-def surrogate_gradients(model: nn.Module, temperature: float = 0.3,
-                        pool_temperature: float | None = None) -> contextlib.AbstractContextManager:
+def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_temperature: float | None = None,
+                        pool_padding_value: float = -math.inf) -> contextlib.AbstractContextManager:
     r"""Context manager: inside it, ``model``'s backward pass uses the excitation rules.
 
     Every ReLU keeps its forward pass exactly and passes ``grad * sigmoid(z / T)`` backwards
@@ -461,6 +474,9 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3,
         :math:`T > 0` of the ReLU gates :math:`\sigma(z/T)`.
     pool_temperature : float, optional
         Temperature of the softmax pooling; default ``temperature`` (as in the source).
+    pool_padding_value : float
+        ``-inf`` (default, max-pooling's padding) or ``0.0`` (Listing 2's zero padding through
+        ``F.unfold``), see :func:`softmax_pool2d`.
 
     Examples
     --------
@@ -470,18 +486,20 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3,
     temperature = _check_temperature(temperature)
     pool_temperature = temperature if pool_temperature is None else _check_temperature(pool_temperature,
                                                                                          "pool_temperature")
+    pool_padding_value = _check_padding_value(pool_padding_value)
 
     def relu_rule(z, inplace):
         return _SurrogateReLU.apply(z, temperature, inplace)
 
     def pool_rule(x, kernel, stride, padding, dilation, ceil_mode):
-        return _SoftmaxRoutedMaxPool.apply(x, kernel, stride, padding, dilation, ceil_mode, pool_temperature)
+        return _SoftmaxRoutedMaxPool.apply(x, kernel, stride, padding, dilation, ceil_mode, pool_temperature,
+                                           pool_padding_value)
 
     return _backward_rules(model, relu_rule, pool_rule)
 
 
 def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: float = 0.3,
-                        pool_temperature: float | None = None) -> torch.Tensor:
+                        pool_temperature: float | None = None, pool_padding_value: float = -math.inf) -> torch.Tensor:
     r"""The excitation pullback :math:`v_\Gamma(x)` of the target logit, batched.
 
     The input gradient of the target logit under :func:`surrogate_gradients`: the ordinary forward
@@ -495,7 +513,7 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
     x : Tensor, shape (N, ...)
     target : int or Tensor of shape (N,)
         Class indices in ``[0, classes)``.
-    temperature, pool_temperature : float
+    temperature, pool_temperature, pool_padding_value : float
         See :func:`surrogate_gradients`.
 
     Returns
@@ -503,7 +521,7 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
     Tensor, shape of ``x``
     """
     temperature = _check_temperature(temperature)
-    with surrogate_gradients(model, temperature, pool_temperature):
+    with surrogate_gradients(model, temperature, pool_temperature, pool_padding_value):
         return input_gradient(model, x, target)
 
 
@@ -658,3 +676,64 @@ def projected_gradient_ascent(model: nn.Module, x: torch.Tensor, target, steps: 
         current = x0 + delta * (radius / norm(delta)).clamp(max=1.0)
         current = current.clamp(low, high)
     return current
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional: torchvision ImageNet checkpoints from a local file (never downloaded here)
+# ---------------------------------------------------------------------------------------------
+
+_LEGACY_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                                  r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def remap_legacy_densenet_keys(state_dict: dict) -> dict:
+    """Rename DenseNet keys of the legacy layout (``...denselayer1.norm.1.weight``) to torchvision's
+    current one (``...denselayer1.norm1.weight``), as torchvision does when it loads its own
+    ``DenseNet121_Weights.IMAGENET1K_V1`` file. Other keys are kept.
+
+    Parameters
+    ----------
+    state_dict : dict of str to Tensor
+
+    Returns
+    -------
+    dict
+        A new dict; the tensors are the same objects.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        match = _LEGACY_DENSENET_KEY.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
+def load_imagenet_checkpoint(name: str, path, map_location="cpu") -> nn.Module:
+    """A torchvision ImageNet model with weights read from a local checkpoint file, in eval mode.
+
+    ``name`` is a torchvision constructor (``"resnet50"``, ``"vgg11_bn"``, ``"densenet121"``, ...),
+    built with ``weights=None`` (nothing is downloaded); DenseNet files in the legacy key layout are
+    remapped by :func:`remap_legacy_densenet_keys`. Loading is strict: a file for another
+    architecture raises.
+
+    Parameters
+    ----------
+    name : str
+    path : str or os.PathLike
+        A ``torch.save``'d state dict (e.g. from ``$TORCH_HOME/hub/checkpoints``).
+    map_location : str or torch.device
+
+    Returns
+    -------
+    nn.Module
+    """
+    import torchvision
+
+    constructor = getattr(torchvision.models, name, None)
+    if not isinstance(name, str) or constructor is None or not callable(constructor):
+        raise ValueError(f"name must be a torchvision.models constructor such as 'resnet50', got {name!r}")
+    model = constructor(weights=None)
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if name.startswith("densenet"):
+        state = remap_legacy_densenet_keys(state)
+    model.load_state_dict(state)
+    return model.eval()
