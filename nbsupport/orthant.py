@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import warnings
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -58,6 +59,10 @@ __all__ = [
     "mc_network_pmf",
     "mc_jacobian_singular_values",
     "MAX_FULL_PMF_UNITS",
+    "MassWarning",
+    "pattern_codes",
+    "affine_maps",
+    "output_range",
 ]
 
 #: Largest first layer for which :func:`pattern_pmf` enumerates all ``2**m`` patterns.
@@ -76,8 +81,8 @@ _GL_RANGE = 9.0
 
 def _gaussian(mean, cov, name_mean="mean", name_cov="cov"):
     """Validated float64 mean (d,) and covariance (d, d), symmetric and positive semi-definite."""
-    mean = np.asarray(mean, dtype=np.float64)
-    cov = np.asarray(cov, dtype=np.float64)
+    mean = _numpy(mean, name_mean)
+    cov = _numpy(cov, name_cov)
     if mean.ndim != 1 or mean.size == 0 or not np.all(np.isfinite(mean)):
         raise ValueError(f"{name_mean} must be a finite 1-D array, got shape {mean.shape}")
     d = mean.size
@@ -103,8 +108,8 @@ def _layers(weights, biases):
     """Validated float64 lists of weights (m_l, m_{l-1}) and biases (m_l,)."""
     if len(weights) != len(biases) or len(weights) < 1:
         raise ValueError(f"weights and biases must be lists of equal length >= 1, got {len(weights)} and {len(biases)}")
-    ws = [np.atleast_2d(np.asarray(w, dtype=np.float64)) for w in weights]
-    bs = [np.atleast_1d(np.asarray(b, dtype=np.float64)) for b in biases]
+    ws = [np.atleast_2d(_numpy(w, f"weights[{l}]")) for l, w in enumerate(weights)]
+    bs = [np.atleast_1d(_numpy(b, f"biases[{l}]")) for l, b in enumerate(biases)]
     for l, (w, b) in enumerate(zip(ws, bs)):
         if w.ndim != 2 or b.shape != (w.shape[0],):
             raise ValueError(f"biases[{l}] must have shape ({w.shape[0]},) to match weights[{l}] {w.shape}, "
@@ -114,15 +119,73 @@ def _layers(weights, biases):
     return ws, bs
 
 
+def _numpy(value, name):
+    """float64 numpy copy of an array-like; torch tensors on any device are detached and moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a real array, got {type(value).__name__}: {error}") from None
+
+
+def _int_arg(value, name, minimum):
+    """An int >= minimum from a Python int, a numpy integer or a 0-d integer tensor (bools are refused)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() \
+            and not value.is_complex() and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _float_arg(value, name):
+    """A finite float from any real scalar: Python or numpy number, or a 0-d tensor."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or value.is_complex():
+            raise ValueError(f"{name} must be a real scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite real scalar, got {value!r}")
+    return float(value)
+
+
 def _rng(rng):
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    """A numpy Generator from a Generator or an int seed (numpy integers and 0-d tensors included).
+
+    Every entry point defaults to ``rng=0``: results are reproducible unless a caller passes
+    another seed or a Generator. ``None`` (fresh entropy) is refused on purpose."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    try:
+        return np.random.default_rng(_int_arg(rng, "rng", 0))
+    except ValueError:
+        raise ValueError(f"rng must be a numpy Generator or an int seed >= 0 (default 0, deterministic), "
+                         f"got {rng!r}") from None
+
+
+class MassWarning(RuntimeWarning):
+    """A function's total probability is not the mass it should hold (e.g. a support search found less
+    than ``1 - eps``, or a full PMF does not sum to 1 within its errors)."""
+
+
+def _check_mass(found, target, err, what, *, at_least=False):
+    """Warn (MassWarning) when ``found`` differs from ``target`` by more than 5 errors + 1e-9.
+
+    With ``at_least`` only a shortfall counts (a search may find more than it must)."""
+    slack = 5 * err + 1e-9
+    short, over = found < target - slack, found > 1 + slack
+    if short or over or (not at_least and found > target + slack):
+        warnings.warn(f"{what}: total probability {found:.6g}, expected {'at least ' if at_least else ''}"
+                      f"{target:.6g} (+- {slack:.1e})", MassWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------
 # the orthant probability, scipy's route
 
 
-def orthant_probability(mean, cov, *, rng=None, n_rep: int = 8, abseps: float = 1e-5, maxpts: int | None = None,
+def orthant_probability(mean, cov, *, rng=0, n_rep: int = 8, abseps: float = 1e-5, maxpts: int | None = None,
                         allow_singular: bool = False) -> tuple[float, float]:
     r"""P(Z > 0 componentwise) for :math:`Z \sim \mathcal N(\text{mean}, \text{cov})`, with scipy.
 
@@ -138,8 +201,8 @@ def orthant_probability(mean, cov, *, rng=None, n_rep: int = 8, abseps: float = 
     mean : array-like, shape (k,)
     cov : array-like, shape (k, k)
         Symmetric; positive definite unless ``allow_singular``.
-    rng : numpy Generator or int, optional
-        Seeds scipy's randomised lattice rule.
+    rng : numpy Generator or int, default 0
+        Seeds scipy's randomised lattice rule (deterministic by default).
     n_rep : int
         Independent repetitions for k >= 3 (>= 2).
     abseps, maxpts
@@ -153,8 +216,11 @@ def orthant_probability(mean, cov, *, rng=None, n_rep: int = 8, abseps: float = 
     p, err : float
     """
     mean, cov = _gaussian(mean, cov)
-    if not (isinstance(n_rep, int) and n_rep >= 2):
-        raise ValueError(f"n_rep must be an int >= 2, got {n_rep!r}")
+    n_rep = _int_arg(n_rep, "n_rep", 2)
+    abseps = _float_arg(abseps, "abseps")
+    if maxpts is not None:
+        maxpts = _int_arg(maxpts, "maxpts", 1)
+    rng = _rng(rng)
     k = mean.size
     values = np.linalg.eigvalsh(cov)
     if values[0] <= _TOL * values[-1] and not allow_singular:
@@ -167,7 +233,7 @@ def orthant_probability(mean, cov, *, rng=None, n_rep: int = 8, abseps: float = 
         return float(multivariate_normal.cdf(upper, mean, cov, allow_singular=allow_singular, lower_limit=lower)), 0.0
     reps = [multivariate_normal.cdf(upper, mean, cov, allow_singular=allow_singular, maxpts=maxpts, abseps=abseps,
                                     lower_limit=lower, rng=child)
-            for child in _rng(rng).spawn(n_rep)]
+            for child in rng.spawn(n_rep)]
     return float(np.mean(reps)), float(np.std(reps, ddof=1) / np.sqrt(n_rep))
 
 
@@ -299,18 +365,37 @@ def _quadrature_2d(lower, c, last):
     return p, np.abs(p - integral(*_GL_RULES[1]))
 
 
-def _standard_polytope(a, c, *, method="auto", n_points=1024, n_rep=8, rng=None):
-    """P(a u + c > 0) for u ~ N(0, I_r); a (k, r), c (B, k). Returns p, err of shape (B,)."""
+_POLYTOPE_OPTIONS = ("method", "n_points", "n_rep")
+
+
+def _check_options(options, allowed, caller):
+    """Keyword options passed through ``**options``: a ValueError naming any that ``caller`` does not take."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{caller} got unexpected option(s) {', '.join(map(repr, unknown))}; "
+                         f"it passes on only {', '.join(map(repr, allowed))}")
+
+
+def _standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=8, rng=0):
+    """P(a_i u + c_i > 0 for open rows, >= 0 for ``closed`` rows) for u ~ N(0, I_r); a (k, r), c (B, k).
+
+    Returns p, err of shape (B,). The open/closed distinction matters only for rows with a = 0
+    (a constant pre-activation), which decide feasibility directly: an open row needs c > 0, a
+    closed row c >= 0 (a constant within ``1e-12 max(1, |c|)`` of 0 counts as 0)."""
     if method not in ("auto", "exact", "quadrature", "qmc"):
         raise ValueError(f"method must be 'auto', 'exact', 'quadrature' or 'qmc', got {method!r}")
-    if not (isinstance(n_points, int) and n_points >= 2 and n_points & (n_points - 1) == 0):
+    n_points, n_rep = _int_arg(n_points, "n_points", 2), _int_arg(n_rep, "n_rep", 2)
+    if n_points & (n_points - 1):
         raise ValueError(f"n_points must be a power of 2 >= 2, got {n_points!r}")
-    if not (isinstance(n_rep, int) and n_rep >= 2):
-        raise ValueError(f"n_rep must be an int >= 2, got {n_rep!r}")
     c = np.atleast_2d(c)
+    closed = np.zeros(a.shape[0], bool) if closed is None else np.asarray(closed, dtype=bool)
+    if closed.shape != (a.shape[0],):
+        raise ValueError(f"closed must be a bool mask of shape ({a.shape[0]},), got {closed.shape}")
     norms = np.linalg.norm(a, axis=1)
     zero = norms <= _TOL * max(norms.max(initial=0.0), 1.0)
-    feasible = np.all(c[:, zero] > 0, axis=1).astype(float)
+    tol = 1e-12 * np.maximum(1.0, np.abs(c).max(axis=1, initial=0.0, keepdims=True))
+    constant = c[:, zero]
+    feasible = np.all(np.where(closed[zero], constant >= -tol, constant > tol), axis=1).astype(float)
     a, c = a[~zero] / norms[~zero, None], c[:, ~zero] / norms[~zero]
     if a.shape[0] == 0:
         return feasible, np.zeros(len(c))
@@ -336,8 +421,8 @@ def _standard_polytope(a, c, *, method="auto", n_points=1024, n_rep=8, rng=None)
     return p * feasible, err * feasible
 
 
-def polytope_probability(G, h, mean, cov, *, method: str = "auto", n_points: int = 1024, n_rep: int = 8,
-                         rng=None) -> tuple[np.ndarray, np.ndarray]:
+def polytope_probability(G, h, mean, cov, *, closed=None, method: str = "auto", n_points: int = 1024,
+                         n_rep: int = 8, rng=0) -> tuple[np.ndarray, np.ndarray]:
     r"""P(G x + h > 0) for :math:`x \sim \mathcal N(\text{mean}, \text{cov})`, any number of rows.
 
     The probability of the polyhedron of Lemma 1 of :cite:t:`chaudhari2025relu`. Write
@@ -345,8 +430,11 @@ def polytope_probability(G, h, mean, cov, *, method: str = "auto", n_points: int
     :math:`u \sim \mathcal N(0, I_r)`), normalise the rows of :math:`GC`, order them greedily
     (tightest first) and rotate them to lower-trapezoidal form, then integrate variable by
     variable (Genz's separation of variables :cite:p:`genz1992numerical`). Rows with
-    :math:`GC = 0` are deterministic. ``cov`` may be singular and ``G`` may have more rows than
-    ``mean`` has entries.
+    :math:`GC = 0` are deterministic: they decide feasibility directly, an open row (``> 0``) when
+    its constant :math:`G_i \mu + h_i` is positive, a ``closed`` row (``>= 0``) when it is
+    non-negative. That is the boundary convention of a ReLU pattern (a unit is off when
+    :math:`z \le 0`); for rows that vary with :math:`x` open and closed give the same probability.
+    ``cov`` may be singular and ``G`` may have more rows than ``mean`` has entries.
 
     Parameters
     ----------
@@ -355,6 +443,9 @@ def polytope_probability(G, h, mean, cov, *, method: str = "auto", n_points: int
         A batch of offsets shares ``G`` (e.g. one extra half-space at several thresholds).
     mean : array-like, shape (d,)
     cov : array-like, shape (d, d), symmetric positive semi-definite
+    closed : array-like of bool, shape (k,), optional
+        Rows that are ``G_i x + h_i >= 0`` (default: none, every row open). For a region of
+        :func:`region` pass ``~pattern`` (the off units).
     method : {"auto", "exact", "quadrature", "qmc"}
         ``auto``: closed form with one effective variable, piecewise Gauss-Legendre with two,
         randomised QMC otherwise.
@@ -362,7 +453,8 @@ def polytope_probability(G, h, mean, cov, *, method: str = "auto", n_points: int
         Sobol' points per replicate (a power of 2) for ``qmc``.
     n_rep : int
         Scrambled replicates for ``qmc`` (>= 2); the error is their standard error.
-    rng : numpy Generator or int, optional
+    rng : numpy Generator or int, default 0
+        Randomises the QMC replicates; the default makes results reproducible.
 
     Returns
     -------
@@ -370,15 +462,15 @@ def polytope_probability(G, h, mean, cov, *, method: str = "auto", n_points: int
         Probability and one standard error (quadrature: difference to half the nodes).
     """
     mean, cov = _gaussian(mean, cov)
-    G = np.asarray(G, dtype=np.float64)
-    h = np.asarray(h, dtype=np.float64)
+    G = _numpy(G, "G")
+    h = _numpy(h, "h")
     if G.ndim != 2 or G.shape[1] != mean.size or not np.all(np.isfinite(G)):
         raise ValueError(f"G must be a finite (k, {mean.size}) array to match mean, got shape {G.shape}")
     if h.shape[-1:] != G.shape[:1] or h.ndim not in (1, 2) or not np.all(np.isfinite(h)):
         raise ValueError(f"h must have shape ({G.shape[0]},) or (B, {G.shape[0]}) to match G, got {h.shape}")
     factor = _factor(cov)
-    p, err = _standard_polytope(G @ factor, np.atleast_2d(G @ mean + h), method=method, n_points=n_points,
-                                n_rep=n_rep, rng=rng)
+    p, err = _standard_polytope(G @ factor, np.atleast_2d(G @ mean + h), closed=closed, method=method,
+                                n_points=n_points, n_rep=n_rep, rng=rng)
     return (p[0], err[0]) if h.ndim == 1 else (p, err)
 
 
@@ -388,8 +480,8 @@ def polytope_probability(G, h, mean, cov, *, method: str = "auto", n_points: int
 
 def _first_layer(weight, bias, mean, cov):
     mean, cov = _gaussian(mean, cov)
-    weight = np.asarray(weight, dtype=np.float64)
-    bias = np.asarray(bias, dtype=np.float64)
+    weight = _numpy(weight, "weight")
+    bias = _numpy(bias, "bias")
     if weight.ndim != 2 or weight.shape[1] != mean.size:
         raise ValueError(f"weight must have shape (m, {mean.size}) to match mean, got {weight.shape}")
     if bias.shape != (weight.shape[0],):
@@ -403,7 +495,7 @@ def _signs(m):
     return 2.0 * bits - 1.0
 
 
-def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bool = False, rng=None,
+def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bool = False, rng=0,
                 **options) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     r"""PMF of the first-layer pattern :math:`A = \1(W x + b > 0)`, :math:`x \sim \mathcal N(\mu, \Sigma)`.
 
@@ -423,10 +515,16 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     method : {"auto", "orthant", "polytope"}
     return_err : bool
         Also return the standard errors.
-    rng : numpy Generator or int, optional
+    rng : numpy Generator or int, default 0
+        Deterministic by default; pass another seed or a Generator for independent runs.
     **options
         Passed on (``n_rep`` for either route, ``abseps``/``maxpts`` for ``orthant``,
-        ``n_points`` for ``polytope``).
+        ``n_points`` for ``polytope``); any other raises ``ValueError`` naming it.
+
+    Warns
+    -----
+    MassWarning
+        When the PMF does not sum to 1 within five standard errors.
 
     Returns
     -------
@@ -444,6 +542,10 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     nonsingular = values[0] > _TOL * max(values[-1], 0.0)
     if method == "auto":
         method = "orthant" if nonsingular else "polytope"
+    if method not in ("orthant", "polytope"):
+        raise ValueError(f"method must be 'auto', 'orthant' or 'polytope', got {method!r}")
+    _check_options(options, ("n_rep", "abseps", "maxpts") if method == "orthant" else ("n_rep", "n_points"),
+                   f"pattern_pmf(method={method!r})")
     signs = _signs(m)
     rng = _rng(rng)
     if method == "orthant":
@@ -456,11 +558,10 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     elif method == "polytope":
         factor = _factor(cov)
         a, c = weight @ factor, weight @ mean + bias
-        results = [_standard_polytope(s[:, None] * a, s * c, rng=child, **options)
+        results = [_standard_polytope(s[:, None] * a, s * c, closed=s < 0, rng=child, **options)
                    for s, child in zip(signs, rng.spawn(len(signs)))]
         pmf, err = (np.array([r[i][0] for r in results]) for i in (0, 1))
-    else:
-        raise ValueError(f"method must be 'auto', 'orthant' or 'polytope', got {method!r}")
+    _check_mass(float(pmf.sum()), 1.0, float(np.sqrt((err**2).sum())), "pattern_pmf")
     return (pmf, err) if return_err else pmf
 
 
@@ -473,8 +574,7 @@ def _sample(mean, cov, n, rng, chunk=1_000_000):
 
 
 def _check_n(n):
-    if not (isinstance(n, (int, np.integer)) and n >= 1):
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    return _int_arg(n, "n", 1)
 
 
 def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
@@ -497,7 +597,7 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
     m = weight.shape[0]
     if m > MAX_FULL_PMF_UNITS:
         raise ValueError(f"weight has m = {m} units, limit m <= {MAX_FULL_PMF_UNITS} for a full PMF")
-    _check_n(n)
+    n, seed = _check_n(n), _int_arg(seed, "seed", 0)
     counts = np.zeros(2**m)
     powers = 2 ** np.arange(m)
     for x in _sample(mean, cov, n, np.random.default_rng(seed)):
@@ -507,7 +607,7 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
 
 def _mixture(weights, means, covs, name="weights"):
     """Validated mixture weights (K,), with one mean and one covariance per component."""
-    weights = np.asarray(weights, dtype=np.float64)
+    weights = _numpy(weights, name)
     if weights.ndim != 1 or not np.all(np.isfinite(weights)) or np.any(weights < 0) or abs(weights.sum() - 1) > 1e-9:
         raise ValueError(f"{name} must be a 1-D array of non-negative mixture weights summing to 1, got {weights}")
     if len(means) != len(weights) or len(covs) != len(weights):
@@ -516,7 +616,7 @@ def _mixture(weights, means, covs, name="weights"):
     return weights
 
 
-def mixture_pattern_pmf(weight, bias, weights, means, covs, *, return_err: bool = False, rng=None, **options):
+def mixture_pattern_pmf(weight, bias, weights, means, covs, *, return_err: bool = False, rng=0, **options):
     r"""First-layer pattern PMF under a Gaussian mixture :math:`\sum_k \pi_k \mathcal N(\mu_k, \Sigma_k)`.
 
     The weighted sum :math:`\sum_k \pi_k P_k(A = a)` of :func:`pattern_pmf` per component (errors
@@ -569,7 +669,7 @@ def mlp_layers(model: torch.nn.Module) -> tuple[list[np.ndarray], list[np.ndarra
 
 def _split(bits, ws):
     sizes = [w.shape[0] for w in ws[:-1]]
-    bits = np.asarray(bits, dtype=bool)
+    bits = np.asarray(bits.detach().cpu() if isinstance(bits, torch.Tensor) else bits, dtype=bool)
     if bits.shape != (sum(sizes),):
         raise ValueError(f"pattern must have {sum(sizes)} bits (hidden units of all layers), got shape {bits.shape}")
     return np.split(bits, np.cumsum(sizes)[:-1])
@@ -581,8 +681,11 @@ def region(weights, biases, pattern) -> tuple[np.ndarray, np.ndarray, np.ndarray
     Given the pattern :math:`a_1, \dots, a_{L-1}` of the hidden layers, layer :math:`l` sees the
     affine function :math:`h_{l-1}(x) = A_{l-1} x + c_{l-1}` (with :math:`A_0 = I`, :math:`c_0 = 0`),
     its pre-activation is :math:`z_l = W_l A_{l-1} x + W_l c_{l-1} + b_l` and the pattern requires
-    :math:`\diag(2a_l - 1) z_l > 0`; then :math:`A_l = \diag(a_l) W_l A_{l-1}`. The region may be
-    empty or unbounded.
+    :math:`z_l > 0` for the units that are on and :math:`z_l \le 0` for those that are off (a unit
+    is on when ``z > 0``, so "off" is a *closed* half-space); then :math:`A_l = \diag(a_l) W_l A_{l-1}`.
+    The region may be empty or unbounded. The closed rows matter when a pre-activation is constant
+    on the region (e.g. a layer whose inputs are all off and a bias exactly 0): then the constant
+    decides the unit, and :func:`polytope_probability` with ``closed=~pattern`` applies that rule.
 
     Parameters
     ----------
@@ -595,7 +698,8 @@ def region(weights, biases, pattern) -> tuple[np.ndarray, np.ndarray, np.ndarray
     -------
     G : ndarray, shape (M, d)
     h : ndarray, shape (M,)
-        The region is :math:`\{x : G x + h > 0\}`.
+        The region is :math:`\{x : G_i x + h_i > 0 \text{ for on units},\ G_i x + h_i \ge 0
+        \text{ for off units}\}` (row ``i`` is unit ``i``, sign-flipped when the unit is off).
     J : ndarray, shape (d_out, d)
     c : ndarray, shape (d_out,)
         On the region the network is :math:`x \mapsto J x + c`.
@@ -622,7 +726,7 @@ def _standardised(ws, bs, mean, cov):
 def network_patterns(weights, biases, x) -> np.ndarray:
     """Hidden-unit patterns ``1(z > 0)`` of all layers, concatenated, for inputs ``x`` of shape (N, d) -> (N, M) bool."""
     ws, bs = _layers(weights, biases)
-    h = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    h = np.atleast_2d(_numpy(x, "x"))
     bits = []
     for w, b in zip(ws[:-1], bs[:-1]):
         z = h @ w.T + b
@@ -655,16 +759,76 @@ class Support(NamedTuple):
         return [int(sum(1 << i for i in np.nonzero(p)[0])) for p in self.patterns]
 
 
+def _unit_layer_bounds(ws):
+    return np.cumsum([0] + [w.shape[0] for w in ws[:-1]])
+
+
+def _neighbour(ws, bs, bits, unit):
+    r"""The pattern on the other side of ``unit``'s boundary, or None when that unit is constant there.
+
+    Crossing the hyperplane :math:`g(u) = 0` of one unit flips it; a unit in the same or a later
+    layer whose pre-activation (under the new pattern) is an exact multiple :math:`\lambda g` of
+    that affine function is 0 on the whole boundary, so it flips together with it: it is on across
+    the boundary iff :math:`\lambda g > 0` there (a multiple with :math:`\lambda = 0`, a constant 0,
+    stays off). A unit whose pre-activation is another constant is decided by its sign. Every other
+    unit keeps its sign by continuity. Without such degenerate units (generic biases) this is the
+    single flip; with them (zero biases, dead layers: regions that are cones) it is the true
+    neighbour across the facet, which a single flip would miss."""
+    bounds = _unit_layer_bounds(ws)
+    layer = int(np.searchsorted(bounds, unit, side="right")) - 1
+    new = np.array(bits, dtype=bool)
+    new[unit] = not new[unit]
+    side = 1.0 if new[unit] else -1.0
+    A = c = g = None
+    for l, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
+        z_A, z_c = (w, b) if A is None else (w @ A, w @ c + b)
+        lo, hi = bounds[l], bounds[l + 1]
+        if l == layer:
+            g = np.append(z_A[unit - lo], z_c[unit - lo])
+            if np.linalg.norm(g[:-1]) <= _TOL * max(1.0, np.linalg.norm(g)):
+                return None  # a constant pre-activation has no boundary to cross
+        if l >= layer:
+            rows = np.column_stack([z_A, z_c])
+            row_norm = np.linalg.norm(rows, axis=1)
+            lam = rows @ g / (g @ g)
+            resid = np.linalg.norm(rows - lam[:, None] * g, axis=1)
+            zero = row_norm <= 1e-12 * max(1.0, np.linalg.norm(g))
+            proportional = zero | (resid <= 1e-9 * row_norm)
+            constant = ~proportional & (np.linalg.norm(z_A, axis=1) <= _TOL * np.maximum(row_norm, 1e-300))
+            seg = new[lo:hi]
+            seg[proportional] = ~zero[proportional] & (lam[proportional] * side > 0)
+            seg[constant] = z_c[constant] > 0
+            if l == layer:
+                seg[unit - lo] = side > 0
+        a = new[lo:hi]
+        A, c = a[:, None] * z_A, a * z_c
+    return tuple(bool(v) for v in new)
+
+
+#: Principal axes tried as starting points when the mean's own region has probability 0.
+_N_START_AXES = 16
+
+
 def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions: int = 10_000,
-                   rng=None, **options) -> Support:
+                   rng=0, **options) -> Support:
     r"""Sample-free support of the pattern distribution: best-first search over regions.
 
-    Start at the pattern of the mean; repeatedly take the most probable region found so far and
-    compute the probabilities of its neighbours, the patterns that differ in one unit (crossing one
-    boundary of a region flips one unit, generically, so every region with positive probability
-    is reachable). Impossible neighbours have probability exactly 0 and are dropped. Stop when the
-    regions taken hold at least ``1 - eps`` of the mass (then the regions never taken hold at
-    most ``eps``), when no candidate is left, or after ``max_regions`` regions.
+    Start at the region of the mean; repeatedly take the most probable region found so far and
+    compute the probabilities of its neighbours across each unit's boundary (one flipped unit,
+    plus the units whose pre-activation vanishes on that whole boundary: see below). The regions
+    of positive probability are full-dimensional, and crossing facets connects all of them, so
+    every one is reached. Impossible neighbours have probability exactly 0 and are dropped.
+    Stop when the regions taken hold at least ``1 - eps`` of the mass (then the regions never
+    taken hold at most ``eps``), when no candidate is left, or after ``max_regions`` regions.
+
+    Boundary convention: a unit is on when its pre-activation is ``> 0`` and off when ``<= 0``.
+    A pre-activation that is constant on a region (inputs all off and a zero bias, as in any
+    zero-bias network) decides its unit directly, and a unit whose pre-activation is a multiple
+    of a boundary's affine function flips with it, so zero-bias networks, whose regions are cones
+    meeting at one point, are searched correctly. When the mean lies where its region has
+    probability 0 (e.g. the apex of those cones) the search starts from the regions of
+    :math:`\mu \pm` the leading principal axes of ``cov`` (scaled by their standard deviations),
+    and only if all of those are null from the patterns of 256 fixed Gaussian draws.
 
     Parameters
     ----------
@@ -674,13 +838,20 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         Mass that may stay unfound, in [0, 1). With ``eps = 0`` every region with positive
         computed probability is found.
     max_regions : int
-    rng : numpy Generator or int, optional
+    rng : numpy Generator or int, default 0
+        Randomises the QMC integrals (deterministic by default).
     **options
         Passed to :func:`polytope_probability` (``method``, ``n_points``, ``n_rep``).
 
     Returns
     -------
     Support
+
+    Warns
+    -----
+    MassWarning
+        When the regions found hold less than ``1 - eps`` (beyond five standard errors), e.g.
+        because ``max_regions`` stopped the search, or more than 1.
     """
     ws, bs = _layers(weights, biases)
     mean, cov = _gaussian(mean, cov)
@@ -688,43 +859,58 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         raise ValueError(f"mean must have {ws[0].shape[1]} entries to match weights[0], got {mean.size}")
     if len(ws) < 2:
         raise ValueError("weights must describe at least one hidden layer (>= 2 linear layers)")
+    eps = _float_arg(eps, "eps")
     if not 0 <= eps < 1:
         raise ValueError(f"eps must be in [0, 1), got {eps!r}")
-    if not (isinstance(max_regions, int) and max_regions >= 1):
-        raise ValueError(f"max_regions must be an int >= 1, got {max_regions!r}")
+    max_regions = _int_arg(max_regions, "max_regions", 1)
+    _check_options(options, _POLYTOPE_OPTIONS, "support_search")
     ws_u, bs_u = _standardised(ws, bs, mean, cov)
+    r = ws_u[0].shape[1]
     rng = _rng(rng)
+    seen, heap = set(), []
+    counter = {"evaluated": 0, "tie": 0}
 
-    def probability(bits):
-        G, h, _, _ = region(ws_u, bs_u, np.array(bits))
-        p, e = _standard_polytope(G, h, rng=rng, **options)
-        return float(p[0]), float(e[0])
+    def push(bits):
+        if bits is None or bits in seen:
+            return
+        seen.add(bits)
+        on = np.array(bits)
+        G, h, _, _ = region(ws_u, bs_u, on)
+        p, e = _standard_polytope(G, h, closed=~on, rng=rng, **options)
+        counter["evaluated"] += 1
+        if p[0] > 0:
+            heapq.heappush(heap, (-float(p[0]), counter["tie"], bits, float(e[0])))
+            counter["tie"] += 1
 
-    start = tuple(network_patterns(ws, bs, mean[None])[0])
-    p0, e0 = probability(start)
-    seen, heap = {start}, [(-p0, 0, start, e0)]
-    found, n_evaluated, tie = [], 1, 1
-    mass = 0.0
-    while heap and mass < 1 - eps and len(found) < max_regions:
+    def patterns_at(u):
+        return [tuple(bool(v) for v in row) for row in network_patterns(ws_u, bs_u, u)]
+
+    push(patterns_at(np.zeros((1, r)))[0])
+    if not heap:  # the mean's region is null (a boundary point, e.g. the apex of zero-bias cones)
+        axes = np.eye(r)[::-1][:_N_START_AXES]  # the factor's columns come in ascending variance
+        for bits in patterns_at(np.concatenate([axes, -axes])):
+            push(bits)
+    if not heap:
+        for bits in patterns_at(np.random.default_rng(0).standard_normal((256, r))):
+            push(bits)
+    found, mass = [], 0.0
+    # eps = 0 empties the queue: with QMC errors the running sum may pass 1 before the last regions
+    while heap and (eps == 0 or mass < 1 - eps) and len(found) < max_regions:
         neg_p, _, bits, err = heapq.heappop(heap)
         found.append((bits, -neg_p, err))
         mass += -neg_p
         for i in range(len(bits)):
-            flipped = bits[:i] + (not bits[i],) + bits[i + 1:]
-            if flipped in seen:
-                continue
-            seen.add(flipped)
-            p, e = probability(flipped)
-            n_evaluated += 1
-            if p > 0:
-                heapq.heappush(heap, (-p, tie, flipped, e))
-                tie += 1
+            push(_neighbour(ws_u, bs_u, bits, i))
     found.sort(key=lambda f: -f[1])
-    patterns = np.array([f[0] for f in found], dtype=bool)
-    return Support(patterns, np.array([f[1] for f in found]), np.array([f[2] for f in found]), n_evaluated)
+    n_units = sum(w.shape[0] for w in ws[:-1])
+    patterns = np.array([f[0] for f in found], dtype=bool).reshape(len(found), n_units)
+    probs, errors = np.array([f[1] for f in found]), np.array([f[2] for f in found])
+    what = "support_search" + (f" (stopped at max_regions={max_regions})" if len(found) >= max_regions else "")
+    _check_mass(float(probs.sum()), 1 - eps, float(np.sqrt((errors**2).sum())), what, at_least=True)
+    return Support(patterns, probs, errors, counter["evaluated"])
 
 
-def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: float = 1e-3, rng=None,
+def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: float = 1e-3, rng=0,
                            **options) -> tuple[Support, list[Support]]:
     r""":func:`support_search` under a Gaussian mixture :math:`\sum_j \pi_j \mathcal N(\mu_j, \Sigma_j)`.
 
@@ -751,6 +937,7 @@ def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: fl
         One per component (what :func:`mixture_output_cdf` needs).
     """
     mix_weights = _mixture(mix_weights, means, covs, name="mix_weights")
+    _check_options(options, _POLYTOPE_OPTIONS, "mixture_support_search")
     rng = _rng(rng)
     components = [support_search(weights, biases, mu, cov, eps=eps, rng=child, **options)
                   for mu, cov, child in zip(means, covs, rng.spawn(len(mix_weights)))]
@@ -766,7 +953,7 @@ def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: fl
     return support, components
 
 
-def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, output: int = 0, rng=None,
+def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, output: int = 0, rng=0,
                **options) -> tuple[np.ndarray, np.ndarray]:
     r"""CDF of one network output: :math:`P(f(x) \le t) = \sum_a P(x \in R_a,\ J_a x + c_a \le t)`.
 
@@ -793,19 +980,24 @@ def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, outp
     """
     ws, bs = _layers(weights, biases)
     mean, cov = _gaussian(mean, cov)
-    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    t = np.atleast_1d(_numpy(thresholds, "thresholds"))
     if t.ndim != 1 or not np.all(np.isfinite(t)):
         raise ValueError(f"thresholds must be a finite 1-D array, got shape {t.shape}")
+    try:
+        output = _int_arg(output, "output", 0)
+    except ValueError:
+        output = -1
     if not 0 <= output < ws[-1].shape[0]:
-        raise ValueError(f"output must be in [0, {ws[-1].shape[0]}), got {output!r}")
+        raise ValueError(f"output must be an int in [0, {ws[-1].shape[0]}), got {output!r}")
+    _check_options(options, _POLYTOPE_OPTIONS, "output_cdf")
     ws_u, bs_u = _standardised(ws, bs, mean, cov)
     rng = _rng(rng)
     total, var = np.zeros(len(t)), np.zeros(len(t))
     for bits in support.patterns:
         G, h, J, c = region(ws_u, bs_u, bits)
-        G = np.vstack([G, -J[output]])  # f <= t  <=>  t - J u - c >= 0
+        G = np.vstack([G, -J[output]])  # f <= t  <=>  t - J u - c >= 0 (closed, like the off units)
         offsets = np.column_stack([np.broadcast_to(h, (len(t), len(h))), t - c[output]])
-        p, e = _standard_polytope(G, offsets, rng=rng, **options)
+        p, e = _standard_polytope(G, offsets, closed=np.append(~bits, True), rng=rng, **options)
         total += p
         var += e**2
     missing = max(0.0, 1.0 - float(support.probs.sum()))
@@ -813,7 +1005,7 @@ def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, outp
 
 
 def mixture_output_cdf(weights, biases, mix_weights, means, covs, thresholds, components: Sequence[Support], *,
-                       output: int = 0, rng=None, **options) -> tuple[np.ndarray, np.ndarray]:
+                       output: int = 0, rng=0, **options) -> tuple[np.ndarray, np.ndarray]:
     r"""Output CDF under a Gaussian mixture: :math:`\sum_j \pi_j F_j(t)`, each by :func:`output_cdf`.
 
     Parameters
@@ -840,12 +1032,14 @@ def mixture_output_cdf(weights, biases, mix_weights, means, covs, thresholds, co
     return sum(pi * c for pi, (c, _) in zip(mix_weights, parts)), sum(pi * e for pi, (_, e) in zip(mix_weights, parts))
 
 
-def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=None,
+def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=0,
                         **options) -> tuple[np.ndarray, np.ndarray]:
     r"""P(argmax of the output = k) for each class k, summed over the regions of ``support``.
 
     Within region :math:`a` the logits are :math:`J_a x + c_a`; class :math:`k` wins where
-    :math:`(J_k - J_j) x + c_k - c_j > 0` for every :math:`j \ne k`: ``d_out - 1`` more half-spaces.
+    :math:`(J_k - J_j) x + c_k - c_j > 0` for :math:`j < k` and :math:`\ge 0` for :math:`j > k`
+    (ties go to the lowest index, as ``argmax`` does; they matter on regions where the logits
+    are constant, e.g. behind a dead layer): ``d_out - 1`` more half-spaces.
 
     Parameters
     ----------
@@ -863,6 +1057,7 @@ def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=Non
     """
     ws, bs = _layers(weights, biases)
     mean, cov = _gaussian(mean, cov)
+    _check_options(options, _POLYTOPE_OPTIONS, "class_probabilities")
     ws_u, bs_u = _standardised(ws, bs, mean, cov)
     rng = _rng(rng)
     n_out = ws[-1].shape[0]
@@ -873,9 +1068,13 @@ def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=Non
             others = np.arange(n_out) != k
             Gk = np.vstack([G, J[k] - J[others]])
             hk = np.concatenate([h, c[k] - c[others]])
-            p, e = _standard_polytope(Gk, hk, rng=rng, **options)
+            # ties go to the lowest index, as argmax does: z_k > z_j for j < k, z_k >= z_j for j > k
+            closed = np.concatenate([~bits, np.arange(n_out)[others] > k])
+            p, e = _standard_polytope(Gk, hk, closed=closed, rng=rng, **options)
             total[k] += p[0]
             var[k] += e[0] ** 2
+    _check_mass(float(total.sum()), float(support.probs.sum()),
+                float(np.sqrt(var.sum() + (support.errors**2).sum())), "class_probabilities")
     missing = max(0.0, 1.0 - float(support.probs.sum()))
     return total, np.sqrt(var) + missing
 
@@ -910,7 +1109,7 @@ def mc_network(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.ndarra
     """
     ws, bs = _layers(weights, biases)
     mean, cov = _gaussian(mean, cov)
-    _check_n(n)
+    n, seed = _check_n(n), _int_arg(seed, "seed", 0)
     x = np.concatenate(list(_sample(mean, cov, n, np.random.default_rng(seed))))
     h = x
     for w, b in zip(ws[:-1], bs[:-1]):
@@ -938,7 +1137,7 @@ def mc_network_pmf(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.nd
     """
     ws, bs = _layers(weights, biases)
     mean, cov = _gaussian(mean, cov)
-    _check_n(n)
+    n, seed = _check_n(n), _int_arg(seed, "seed", 0)
     n_units = sum(w.shape[0] for w in ws[:-1])
     if n_units > 62:
         raise ValueError(f"weights have {n_units} hidden units; codes need <= 62 (use mc_network)")
@@ -958,7 +1157,8 @@ def mc_jacobian_singular_values(model: torch.nn.Module, mean, cov, n: int, seed:
     Parameters
     ----------
     model : nn.Module
-        Maps (d,) to (d_out,); evaluated in float64.
+        Maps (d,) to (d_out,); evaluated in float64 on the device of its parameters (the draws are
+        moved there; the result comes back to the CPU as numpy).
     mean, cov : array-like
     n : int
     seed : int
@@ -968,12 +1168,14 @@ def mc_jacobian_singular_values(model: torch.nn.Module, mean, cov, n: int, seed:
     ndarray, shape (n, min(d_out, d))
     """
     mean, cov = _gaussian(mean, cov)
-    _check_n(n)
-    x = torch.from_numpy(np.concatenate(list(_sample(mean, cov, n, np.random.default_rng(seed)))))
+    n, seed = _check_n(n), _int_arg(seed, "seed", 0)
     params = {k: v.detach().double() for k, v in model.named_parameters()}
+    device = next(iter(params.values())).device if params else torch.device("cpu")
+    # the draws are made in numpy (the same as mc_network's) and moved explicitly to the model's device
+    x = torch.from_numpy(np.concatenate(list(_sample(mean, cov, n, np.random.default_rng(seed))))).to(device)
 
     def f(xi):
         return torch.func.functional_call(model, params, (xi,))
 
     jac = torch.vmap(torch.func.jacrev(f))(x)
-    return torch.linalg.svdvals(jac).numpy()
+    return torch.linalg.svdvals(jac).cpu().numpy()

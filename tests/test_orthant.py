@@ -16,11 +16,11 @@ import torch
 from scipy import integrate, special
 
 from nbsupport.models import mlp
-from nbsupport.orthant import (MAX_FULL_PMF_UNITS, class_probabilities, jacobian_singular_values, mc_jacobian_singular_values,
-                               mc_network, mc_network_pmf, mc_pattern_pmf, mixture_output_cdf, mixture_pattern_pmf,
-                               mixture_support_search, mlp_layers, network_patterns,
-                               orthant_probability, output_cdf, pattern_pmf, polytope_probability, region,
-                               support_search)
+from nbsupport.orthant import (MAX_FULL_PMF_UNITS, MassWarning, class_probabilities, jacobian_singular_values,
+                               mc_jacobian_singular_values, mc_network, mc_network_pmf, mc_pattern_pmf,
+                               mixture_output_cdf, mixture_pattern_pmf, mixture_support_search, mlp_layers,
+                               network_patterns, orthant_probability, output_cdf, pattern_pmf,
+                               polytope_probability, region, support_search)
 
 Z = 5.0
 
@@ -467,3 +467,145 @@ def test_quadrature_route_on_thin_strips_and_extreme_correlation():
         reference, _ = orthant_probability(h, G @ G.T)
         p, err = float(np.ravel(p)[0]), float(np.ravel(err)[0])
         assert abs(p - reference) <= max(5 * err, 1e-9), (G, h, p, err, reference)
+
+
+# --------------------------------------------------------------------------------------------- boundary convention
+# A unit is off when z <= 0. These networks have pre-activations that are constant on whole regions
+# (zero biases behind an all-off layer, dead layers), where the closed inequality decides; under the
+# open one (the code before the fix) such regions got probability 0 and the search missed them.
+
+
+def _zero_bias(widths, seed, zero_layers=None):
+    _, ws, bs = _network(widths, seed)
+    zero_layers = range(len(bs)) if zero_layers is None else zero_layers
+    return ws, [np.zeros_like(b) if l in zero_layers else b for l, b in enumerate(bs)]
+
+
+def _compare_with_monte_carlo(ws, bs, mean, cov, sup, n, seed):
+    codes, freqs = mc_network_pmf(ws, bs, mean, cov, n=n, seed=seed)
+    found = dict(zip(sup.codes, zip(sup.probs, sup.errors)))
+    missing = {c: f for c, f in zip(codes.tolist(), freqs) if c not in found}
+    assert not missing, f"patterns seen by Monte Carlo but not found: {missing}"
+    for code, freq in zip(codes.tolist(), freqs):
+        assert _within(found[code][0], freq, n, found[code][1]), (code, found[code], freq)
+    # found patterns Monte Carlo never saw must be rare: P(no hit) = (1 - p)^n < 1e-6 needs p < 14 / n
+    unseen = [p for c, (p, _) in found.items() if c not in set(codes.tolist())]
+    assert all(p < 14 / n for p in unseen)
+    assert abs(sup.probs.sum() - 1) <= Z * np.sqrt((sup.errors**2).sum()) + 1e-9
+
+
+@pytest.mark.filterwarnings("error::nbsupport.orthant.MassWarning")
+@pytest.mark.parametrize("widths, at_apex", [((2, 2, 3, 1), True), ((2, 2, 3, 1), False), ((3, 4, 4, 1), True),
+                                              ((2, 3, 3, 3, 1), True), ((3, 5, 4, 3, 1), False)])
+def test_support_search_zero_bias_networks(widths, at_apex):
+    """All biases zero: regions are cones meeting at 0, layers behind an all-off layer are constant 0.
+    The issue's reproducer is (2, 2, 3, 1) at the apex: mass 0.86 found, pattern 0 (MC 0.136) missing."""
+    ws, bs = _zero_bias(widths, seed=0)
+    mean = np.zeros(widths[0]) if at_apex else np.linspace(0.3, -0.2, widths[0])
+    cov = _gaussian(widths[0], seed=20)[1]
+    sup = support_search(ws, bs, mean, cov, eps=0.0, rng=0)
+    _compare_with_monte_carlo(ws, bs, mean, cov, sup, n=200_000, seed=9)
+
+
+@pytest.mark.filterwarnings("error::nbsupport.orthant.MassWarning")
+@pytest.mark.parametrize("widths, zero_layers", [((2, 2, 3, 1), [1]), ((2, 4, 3, 2, 1), [2]), ((3, 3, 3, 3, 1), [1, 2])])
+def test_support_search_dead_layers(widths, zero_layers):
+    """Only some layers without bias, and the first layer pushed off (negative biases) so that all-off
+    layers, and with them constant rows, carry visible mass."""
+    ws, bs = _zero_bias(widths, seed=1, zero_layers=zero_layers)
+    bs[0] = bs[0] - 0.8
+    mean, cov = np.zeros(widths[0]), np.eye(widths[0])
+    sup = support_search(ws, bs, mean, cov, eps=0.0, rng=0)
+    _compare_with_monte_carlo(ws, bs, mean, cov, sup, n=200_000, seed=10)
+
+
+def test_dead_layer_with_zero_weights_is_always_off():
+    """Layer 2 has W = 0, b = 0: its units are constant 0, hence off on every region."""
+    _, ws, bs = _network((2, 3, 2, 1), seed=2)
+    ws[1], bs[1] = np.zeros_like(ws[1]), np.zeros_like(bs[1])
+    sup = support_search(ws, bs, np.zeros(2), np.eye(2), eps=0.0)
+    assert abs(sup.probs.sum() - 1) < 1e-9 and not sup.patterns[:, 3:].any()
+    # first layer: a unit with a zero row and zero bias is off, exactly
+    p = pattern_pmf(np.array([[1.0, 0.0], [0.0, 0.0]]), np.zeros(2), np.zeros(2), np.eye(2))
+    np.testing.assert_allclose(p, [0.5, 0.5, 0.0, 0.0], atol=1e-14)
+
+
+def test_output_cdf_and_class_probabilities_on_constant_regions():
+    """Behind an all-off last hidden layer the output is the constant b_L: the CDF jumps there (f <= t
+    is closed) and tied logits go to the lowest class, as argmax does."""
+    ws, bs = _zero_bias((2, 3, 3, 2), seed=3)
+    mean, cov = np.array([0.2, -0.1]), np.eye(2)
+    sup = support_search(ws, bs, mean, cov, eps=0.0)
+    n = 200_000
+    _, _, out = mc_network(ws, bs, mean, cov, n=n, seed=11)
+    atom = (out[:, 0] == 0).mean()
+    assert atom > 0.05  # the constant region carries visible mass
+    t = np.array([-1e-3, 0.0, 1e-3])
+    cdf, err = output_cdf(ws, bs, mean, cov, t, sup)
+    dkw = np.sqrt(np.log(2 / 1e-6) / (2 * n))
+    assert np.all(np.abs(cdf - (out[:, 0][None, :] <= t[:, None]).mean(1)) <= dkw + Z * err)
+    probs, err = class_probabilities(ws, bs, mean, cov, sup)
+    freq = np.bincount(out.argmax(1), minlength=2) / n
+    assert np.all(_within(probs, freq, n, err)) and abs(probs.sum() - 1) < 1e-9
+
+
+def test_mass_warning_when_the_search_stops_early():
+    _, ws, bs = _network((2, 6, 5, 1), seed=1)
+    with pytest.warns(MassWarning, match="max_regions"):
+        support_search(ws, bs, np.zeros(2), np.eye(2), eps=0.0, max_regions=2)
+
+
+# --------------------------------------------------------------------------------------------- arguments
+
+
+def test_defaults_are_deterministic_and_none_is_refused():
+    mean, cov = _gaussian(4, seed=21)
+    g, h = np.random.default_rng(0).standard_normal((5, 4)), np.ones(5)
+    assert polytope_probability(g, h, mean, cov) == polytope_probability(g, h, mean, cov)
+    assert orthant_probability(mean[:3], cov[:3, :3]) == orthant_probability(mean[:3], cov[:3, :3])
+    _, ws, bs = _network((4, 5, 1), seed=0)
+    a, b = support_search(ws, bs, mean, cov, eps=0.0), support_search(ws, bs, mean, cov, eps=0.0)
+    assert np.array_equal(a.probs, b.probs) and np.array_equal(a.errors, b.errors)
+    with pytest.raises(ValueError, match="rng"):
+        polytope_probability(g, h, mean, cov, rng=None)
+
+
+def test_options_are_checked_by_name():
+    w, b = np.eye(3), np.zeros(3)
+    with pytest.raises(ValueError, match="n_points"):
+        pattern_pmf(w, b, np.zeros(3), np.eye(3), method="orthant", n_points=64)
+    with pytest.raises(ValueError, match="abseps"):
+        pattern_pmf(w, b, np.zeros(3), np.eye(3), method="polytope", abseps=1e-6)
+    _, ws, bs = _network((2, 3, 1), seed=0)
+    with pytest.raises(ValueError, match="n_point"):
+        support_search(ws, bs, np.zeros(2), np.eye(2), n_point=64)
+
+
+def test_numpy_scalars_zero_d_tensors_and_tensor_arrays_are_accepted():
+    _, ws, bs = _network((2, 4, 1), seed=0)
+    mean, cov = np.array([0.1, 0.2]), np.eye(2)
+    reference = support_search(ws, bs, mean, cov, eps=0.0, method="qmc", n_points=256, n_rep=4)
+    for eps, n_points, n_rep in ((np.float64(0.0), np.int64(256), np.int32(4)),
+                                 (torch.tensor(0.0), torch.tensor(256), torch.tensor(4))):
+        sup = support_search([torch.from_numpy(w) for w in ws], [torch.from_numpy(b) for b in bs],
+                             torch.from_numpy(mean), torch.from_numpy(cov).float().double(), eps=eps,
+                             max_regions=np.int64(100), method="qmc", n_points=n_points, n_rep=n_rep)
+        assert np.array_equal(sup.probs, reference.probs)
+    assert np.array_equal(mc_pattern_pmf(np.eye(2), np.zeros(2), mean, cov, n=np.int64(100), seed=torch.tensor(3)),
+                          mc_pattern_pmf(np.eye(2), np.zeros(2), mean, cov, n=100, seed=3))
+    cdf = output_cdf(ws, bs, mean, cov, [0.0], reference, output=np.int64(0))[0]
+    assert cdf == output_cdf(ws, bs, mean, cov, [0.0], reference, output=torch.tensor(0))[0]
+    for bad in (0.5, True, torch.tensor([1, 2])):
+        with pytest.raises(ValueError, match="max_regions"):
+            support_search(ws, bs, mean, cov, max_regions=bad)
+    with pytest.raises(ValueError, match="eps"):
+        support_search(ws, bs, mean, cov, eps="0.1")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
+def test_mc_jacobian_on_the_model_device():
+    net, ws, bs = _network((3, 6, 2), seed=5)
+    mean, cov = _gaussian(3, seed=14)
+    cpu = mc_jacobian_singular_values(net, mean, cov, n=50, seed=8)
+    gpu = mc_jacobian_singular_values(net.cuda(), mean, cov, n=50, seed=8)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-10)
