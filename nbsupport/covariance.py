@@ -31,7 +31,7 @@ import torch
 
 __all__ = ["group_moments", "decompose_covariance", "decompose_variance", "principal_angles", "GroupMoments",
            "CovarianceSplit", "random_grouping_share", "random_grouping_null", "random_grouping_null_gram",
-           "random_subset_angles", "group_angles"]
+           "random_subset_angles", "group_angles", "decompose_gram_variance"]
 
 #: Elements of the (rows, d, d) outer-product buffer in :func:`group_moments` (256 MB in float64).
 _CHUNK_ELEMENTS = 2**25
@@ -220,6 +220,44 @@ def decompose_variance(values: torch.Tensor, inverse: torch.Tensor, ddof: int = 
     between = (counts.to(torch.float64) * (means - values.mean(dim=0)).pow(2).sum(1)).sum() / norm
     total = (values - values.mean(dim=0)).pow(2).sum() / norm
     return CovarianceSplit(total.to(dtype), within.to(dtype), between.to(dtype))
+
+
+def decompose_gram_variance(gram: torch.Tensor, inverse: torch.Tensor, ddof: int = 0) -> CovarianceSplit:
+    r""":func:`decompose_variance` for rows known only through their Gram matrix :math:`K = V V^\top`.
+
+    With :math:`K_c = H K H` the centred Gram matrix, the total trace is :math:`\tr K_c`, the
+    between trace :math:`\sum_k \frac{1}{n_k} \sum_{i, j \in k} (K_c)_{ij}` and the within trace
+    their difference: :math:`O(N^2)` work and no eigenvalues (for spectra see
+    :func:`nbsupport.pergrad.gram_decomposition`). Per-sample gradients of a wide network
+    (:func:`nbsupport.pergrad.gradient_gram`) are the use case.
+
+    Parameters
+    ----------
+    gram : Tensor, shape (N, N)
+        Symmetric (computed in float64).
+    inverse : Tensor, long, shape (N,)
+        Group of every row, on the device of ``gram``.
+    ddof : {0, 1}
+
+    Returns
+    -------
+    CovarianceSplit
+        ``(total, within, between)`` as 0-d tensors, divided by ``N - ddof``, in the dtype and on the
+        device of ``gram``.
+    """
+    if not (isinstance(gram, torch.Tensor) and gram.ndim == 2 and gram.shape[0] == gram.shape[1]
+            and gram.dtype.is_floating_point):
+        raise ValueError(f"gram must be a square floating (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
+    k, n_groups, dtype = _check(gram, inverse, ddof)
+    counts = torch.bincount(inverse, minlength=n_groups).to(torch.float64)
+    row_mean = k.mean(1)
+    centred = k - row_mean[:, None] - row_mean[None, :] + k.mean()
+    rows = torch.zeros(n_groups, len(k), dtype=torch.float64, device=k.device).index_add_(0, inverse, centred)
+    columns = torch.arange(len(k), device=k.device)
+    norm = len(k) - ddof
+    total = torch.trace(centred) / norm
+    between = (rows[inverse, columns] / counts[inverse]).sum() / norm
+    return CovarianceSplit(total.to(dtype), (total - between).to(dtype), between.to(dtype))
 
 
 #: Up to this size the top eigenspace comes from a dense ``eigh``; above it from subspace iteration.

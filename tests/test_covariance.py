@@ -79,6 +79,19 @@ def test_variance_split_is_the_trace_of_the_covariance_split(ddof):
         decompose_variance(values, inverse[:-1])
 
 
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_gram_variance_split_equals_the_split_of_the_rows(ddof):
+    from nbsupport.covariance import decompose_gram_variance
+    values, inverse = _data(n=300, d=7, groups=9, seed=13)
+    rows = decompose_variance(values, inverse, ddof=ddof)
+    for shift in (0.0, 50.0):                          # centring happens inside
+        gram = (values + shift) @ (values + shift).T
+        for a, b in zip(decompose_gram_variance(gram, inverse, ddof=ddof), rows):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="gram"):
+        decompose_gram_variance(values, inverse)
+
+
 def test_limits():
     values, _ = _data(n=50)
     one = torch.zeros(50, dtype=torch.long)
@@ -302,6 +315,7 @@ def test_results_keep_device_and_dtype(monkeypatch, device, dtype):
                cov.random_grouping_null(values, counts, 3, gen),
                cov.random_grouping_null_gram(values @ values.T, counts, 3, gen),
                cov.random_subset_angles(values, 50, 2, 3, gen),
-               cov.group_angles(values, inverse, torch.tensor([0, 1], device=device), 2)]
+               cov.group_angles(values, inverse, torch.tensor([0, 1], device=device), 2),
+               *cov.decompose_gram_variance(values @ values.T, inverse)]
     for out in outputs:
         assert out.device.type == device and out.dtype == dtype
