@@ -61,6 +61,7 @@ __all__ = [
     "MAX_FULL_PMF_UNITS",
     "MassWarning",
     "pattern_codes",
+    "AffineMaps",
     "affine_maps",
     "output_range",
 ]
@@ -1077,6 +1078,124 @@ def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=0,
                 float(np.sqrt(var.sum() + (support.errors**2).sum())), "class_probabilities")
     missing = max(0.0, 1.0 - float(support.probs.sum()))
     return total, np.sqrt(var) + missing
+
+
+def pattern_codes(patterns) -> np.ndarray:
+    r"""Codes :math:`\sum_i a_i 2^i` of bool patterns (unit ``i`` is bit ``i``), the layout of :func:`pattern_pmf`.
+
+    Parameters
+    ----------
+    patterns : array-like of bool, shape (N, M) or (M,)
+
+    Returns
+    -------
+    ndarray, shape (N,) (or a 0-d array for one pattern)
+        ``int64`` for ``M <= 62``; otherwise an ``object`` array of Python ints (any width), the
+        same numbers as :attr:`Support.codes`.
+    """
+    bits = np.asarray(patterns.detach().cpu() if isinstance(patterns, torch.Tensor) else patterns)
+    if bits.ndim not in (1, 2) or (bits.size and not np.isin(bits, (0, 1)).all()):
+        raise ValueError(f"patterns must be a 1-D or 2-D array of bools / 0-1 values, got shape {bits.shape}")
+    bits = bits.astype(bool)
+    single = bits.ndim == 1
+    bits = np.atleast_2d(bits)
+    if bits.shape[1] <= 62:
+        codes = bits.astype(np.int64) @ (np.int64(1) << np.arange(bits.shape[1], dtype=np.int64))
+    else:
+        codes = np.array([sum(1 << int(i) for i in np.flatnonzero(row)) for row in bits] + [None], dtype=object)[:-1]
+    return codes[0] if single else codes
+
+
+class AffineMaps(NamedTuple):
+    """Distinct affine maps :math:`x \\mapsto J x + c` of a set of regions, from :func:`affine_maps`.
+
+    Attributes
+    ----------
+    J : ndarray, shape (K, d_out, d)
+    c : ndarray, shape (K, d_out)
+    probs : ndarray, shape (K,)
+        Summed probabilities of the regions that realise each map, largest first.
+    inverse : ndarray, int64, shape (N,)
+        Map index of each input pattern.
+    """
+
+    J: np.ndarray
+    c: np.ndarray
+    probs: np.ndarray
+    inverse: np.ndarray
+
+
+def affine_maps(weights, biases, patterns, probs=None, *, atol: float = 1e-9) -> AffineMaps:
+    r"""Group regions by the affine map the network applies on them: the law of the random affine function.
+
+    Distinct patterns can realise the same map :math:`(J_a, c_a)` (e.g. every pattern whose last
+    hidden layer is all off gives the constant map :math:`x \mapsto b_L`), so the law of the
+    function is the pattern PMF pushed forward through :math:`a \mapsto (J_a, c_a)`.
+
+    Parameters
+    ----------
+    weights, biases : list of array-like
+    patterns : array-like of bool, shape (N, M)
+    probs : array-like, shape (N,), optional
+        Pattern probabilities (default: all 1, i.e. counts).
+    atol : float
+        Two maps are the same when every entry of ``(J, c)`` agrees within ``atol`` times the largest
+        entry (at least 1).
+
+    Returns
+    -------
+    AffineMaps
+    """
+    ws, bs = _layers(weights, biases)
+    patterns = np.atleast_2d(np.asarray(patterns, dtype=bool))
+    probs = np.ones(len(patterns)) if probs is None else _numpy(probs, "probs")
+    if probs.shape != (len(patterns),):
+        raise ValueError(f"probs must have shape ({len(patterns)},) to match patterns, got {probs.shape}")
+    atol = _float_arg(atol, "atol")
+    flat = np.array([np.concatenate([J.ravel(), c]) for _, _, J, c in (region(ws, bs, bits) for bits in patterns)])
+    flat = flat.reshape(len(patterns), -1)
+    scale = max(1.0, float(np.abs(flat).max(initial=0.0)))
+    keys = np.round(flat / (atol * scale)).astype(np.int64)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    total = np.bincount(inverse, weights=probs, minlength=len(first))
+    order = np.argsort(-total, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    d_out = ws[-1].shape[0]
+    chosen = flat[first[order]]
+    return AffineMaps(chosen[:, :-d_out].reshape(len(order), d_out, -1), chosen[:, -d_out:], total[order],
+                      rank[inverse].astype(np.int64))
+
+
+def output_range(G, h, direction) -> tuple[float, float]:
+    r"""Range of :math:`v^\top x` over the closed polyhedron :math:`\{x : G x + h \ge 0\}`, by two linear programs.
+
+    Parameters
+    ----------
+    G : array-like, shape (k, d)
+    h : array-like, shape (k,)
+    direction : array-like, shape (d,)
+        :math:`v`, e.g. one row of a region's Jacobian (add the region's :math:`c` for the output).
+        For a full-dimensional region the closure has the same infimum and supremum.
+
+    Returns
+    -------
+    lo, hi : float
+        ``-inf`` / ``inf`` where unbounded, ``nan`` for an empty polyhedron (scipy's HiGHS solver).
+    """
+    from scipy import optimize
+
+    G, h, v = _numpy(G, "G"), _numpy(h, "h"), _numpy(direction, "direction")
+    if G.ndim != 2 or h.shape != G.shape[:1] or v.shape != G.shape[1:]:
+        raise ValueError(f"G (k, d), h (k,) and direction (d,) must match, got {G.shape}, {h.shape} and {v.shape}")
+    ends = []
+    for sign in (1.0, -1.0):
+        res = optimize.linprog(sign * v, A_ub=-G, b_ub=h, bounds=(None, None), method="highs")
+        if res.status == 2:
+            return float("nan"), float("nan")
+        ends.append(sign * res.fun if res.status == 0 else -sign * np.inf)
+    return ends[0], ends[1]
 
 
 def jacobian_singular_values(weights, biases, patterns) -> np.ndarray:

@@ -19,8 +19,9 @@ from nbsupport.models import mlp
 from nbsupport.orthant import (MAX_FULL_PMF_UNITS, MassWarning, class_probabilities, jacobian_singular_values,
                                mc_jacobian_singular_values, mc_network, mc_network_pmf, mc_pattern_pmf,
                                mixture_output_cdf, mixture_pattern_pmf, mixture_support_search, mlp_layers,
-                               network_patterns, orthant_probability, output_cdf, pattern_pmf,
-                               polytope_probability, region, support_search)
+                               network_patterns, orthant_probability, output_cdf, output_range,
+                               pattern_codes, pattern_pmf, polytope_probability, region, support_search,
+                               affine_maps)
 
 Z = 5.0
 
@@ -609,3 +610,70 @@ def test_mc_jacobian_on_the_model_device():
     cpu = mc_jacobian_singular_values(net, mean, cov, n=50, seed=8)
     gpu = mc_jacobian_singular_values(net.cuda(), mean, cov, n=50, seed=8)
     np.testing.assert_allclose(gpu, cpu, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def test_pattern_codes_against_a_loop():
+    bits = np.random.default_rng(0).random((50, 10)) < 0.5
+    loop = [sum(2**i for i in range(10) if row[i]) for row in bits]
+    assert pattern_codes(bits).dtype == np.int64 and pattern_codes(bits).tolist() == loop
+    wide = np.random.default_rng(1).random((5, 70)) < 0.5
+    assert pattern_codes(wide).tolist() == [sum(2**i for i in range(70) if row[i]) for row in wide]
+    assert int(pattern_codes(bits[3])) == loop[3]
+    _, ws, bs = _network((2, 4, 3, 1), seed=0)
+    sup = support_search(ws, bs, np.zeros(2), np.eye(2), eps=0.0)
+    assert pattern_codes(sup.patterns).tolist() == sup.codes
+    with pytest.raises(ValueError, match="patterns"):
+        pattern_codes(np.full((2, 2), 2))
+
+
+def test_affine_maps_against_pairwise_grouping():
+    """A 2-3-1-1 network: wherever the single layer-2 unit is off, every layer-1 pattern gives f = b_3."""
+    _, ws, bs = _network((2, 3, 1, 1), seed=3)
+    sup = support_search(ws, bs, np.zeros(2), np.eye(2), eps=0.0)
+    maps = affine_maps(ws, bs, sup.patterns, sup.probs)
+    # reference: group by pairwise np.allclose in a loop
+    reps, totals = [], []
+    for bits, p in zip(sup.patterns, sup.probs):
+        _, _, J, c = region(ws, bs, bits)
+        key = np.concatenate([J.ravel(), c])
+        for k, other in enumerate(reps):
+            if np.allclose(key, other, atol=1e-9):
+                totals[k] += p
+                break
+        else:
+            reps.append(key)
+            totals.append(p)
+    assert len(maps.probs) == len(reps) < len(sup.probs)
+    np.testing.assert_allclose(np.sort(maps.probs), np.sort(totals), atol=1e-15)
+    np.testing.assert_allclose(np.bincount(maps.inverse, weights=sup.probs), maps.probs, atol=1e-15)
+    for k, bits in enumerate(sup.patterns):
+        _, _, J, c = region(ws, bs, bits)
+        np.testing.assert_allclose(maps.J[maps.inverse[k]], J, atol=1e-12)
+        np.testing.assert_allclose(maps.c[maps.inverse[k]], c, atol=1e-12)
+    constant = np.flatnonzero(np.abs(maps.J).sum((1, 2)) == 0)
+    assert len(constant) == 1 and np.allclose(maps.c[constant[0]], bs[-1])
+
+
+def test_output_range_against_vertex_enumeration():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 6))
+        G = -np.column_stack([np.cos(angles), np.sin(angles)])  # x . n_i <= r_i: bounded when normals surround 0
+        h = rng.uniform(0.5, 2.0, 6)
+        v = rng.standard_normal(2)
+        vertices = [np.linalg.solve(G[[i, j]], -h[[i, j]]) for i in range(6) for j in range(i)
+                    if abs(np.linalg.det(G[[i, j]])) > 1e-12]
+        inside = [x for x in vertices if np.all(G @ x + h >= -1e-9)]
+        lo, hi = output_range(G, h, v)
+        if max(np.diff(np.append(angles, angles[0] + 2 * np.pi))) < np.pi:
+            assert lo == pytest.approx(min(v @ x for x in inside), abs=1e-8)
+            assert hi == pytest.approx(max(v @ x for x in inside), abs=1e-8)
+        else:
+            assert not (np.isfinite(lo) and np.isfinite(hi))
+    assert output_range([[1.0, 0.0]], [1.0], [1.0, 0.0]) == (-1.0, np.inf)
+    assert np.isnan(output_range([[1.0, 0.0], [-1.0, 0.0]], [-2.0, 1.0], [1.0, 0.0])[0])
+    with pytest.raises(ValueError, match="direction"):
+        output_range(np.eye(2), np.zeros(2), np.zeros(3))
