@@ -2,24 +2,33 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
+# Extra pip options for the first install, e.g. a CPU-only torch index (README, "PyTorch").
+PIP_EXTRA ?=
 
 .PHONY: book test sync bench data install clean
 
-book: data
+book: data _build/.nbsupport-stamp
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-test: install
-	$(PY) -m pytest tests --nbval-lax --nbval-current-env notebooks
+# Chapters executed by the build are reused (tests/book_cache.py); nbval executes the others.
+test: data
+	$(PY) -m pytest tests
+	stale=$$($(PY) tests/book_cache.py --stale); [ -z "$$stale" ] || $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $$stale
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $(PIP_EXTRA) -e '.[dev]'
 	touch $@
 
-data: install  # the Debian package is installed when missing and we are root; then the cache is filled
+# The executed-notebook cache is keyed by the chapters' code only: empty it when nbsupport changes.
+_build/.nbsupport-stamp: nbsupport/*.py pyproject.toml
+	rm -rf _build/.jupyter_cache && mkdir -p _build && touch $@
+
+data: install  # Debian's package is installed when missing (as root), else the command is printed
 	[ -d $(FMNIST) ] || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist)
+	[ -d $(FMNIST) ] || [ "$$(id -u)" = 0 ] || echo "Fashion-MNIST: not root, so run: sudo apt-get install dataset-fashion-mnist" >&2
 	$(PY) -m nbsupport.data
 
 sync: install

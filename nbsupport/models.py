@@ -304,7 +304,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=nn.func
 
 
 def _cache_dir(cache_dir) -> Path:
-    return Path(cache_dir) if cache_dir is not None else data_root() / "weights"
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("NBSUPPORT_WEIGHTS")
+    return Path(env).expanduser() if env else data_root() / "weights"
 
 
 def train(
@@ -352,7 +355,8 @@ def train(
     cache : bool
         Load from and store to the cache.
     cache_dir : path, optional
-        Default ``<data_root()>/weights``.
+        Default ``$NBSUPPORT_WEIGHTS`` if set (CI points it at an empty folder to build from a cold
+        cache), else ``<data_root()>/weights``.
     progress : bool
         Show a tqdm progress bar over the minibatches.
 

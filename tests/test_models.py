@@ -194,3 +194,11 @@ def test_train_does_not_reuse_weights_across_losses(tmp_path):
     second = train(_net(), (x, y), epochs=1, loss_fn=lambda o, t: F.nll_loss(o, t), cache_dir=tmp_path,
                    progress=False)
     assert first.key != second.key and not second.from_cache
+
+
+def test_weight_cache_folder_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBSUPPORT_WEIGHTS", str(tmp_path / "cold"))
+    x, y = _blobs()
+    result = train(_net(), (x, y), epochs=1, progress=False)
+    assert not result.from_cache and any((tmp_path / "cold").iterdir())
+    assert train(_net(), (x, y), epochs=1, progress=False).from_cache
