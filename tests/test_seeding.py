@@ -29,3 +29,13 @@ def test_same_seed_same_numbers():
 def test_bad_seed(seed):
     with pytest.raises(ValueError, match="seed"):
         seed_everything(seed)
+
+
+def test_deterministic_mode_is_switched_on_here():
+    seed_everything(0)
+    assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_and_does_not_leak_into_the_next_test():
+    """Runs after the test above (file order): conftest restores the process state."""
+    assert not torch.are_deterministic_algorithms_enabled()
