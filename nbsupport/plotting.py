@@ -16,6 +16,7 @@ import seaborn as sns
 import torch
 from matplotlib.patches import Ellipse
 
+from ._validate import integer, real
 from .patterns import activation_patterns, group_by_pattern
 
 __all__ = ["PALETTE", "ANALYTIC", "MONTE_CARLO", "set_style", "image_grid", "pattern_regions", "covariance_ellipse"]
@@ -72,7 +73,7 @@ def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8, cmap
     -------
     matplotlib.figure.Figure
     """
-    images = np.asarray(images, dtype=float)
+    images = _numpy(images)
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
     elif images.ndim == 2:
@@ -84,9 +85,7 @@ def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8, cmap
         raise ValueError(f"images must have shape (K, H, W), (K, 1, H, W) or (K, H*W), got {images.shape}")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"titles must have one entry per image ({len(images)}), got {len(titles)}")
-    if not (isinstance(ncols, int) and ncols >= 1):
-        raise ValueError(f"ncols must be an int >= 1, got {ncols!r}")
-    ncols = min(ncols, len(images))
+    ncols = min(integer(ncols, "ncols", minimum=1), len(images))
     nrows = -(-len(images) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * (1.25 if titles else 1)),
                              squeeze=False)
@@ -124,11 +123,13 @@ def pattern_regions(ax: plt.Axes, model: torch.nn.Module, extent: Sequence[float
     x0, x1, y0, y1 = extent
     if not (x0 < x1 and y0 < y1):
         raise ValueError(f"extent must be (x_min, x_max, y_min, y_max) with min < max, got {extent!r}")
-    dtype = next(model.parameters()).dtype
-    gx, gy = torch.meshgrid(torch.linspace(x0, x1, resolution, dtype=dtype),
-                            torch.linspace(y0, y1, resolution, dtype=dtype), indexing="xy")
+    weight = next(model.parameters())  # the grid is made where the model lives, drawn from the CPU
+    gx, gy = torch.meshgrid(torch.linspace(x0, x1, resolution, dtype=weight.dtype, device=weight.device),
+                            torch.linspace(y0, y1, resolution, dtype=weight.dtype, device=weight.device),
+                            indexing="xy")
     grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
-    gates = activation_patterns(model, grid)
+    gates = [g.cpu() for g in activation_patterns(model, grid)]
+    gx, gy = gx.cpu(), gy.cpu()
     selected = torch.cat([gates[l] for l in layers], dim=1)
     groups = group_by_pattern(selected)
     colours = mpl.colors.ListedColormap(sns.color_palette("husl", 24))
@@ -164,11 +165,10 @@ def covariance_ellipse(ax: plt.Axes, mean, cov, n_std: float = 2.0, **kwargs) ->
     -------
     matplotlib.patches.Ellipse
     """
-    mean, cov = np.asarray(mean, dtype=float), np.asarray(cov, dtype=float)
+    mean, cov = _numpy(mean), _numpy(cov)
     if mean.shape != (2,) or cov.shape != (2, 2):
         raise ValueError(f"mean must have shape (2,) and cov (2, 2), got {mean.shape} and {cov.shape}")
-    if not n_std > 0:
-        raise ValueError(f"n_std must be > 0, got {n_std!r}")
+    n_std = real(n_std, "n_std", low=0)
     values, vectors = np.linalg.eigh(cov)
     values = np.clip(values, 0, None)
     angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
@@ -176,3 +176,10 @@ def covariance_ellipse(ax: plt.Axes, mean, cov, n_std: float = 2.0, **kwargs) ->
     ellipse = Ellipse(mean, 2 * n_std * np.sqrt(values[1]), 2 * n_std * np.sqrt(values[0]), angle=angle, **kwargs)
     ax.add_patch(ellipse)
     return ellipse
+
+
+def _numpy(values) -> np.ndarray:
+    """A float64 NumPy copy of an array-like or a tensor on any device."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+    return np.asarray(values, dtype=float)

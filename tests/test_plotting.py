@@ -66,3 +66,27 @@ def test_covariance_ellipse_axes():
     with pytest.raises(ValueError, match="cov"):
         covariance_ellipse(ax, [0, 0], np.eye(3))
     plt.close(fig)
+
+
+def test_helpers_take_tensors_and_numpy_scalars():
+    import torch
+
+    from nbsupport.plotting import covariance_ellipse
+    fig, ax = plt.subplots()
+    cov = torch.tensor([[2.5, 1.5], [1.5, 2.5]], dtype=torch.float64, requires_grad=True)
+    e = covariance_ellipse(ax, torch.tensor([1.0, 2.0]), cov, n_std=np.float64(1.0))
+    assert e.width == pytest.approx(4.0)
+    plt.close(fig)
+    plt.close(image_grid(torch.rand(4, 1, 5, 5), ncols=np.int64(2)))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_pattern_regions_with_a_model_on_the_gpu():
+    import torch
+    from torch import nn
+
+    from nbsupport.plotting import pattern_regions
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU()).cuda()
+    fig, ax = plt.subplots()
+    assert pattern_regions(ax, model, (-1, 1, -1, 1), resolution=51) >= 1
+    plt.close(fig)
