@@ -257,3 +257,16 @@ def ledger_problems(claims: str, pages: dict[str, str]) -> list[str]:
 def check_cells_that_only_print(text: str) -> list[int]:
     """Start lines of cells tagged ``check`` that assert nothing computed."""
     return [c.line for c in code_cells(text) if "check" in c.tags and not assert_uses_computed_value(c.source)]
+
+
+_TIMING = re.compile(r"\b(?:time\.(?:perf_counter|time|process_time|monotonic)(?:_ns)?\s*\(|timeit\b)|^\s*%%?time(?:it)?\b",
+                     re.MULTILINE)
+
+
+def timing_cells(text: str) -> list[int]:
+    """Start lines of code cells that measure wall time (``time.perf_counter()``, ``%timeit``, ...).
+
+    A page that prints a timing differs between two builds; timings belong to ``benchmarks/`` and
+    the performance appendix, which reads their committed results.
+    """
+    return [c.line for c in code_cells(text) if _TIMING.search(c.source)]

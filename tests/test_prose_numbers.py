@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from book_checks import typed_numbers, without_claim_column
+from book_checks import timing_cells, typed_numbers, without_claim_column
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(ROOT.glob("notebooks/*.md")) + [ROOT / "book" / "intro.md", ROOT / "book" / "claims.md"]
@@ -68,3 +68,15 @@ def test_a_broken_page_is_caught():
 ])
 def test_allowed_forms_pass(ok):
     assert typed_numbers(ok) == []
+
+
+@pytest.mark.parametrize("page", sorted(ROOT.glob("notebooks/*.md")), ids=lambda p: p.stem)
+def test_chapters_measure_no_wall_time(page):
+    """Two builds print the same numbers, so no chapter times itself (benchmarks/ does)."""
+    assert timing_cells(page.read_text()) == [], f"{page.name}: cells that time themselves"
+
+
+def test_a_timing_cell_is_caught():
+    page = "```{code-cell} ipython3\nstart = time.perf_counter()\n```\n\n```{code-cell} ipython3\n%timeit f()\n```\n"
+    assert timing_cells(page) == [1, 5]
+    assert timing_cells("```{code-cell} ipython3\nruntime = n_evaluations  # a count, not a time\n```\n") == []
