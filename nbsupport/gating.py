@@ -823,7 +823,9 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     tau : float
     steps, batch_size : int
     lr : float
-    estimator : {"reinforce", "concrete"}
+    estimator : {"reinforce", "concrete", "exact"}
+        A gradient estimator of :func:`elbo_surrogate`, or ``"exact"``: the gradient of the enumerated
+        :func:`elbo` (no sampling noise; separates optimisation from estimator noise).
     n_samples : int
         Gate draws per sample and step.
     relaxation : float
@@ -842,6 +844,8 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     """
     if not (isinstance(steps, int) and steps >= 1 and isinstance(batch_size, int) and 1 <= batch_size <= len(x)):
         raise ValueError(f"steps must be >= 1 and batch_size in [1, {len(x)}], got {steps!r} and {batch_size!r}")
+    if estimator not in ("reinforce", "concrete", "exact"):
+        raise ValueError(f"estimator must be 'reinforce', 'concrete' or 'exact', got {estimator!r}")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -857,8 +861,11 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
         with torch.no_grad():
             history["elbo"].append(elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean().item())
             history["log_marginal"].append(log_marginal_likelihood(model, xb, yb, tau).mean().item())
-        objective = elbo_surrogate(model, xb, yb, tau, logits, n_samples, estimator, relaxation,
-                                   generator=generator).mean()
+        if estimator == "exact":
+            objective = elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean()
+        else:
+            objective = elbo_surrogate(model, xb, yb, tau, logits, n_samples, estimator, relaxation,
+                                       generator=generator).mean()
         optimiser.zero_grad()
         (-objective).backward()
         optimiser.step()

@@ -709,3 +709,23 @@ def test_train_latent_gates_raises_the_marginal_likelihood():
         train_latent_gates(net, x, y, 0.3, epochs=0)
     with pytest.raises(ValueError, match="batch_size"):
         train_latent_gates(net, x, y, 0.3, epochs=1, batch_size=0)
+
+
+def test_fit_variational_exact_gradient_with_cosine_schedule_and_bad_options():
+    """The exact-gradient fit with a cosine-decayed rate reaches (close to) the best factorised q(a | x, y):
+    its final gap is below that of q = prior, computed independently by enumeration."""
+    from nbsupport.gating import GatePosterior, fit_variational
+    net, x, y = _net((2, 4, 2), n=64, seed=13)
+    torch.manual_seed(0)
+    q = GatePosterior(2, 4, n_classes=2).double()
+    history = fit_variational(net, q, x, y, 0.5, steps=200, lr=3e-2, batch_size=64, train_model=False,
+                              estimator="exact", schedule="cosine", seed=0)
+    with torch.no_grad():
+        exact = log_marginal_likelihood(net, x, y, 0.5)
+        prior_gap = (exact - elbo(net, x, y, 0.5, soft_gates(net[0](x), 0.5))).mean()
+        fitted_gap = (exact - elbo(net, x, y, 0.5, torch.sigmoid(q(x, y)))).mean()
+    assert fitted_gap < prior_gap and history["elbo"][-1] >= history["elbo"][0]
+    with pytest.raises(ValueError, match="schedule"):
+        fit_variational(net, q, x, y, 0.5, steps=1, batch_size=8, schedule="linear")
+    with pytest.raises(ValueError, match="estimator"):
+        fit_variational(net, q, x, y, 0.5, steps=1, batch_size=8, estimator="gumbel")
