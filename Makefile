@@ -11,7 +11,7 @@ book: data _build/.nbsupport-stamp
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 # Chapters executed by the build are reused (tests/book_cache.py); nbval executes the others.
-test: data
+test: data _build/.nbsupport-stamp
 	$(PY) -m pytest tests
 	stale=$$($(PY) tests/book_cache.py --stale); [ -z "$$stale" ] || $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $$stale
 
