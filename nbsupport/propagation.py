@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 __all__ = ["ACTIVATIONS", "SAMPLERS", "kernel_recursion", "relu_expectation", "relu_correlation_map",
            "empirical_kernels", "preactivations", "kernel_correlation", "kernel_summary", "KernelSummary",
-           "kernel_ratio_moments", "excess_kurtosis_theory", "excess_kurtosis_estimate", "gradient_norms",
+           "kernel_ratio_moments", "kernel_log_ratio_moments", "excess_kurtosis_theory", "excess_kurtosis_estimate", "gradient_norms",
            "fit_decay", "DecayFit"]
 
 #: Activations with a closed-form kernel map.
@@ -361,6 +361,39 @@ def kernel_ratio_moments(depth: int, width: int, order: int) -> torch.Tensor:
     return per_layer ** torch.arange(depth + 1, dtype=torch.float64)
 
 
+def kernel_log_ratio_moments(depth: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Exact mean and variance of :math:`\log R_l`, one linear network's kernel over its mean.
+
+    With :math:`R_l = \prod_{k=1}^{l} \chi^2_{n,k} / n` as in :func:`kernel_ratio_moments`,
+    :math:`\log R_l` is a sum of :math:`l` independent :math:`\log(\chi^2_n / n)`, so
+
+    .. math::
+
+        \E[\log R_l] = l\,\big(\psi(n/2) - \log(n/2)\big), \qquad
+        \Var[\log R_l] = l\,\psi'(n/2),
+
+    with :math:`\psi` the digamma function. Unlike :math:`R_l` itself, :math:`\log R_l` has light
+    tails, so sample moments over a few hundred networks estimate these well at any depth.
+
+    Parameters
+    ----------
+    depth : int
+        Last layer, >= 0.
+    width : int
+        Width :math:`n`, >= 1.
+
+    Returns
+    -------
+    mean, variance : Tensor, float64, shape (depth + 1,)
+        Entry ``l`` for layer ``l`` (entry 0 is 0).
+    """
+    _check_common(depth, 1.0, 0.0, "linear")
+    _check_width(width)
+    half = torch.tensor(width / 2, dtype=torch.float64)
+    layers = torch.arange(depth + 1, dtype=torch.float64)
+    return layers * (torch.special.digamma(half) - half.log()), layers * torch.special.polygamma(1, half)
+
+
 def excess_kurtosis_theory(depth: int, width: int, activation: str = "linear") -> torch.Tensor:
     r"""Excess kurtosis of a preactivation of layers :math:`1, \dots, \text{depth}` for one input.
 
@@ -459,13 +492,20 @@ class DecayFit(NamedTuple):
     """Slope :math:`r` of :math:`\\log y` against :math:`l` (exponential :math:`y \\propto e^{r l}`)."""
     exponential_rms: float
     """Root-mean-square residual of the exponential fit, in :math:`\\log y`."""
+    inverse_square_slope: float
+    """Slope :math:`s` of :math:`y^{-1/2}` against :math:`l` (shifted inverse square :math:`y = (s l + c)^{-2}`)."""
+    inverse_square_rms: float
+    """Root-mean-square residual of that fit, in :math:`\\log y`."""
 
 
 def fit_decay(layers, values) -> DecayFit:
-    r"""Least-squares fits of a power law and of an exponential to a positive decaying sequence.
+    r"""Least-squares fits of three decay laws to a positive decaying sequence.
 
-    Both are straight-line fits of :math:`\log y`: against :math:`\log l` (power law) and against
-    :math:`l` (exponential); the smaller residual says which law describes the data.
+    Straight-line fits of :math:`\log y` against :math:`\log l` (power law, free exponent) and
+    against :math:`l` (exponential), and of :math:`y^{-1/2}` against :math:`l` (the shifted inverse
+    square :math:`y = (s l + c)^{-2}`, the law of the critical ReLU correlation, whose exponent is
+    reached only slowly in :math:`\log l`). All residuals are reported in :math:`\log y`, so the
+    smallest says which law describes the data.
 
     Parameters
     ----------
@@ -494,4 +534,11 @@ def fit_decay(layers, values) -> DecayFit:
 
     exponent, power_rms = line(l.log())
     rate, exponential_rms = line(l)
-    return DecayFit(exponent, power_rms, rate, exponential_rms)
+    design = torch.stack([l, torch.ones_like(l)], dim=1)
+    coef = torch.linalg.lstsq(design, y.rsqrt().unsqueeze(1)).solution.squeeze(1)
+    fitted = design @ coef
+    if bool((fitted > 0).all()):
+        inverse_square_rms = (log_y + 2 * fitted.log()).pow(2).mean().sqrt().item()
+    else:  # the line crosses zero: the law cannot describe the data
+        inverse_square_rms = math.inf
+    return DecayFit(exponent, power_rms, rate, exponential_rms, coef[0].item(), inverse_square_rms)

@@ -9,7 +9,8 @@ import torch
 from scipy import integrate, special, stats
 
 from nbsupport.propagation import (SAMPLERS, empirical_kernels, excess_kurtosis_estimate, excess_kurtosis_theory,
-                                   fit_decay, gradient_norms, kernel_correlation, kernel_ratio_moments,
+                                   fit_decay, gradient_norms, kernel_correlation, kernel_log_ratio_moments,
+                                   kernel_ratio_moments,
                                    kernel_recursion, kernel_summary, preactivations, relu_correlation_map,
                                    relu_expectation)
 
@@ -197,6 +198,21 @@ def test_kernel_ratio_moments_match_chi_square_and_monte_carlo():
     assert bool(((ratio**2).mean(0) - mean_square).abs().le(K_SIGMA * (var_of_square / len(per)).sqrt()).all())
 
 
+def test_kernel_log_ratio_moments_match_quadrature_and_monte_carlo():
+    for width in (1, 3, 16, 256):
+        law = stats.chi2(width)
+        mean1 = law.expect(lambda v: math.log(v / width))
+        var1 = law.expect(lambda v: (math.log(v / width) - mean1) ** 2)
+        mean, var = kernel_log_ratio_moments(5, width)
+        np.testing.assert_allclose(mean.numpy(), mean1 * np.arange(6), rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(var.numpy(), var1 * np.arange(6), rtol=1e-6, atol=1e-12)
+    x = torch.ones(1, 8, dtype=torch.float64)
+    per = empirical_kernels(x, 6, 4, 1.3, n_networks=20_000, seed=10, per_network=True)[:, :, 0, 0]
+    log_ratio = (per / kernel_recursion(_g0(x), 6, 1.3)[:, 0, 0]).log()[:, 1:]
+    mean, var = kernel_log_ratio_moments(6, 4)
+    assert bool(((log_ratio.mean(0) - mean[1:]).abs() < K_SIGMA * (var[1:] / len(per)).sqrt()).all())
+
+
 @pytest.mark.parametrize("activation, C_W", [("linear", 1.0), ("relu", 2.0)])
 @pytest.mark.parametrize("sampler", ["gaussian", "conditional"])
 def test_excess_kurtosis_matches_monte_carlo(activation, C_W, sampler):
@@ -277,6 +293,11 @@ def test_fit_decay_recovers_laws():
     assert power.exponent == pytest.approx(-2, abs=1e-12) and power.power_rms < 1e-12 < power.exponential_rms
     expo = fit_decay(l, 0.5 * 0.75**l)
     assert expo.rate == pytest.approx(math.log(0.75), abs=1e-12) and expo.exponential_rms < 1e-12 < expo.power_rms
+    shifted = fit_decay(l, (0.15 * l + 0.7) ** -2.0)
+    assert shifted.inverse_square_slope == pytest.approx(0.15, rel=1e-10) and shifted.inverse_square_rms < 1e-10
+    assert shifted.power_rms > 1e-3 and expo.inverse_square_rms > 0.1  # a shift bends the log-log line
+    np.testing.assert_allclose(power.power_rms, np.std(np.log(3.0 * l**-2.0) - np.polyval(
+        np.polyfit(np.log(l), np.log(3.0 * l**-2.0), 1), np.log(l))), atol=1e-12)
 
 
 @pytest.mark.parametrize("call, word", [
@@ -297,6 +318,7 @@ def test_fit_decay_recovers_laws():
     (lambda: relu_correlation_map(torch.tensor([float("nan")])), "c must"),
     (lambda: kernel_ratio_moments(3, 0, 2), "width"),
     (lambda: kernel_ratio_moments(3, 4, -1), "order"),
+    (lambda: kernel_log_ratio_moments(3, 0), "width"),
     (lambda: kernel_summary(torch.ones(1, 3), 2, 2.0), "x must"),
     (lambda: kernel_summary(torch.zeros(2, 3), 2, 2.0), "zero row"),
     (lambda: excess_kurtosis_estimate(torch.ones(1, 3)), "z must"),
