@@ -197,6 +197,13 @@ def orthant_probability(mean, cov, *, rng=0, n_rep: int = 8, abseps: float = 1e-
     returns no error estimate (and ignores ``releps``), so the error reported is the standard error
     over the repetitions.
 
+    Calibration (against the exact equicorrelated orthant probability, a 1-D integral, for
+    k = 3..6, correlations 0.2-0.8, means 0 and 0.5): with ``n_rep=8`` the standardised errors
+    ``(p - exact) / err`` should have a root mean square of ``sqrt(7/5) = 1.18`` (a ``t_7`` law).
+    Measured: about 1.4 at ``maxpts=1e5`` (72 cases; the bars are ~1.2x optimistic), about 1.05
+    at ``maxpts=2e4`` (18 cases, chapter 3). Compare with ``t_{n_rep-1}`` quantiles and inflate
+    by the measured excess where it matters.
+
     Parameters
     ----------
     mean : array-like, shape (k,)
