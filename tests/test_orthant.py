@@ -677,3 +677,20 @@ def test_output_range_against_vertex_enumeration():
     assert np.isnan(output_range([[1.0, 0.0], [-1.0, 0.0]], [-2.0, 1.0], [1.0, 0.0])[0])
     with pytest.raises(ValueError, match="direction"):
         output_range(np.eye(2), np.zeros(2), np.zeros(3))
+
+
+def test_orthant_reexports_the_split_modules():
+    """nbsupport.orthant keeps every public name (DESIGN.md's and the chapter's) as the very objects of
+    the modules that define them: polytope, regions, pattern_law, orthant_mc."""
+    import nbsupport.orthant as orthant
+    from nbsupport import orthant_mc, pattern_law, polytope, regions
+
+    homes = {}
+    for module in (polytope, regions, pattern_law, orthant_mc):
+        for name in module.__all__:
+            homes.setdefault(name, getattr(module, name))
+    for name in ("orthant_probability", "pattern_pmf", "mc_pattern_pmf", "polytope_probability", "support_search",
+                 "region", "output_cdf", "Support", "MassWarning", "pattern_codes", "affine_maps", "output_range"):
+        assert name in orthant.__all__
+    for name in orthant.__all__:
+        assert getattr(orthant, name) is homes[name], name

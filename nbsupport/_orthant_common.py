@@ -1,0 +1,120 @@
+"""Shared argument handling of the orthant modules (:mod:`nbsupport.polytope`, :mod:`nbsupport.regions`,
+:mod:`nbsupport.pattern_law`, :mod:`nbsupport.orthant_mc`): Gaussian and network arguments, generators,
+and the mass check. Scalars go through :mod:`nbsupport._validate`."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ._validate import integer
+
+__all__ = ["TOL", "as_float64", "as_generator", "as_gaussian", "cov_factor", "as_layers", "as_first_layer",
+           "MassWarning", "check_mass", "POLYTOPE_OPTIONS", "check_options"]
+
+#: Relative size below which an eigenvalue, a row norm or a pivot counts as zero.
+TOL = 1e-10
+
+
+def as_float64(value, name):
+    """float64 numpy copy of an array-like; torch tensors on any device are detached and moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a real array, got {type(value).__name__}: {error}") from None
+
+
+def as_generator(rng):
+    """A numpy Generator from a Generator or an int seed (numpy integers and 0-d tensors included).
+
+    Every entry point defaults to ``rng=0``: results are reproducible unless a caller passes
+    another seed or a Generator. ``None`` (fresh entropy) is refused on purpose."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    try:
+        return np.random.default_rng(integer(rng, "rng", minimum=0))
+    except ValueError:
+        raise ValueError(f"rng must be a numpy Generator or an int seed >= 0 (default 0, deterministic), "
+                         f"got {rng!r}") from None
+
+
+def as_gaussian(mean, cov, name_mean="mean", name_cov="cov"):
+    """Validated float64 mean (d,) and covariance (d, d), symmetric and positive semi-definite."""
+    mean = as_float64(mean, name_mean)
+    cov = as_float64(cov, name_cov)
+    if mean.ndim != 1 or mean.size == 0 or not np.all(np.isfinite(mean)):
+        raise ValueError(f"{name_mean} must be a finite 1-D array, got shape {mean.shape}")
+    d = mean.size
+    if cov.shape != (d, d) or not np.all(np.isfinite(cov)):
+        raise ValueError(f"{name_cov} must be a finite ({d}, {d}) array to match {name_mean}, got shape {cov.shape}")
+    scale = max(np.abs(cov).max(), np.finfo(float).tiny)
+    if np.abs(cov - cov.T).max() > 1e-12 * scale:
+        raise ValueError(f"{name_cov} must be symmetric, max |cov - cov.T| = {np.abs(cov - cov.T).max():.3g}")
+    lowest = np.linalg.eigvalsh(cov)[0]
+    if lowest < -1e-10 * scale:
+        raise ValueError(f"{name_cov} must be positive semi-definite, smallest eigenvalue {lowest:.3g}")
+    return mean, (cov + cov.T) / 2
+
+
+def cov_factor(cov):
+    """A factor C (d, r) with C C^T = cov, r the numerical rank."""
+    values, vectors = np.linalg.eigh(cov)
+    keep = values > TOL * max(values[-1], 0.0)
+    return vectors[:, keep] * np.sqrt(values[keep])
+
+
+def as_layers(weights, biases):
+    """Validated float64 lists of weights (m_l, m_{l-1}) and biases (m_l,)."""
+    if len(weights) != len(biases) or len(weights) < 1:
+        raise ValueError(f"weights and biases must be lists of equal length >= 1, got {len(weights)} and {len(biases)}")
+    ws = [np.atleast_2d(as_float64(w, f"weights[{l}]")) for l, w in enumerate(weights)]
+    bs = [np.atleast_1d(as_float64(b, f"biases[{l}]")) for l, b in enumerate(biases)]
+    for l, (w, b) in enumerate(zip(ws, bs)):
+        if w.ndim != 2 or b.shape != (w.shape[0],):
+            raise ValueError(f"biases[{l}] must have shape ({w.shape[0]},) to match weights[{l}] {w.shape}, "
+                             f"got {b.shape}")
+        if l > 0 and w.shape[1] != ws[l - 1].shape[0]:
+            raise ValueError(f"weights[{l}] must have {ws[l - 1].shape[0]} columns, got shape {w.shape}")
+    return ws, bs
+
+
+def as_first_layer(weight, bias, mean, cov):
+    mean, cov = as_gaussian(mean, cov)
+    weight = as_float64(weight, "weight")
+    bias = as_float64(bias, "bias")
+    if weight.ndim != 2 or weight.shape[1] != mean.size:
+        raise ValueError(f"weight must have shape (m, {mean.size}) to match mean, got {weight.shape}")
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},) to match weight, got {bias.shape}")
+    return weight, bias, mean, cov
+
+
+class MassWarning(RuntimeWarning):
+    """A function's total probability is not the mass it should hold (e.g. a support search found less
+    than ``1 - eps``, or a full PMF does not sum to 1 within its errors)."""
+
+
+def check_mass(found, target, err, what, *, at_least=False):
+    """Warn (MassWarning) when ``found`` differs from ``target`` by more than 5 errors + 1e-9.
+
+    With ``at_least`` only a shortfall counts (a search may find more than it must)."""
+    slack = 5 * err + 1e-9
+    short, over = found < target - slack, found > 1 + slack
+    if short or over or (not at_least and found > target + slack):
+        warnings.warn(f"{what}: total probability {found:.6g}, expected {'at least ' if at_least else ''}"
+                      f"{target:.6g} (+- {slack:.1e})", MassWarning, stacklevel=3)
+
+
+POLYTOPE_OPTIONS = ("method", "n_points", "n_rep")
+
+
+def check_options(options, allowed, caller):
+    """Keyword options passed through ``**options``: a ValueError naming any that ``caller`` does not take."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{caller} got unexpected option(s) {', '.join(map(repr, unknown))}; "
+                         f"it passes on only {', '.join(map(repr, allowed))}")
