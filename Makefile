@@ -34,7 +34,8 @@ data: install  # Debian's package is installed when missing (as root), else the 
 sync: install
 	$(VENV)/bin/jupytext --sync notebooks/*.md
 
-bench: install
+bench: install  # writes benchmarks/results/<script>.json, read by book/performance.md
+	$(PY) -m pip install -q -e '.[bench]' || echo "Opacus/BackPACK not installed: their comparison is skipped"
 	for f in benchmarks/[!_]*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) "$$f" || exit 1; done
 
 clean:

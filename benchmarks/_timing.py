@@ -19,10 +19,12 @@ Result schema (``SCHEMA`` = 1)::
                  "blas": [{"api", "library", "version", "threads"}...], "others_load_cores": float,
                  "shared": bool, ...},
      "figures": [{"name", "description", "ours", "baseline", "target": {"op": "<=" | ">=", "value"},
-                  "measured" (median over rounds), "min", "max", "rounds": [...], "met": bool,
+                  "measured" (median over rounds), "min", "max", "rounds": [...],
+                  "best" (fastest time / fastest time), "met": bool (from the median),
                   "note"?: str}],
      "curves": [{"name", "description", "x_label", "y_label", "x": [...],
                  "series": {label: [value or null, ...]}}],
+     "tables": [{"name", "description", "columns": [str...], "rows": [[value...]...]}],
      "checks": [{"name", "value", "tolerance", "passed"}],
      "skipped": [{"name", "reason"}]}
 """
@@ -62,13 +64,15 @@ def times(fn, repeat: int = 3) -> list[float]:
     return out
 
 
-def interleaved(fns: dict, rounds: int = 5, warmup: bool = True) -> dict[str, list[float]]:
+def interleaved(fns: dict, rounds: int = 5, warmup: bool | None = None) -> dict[str, list[float]]:
     """Time several functions round-robin: round r runs each once, so load changes hit all alike.
+
+    A warm-up call of each comes first (``warmup=None``: except in smoke mode).
 
     Returns ``{name: [seconds per round]}``; per-round ratios (:func:`ratio_stats`) then compare
     runs made seconds apart.
     """
-    if warmup:
+    if warmup or (warmup is None and not SMOKE):
         for fn in fns.values():
             fn()
     out = {name: [] for name in fns}
@@ -83,12 +87,25 @@ def interleaved(fns: dict, rounds: int = 5, warmup: bool = True) -> dict[str, li
 def ratio_stats(numerator: list[float], denominator: list[float]) -> dict:
     """Per-round ratios ``numerator[r] / denominator[r]`` with their min, median and max."""
     rounds = [a / b for a, b in zip(numerator, denominator)]
-    return {"min": min(rounds), "median": statistics.median(rounds), "max": max(rounds), "rounds": rounds}
+    return {"min": min(rounds), "median": statistics.median(rounds), "max": max(rounds), "rounds": rounds,
+            "best": min(numerator) / min(denominator)}
 
 
 def setup(threads: int = 2) -> None:
-    """Fix the thread count and the seed so that runs are comparable."""
+    """Fix the thread count and the seed so that runs are comparable.
+
+    ``$NBSUPPORT_BENCH_THREADS`` overrides ``threads`` (smoke runs use 1): on an oversubscribed
+    machine every parallel region waits for a descheduled thread, and small LAPACK calls
+    (``eigvalsh`` of a 96 x 96 matrix) were seen to take 500x longer with 2 threads than with 1.
+    BLAS pools (threadpoolctl) get the same limit.
+    """
+    threads = int(os.environ.get("NBSUPPORT_BENCH_THREADS", 1 if SMOKE else threads))
     torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+    except ImportError:
+        pass
     torch.manual_seed(0)
 
 
@@ -173,23 +190,24 @@ class Report:
         self.started = _dt.datetime.now(_dt.timezone.utc)
         self._t0, self._busy0, self._own0 = time.perf_counter(), _cpu_busy_seconds(), _own_cpu_seconds()
         self.load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        self.figures, self.curves, self.checks, self.skipped = [], [], [], []
+        self.figures, self.curves, self.tables, self.checks, self.skipped = [], [], [], [], []
 
     def figure(self, name: str, *, description: str, ours: str, baseline: str, op: str, target: float,
                ratios: dict | float, note: str | None = None) -> dict:
         """A target on a ratio ``ours / baseline`` (time ratios: ``op="<="``; speed-ups: ``op=">="``).
 
-        ``ratios`` is :func:`ratio_stats`' output (or one number); the median decides ``met``.
+        ``ratios`` is :func:`ratio_stats`' output (or one number); the median over rounds decides
+        ``met``; ``best`` (ratio of the two fastest times) is kept beside it.
         """
         if op not in ("<=", ">="):
             raise ValueError(f"op must be '<=' or '>=', got {op!r}")
         if not isinstance(ratios, dict):
-            ratios = {"min": ratios, "median": ratios, "max": ratios, "rounds": [ratios]}
+            ratios = {"min": ratios, "median": ratios, "max": ratios, "rounds": [ratios], "best": ratios}
         measured = ratios["median"]
         met = measured <= target if op == "<=" else measured >= target
         fig = {"name": name, "description": description, "ours": ours, "baseline": baseline,
                "target": {"op": op, "value": target}, "measured": measured, "min": ratios["min"],
-               "max": ratios["max"], "rounds": list(ratios["rounds"]), "met": bool(met)}
+               "max": ratios["max"], "best": ratios.get("best", ratios["min"]), "rounds": list(ratios["rounds"]), "met": bool(met)}
         if note:
             fig["note"] = note
         self.figures.append(fig)
@@ -207,6 +225,14 @@ class Report:
              "x": list(x), "series": {k: list(v) for k, v in series.items()}}
         self.curves.append(c)
         return c
+
+    def table(self, name: str, *, description: str, rows: list[dict]) -> dict:
+        """A small table (e.g. every route's time at the main point); columns from the first row."""
+        columns = list(rows[0]) if rows else []
+        t = {"name": name, "description": description, "columns": columns,
+             "rows": [[r.get(c) for c in columns] for r in rows]}
+        self.tables.append(t)
+        return t
 
     def check(self, name: str, value: float, tolerance: float) -> None:
         """A correctness check (``value <= tolerance``); recorded, and the script fails if it does not hold."""
@@ -235,7 +261,7 @@ class Report:
         return _clean({"schema": SCHEMA, "script": self.script, "title": self.title, "smoke": SMOKE,
                        "started": self.started.isoformat(timespec="seconds"), "duration_s": wall,
                        "machine": machine, "figures": self.figures, "curves": self.curves,
-                       "checks": self.checks, "skipped": self.skipped})
+                       "tables": self.tables, "checks": self.checks, "skipped": self.skipped})
 
     def write(self) -> Path:
         """Write ``<results_dir>/<script>.json`` and return its path."""
@@ -270,7 +296,7 @@ def validate(data: dict) -> list[str]:
         return ["not a dict"]
     for key, types in (("schema", int), ("script", str), ("title", str), ("smoke", bool), ("started", str),
                        ("duration_s", num), ("machine", dict), ("figures", list), ("curves", list),
-                       ("checks", list), ("skipped", list)):
+                       ("tables", list), ("checks", list), ("skipped", list)):
         need(data, key, types, "result")
     if problems:
         return problems
@@ -282,7 +308,7 @@ def validate(data: dict) -> list[str]:
     for i, f in enumerate(data["figures"]):
         where = f"figures[{i}]"
         for key, types in (("name", str), ("description", str), ("ours", str), ("baseline", str),
-                           ("target", dict), ("measured", num), ("min", num), ("max", num), ("rounds", list),
+                           ("target", dict), ("measured", num), ("min", num), ("max", num), ("best", num), ("rounds", list),
                            ("met", bool)):
             need(f, key, types, where)
         if isinstance(f.get("target"), dict):
@@ -299,6 +325,12 @@ def validate(data: dict) -> list[str]:
                     problems.append(f"{where}.series[{label!r}] must be a list as long as x")
                 elif not all(v is None or isinstance(v, num) for v in values):
                     problems.append(f"{where}.series[{label!r}] must hold numbers or null")
+    for i, t in enumerate(data["tables"]):
+        where = f"tables[{i}]"
+        if all([need(t, k, ty, where) for k, ty in (("name", str), ("description", str), ("columns", list),
+                                                      ("rows", list))]):
+            if not all(isinstance(r, list) and len(r) == len(t["columns"]) for r in t["rows"]):
+                problems.append(f"{where}.rows must be lists as long as columns")
     for i, c in enumerate(data["checks"]):
         for key, types in (("name", str), ("value", num), ("tolerance", num), ("passed", bool)):
             need(c, key, types, f"checks[{i}]")
@@ -308,24 +340,34 @@ def validate(data: dict) -> list[str]:
     return problems
 
 
-def rss_peak_mib(fn, *args) -> float:
-    """Peak resident memory added by ``fn(*args)``, in MiB, measured in a fresh child process.
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
 
-    ``fn`` must be a module-level function (it is pickled); the child reports ``ru_maxrss`` after
-    the call minus its resident size before it, so allocations freed inside ``fn`` still count.
+
+def peak_memory_mib(fn) -> float | None:
+    """Peak resident memory that ``fn()`` adds to this process, in MiB (None where Linux's
+    /proc/self/clear_refs is not available).
+
+    Free heap memory is returned to the system first (``malloc_trim``), the peak counter is reset
+    (writing 5 to /proc/self/clear_refs), and the peak (VmHWM) after the call minus the resident
+    size before it is reported, so memory allocated and freed inside ``fn`` counts.
     """
-    import multiprocessing as mp
+    import ctypes
+    import gc
 
-    ctx = mp.get_context("fork")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_rss_child, (fn, args))
-
-
-def _rss_child(fn, args) -> float:
-    import resource
-
-    torch.set_num_threads(1)
-    before = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    fn(*args)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return max(0.0, (peak - before) / 2**20)
+    try:
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kib("VmRSS")
+        fn()
+        peak = _status_kib("VmHWM")
+    except OSError:
+        return None
+    return max(0.0, (peak - before) / 1024)
