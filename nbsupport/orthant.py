@@ -2,7 +2,8 @@ r"""A ReLU network with Gaussian input as a random affine function: pattern PMF,
 
 For :math:`x \sim \mathcal N(\mu, \Sigma)` the activation pattern of a ReLU network is a discrete
 random variable :cite:p:`chaudhari2025relu`. Given a pattern, every layer is affine, so the set of
-inputs with that pattern is a polyhedron :math:`\{x : G x + h > 0\}` (Lemma 1 of the source) and
+inputs with that pattern is a polyhedron (Lemma 1 of the source: open half-spaces for the units that
+are on, closed ones for the units that are off) and
 its probability is a Gaussian polytope probability. For the first layer alone and at most as many
 units as input dimensions it is an orthant probability of a non-singular Gaussian, which
 :func:`orthant_probability` computes with scipy's Genz quasi-Monte Carlo :cite:p:`genz1992numerical`.
@@ -19,16 +20,17 @@ randomised quasi-Monte Carlo (scrambled Sobol' replicates, error = standard erro
 Empty regions come out as exactly 0 on every route, and any number of constraints is allowed, so a
 layer wider than the input (singular pre-activation covariance) needs no special case.
 
-Conventions: a unit is on when its pre-activation is > 0 (``1(z > 0)``); a pattern's code is
+Conventions: a unit is on when its pre-activation is > 0 (``1(z > 0)``) and off when it is ``<= 0``,
+which decides the units whose pre-activation is constant on a region; a pattern's code is
 :math:`\sum_i a_i 2^i` with unit ``i`` (layers concatenated, first layer first) as bit ``i``.
 Networks are given as lists ``weights = [W_1, ..., W_L]``, ``biases = [b_1, ..., b_L]`` (numpy
 arrays, ``W_l`` of shape ``(m_l, m_{l-1})``), ReLU after every layer but the last; see
 :func:`mlp_layers`. Errors (``err``) are one standard error of the estimate; Monte Carlo functions
-take a seed and are reproducible.
+take a seed and are reproducible, and every other function defaults to ``rng=0``.
 
-The code lives in four modules, one idea each: :mod:`nbsupport.polytope` (Gaussian polytope
-probabilities), :mod:`nbsupport.regions` (regions, affine maps, Jacobians), :mod:`nbsupport.pattern_law`
-(PMF, support search, CDFs, mixtures) and :mod:`nbsupport.orthant_mc` (Monte Carlo references);
+The code lives in four modules, one idea each: ``nbsupport.polytope`` (Gaussian polytope
+probabilities), ``nbsupport.regions`` (regions, affine maps, Jacobians), ``nbsupport.pattern_law``
+(PMF, support search, CDFs, mixtures) and ``nbsupport.orthant_mc`` (Monte Carlo references);
 this module re-exports their public names.
 """
 
