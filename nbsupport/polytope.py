@@ -217,11 +217,28 @@ def _quadrature_2d(lower, c, last):
 
 
 def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=8, rng=0):
-    """P(a_i u + c_i > 0 for open rows, >= 0 for ``closed`` rows) for u ~ N(0, I_r); a (k, r), c (B, k).
+    r"""Polytope probability in standard coordinates: :math:`P(a u + c > 0)` for :math:`u \sim \mathcal N(0, I_r)`.
 
-    Returns p, err of shape (B,). The open/closed distinction matters only for rows with a = 0
-    (a constant pre-activation), which decide feasibility directly: an open row needs c > 0, a
-    closed row c >= 0 (a constant within ``1e-12 max(1, |c|)`` of 0 counts as 0)."""
+    The core of :func:`polytope_probability` (which maps :math:`x = \mu + C u` to this form), for
+    callers that already hold the standardised rows (regions of a standardised network).
+
+    Parameters
+    ----------
+    a : ndarray, shape (k, r)
+    c : ndarray, shape (k,) or (B, k)
+        Offsets; a batch shares ``a``.
+    closed : array-like of bool, shape (k,), optional
+        Rows that are ``>= 0`` instead of ``> 0``. The distinction matters only for rows with
+        ``a_i = 0`` (a constant), which decide feasibility directly: an open row needs
+        ``c_i > 0``, a closed row ``c_i >= 0`` (a constant within ``1e-12 max(1, |c|)`` of 0 counts
+        as 0).
+    method, n_points, n_rep, rng
+        As in :func:`polytope_probability`.
+
+    Returns
+    -------
+    p, err : ndarray, shape (B,)
+    """
     if method not in ("auto", "exact", "quadrature", "qmc"):
         raise ValueError(f"method must be 'auto', 'exact', 'quadrature' or 'qmc', got {method!r}")
     n_points, n_rep = integer(n_points, "n_points", minimum=2), integer(n_rep, "n_rep", minimum=2)

@@ -1,0 +1,290 @@
+"""``nbsupport.pattern_law``: pattern PMFs, support search, output CDFs, class probabilities and
+mixtures against Monte Carlo with binomial / DKW bounds and exact products; the boundary
+convention (off is z <= 0) on zero-bias and dead-layer networks.
+
+Bounds and seeds: see ``orthant_reference``."""
+
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+from scipy import special
+
+from nbsupport.orthant import (MAX_FULL_PMF_UNITS, MassWarning, class_probabilities, mc_network, mc_network_pmf,
+                               mc_pattern_pmf, mixture_output_cdf, mixture_pattern_pmf, mixture_support_search,
+                               network_patterns, output_cdf, pattern_pmf, region, support_search)
+from orthant_reference import Z, _compare_with_monte_carlo, _gaussian, _mc_codes, _network, _within, _zero_bias
+
+
+def test_pattern_pmf_nonsingular_routes_agree_and_match_mc():
+    mean, cov = _gaussian(4, seed=7)
+    rng = np.random.default_rng(8)
+    w, b = rng.standard_normal((3, 4)), 0.5 * rng.standard_normal(3)
+    p1, e1 = pattern_pmf(w, b, mean, cov, method="orthant", return_err=True, rng=0)
+    p2, e2 = pattern_pmf(w, b, mean, cov, method="polytope", return_err=True, rng=0)
+    assert np.all(np.abs(p1 - p2) <= Z * np.hypot(e1, e2) + 1e-6)
+    n = 300_000
+    assert np.all(_within(p1, mc_pattern_pmf(w, b, mean, cov, n=n, seed=1), n, e1))
+
+
+@pytest.mark.parametrize("m", [5, 8])
+def test_pattern_pmf_singular_exact_zeros_and_region_count(m):
+    """m > d = 2: exactly the 1 + m + m(m-1)/2 cells of a generic line arrangement are possible."""
+    rng = np.random.default_rng(m)
+    angles = np.pi * (np.arange(m) + 0.3 * rng.random(m)) / m  # well-separated directions
+    w = np.column_stack([np.cos(angles), np.sin(angles)]) * rng.uniform(0.5, 2.0, (m, 1))
+    b = -np.einsum("ij,ij->i", w, rng.uniform(-0.5, 0.5, (m, 2)))  # each line through a point near 0
+    mean, cov = np.zeros(2), 2.0 * np.eye(2)
+    # every pairwise intersection lies within 3 standard deviations, so every cell has visible mass
+    crossings = [np.linalg.solve(w[[i, j]], -b[[i, j]]) for i in range(m) for j in range(i)]
+    assert max(np.linalg.norm(x) for x in crossings) < 3 * np.sqrt(2.0)
+    p, err = pattern_pmf(w, b, mean, cov, return_err=True)
+    assert np.count_nonzero(p) == 1 + m + m * (m - 1) // 2
+    assert abs(p.sum() - 1) <= Z * np.sqrt((err**2).sum()) + 1e-12
+    n = 400_000
+    mc = mc_pattern_pmf(w, b, mean, cov, n=n, seed=2)
+    assert np.all(mc[p == 0] == 0) and np.all(_within(p, mc, n, err))
+
+
+def test_pattern_pmf_singular_3d_qmc_route():
+    mean, cov = _gaussian(3, seed=9)
+    rng = np.random.default_rng(10)
+    w, b = rng.standard_normal((6, 3)), 0.5 * rng.standard_normal(6)
+    p, err = pattern_pmf(w, b, mean, cov, return_err=True, rng=0)
+    n = 400_000
+    mc = mc_pattern_pmf(w, b, mean, cov, n=n, seed=3)
+    assert np.all(mc[p == 0] == 0) and np.all(_within(p, mc, n, err))
+    assert abs(p.sum() - 1) <= Z * np.sqrt((err**2).sum()) + 1e-12
+
+
+def test_mixture_pattern_pmf_against_monte_carlo():
+    rng = np.random.default_rng(11)
+    w, b = rng.standard_normal((4, 2)), 0.3 * rng.standard_normal(4)
+    weights, means = np.array([0.3, 0.7]), np.array([[-1.0, 0.5], [1.0, -0.2]])
+    covs = np.array([0.3 * np.eye(2), [[0.5, 0.2], [0.2, 0.4]]])
+    p, err = mixture_pattern_pmf(w, b, weights, means, covs, return_err=True)
+    n = 400_000
+    draw = np.random.default_rng(12)
+    comp = draw.random(n) < weights[0]
+    x = np.where(comp[:, None], draw.multivariate_normal(means[0], covs[0], n), draw.multivariate_normal(means[1], covs[1], n))
+    codes = ((x @ w.T + b) > 0) @ (1 << np.arange(4))
+    assert np.all(_within(p, np.bincount(codes, minlength=16) / n, n, err))
+    with pytest.raises(ValueError, match="weights"):
+        mixture_pattern_pmf(w, b, [0.5, 0.6], means, covs)
+    with pytest.raises(ValueError, match="means"):
+        mixture_pattern_pmf(w, b, [1.0], means, covs)
+
+
+def test_pattern_pmf_bad_input():
+    with pytest.raises(ValueError, match="support_search"):
+        pattern_pmf(np.ones((MAX_FULL_PMF_UNITS + 1, 2)), np.zeros(MAX_FULL_PMF_UNITS + 1), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="weight"):
+        pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="bias"):
+        pattern_pmf(np.ones((3, 2)), np.zeros(2), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="symmetric"):
+        pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), [[1, 0.1], [0, 1]])
+    with pytest.raises(ValueError, match="orthant"):
+        pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), np.eye(2), method="orthant")
+    with pytest.raises(ValueError, match="n must"):
+        mc_pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), np.eye(2), n=0, seed=0)
+    with pytest.raises(ValueError, match="n_rep"):      # options reach the core's checks from every caller
+        pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), np.eye(2), method="polytope", n_rep=1)
+    with pytest.raises(ValueError, match="n_points"):
+        pattern_pmf(np.ones((3, 2)), np.zeros(3), np.zeros(2), np.eye(2), method="polytope", n_points=0)
+    with pytest.raises(ValueError, match="weights"):
+        mixture_pattern_pmf(np.ones((3, 2)), np.zeros(3), [np.nan, 1.0], [np.zeros(2)] * 2, [np.eye(2)] * 2)
+
+
+@pytest.mark.parametrize("widths", [(2, 6, 5, 1), (3, 4, 3, 1), (2, 4, 4, 3, 1)])
+def test_support_search_full_against_monte_carlo(widths):
+    _, ws, bs = _network(widths, seed=1)
+    mean, cov = _gaussian(widths[0], seed=12)
+    sup = support_search(ws, bs, mean, cov, eps=0.0, rng=0)
+    n = 300_000
+    _, bits, _ = mc_network(ws, bs, mean, cov, n=n, seed=4)
+    codes, counts = np.unique(_mc_codes(bits), return_counts=True)
+    found = dict(zip(sup.codes, zip(sup.probs, sup.errors)))
+    assert set(codes) <= set(found)  # every pattern Monte Carlo saw was found
+    for code, count in zip(codes, counts):
+        p, err = found[code]
+        assert _within(p, count / n, n, err)
+    assert abs(sup.probs.sum() - 1) <= Z * np.sqrt((sup.errors**2).sum()) + 1e-9
+    assert np.all(np.diff(sup.probs) <= 0)
+    chunked_codes, freqs = mc_network_pmf(ws, bs, mean, cov, n=n, seed=4)  # same draws, chunked counting
+    assert np.array_equal(chunked_codes, codes) and np.array_equal(freqs, counts / n)
+
+
+def test_support_search_stops_at_the_requested_mass():
+    _, ws, bs = _network((2, 8, 8, 1), seed=2)
+    mean, cov = np.array([0.2, -0.1]), 0.5 * np.eye(2)
+    sup = support_search(ws, bs, mean, cov, eps=0.05)
+    assert sup.probs.sum() >= 0.95
+    n = 200_000
+    _, bits, _ = mc_network(ws, bs, mean, cov, n=n, seed=5)
+    codes, counts = np.unique(_mc_codes(bits), return_counts=True)
+    # any pattern with mass clearly above eps must have been found
+    big = codes[counts / n > 0.05 + Z * np.sqrt(0.05 / n)]
+    assert set(big) <= set(sup.codes)
+    with pytest.raises(ValueError, match="eps"):
+        support_search(ws, bs, mean, cov, eps=1.0)
+    with pytest.raises(ValueError, match="mean"):
+        support_search(ws, bs, np.zeros(3), np.eye(3))
+
+
+def test_output_cdf_against_empirical_cdf():
+    _, ws, bs = _network((2, 6, 6, 1), seed=3)
+    mean, cov = np.array([0.3, -0.2]), np.array([[0.5, 0.1], [0.1, 0.3]])
+    sup = support_search(ws, bs, mean, cov, eps=0.0)
+    n = 200_000
+    _, _, out = mc_network(ws, bs, mean, cov, n=n, seed=6)
+    t = np.quantile(out[:, 0], np.linspace(0.01, 0.99, 25))
+    cdf, err = output_cdf(ws, bs, mean, cov, t, sup)
+    empirical = (out[:, 0][None, :] <= t[:, None]).mean(1)
+    dkw = np.sqrt(np.log(2 / 1e-6) / (2 * n))
+    assert np.all(np.abs(cdf - empirical) <= dkw + Z * err) and np.all(np.diff(cdf) >= -1e-12)
+    with pytest.raises(ValueError, match="output"):
+        output_cdf(ws, bs, mean, cov, t, sup, output=1)
+
+
+def test_class_probabilities_against_monte_carlo():
+    _, ws, bs = _network((3, 5, 3), seed=4)
+    mean, cov = _gaussian(3, seed=13)
+    sup = support_search(ws, bs, mean, cov, eps=0.0, rng=0)
+    probs, err = class_probabilities(ws, bs, mean, cov, sup, rng=0)
+    n = 300_000
+    _, _, out = mc_network(ws, bs, mean, cov, n=n, seed=7)
+    freq = np.bincount(out.argmax(1), minlength=3) / n
+    assert np.all(_within(probs, freq, n, err)) and abs(probs.sum() - 1) <= Z * np.sqrt((err**2).sum()) + 1e-9
+
+
+def test_product_is_independent_reference_for_search():
+    """A single hidden layer with W = I: patterns are independent bits, P = prod Phi (no sampling)."""
+    mean, sd = np.array([0.3, -0.4, 0.1]), np.array([1.0, 0.7, 1.5])
+    ws, bs = [np.eye(3), np.ones((1, 3))], [np.zeros(3), np.zeros(1)]
+    sup = support_search(ws, bs, mean, np.diag(sd**2), eps=0.0, rng=0)
+    on = special.ndtr(mean / sd)
+    for bits, p, err in zip(sup.patterns, sup.probs, sup.errors):
+        exact = np.prod(np.where(bits, on, 1 - on))
+        assert abs(p - exact) <= Z * err + 1e-9
+    assert len(sup.probs) == 8 and {tuple(b) for b in sup.patterns} == set(product([False, True], repeat=3))
+
+
+def test_mixture_support_and_cdf_against_monte_carlo():
+    _, ws, bs = _network((2, 5, 4, 1), seed=7)
+    pis, means = np.array([0.6, 0.4]), np.array([[-0.5, 0.3], [0.8, -0.4]])
+    covs = np.array([[[0.3, 0.1], [0.1, 0.2]], 0.2 * np.eye(2)])
+    merged, components = mixture_support_search(ws, bs, pis, means, covs, eps=0.0)
+    n = 300_000
+    draw = np.random.default_rng(15)
+    comp = draw.random(n) < pis[0]
+    x = np.where(comp[:, None], draw.multivariate_normal(means[0], covs[0], n), draw.multivariate_normal(means[1], covs[1], n))
+    codes, counts = np.unique(_mc_codes(network_patterns(ws, bs, x)), return_counts=True)
+    found = dict(zip(merged.codes, zip(merged.probs, merged.errors)))
+    assert set(codes) <= set(found) and abs(merged.probs.sum() - 1) < 1e-9 and np.all(np.diff(merged.probs) <= 0)
+    for code, count in zip(codes, counts):
+        assert _within(found[code][0], count / n, n, found[code][1])
+    h = np.maximum(x @ ws[0].T + bs[0], 0)
+    out = (np.maximum(h @ ws[1].T + bs[1], 0) @ ws[2].T + bs[2])[:, 0]
+    t = np.quantile(out, np.linspace(0.02, 0.98, 15))
+    cdf, err = mixture_output_cdf(ws, bs, pis, means, covs, t, components)
+    dkw = np.sqrt(np.log(2 / 1e-6) / (2 * n))
+    assert np.all(np.abs(cdf - (out[None, :] <= t[:, None]).mean(1)) <= dkw + Z * err)
+    with pytest.raises(ValueError, match="components"):
+        mixture_output_cdf(ws, bs, pis, means, covs, t, components[:1])
+    with pytest.raises(ValueError, match="mix_weights"):
+        mixture_support_search(ws, bs, [0.5, 0.4], means, covs)
+
+
+@pytest.mark.filterwarnings("error::nbsupport.orthant.MassWarning")
+@pytest.mark.parametrize("widths, at_apex", [((2, 2, 3, 1), True), ((2, 2, 3, 1), False), ((3, 4, 4, 1), True),
+                                              ((2, 3, 3, 3, 1), True), ((3, 5, 4, 3, 1), False)])
+def test_support_search_zero_bias_networks(widths, at_apex):
+    """All biases zero: regions are cones meeting at 0, layers behind an all-off layer are constant 0.
+    The issue's reproducer is (2, 2, 3, 1) at the apex: mass 0.86 found, pattern 0 (MC 0.136) missing."""
+    ws, bs = _zero_bias(widths, seed=0)
+    mean = np.zeros(widths[0]) if at_apex else np.linspace(0.3, -0.2, widths[0])
+    cov = _gaussian(widths[0], seed=20)[1]
+    sup = support_search(ws, bs, mean, cov, eps=0.0, rng=0)
+    _compare_with_monte_carlo(ws, bs, mean, cov, sup, n=200_000, seed=9)
+
+
+@pytest.mark.filterwarnings("error::nbsupport.orthant.MassWarning")
+@pytest.mark.parametrize("widths, zero_layers", [((2, 2, 3, 1), [1]), ((2, 4, 3, 2, 1), [2]), ((3, 3, 3, 3, 1), [1, 2])])
+def test_support_search_dead_layers(widths, zero_layers):
+    """Only some layers without bias, and the first layer pushed off (negative biases) so that all-off
+    layers, and with them constant rows, carry visible mass."""
+    ws, bs = _zero_bias(widths, seed=1, zero_layers=zero_layers)
+    bs[0] = bs[0] - 0.8
+    mean, cov = np.zeros(widths[0]), np.eye(widths[0])
+    sup = support_search(ws, bs, mean, cov, eps=0.0, rng=0)
+    _compare_with_monte_carlo(ws, bs, mean, cov, sup, n=200_000, seed=10)
+
+
+def test_dead_layer_with_zero_weights_is_always_off():
+    """Layer 2 has W = 0, b = 0: its units are constant 0, hence off on every region."""
+    _, ws, bs = _network((2, 3, 2, 1), seed=2)
+    ws[1], bs[1] = np.zeros_like(ws[1]), np.zeros_like(bs[1])
+    sup = support_search(ws, bs, np.zeros(2), np.eye(2), eps=0.0)
+    assert abs(sup.probs.sum() - 1) < 1e-9 and not sup.patterns[:, 3:].any()
+    # first layer: a unit with a zero row and zero bias is off, exactly
+    p = pattern_pmf(np.array([[1.0, 0.0], [0.0, 0.0]]), np.zeros(2), np.zeros(2), np.eye(2))
+    np.testing.assert_allclose(p, [0.5, 0.5, 0.0, 0.0], atol=1e-14)
+
+
+def test_output_cdf_and_class_probabilities_on_constant_regions():
+    """Behind an all-off last hidden layer the output is the constant b_L: the CDF jumps there (f <= t
+    is closed) and tied logits go to the lowest class, as argmax does."""
+    ws, bs = _zero_bias((2, 3, 3, 2), seed=3)
+    mean, cov = np.array([0.2, -0.1]), np.eye(2)
+    sup = support_search(ws, bs, mean, cov, eps=0.0)
+    n = 200_000
+    _, _, out = mc_network(ws, bs, mean, cov, n=n, seed=11)
+    atom = (out[:, 0] == 0).mean()
+    assert atom > 0.05  # the constant region carries visible mass
+    t = np.array([-1e-3, 0.0, 1e-3])
+    cdf, err = output_cdf(ws, bs, mean, cov, t, sup)
+    dkw = np.sqrt(np.log(2 / 1e-6) / (2 * n))
+    assert np.all(np.abs(cdf - (out[:, 0][None, :] <= t[:, None]).mean(1)) <= dkw + Z * err)
+    probs, err = class_probabilities(ws, bs, mean, cov, sup)
+    freq = np.bincount(out.argmax(1), minlength=2) / n
+    assert np.all(_within(probs, freq, n, err)) and abs(probs.sum() - 1) < 1e-9
+
+
+def test_mass_warning_when_the_search_stops_early():
+    _, ws, bs = _network((2, 6, 5, 1), seed=1)
+    with pytest.warns(MassWarning, match="max_regions"):
+        support_search(ws, bs, np.zeros(2), np.eye(2), eps=0.0, max_regions=2)
+
+
+def test_options_are_checked_by_name():
+    w, b = np.eye(3), np.zeros(3)
+    with pytest.raises(ValueError, match="n_points"):
+        pattern_pmf(w, b, np.zeros(3), np.eye(3), method="orthant", n_points=64)
+    with pytest.raises(ValueError, match="abseps"):
+        pattern_pmf(w, b, np.zeros(3), np.eye(3), method="polytope", abseps=1e-6)
+    _, ws, bs = _network((2, 3, 1), seed=0)
+    with pytest.raises(ValueError, match="n_point"):
+        support_search(ws, bs, np.zeros(2), np.eye(2), n_point=64)
+
+
+def test_numpy_scalars_zero_d_tensors_and_tensor_arrays_are_accepted():
+    _, ws, bs = _network((2, 4, 1), seed=0)
+    mean, cov = np.array([0.1, 0.2]), np.eye(2)
+    reference = support_search(ws, bs, mean, cov, eps=0.0, method="qmc", n_points=256, n_rep=4)
+    for eps, n_points, n_rep in ((np.float64(0.0), np.int64(256), np.int32(4)),
+                                 (torch.tensor(0.0), torch.tensor(256), torch.tensor(4))):
+        sup = support_search([torch.from_numpy(w) for w in ws], [torch.from_numpy(b) for b in bs],
+                             torch.from_numpy(mean), torch.from_numpy(cov).float().double(), eps=eps,
+                             max_regions=np.int64(100), method="qmc", n_points=n_points, n_rep=n_rep)
+        assert np.array_equal(sup.probs, reference.probs)
+    assert np.array_equal(mc_pattern_pmf(np.eye(2), np.zeros(2), mean, cov, n=np.int64(100), seed=torch.tensor(3)),
+                          mc_pattern_pmf(np.eye(2), np.zeros(2), mean, cov, n=100, seed=3))
+    cdf = output_cdf(ws, bs, mean, cov, [0.0], reference, output=np.int64(0))[0]
+    assert cdf == output_cdf(ws, bs, mean, cov, [0.0], reference, output=torch.tensor(0))[0]
+    for bad in (0.5, True, torch.tensor([1, 2])):
+        with pytest.raises(ValueError, match="max_regions"):
+            support_search(ws, bs, mean, cov, max_regions=bad)
+    with pytest.raises(ValueError, match="eps"):
+        support_search(ws, bs, mean, cov, eps="0.1")

@@ -1,0 +1,186 @@
+"""``nbsupport.polytope``: orthant and polytope probabilities against closed forms (1-3 D), exact
+quadrature, scipy and Monte Carlo with explicit bounds.
+
+Bounds and seeds: see ``orthant_reference``."""
+
+import math
+from itertools import product
+
+import numpy as np
+import pytest
+from scipy import integrate, special
+
+from nbsupport.orthant import orthant_probability, polytope_probability, support_search
+from orthant_reference import Z, _gaussian, _network, _owen_bivariate, _within
+
+
+def test_orthant_closed_forms_1d_2d():
+    p, err = orthant_probability([0.7], [[2.0]])
+    assert err == 0 and p == pytest.approx(0.5 * (1 + math.erf(0.7 / math.sqrt(2.0) / math.sqrt(2))), abs=1e-15)
+    for rho in (-0.9, -0.3, 0.0, 0.5, 0.95):
+        p, _ = orthant_probability([0, 0], [[1, rho], [rho, 1]])
+        assert p == pytest.approx(0.25 + math.asin(rho) / (2 * math.pi), abs=1e-12)
+    mean, cov = np.array([0.4, -1.1]), np.array([[2.0, -0.6], [-0.6, 0.5]])
+    sd = np.sqrt(np.diag(cov))
+    rho = cov[0, 1] / (sd[0] * sd[1])
+    # P(X > 0, Y > 0) = P(-X < 0, -Y < 0) = Phi_2(mu_1 / s_1, mu_2 / s_2; rho)
+    owen = _owen_bivariate(mean[0] / sd[0], mean[1] / sd[1], rho)
+    quad = integrate.quad(lambda x: special.ndtr((mean[1] + rho * sd[1] * x) / (sd[1] * np.sqrt(1 - rho**2)))
+                          * np.exp(-x**2 / 2) / np.sqrt(2 * np.pi), -mean[0] / sd[0], np.inf, epsabs=1e-14)[0]
+    p, _ = orthant_probability(mean, cov)
+    assert p == pytest.approx(owen, abs=1e-12) and p == pytest.approx(quad, abs=1e-10)
+
+
+def test_orthant_3d_closed_form_and_determinism():
+    cov = np.array([[1.0, 0.5, -0.3], [0.5, 1.0, 0.2], [-0.3, 0.2, 1.0]])
+    exact = 1 / 8 + (math.asin(0.5) + math.asin(-0.3) + math.asin(0.2)) / (4 * math.pi)
+    p, err = orthant_probability(np.zeros(3), cov, rng=0)
+    assert 0 < err < 1e-4 and abs(p - exact) <= Z * err + 1e-6
+    assert orthant_probability(np.zeros(3), cov, rng=0) == (p, err)
+
+
+def test_orthant_4d_against_monte_carlo():
+    mean, cov = _gaussian(4, seed=1)
+    p, err = orthant_probability(mean, cov, rng=1)
+    n = 400_000
+    x = np.random.default_rng(2).multivariate_normal(mean, cov, size=n)
+    assert _within(p, (x > 0).all(1).mean(), n, err)
+
+
+def test_orthant_singular_covariance():
+    """scipy's degenerate route (allow_singular=True) against exact values and the polytope route."""
+    for v, exact in (([1.0, 1.0, 1.0], 0.5), ([1.0, 1.0, -1.0], 0.0)):
+        with pytest.raises(ValueError, match="cov"):
+            orthant_probability(np.zeros(3), np.outer(v, v))
+        p, _ = orthant_probability(np.zeros(3), np.outer(v, v), allow_singular=True, rng=0)
+        assert p == pytest.approx(exact, abs=1e-6)
+    rng = np.random.default_rng(3)
+    w, b = rng.standard_normal((5, 2)), 0.5 * rng.standard_normal(5)
+    p_scipy, err_scipy = orthant_probability(b, w @ w.T, allow_singular=True, rng=0)
+    p_poly, err_poly = polytope_probability(w, b, np.zeros(2), np.eye(2))
+    assert err_poly < 1e-10 and abs(p_scipy - p_poly) <= Z * err_scipy + 2e-5
+
+
+def test_orthant_bad_input():
+    with pytest.raises(ValueError, match="symmetric"):
+        orthant_probability([0, 0], [[1, 0.5], [0.2, 1]])
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        orthant_probability([0, 0], [[1, 2], [2, 1]])
+    with pytest.raises(ValueError, match="cov"):
+        orthant_probability([0, 0, 0], np.eye(2))
+    with pytest.raises(ValueError, match="mean"):
+        orthant_probability([[0, 0]], np.eye(2))
+    with pytest.raises(ValueError, match="n_rep"):
+        orthant_probability(np.zeros(3), np.eye(3), n_rep=1)
+
+
+def test_polytope_closed_forms():
+    # one half-space: Phi((g mu + h) / sqrt(g S g))
+    mean, cov = _gaussian(3, seed=4)
+    g, h = np.array([[0.3, -1.0, 2.0]]), np.array([0.4])
+    p, err = polytope_probability(g, h, mean, cov)
+    assert err == 0 and p == pytest.approx(special.ndtr((g @ mean + h)[0] / np.sqrt(g @ cov @ g.T)[0, 0]), abs=1e-14)
+    # the 2-D orthant through the quadrature route
+    for rho in (-0.8, 0.1, 0.7):
+        p, err = polytope_probability(np.eye(2), np.zeros(2), np.zeros(2), [[1, rho], [rho, 1]])
+        assert p == pytest.approx(0.25 + math.asin(rho) / (2 * math.pi), abs=1e-12) and err < 1e-12
+    # a wedge plus a redundant row and a deterministic row (zero direction)
+    g = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    p, _ = polytope_probability(g, [0, 0, 0, 1.0], np.zeros(2), np.eye(2))
+    assert p == pytest.approx(0.25, abs=1e-12)
+    p, _ = polytope_probability(g, [0, 0, 0, -1.0], np.zeros(2), np.eye(2))
+    assert p == 0
+
+
+def test_polytope_empty_and_singular():
+    # x1 > 1 and x1 < 0 (plus a second coordinate): exactly 0 on every route
+    g = np.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    h = np.array([-1.0, 0.0, 0.3])
+    for method in ("auto", "qmc"):
+        assert polytope_probability(g, h, np.zeros(3), np.eye(3), method=method, rng=0)[0] == 0
+    # a rank-1 covariance in 3-D: x = mu + t v, so the polytope is an interval of t
+    v, mu = np.array([1.0, 2.0, -1.0]), np.array([0.1, 0.0, 0.2])
+    g = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.5], [0.0, 1.0, 1.0]])
+    h = np.array([0.2, 1.0, 0.5])
+    a, c = g @ v, g @ mu + h  # a_i t + c_i > 0
+    lo = max(-ci / ai for ai, ci in zip(a, c) if ai > 0)
+    hi = min(-ci / ai for ai, ci in zip(a, c) if ai < 0)
+    p, _ = polytope_probability(g, h, mu, np.outer(v, v))
+    assert p == pytest.approx(special.ndtr(hi) - special.ndtr(lo), abs=1e-14)
+
+
+@pytest.mark.parametrize("d, k", [(2, 6), (3, 3), (3, 7), (4, 9)])
+def test_polytope_against_monte_carlo(d, k):
+    mean, cov = _gaussian(d, seed=10 + d + k)
+    rng = np.random.default_rng(d * k)
+    g, h = rng.standard_normal((k, d)), 0.7 * rng.standard_normal(k) + 0.5
+    p, err = polytope_probability(g, h, mean, cov, rng=0)
+    n = 400_000
+    x = np.random.default_rng(1).multivariate_normal(mean, cov, size=n)
+    assert p > 1e-3 and _within(p, (x @ g.T + h > 0).all(1).mean(), n, err)
+
+
+def test_polytope_routes_and_batch_agree():
+    mean, cov = _gaussian(2, seed=5)
+    rng = np.random.default_rng(6)
+    g, h = rng.standard_normal((5, 2)), rng.standard_normal((4, 5)) + 1.0
+    p_quad, err_quad = polytope_probability(g, h, mean, cov)
+    p_qmc, err_qmc = polytope_probability(g, h, mean, cov, method="qmc", n_points=4096, rng=0)
+    assert np.all(err_quad < 1e-11) and np.all(np.abs(p_quad - p_qmc) <= Z * err_qmc + 1e-12)
+    single = [polytope_probability(g, hb, mean, cov)[0] for hb in h]
+    np.testing.assert_allclose(p_quad, single, atol=1e-15)
+
+
+def test_polytope_bad_input():
+    with pytest.raises(ValueError, match="G"):
+        polytope_probability(np.ones((2, 3)), np.zeros(2), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="h"):
+        polytope_probability(np.ones((2, 2)), np.zeros(3), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="n_points"):
+        polytope_probability(np.ones((2, 2)), np.zeros(2), np.zeros(2), np.eye(2), n_points=1000)
+    with pytest.raises(ValueError, match="method"):
+        polytope_probability(np.eye(3), np.zeros(3), np.zeros(3), np.eye(3), method="quadrature")
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        polytope_probability(np.eye(2), np.zeros(2), np.zeros(2), -np.eye(2))
+
+
+def test_orthant_small_probabilities_keep_relative_accuracy():
+    """scipy's tolerance is absolute (abseps = 1e-5), yet separation of variables keeps tiny
+    probabilities relatively accurate: independent units, exact product of Phi values."""
+    mean = np.array([-3.0, -3.5, -2.5, -3.0])
+    exact = np.prod(special.ndtr(mean))
+    p, _ = orthant_probability(mean, np.eye(4), rng=0)
+    assert abs(p - exact) <= 1e-6 * exact
+    p, _ = polytope_probability(np.eye(4), np.zeros(4), mean, np.eye(4), rng=0)
+    assert abs(p - exact) <= 1e-6 * exact
+
+
+def test_quadrature_route_on_thin_strips_and_extreme_correlation():
+    """Nearly parallel or anti-parallel constraints make the bound on v1 a very steep line in v0;
+    the 2-D quadrature must still match the bivariate normal (scipy's 2-D orthant route) and its
+    error estimate must not under-report."""
+    rng = np.random.default_rng(7)
+    cases = [(np.array([[0.2877, -1.1826], [-0.1674, 0.6865]]), np.array([0.636, 0.492]))]
+    for rho in (0.9999, -0.9999):
+        cases.append((np.linalg.cholesky(np.array([[1.0, rho], [rho, 1.0]])), np.array([0.3, -0.2])))
+    for _ in range(40):
+        row = rng.normal(size=2)
+        other = -row * rng.uniform(0.3, 3.0) + rng.normal(scale=1e-2, size=2)   # anti-parallel: a thin strip
+        cases.append((np.stack([row, other]), rng.normal(size=2)))
+    for G, h in cases:
+        p, err = polytope_probability(G, h, np.zeros(2), np.eye(2), method="quadrature")
+        reference, _ = orthant_probability(h, G @ G.T)
+        p, err = float(np.ravel(p)[0]), float(np.ravel(err)[0])
+        assert abs(p - reference) <= max(5 * err, 1e-9), (G, h, p, err, reference)
+
+
+def test_defaults_are_deterministic_and_none_is_refused():
+    mean, cov = _gaussian(4, seed=21)
+    g, h = np.random.default_rng(0).standard_normal((5, 4)), np.ones(5)
+    assert polytope_probability(g, h, mean, cov) == polytope_probability(g, h, mean, cov)
+    assert orthant_probability(mean[:3], cov[:3, :3]) == orthant_probability(mean[:3], cov[:3, :3])
+    _, ws, bs = _network((4, 5, 1), seed=0)
+    a, b = support_search(ws, bs, mean, cov, eps=0.0), support_search(ws, bs, mean, cov, eps=0.0)
+    assert np.array_equal(a.probs, b.probs) and np.array_equal(a.errors, b.errors)
+    with pytest.raises(ValueError, match="rng"):
+        polytope_probability(g, h, mean, cov, rng=None)
