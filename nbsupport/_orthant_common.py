@@ -1,6 +1,6 @@
-"""Shared argument handling of the orthant modules (:mod:`nbsupport.polytope`, :mod:`nbsupport.regions`,
-:mod:`nbsupport.pattern_law`, :mod:`nbsupport.orthant_mc`): Gaussian and network arguments, generators,
-and the mass check. Scalars go through :mod:`nbsupport._validate`."""
+"""Shared argument handling of the orthant modules (``nbsupport.polytope``, ``nbsupport.regions``,
+``nbsupport.pattern_law``, ``nbsupport.orthant_mc``): Gaussian and network arguments, generators,
+and the mass check. Scalars go through ``nbsupport._validate``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Monte Carlo references for the orthant chapter: patterns, outputs and Jacobian spectra of a network
-under Gaussian inputs, from a fixed seed (the independent check of :mod:`nbsupport.pattern_law`)."""
+under Gaussian inputs, from a fixed seed (the independent check of ``nbsupport.pattern_law``)."""
 
 from __future__ import annotations
 

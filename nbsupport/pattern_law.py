@@ -1,8 +1,8 @@
 r"""The law of the activation pattern under a Gaussian (or Gaussian-mixture) input, and what follows
 from it: the first-layer PMF, a sample-free support search over regions, output CDFs and class
 probabilities :cite:p:`chaudhari2025relu`. Every probability is a sum of
-:func:`nbsupport.polytope.polytope_probability` values over the regions of
-:mod:`nbsupport.regions`; every function that returns a mass checks it (:class:`MassWarning`).
+``nbsupport.polytope.polytope_probability`` values over the regions of
+``nbsupport.regions``; every function that returns a mass checks it (:class:`MassWarning`).
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def pattern_codes(patterns) -> np.ndarray:
     -------
     ndarray, shape (N,) (or a 0-d array for one pattern)
         ``int64`` for ``M <= 62``; otherwise an ``object`` array of Python ints (any width), the
-        same numbers as :attr:`Support.codes`.
+        same numbers as ``Support.codes``.
     """
     bits = np.asarray(patterns.detach().cpu() if isinstance(patterns, torch.Tensor) else patterns)
     if bits.ndim not in (1, 2) or (bits.size and not np.isin(bits, (0, 1)).all()):
