@@ -147,21 +147,21 @@ def main():
                       ours="loop", baseline="ours", op=">=", target=4.0 if w[0] > 2 else 20.0,
                       ratios=ratio_stats(tl["loop"], tl["ours"]), note="a speed-up: loop time / our time")
 
-    # scaling curves (3 rounds per point, median)
+    # scaling curves (5 rounds per point, median)
     def curve(name, description, x_label, xs, make):
         series = {}
         for xv in xs:
             fns = make(xv)
-            tt = interleaved(fns, rounds=3 if not SMOKE else 1)
+            tt = interleaved(fns, rounds=5 if not SMOKE else 1)
             for label, v in tt.items():
                 series.setdefault(label, [None] * len(xs))[xs.index(xv)] = sorted(v)[len(v) // 2]
         report.curve(name, description=description, x_label=x_label, x=list(xs), series=series)
 
     ns = [64, 128, 256, 512, 1024, 2048] if not SMOKE else [16, 32]
-    curve("time vs N", f"{'-'.join(map(str, widths))}, float32, median of 3", "N", ns,
+    curve("time vs N", f"{'-'.join(map(str, widths))}, float32, median of 5", "N", ns,
           lambda nv: routes(*problem(widths, nv), peer_makers, with_vmap=True))
     hidden = [16, 32, 64, 128, 256] if not SMOKE else [4, 8]
-    curve("time vs width", f"{widths[0]}-w-w-{widths[-1]}, N = {n}, float32, median of 3", "hidden width w",
+    curve("time vs width", f"{widths[0]}-w-w-{widths[-1]}, N = {n}, float32, median of 5", "hidden width w",
           hidden, lambda wv: routes(*problem([widths[0], wv, wv, widths[-1]], n), peer_makers))
     report.write()
 
