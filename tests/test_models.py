@@ -202,3 +202,17 @@ def test_weight_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     result = train(_net(), (x, y), epochs=1, progress=False)
     assert not result.from_cache and any((tmp_path / "cold").iterdir())
     assert train(_net(), (x, y), epochs=1, progress=False).from_cache
+
+
+def test_weights_trained_with_another_thread_count_are_not_reused(tmp_path):
+    """Parallel reductions round differently with another thread count, so the trained weights
+    differ: the count is part of the configuration."""
+    x, y = _blobs()
+    threads = torch.get_num_threads()
+    first = train(_net(), (x, y), epochs=1, cache_dir=tmp_path, progress=False)
+    try:
+        torch.set_num_threads(threads + 1)
+        second = train(_net(), (x, y), epochs=1, cache_dir=tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert first.key != second.key and not second.from_cache
