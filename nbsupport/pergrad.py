@@ -15,8 +15,9 @@ covariance source 000 decomposes :cite:p:`condcov_note`. Three routes compute it
 For networks with :math:`P \\gtrsim 10^5` parameters a :math:`P \\times P` covariance is out of reach,
 but every trace and non-zero eigenvalue of a covariance of gradients is one of an
 :math:`N \\times N` matrix: with :math:`K = G G^\\top` and a symmetric idempotent centring matrix
-:math:`H`, :math:`G^\\top H G` and :math:`H K H` share their non-zero spectrum. For linear layers
-:math:`K = \\sum_l (\\Delta_l \\Delta_l^\\top) \\odot (A_l A_l^\\top + 1)` (the 1 for the bias), so
+:math:`\\Pi`, :math:`G^\\top \\Pi G` and :math:`\\Pi K \\Pi` share their non-zero spectrum. For linear layers
+with inputs :math:`H^{(l-1)}` (:math:`A` is kept for the gate matrix) and output gradients :math:`\\Delta_l`,
+:math:`K = \\sum_l (\\Delta_l \\Delta_l^\\top) \\odot (H^{(l-1)} H^{(l-1)\\top} + 1)` (the 1 for the bias), so
 :math:`G` is never materialised (:func:`gradient_gram`, :func:`gram_decomposition`); for other
 models :func:`gradient_gram` adds :math:`G_m G_m^\\top` one parameter-owning module at a time.
 """
@@ -269,8 +270,8 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     Two routes, neither of which holds the (N, P) matrix G of per-sample gradients:
 
     * ``"signals"`` (MLPs, see :func:`layer_signals`): for linear layer ``l`` with inputs
-      :math:`A_l` and output gradients :math:`\\Delta_l`,
-      :math:`K_l = (\\Delta_l \\Delta_l^\\top) \\odot (A_l A_l^\\top + [\\text{bias}])`.
+      :math:`H^{(l-1)}` and output gradients :math:`\\Delta_l`,
+      :math:`K_l = (\\Delta_l \\Delta_l^\\top) \\odot (H^{(l-1)} H^{(l-1)\\top} + [\\text{bias}])`.
       Memory :math:`O(N^2 + N \\cdot \\text{width})`, time :math:`O(N^2 \\sum_l (m_{l-1} + m_l))`.
     * ``"blocks"`` (any model without batch-coupling layers): for each module that owns trainable
       parameters, its per-sample gradients :math:`G_m` (N, P_m) by ``torch.func.vmap``, added as
