@@ -6,9 +6,9 @@ covariance source 000 decomposes :cite:p:`condcov_note`. Three routes compute it
 * :func:`per_sample_grads_loop`, the source's loop: one backward pass per sample (the reference);
 * ``per_sample_grads(..., method="vmap")``: ``torch.func.vmap(grad(...))`` over the batch;
 * ``per_sample_grads(..., method="outer")``: for an MLP (``nn.Sequential`` of ``nn.Linear`` and
-  elementwise activations) one forward and one backward pass give every layer's input :math:`a_i`
+  elementwise activations) one forward and one backward pass give every layer's input :math:`h_i`
   and output gradient :math:`\\delta_i`, and the weight gradient of sample ``i`` is the outer product
-  :math:`\\delta_i a_i^\\top`, written straight into one ``(N, P)`` buffer (optionally the caller's,
+  :math:`\\delta_i h_i^\\top`, written straight into one ``(N, P)`` buffer (optionally the caller's,
   ``out=``), each entry once: the route runs at the speed of writing N x P numbers
   (``benchmarks/bench_pergrad.py`` measures it against Opacus, BackPACK and a plain fill).
 
