@@ -385,8 +385,9 @@ def train(
     key = config_hash(model, tensors, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                       **({"optimizer": optimizer} if optimizer != "adam" else {}),
                       loss_fn=callable_key(loss_fn), torch_version=torch.__version__,
-                      # parallel reductions round differently with another thread count
-                      threads=torch.get_num_threads(), checkpoints=checkpoints, seed=seed)
+                      # kernels and parallel reductions round differently on another device or thread count
+                      device=next(model.parameters()).device.type, threads=torch.get_num_threads(),
+                      checkpoints=checkpoints, seed=seed)
     path = _cache_dir(cache_dir) / f"{key}.pt"
     if cache and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
