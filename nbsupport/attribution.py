@@ -285,8 +285,7 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""Linear centred kernel alignment of two representations of the same samples (Kornblith et al., 2019).
 
-    :math:`\operatorname{CKA}(X, Y) = \langle K, L 
-angle_F / (\|K\|_F \|L\|_F)` with
+    :math:`\operatorname{CKA}(X, Y) = \langle K, L \rangle_F / (\|K\|_F \|L\|_F)` with
     :math:`K = X_c X_c^\top`, :math:`L = Y_c Y_c^\top` and :math:`X_c, Y_c` the column-centred
     matrices. It lies in [0, 1], equals 1 for ``x == y`` and is invariant to orthogonal transforms
     and isotropic scaling of either representation, so gates (binary) and features (real) can be
