@@ -96,12 +96,18 @@ def check_target(target, n: int, n_classes: int, device=None) -> torch.Tensor:
     return target
 
 
+# torch's messages for an input whose shape does not fit a layer
+_SHAPE_ERROR = re.compile(r"shape|size mismatch|must match the size|Expected .*input|channels|dimension", re.IGNORECASE)
+
+
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         out = model(x)
     except NotImplementedError:  # a call without a backward rule: not about x
         raise
-    except RuntimeError as err:  # a shape mismatch inside the model
+    except RuntimeError as err:
+        if not _SHAPE_ERROR.search(str(err)):  # out of memory, devices, dtypes: not about x's shape
+            raise
         raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model: {err}") from err
     if not (isinstance(out, torch.Tensor) and out.ndim == 2 and len(out) == len(x)):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -430,3 +430,26 @@ def test_path_correlation_equals_the_correlation_of_the_explicit_tensor():
     assert bool(self_corr[constant].isnan().all()) and torch.allclose(self_corr[~constant], torch.tensor(1.0).double())
     with pytest.raises(ValueError, match="gates_a"):
         path_correlation(a, b[:2])
+
+
+def test_errors_that_are_not_about_x_pass_through():
+    """Only a shape mismatch becomes "x does not fit the model"; out-of-memory and device errors
+    reach the caller as they are."""
+    from nbsupport.pullbacks import excitation_pullback
+
+    class Failing(nn.Module):
+        def __init__(self, message):
+            super().__init__()
+            self.linear, self.message = nn.Linear(4, 3), message
+
+        def forward(self, x):
+            raise RuntimeError(self.message)
+
+    x = torch.randn(2, 4)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        excitation_pullback(Failing("CUDA out of memory. Tried to allocate 2.00 GiB"), x, 0)
+    with pytest.raises(RuntimeError, match="same device"):
+        excitation_pullback(Failing("Expected all tensors to be on the same device, but found cpu and cuda:0"), x, 0)
+    net = nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="does not fit the model"):
+        excitation_pullback(net, x, 0)  # 4 features into a layer that takes 5
