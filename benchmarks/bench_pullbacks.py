@@ -1,32 +1,51 @@
-"""Cost of the excitation rules (issue #7).
+"""Cost of the excitation rules (issues 7 and 17; ratios measured in one run, median over rounds).
 
-Targets: the pullback's backward pass <= 1.5x the vanilla backward on the chapter's VGG-style CNN
-(same batch, same forward graph), and the softmax-pool backward within 2x of an unfold-based
-reference (autograd through the source's Listing-2 construction, with -inf padding).
+Figures:
+
+* the pullback's backward pass against the vanilla backward on the chapter's VGG-style CNN
+  (channels (8, 16), batch 256, same forward graph): <= 1.5;
+* the softmax-pool backward against an unfold-based reference (autograd through the source's
+  Listing 2 with -inf padding, forward + backward): <= 2, for a non-overlapping and an overlapping
+  pool; both give the same gradient (checked).
+
+Scaling curves: the backward ratio against the batch size and against the CNN's width.
 """
 
+import contextlib
 import math
+import time
 
 import torch
 import torch.nn.functional as F
-from _timing import best_of, setup
+from _timing import SMOKE, Report, interleaved, ratio_stats, setup
 
 from nbsupport.models import vgg_cnn
 from nbsupport.pullbacks import _SoftmaxRoutedMaxPool, surrogate_gradients
 
+BATCH = 256 if not SMOKE else 16
+ROUNDS = 5 if not SMOKE else 1
+BATCHES = (32, 64, 128, 256, 512) if not SMOKE else (4, 8)
+WIDTHS = ((8, 16), (16, 32), (32, 64)) if not SMOKE else ((4, 8),)
 
-def backward_time(model, x, surrogate: bool, repeat: int = 5) -> float:
-    """Best time of the backward pass alone (a fresh forward graph before each timed call)."""
-    times = []
-    for _ in range(repeat):
-        xg = x.clone().requires_grad_(True)
-        if surrogate:
-            with surrogate_gradients(model, 0.3):
-                out = model(xg)[:, 0].sum()
-        else:
-            out = model(xg)[:, 0].sum()
-        times.append(best_of(lambda: torch.autograd.grad(out, xg), repeat=1))
-    return min(times)
+
+def backward_time(model, x, surrogate: bool) -> float:
+    """Wall time of the backward pass alone, on a forward graph built just before it."""
+    xg = x.clone().requires_grad_(True)
+    with surrogate_gradients(model, 0.3) if surrogate else contextlib.nullcontext():
+        out = model(xg)[:, 0].sum()
+    start = time.perf_counter()
+    torch.autograd.grad(out, xg)
+    return time.perf_counter() - start
+
+
+def backward_ratio(model, x, rounds: int) -> dict:
+    """Per-round ratios pullback backward / vanilla backward, the two alternating round by round."""
+    backward_time(model, x, False), backward_time(model, x, True)  # warm-up
+    vanilla, pullback = [], []
+    for _ in range(rounds):
+        vanilla.append(backward_time(model, x, False))
+        pullback.append(backward_time(model, x, True))
+    return ratio_stats(pullback, vanilla)
 
 
 def reference_soft_pool(x, k, s, p, T):
@@ -39,20 +58,21 @@ def reference_soft_pool(x, k, s, p, T):
     return (weights * win.nan_to_num(neginf=0.0)).sum(1).reshape(n, c, oh, -1)
 
 
-if __name__ == "__main__":
+def main():
     setup()
-    x = torch.rand(256, 1, 28, 28)
-    # the chapter's CNN (the target), and a wider one where convolutions outweigh the elementwise rules
-    for channels in [(8, 16), (32, 64)]:
-        model = vgg_cnn(channels).eval()
-        t_vanilla = backward_time(model, x, surrogate=False)
-        t_pullback = backward_time(model, x, surrogate=True)
-        print(f"VGG-style CNN {channels}, batch 256: vanilla backward {t_vanilla * 1e3:.1f} ms, pullback backward "
-              f"{t_pullback * 1e3:.1f} ms, ratio {t_pullback / t_vanilla:.2f}x (target <= 1.5x on (8, 16))")
+    report = Report(__file__, "Cost of the excitation rules")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(BATCH, 1, 28, 28, generator=gen)
+    torch.manual_seed(0)
+    model = vgg_cnn(WIDTHS[0] if SMOKE else (8, 16)).eval()
+    report.figure(f"pullback backward, VGG-style CNN, batch {BATCH}", description=(
+        "backward pass with ReLU's derivative replaced by sigmoid(z/T) and max-pool's by the softmax-pool, "
+        "over the vanilla backward on the same forward graph"), ours="pullback backward",
+        baseline="vanilla backward", op="<=", target=1.5, ratios=backward_ratio(model, x, ROUNDS))
 
     for k, s, p in [(2, 2, 0), (3, 2, 1)]:
-        feats = torch.randn(256, 16, 28, 28)
-        g = torch.randn_like(F.max_pool2d(feats, k, s, p))
+        feats = torch.randn(BATCH, 16, 28, 28, generator=gen)
+        g = torch.randn(F.max_pool2d(feats, k, s, p).shape, generator=gen)
 
         def ours():
             xg = feats.clone().requires_grad_(True)
@@ -63,9 +83,27 @@ if __name__ == "__main__":
             xg = feats.clone().requires_grad_(True)
             return torch.autograd.grad(reference_soft_pool(xg, k, s, p, 0.3), xg, g)[0]
 
-        err = (ours() - reference()).abs().max().item()
-        t_ours, t_ref = best_of(ours, repeat=5), best_of(reference, repeat=5)
-        print(f"softmax-pool backward (kernel {k}, stride {s}, padding {p}) on 256x16x28x28: ours {t_ours * 1e3:.1f} ms "
-              f"(forward = max-pool), unfold reference (forward + backward) {t_ref * 1e3:.1f} ms, ratio "
-              f"{t_ours / t_ref:.2f}x (target <= 2x); max abs difference {err:.1e}")
-        assert err < 1e-4
+        report.check(f"max |ours - unfold reference| of the softmax-pool gradient (kernel {k}, stride {s}, "
+                     f"padding {p})", float((ours() - reference()).abs().max()), 1e-4)
+        t = interleaved({"ours": ours, "reference": reference}, rounds=ROUNDS)
+        report.figure(f"softmax-pool backward, kernel {k}, stride {s}, padding {p}", description=(
+            f"on {BATCH}x16x28x28 features: max-pool forward + our backward over Listing 2 by unfold "
+            "(forward + autograd backward)"), ours="softmax-pool (ours)", baseline="unfold reference",
+            op="<=", target=2.0, ratios=ratio_stats(t["ours"], t["reference"]))
+
+    by_batch = [backward_ratio(model, torch.rand(n, 1, 28, 28, generator=gen), max(ROUNDS // 2, 1))["median"]
+                for n in BATCHES]
+    report.curve("backward ratio vs batch", description="pullback / vanilla backward, VGG-style CNN",
+                 x_label="batch size", y_label="time ratio", x=list(BATCHES), series={"pullback / vanilla": by_batch})
+    by_width = []
+    for channels in WIDTHS:
+        torch.manual_seed(0)
+        by_width.append(backward_ratio(vgg_cnn(channels).eval(), x, max(ROUNDS // 2, 1))["median"])
+    report.curve("backward ratio vs width", description=f"pullback / vanilla backward, batch {BATCH}",
+                 x_label="channels of the last block", y_label="time ratio", x=[c[-1] for c in WIDTHS],
+                 series={"pullback / vanilla": by_width})
+    report.write()
+
+
+if __name__ == "__main__":
+    main()
