@@ -20,6 +20,7 @@ import scipy.stats
 import torch
 from torch import nn
 
+from ._validate import real
 from .pullbacks import _check_input, check_target, input_gradient
 
 __all__ = [
@@ -217,8 +218,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch
     _check_input(x)
     if x.ndim != 4:
         raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
-    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0):
-        raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
+    sigma = real(sigma, "sigma", low=0)
     if not truncate > 0:
         raise ValueError(f"truncate must be > 0, got {truncate!r}")
     radius = int(truncate * sigma + 0.5)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from ._validate import real
+
 __all__ = ["MAX_EXACT_UNITS", "soft_gates", "sample_gates", "gated_forward", "all_patterns", "PatternLogProbs", "pattern_log_probs", "MonteCarloEstimate", "log_marginal_likelihood", "posterior_marginals", "mean_gate_log_likelihood", "sampled_gate_grads", "train_latent_gates"]
 
 
@@ -27,8 +29,7 @@ MAX_EXACT_UNITS = 16
 
 
 def _check_tau(tau) -> None:
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    real(tau, "tau", low=0)
 
 
 def soft_gates(z: torch.Tensor, tau: float) -> torch.Tensor:
@@ -464,8 +465,7 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if not (isinstance(batch_size, int) and 1 <= batch_size <= len(x)):
         raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    real(lr, "lr", low=0)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)

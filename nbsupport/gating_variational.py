@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validate import real
 from .gating_core import (_check_one_hidden, _check_tau, _log_lik_all, _log_lik_sampled,
                           all_patterns, log_marginal_likelihood, sample_gates)
 
@@ -146,8 +147,7 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
         score = (f - baseline).detach() * (log_q - log_q.detach())                        # value 0, gradient REINFORCE
         return (f + score).mean(0) - kl
     if estimator == "concrete":
-        if not (isinstance(relaxation, (int, float)) and relaxation > 0):
-            raise ValueError(f"relaxation must be > 0, got {relaxation!r}")
+        real(relaxation, "relaxation", low=0)
         u = torch.rand((n_samples, *z.shape), generator=generator, dtype=z.dtype, device=z.device)
         gates = torch.sigmoid((q_logits + torch.logit(u, eps=1e-12)) / relaxation)
         f = _log_lik_sampled(second, z, y, gates)

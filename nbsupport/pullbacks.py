@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
+from ._validate import real
+
 __all__ = [
     "surrogate_gradients",
     "excitation_pullback",
@@ -52,10 +54,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 def _check_temperature(temperature: float, name: str = "temperature") -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}")
-    return float(temperature)
+    return real(temperature, name, low=0)
 
 
 def _check_input(x: torch.Tensor) -> None:

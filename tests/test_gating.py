@@ -751,3 +751,13 @@ def test_fit_variational_exact_gradient_with_cosine_schedule_and_bad_options():
         fit_variational(net, q, x, y, 0.5, steps=1, batch_size=8, schedule="linear")
     with pytest.raises(ValueError, match="estimator"):
         fit_variational(net, q, x, y, 0.5, steps=1, batch_size=8, estimator="gumbel")
+
+
+def test_numpy_and_tensor_scalars_are_real_temperatures():
+    import numpy as np
+    net, x, y = _net()
+    reference = log_marginal_likelihood(net, x, y, 0.3)
+    for tau in (np.float64(0.3), torch.tensor(0.3, dtype=torch.float64)):
+        assert torch.equal(log_marginal_likelihood(net, x, y, tau), reference)
+    with pytest.raises(ValueError, match="tau must be a finite real number > 0"):
+        log_marginal_likelihood(net, x, y, True)

