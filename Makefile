@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(PIP_EXTRA) -e '.[dev]'
 	touch $@
 
-# The executed-notebook cache is keyed by the chapters' code only: empty it when nbsupport changes.
-_build/.nbsupport-stamp: nbsupport/*.py pyproject.toml
+# The executed-notebook cache is keyed by the pages' code only: empty it when what the code reads
+# changes (nbsupport, the dependencies, the benchmark results the performance page shows).
+_build/.nbsupport-stamp: nbsupport/*.py pyproject.toml $(wildcard benchmarks/results/*.json)
 	rm -rf _build/.jupyter_cache && mkdir -p _build && touch $@
 
 data: install  # Debian's package is installed when missing (as root), else the command is printed
