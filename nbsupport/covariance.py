@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._validate import integer
+
 __all__ = ["group_moments", "decompose_covariance", "decompose_variance", "principal_angles", "GroupMoments",
            "CovarianceSplit", "random_grouping_share", "random_grouping_null", "random_grouping_null_gram",
            "random_subset_angles", "group_angles", "decompose_gram_variance"]
@@ -37,8 +39,9 @@ __all__ = ["group_moments", "decompose_covariance", "decompose_variance", "princ
 _CHUNK_ELEMENTS = 2**25
 
 
-def _check(values: torch.Tensor, inverse: torch.Tensor, ddof: int) -> tuple[torch.Tensor, int, torch.dtype]:
-    """Validate; return ``values`` as float64 (N, d), the number of groups and the dtype of the results."""
+def _check(values: torch.Tensor, inverse: torch.Tensor, ddof: int) -> tuple[torch.Tensor, int, torch.dtype, int]:
+    """Validate; return ``values`` as float64 (N, d), the number of groups, the dtype of the results and
+    ``ddof`` as a Python int (NumPy and 0-d tensor integers accepted, booleans refused)."""
     if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
         raise ValueError(f"values must be a floating tensor of shape (N, d), got "
                          f"{getattr(values, 'dtype', type(values).__name__)} of shape {tuple(getattr(values, 'shape', ()))}")
@@ -49,7 +52,8 @@ def _check(values: torch.Tensor, inverse: torch.Tensor, ddof: int) -> tuple[torc
         raise ValueError(f"inverse has {len(inverse)} entries but values has {len(values)} rows")
     if inverse.device != values.device:
         raise ValueError(f"inverse is on {inverse.device} but values on {values.device}")
-    if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof not in (0, 1):
+    ddof = integer(ddof, "ddof")
+    if ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
     if len(values) <= ddof:
         raise ValueError(f"values needs more than ddof={ddof} rows, got {len(values)}")
@@ -59,7 +63,7 @@ def _check(values: torch.Tensor, inverse: torch.Tensor, ddof: int) -> tuple[torc
     values = values.to(torch.float64)
     if not bool(torch.isfinite(values).all()):
         raise ValueError("values must be finite (found NaN or inf)")
-    return values, int(inverse.max()) + 1, dtype
+    return values, int(inverse.max()) + 1, dtype, ddof
 
 
 def _group_means(values: torch.Tensor, inverse: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,9 +124,8 @@ def group_moments(values: torch.Tensor, inverse: torch.Tensor, min_count: int = 
     -------
     GroupMoments
     """
-    values, n_groups, dtype = _check(values, inverse, ddof)
-    if not (isinstance(min_count, int) and not isinstance(min_count, bool) and min_count >= 1):
-        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+    values, n_groups, dtype, ddof = _check(values, inverse, ddof)
+    min_count = integer(min_count, "min_count", minimum=1)
     counts, means = _group_means(values, inverse, n_groups)
     kept = counts >= min_count
     too_small = kept & (counts <= ddof)
@@ -184,7 +187,7 @@ def decompose_covariance(values: torch.Tensor, inverse: torch.Tensor, ddof: int 
     CovarianceSplit
         ``(total, within, between)``, each of shape (d, d), in the dtype and on the device of ``values``.
     """
-    values, n_groups, dtype = _check(values, inverse, ddof)
+    values, n_groups, dtype, ddof = _check(values, inverse, ddof)
     counts, means = _group_means(values, inverse, n_groups)
     norm = len(values) - ddof
     centred_within = values - means[inverse]
@@ -213,7 +216,7 @@ def decompose_variance(values: torch.Tensor, inverse: torch.Tensor, ddof: int = 
         ``(total, within, between)`` as 0-d tensors (computed in float64), in the dtype and on the
         device of ``values``.
     """
-    values, n_groups, dtype = _check(values, inverse, ddof)
+    values, n_groups, dtype, ddof = _check(values, inverse, ddof)
     counts, means = _group_means(values, inverse, n_groups)
     norm = len(values) - ddof
     within = (values - means[inverse]).pow(2).sum() / norm
@@ -248,7 +251,7 @@ def decompose_gram_variance(gram: torch.Tensor, inverse: torch.Tensor, ddof: int
     if not (isinstance(gram, torch.Tensor) and gram.ndim == 2 and gram.shape[0] == gram.shape[1]
             and gram.dtype.is_floating_point):
         raise ValueError(f"gram must be a square floating (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
-    k, n_groups, dtype = _check(gram, inverse, ddof)
+    k, n_groups, dtype, ddof = _check(gram, inverse, ddof)
     counts = torch.bincount(inverse, minlength=n_groups).to(torch.float64)
     row_mean = k.mean(1)
     centred = k - row_mean[:, None] - row_mean[None, :] + k.mean()
@@ -311,9 +314,11 @@ def _angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
     return torch.where(cosines.pow(2) >= 0.5, torch.arcsin(sines.clamp(-1, 1)), torch.arccos(cosines.clamp(-1, 1)))
 
 
-def _check_k(k, d: int) -> None:
-    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= d):
-        raise ValueError(f"k must be an int in [1, {d}], got {k!r}")
+def _check_k(k, d: int) -> int:
+    number = integer(k, "k", minimum=1)
+    if number > d:
+        raise ValueError(f"k must be an integer in [1, {d}], got {k!r}")
+    return number
 
 
 def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.Tensor:
@@ -342,7 +347,7 @@ def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.
                          f"{cov_a.device} and {cov_b.dtype} on {cov_b.device}")
     if not all(torch.allclose(c, c.T, rtol=1e-10, atol=1e-12) for c in (cov_a, cov_b)):
         raise ValueError("cov_a and cov_b must be symmetric")
-    _check_k(k, cov_a.shape[0])
+    k = _check_k(k, cov_a.shape[0])
     tops = [torch.linalg.eigh(c.to(torch.float64))[1][:, -k:] for c in (cov_a, cov_b)]
     return _angles(*tops).to(cov_a.dtype)
 
@@ -410,8 +415,7 @@ def _generator(generator) -> torch.Generator:
 
 def _random_labels(counts: torch.Tensor, n_perm: int, generator: torch.Generator, device) -> list[torch.Tensor]:
     """``n_perm`` uniform random groupings with the given sizes, as label vectors on ``device``."""
-    if not (isinstance(n_perm, int) and not isinstance(n_perm, bool) and n_perm >= 1):
-        raise ValueError(f"n_perm must be an int >= 1, got {n_perm!r}")
+    n_perm = integer(n_perm, "n_perm", minimum=1)
     labels = torch.repeat_interleave(torch.arange(len(counts), device=device), counts.to(device))
     return [labels[torch.randperm(len(labels), generator=generator, device=generator.device).to(device)]
             for _ in range(n_perm)]
@@ -546,11 +550,10 @@ def random_subset_angles(values: torch.Tensor, size: int, k: int, n_draws: int =
         raise ValueError(f"values must be a floating tensor of shape (N, d), got "
                          f"{getattr(values, 'dtype', type(values).__name__)} of shape {tuple(getattr(values, 'shape', ()))}")
     n, d = values.shape
-    _check_k(k, d)
-    if not (isinstance(size, int) and not isinstance(size, bool) and k < size <= n):
-        raise ValueError(f"size must be an int in ({k}, {n}], got {size!r}")
-    if not (isinstance(n_draws, int) and not isinstance(n_draws, bool) and n_draws >= 1):
-        raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}")
+    k = _check_k(k, d)
+    size, n_draws = integer(size, "size"), integer(n_draws, "n_draws", minimum=1)
+    if not k < size <= n:
+        raise ValueError(f"size must be an integer in ({k}, {n}], got {size!r}")
     x = values.to(torch.float64)
     top_ref = _reference_subspace(x, k, reference)
     generator = _generator(generator)
@@ -587,8 +590,8 @@ def group_angles(values: torch.Tensor, inverse: torch.Tensor, groups: torch.Tens
     Tensor, shape (K, k)
         Angles in radians, ascending in each row, in the dtype and on the device of ``values``.
     """
-    x, _, dtype = _check(values, inverse, 0)
-    _check_k(k, x.shape[1])
+    x, _, dtype, _ = _check(values, inverse, 0)
+    k = _check_k(k, x.shape[1])
     if not (isinstance(groups, torch.Tensor) and groups.dtype == torch.long and groups.ndim == 1 and len(groups) > 0):
         raise ValueError(f"groups must be a non-empty 1-D long tensor, got {getattr(groups, 'dtype', type(groups).__name__)}")
     sizes = torch.bincount(inverse, minlength=int(max(int(inverse.max()), int(groups.max()))) + 1)[groups]

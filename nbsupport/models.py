@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ._validate import integer, real
 from .data import data_root
 
 __all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "TrainResult", "config_hash", "callable_key", "evaluate"]
@@ -45,8 +46,9 @@ def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bi
         Modules alternate ``Linear`` and activation; the last module is ``Linear``.
     """
     widths = list(widths)
-    if len(widths) < 2 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+    if len(widths) < 2:
         raise ValueError(f"widths must be a sequence of at least two positive ints, got {widths!r}")
+    widths = [integer(w, f"widths[{i}]", minimum=1) for i, w in enumerate(widths)]
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
         if i > 0:
@@ -149,9 +151,9 @@ def init_normal_(model: nn.Module, C_W: float, C_b: float = 0.0, seed: int = 0) 
     nn.Module
         ``model`` itself.
     """
-    if not (C_W >= 0 and C_b >= 0):
-        raise ValueError(f"C_W and C_b must be >= 0, got C_W={C_W!r}, C_b={C_b!r}")
-    generator = torch.Generator().manual_seed(seed)
+    C_W = real(C_W, "C_W", low=0.0, low_inclusive=True)
+    C_b = real(C_b, "C_b", low=0.0, low_inclusive=True)
+    generator = torch.Generator().manual_seed(integer(seed, "seed", minimum=0))
     with torch.no_grad():
         for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
             w = torch.randn(layer.weight.shape, generator=generator, dtype=torch.float64)
@@ -367,18 +369,16 @@ def train(
     x, y = data
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"data must be a pair (x, y) of equal non-zero length, got {len(x)} and {len(y)}")
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    # plain Python numbers from here on, so that the cache key does not depend on a scalar's type
+    epochs = integer(epochs, "epochs", minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    lr = real(lr, "lr", low=0.0)
+    weight_decay = real(weight_decay, "weight_decay", low=0.0, low_inclusive=True)
+    seed = integer(seed, "seed", minimum=0)
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    checkpoints = sorted(set(checkpoints))
-    if any(not (isinstance(c, int) and 0 <= c <= epochs) for c in checkpoints):
+    checkpoints = sorted({integer(c, "checkpoints", minimum=0) for c in checkpoints})
+    if any(c > epochs for c in checkpoints):
         raise ValueError(f"checkpoints must be ints in [0, {epochs}], got {checkpoints!r}")
 
     tensors = [x, y] + (list(test_data) if test_data is not None else [])

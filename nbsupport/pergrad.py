@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from ._validate import integer
 from .covariance import CovarianceSplit
 
 __all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradient_gram",
@@ -299,8 +300,8 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     _check_batch(model, x, y)
     if method not in ("auto", "signals", "blocks"):
         raise ValueError(f"method must be 'auto', 'signals' or 'blocks', got {method!r}")
-    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = integer(chunk_size, "chunk_size", minimum=1)
     if method == "blocks" or (method == "auto" and not _is_mlp(model)):
         return _blocked_gram(model, loss_fn, x, y, per_layer, chunk_size or len(x))
     grams, total = [], None
@@ -329,7 +330,8 @@ class GramSpectra(NamedTuple):
     eigenvalues: CovarianceSplit
 
 
-def _check_gram(gram: torch.Tensor, inverse: torch.Tensor, ddof: int, k: int) -> None:
+def _check_gram(gram: torch.Tensor, inverse: torch.Tensor, ddof: int, k: int) -> tuple[int, int]:
+    """Validate a Gram matrix and its grouping; return ``ddof`` and ``k`` as Python ints."""
     if not isinstance(gram, torch.Tensor) or gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must be a square (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
     if not bool(torch.isfinite(gram).all()) or not torch.allclose(gram, gram.T, rtol=1e-10, atol=1e-12):
@@ -338,10 +340,10 @@ def _check_gram(gram: torch.Tensor, inverse: torch.Tensor, ddof: int, k: int) ->
         raise ValueError(f"inverse must be a long tensor of shape ({gram.shape[0]},)")
     if bool((inverse < 0).any()):
         raise ValueError("inverse must hold group indices >= 0")
-    if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof not in (0, 1) or gram.shape[0] <= ddof:
+    ddof = integer(ddof, "ddof")
+    if ddof not in (0, 1) or gram.shape[0] <= ddof:
         raise ValueError(f"ddof must be 0 or 1 (and smaller than N), got {ddof!r}")
-    if not (isinstance(k, int) and k >= 1):
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    return ddof, integer(k, "k", minimum=1)
 
 
 #: Up to this size (or when k is more than half of it) eigenvalues come from a dense ``eigvalsh``;
@@ -357,8 +359,7 @@ def top_eigenvalues(matrix: torch.Tensor, k: int) -> torch.Tensor:
     """
     if not (isinstance(matrix, torch.Tensor) and matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]):
         raise ValueError(f"matrix must be a square tensor, got shape {tuple(getattr(matrix, 'shape', ()))}")
-    if not (isinstance(k, int) and k >= 1):
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = integer(k, "k", minimum=1)
     matrix = matrix.to(torch.float64)
     n = matrix.shape[0]
     if n <= DENSE_EIG_MAX or 2 * k > n:
@@ -406,7 +407,7 @@ def gram_decomposition(gram: torch.Tensor, inverse: torch.Tensor, ddof: int = 0,
         ``k`` entries; the between part has at most G), each a
         :class:`~nbsupport.covariance.CovarianceSplit`.
     """
-    _check_gram(gram, inverse, ddof, k)
+    ddof, k = _check_gram(gram, inverse, ddof, k)
     gram = gram.to(torch.float64)
     n = gram.shape[0]
     n_groups = int(inverse.max()) + 1
@@ -452,7 +453,7 @@ def group_gram_spectra(gram: torch.Tensor, inverse: torch.Tensor, groups: torch.
     eigenvalues : Tensor, float64, shape (K, k)
         Descending; zero where a group has fewer than ``k`` non-zero eigenvalues.
     """
-    _check_gram(gram, inverse, ddof, k)
+    ddof, k = _check_gram(gram, inverse, ddof, k)
     if (not isinstance(groups, torch.Tensor) or groups.dtype != torch.long or groups.ndim != 1 or len(groups) == 0
             or bool((groups < 0).any()) or len(torch.unique(groups)) != len(groups)):
         raise ValueError("groups must be a non-empty long tensor of distinct group indices >= 0")

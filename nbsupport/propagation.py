@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 
+from typing import NamedTuple
+
 import torch
 
-from typing import NamedTuple
+from ._validate import integer, real
 
 __all__ = ["ACTIVATIONS", "SAMPLERS", "kernel_recursion", "relu_expectation", "relu_correlation_map",
            "empirical_kernels", "preactivations", "kernel_correlation", "kernel_summary", "KernelSummary",
@@ -39,15 +41,16 @@ ACTIVATIONS = ("linear", "relu")
 SAMPLERS = ("conditional", "gaussian", "rademacher")
 
 
-def _check_common(depth, C_W, C_b, activation) -> None:
-    if not (isinstance(depth, int) and not isinstance(depth, bool) and depth >= 0):
-        raise ValueError(f"depth must be an int >= 0, got {depth!r}")
-    if not (isinstance(C_W, (int, float)) and math.isfinite(C_W) and C_W >= 0):
-        raise ValueError(f"C_W must be a finite number >= 0, got {C_W!r}")
-    if not (isinstance(C_b, (int, float)) and math.isfinite(C_b) and C_b >= 0):
-        raise ValueError(f"C_b must be a finite number >= 0, got {C_b!r}")
+def _check_common(depth, C_W, C_b, activation) -> tuple[int, float, float]:
+    """Validated ``depth`` (int >= 0), ``C_W`` and ``C_b`` (finite floats >= 0) and ``activation``.
+
+    Python, NumPy and 0-d tensor scalars are accepted; booleans are refused (``nbsupport._validate``)."""
+    depth = integer(depth, "depth", minimum=0)
+    C_W = real(C_W, "C_W", low=0.0, low_inclusive=True)
+    C_b = real(C_b, "C_b", low=0.0, low_inclusive=True)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return depth, C_W, C_b
 
 
 def relu_expectation(kernel: torch.Tensor) -> torch.Tensor:
@@ -122,7 +125,7 @@ def kernel_recursion(G0: torch.Tensor, depth: int, C_W: float, C_b: float = 0.0,
         Entry 0 is ``G0``; entry 1 is ``C_b + C_W G0``; entry ``l + 1`` is
         ``C_b + C_W E[σ(u)σ(v)]`` under entry ``l``.
     """
-    _check_common(depth, C_W, C_b, activation)
+    depth, C_W, C_b = _check_common(depth, C_W, C_b, activation)
     if not (isinstance(G0, torch.Tensor) and G0.ndim == 2 and G0.shape[0] == G0.shape[1]):
         raise ValueError(f"G0 must be a square (n, n) tensor, got shape {tuple(getattr(G0, 'shape', ()))}")
     G0 = G0.to(torch.float64)
@@ -171,19 +174,16 @@ def _networks(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float, a
         h = torch.relu(z) if activation == "relu" else z
 
 
-def _check_mc(x, width, n_networks, sampler="conditional", seed=0) -> None:
+def _check_mc(x, width, n_networks, sampler="conditional", seed=0) -> tuple[int, int, int]:
+    """Validated Monte Carlo arguments; returns ``width``, ``n_networks`` and ``seed`` as Python ints."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    seed = integer(seed, "seed", minimum=0)
     if not (isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[0] >= 1 and x.shape[1] >= 1):
         raise ValueError(f"x must be a tensor of shape (n_inputs, n_0), got {tuple(getattr(x, 'shape', ()))}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite")
-    if not (isinstance(width, int) and width >= 1):
-        raise ValueError(f"width must be an int >= 1, got {width!r}")
-    if not (isinstance(n_networks, int) and n_networks >= 1):
-        raise ValueError(f"n_networks must be an int >= 1, got {n_networks!r}")
+    return _check_width(width), integer(n_networks, "n_networks", minimum=1), seed
 
 
 def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
@@ -220,8 +220,8 @@ def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: 
     Tensor, float64, on ``x``'s device, shape (depth + 1, n_inputs, n_inputs) or (n_networks, depth + 1, n_inputs, n_inputs)
         Entry 0 is :math:`x x^\top / n_0`.
     """
-    _check_common(depth, C_W, C_b, activation)
-    _check_mc(x, width, n_networks, sampler, seed)
+    depth, C_W, C_b = _check_common(depth, C_W, C_b, activation)
+    width, n_networks, seed = _check_mc(x, width, n_networks, sampler, seed)
     x = x.to(torch.float64)
     g0 = (x @ x.T / x.shape[1]).expand(n_networks, -1, -1)
     layers = [g0] + [torch.bmm(z, z.transpose(1, 2)) / width
@@ -244,8 +244,8 @@ def preactivations(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: flo
     -------
     Tensor, float64, on ``x``'s device, shape (depth, n_networks, n_inputs, width)
     """
-    _check_common(depth, C_W, C_b, activation)
-    _check_mc(x, width, n_networks, sampler, seed)
+    depth, C_W, C_b = _check_common(depth, C_W, C_b, activation)
+    width, n_networks, seed = _check_mc(x, width, n_networks, sampler, seed)
     layers = list(_networks(x, depth, width, C_W, C_b, activation, n_networks, seed, sampler))
     if not layers:
         return torch.zeros(0, n_networks, len(x), width, dtype=torch.float64, device=x.device)
@@ -306,7 +306,7 @@ def kernel_summary(x: torch.Tensor, depth: int, C_W: float, C_b: float = 0.0,
     KernelSummary
         Fields of shape (depth + 1,), float64, on ``x``'s device; entry ``l`` for layer ``l``.
     """
-    _check_common(depth, C_W, C_b, activation)
+    depth, C_W, C_b = _check_common(depth, C_W, C_b, activation)
     if not (isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[0] >= 2 and x.shape[1] >= 1):
         raise ValueError(f"x must be a tensor of shape (n_inputs >= 2, n_0), got {tuple(getattr(x, 'shape', ()))}")
     x = x.to(torch.float64)
@@ -319,9 +319,8 @@ def kernel_summary(x: torch.Tensor, depth: int, C_W: float, C_b: float = 0.0,
     return KernelSummary(torch.diagonal(kernels, dim1=1, dim2=2).mean(1), pairs.mean(1), pairs.min(1).values)
 
 
-def _check_width(width) -> None:
-    if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
-        raise ValueError(f"width must be an int >= 1, got {width!r}")
+def _check_width(width) -> int:
+    return integer(width, "width", minimum=1)
 
 
 def kernel_ratio_moments(depth: int, width: int, order: int) -> torch.Tensor:
@@ -353,10 +352,9 @@ def kernel_ratio_moments(depth: int, width: int, order: int) -> torch.Tensor:
     Tensor, float64, shape (depth + 1,)
         Entry ``l`` is :math:`\E[R_l^k]` (entry 0 is 1).
     """
-    _check_common(depth, 1.0, 0.0, "linear")
-    _check_width(width)
-    if not (isinstance(order, int) and not isinstance(order, bool) and order >= 0):
-        raise ValueError(f"order must be an int >= 0, got {order!r}")
+    depth, _, _ = _check_common(depth, 1.0, 0.0, "linear")
+    width = _check_width(width)
+    order = integer(order, "order", minimum=0)
     per_layer = math.prod(1 + 2 * j / width for j in range(order))
     return per_layer ** torch.arange(depth + 1, dtype=torch.float64)
 
@@ -387,8 +385,8 @@ def kernel_log_ratio_moments(depth: int, width: int) -> tuple[torch.Tensor, torc
     mean, variance : Tensor, float64, shape (depth + 1,)
         Entry ``l`` for layer ``l`` (entry 0 is 0).
     """
-    _check_common(depth, 1.0, 0.0, "linear")
-    _check_width(width)
+    depth, _, _ = _check_common(depth, 1.0, 0.0, "linear")
+    width = _check_width(width)
     half = torch.tensor(width / 2, dtype=torch.float64)
     layers = torch.arange(depth + 1, dtype=torch.float64)
     return layers * (torch.special.digamma(half) - half.log()), layers * torch.special.polygamma(1, half)
@@ -408,8 +406,8 @@ def excess_kurtosis_theory(depth: int, width: int, activation: str = "linear") -
     Tensor, float64, shape (depth,)
         Entry ``l - 1`` for layer ``l``.
     """
-    _check_common(depth, 1.0, 0.0, activation)
-    _check_width(width)
+    depth, _, _ = _check_common(depth, 1.0, 0.0, activation)
+    width = _check_width(width)
     factor = 1 + (2 if activation == "linear" else 5) / width
     layers = torch.arange(depth, dtype=torch.float64)
     return 3 * (factor**layers - 1)
@@ -468,8 +466,8 @@ def gradient_norms(x: torch.Tensor, depth: int, width: int, C_W: float, activati
     Tensor, float64, on ``x``'s device, shape (depth,) or (n_networks, depth)
         Entry ``l - 1``: the mean over inputs (and networks) of :math:`\|\partial f/\partial z^{(l)}\|^2`.
     """
-    _check_common(depth, C_W, 0.0, activation)
-    _check_mc(x, width, n_networks, "gaussian", seed)
+    depth, C_W, _ = _check_common(depth, C_W, 0.0, activation)
+    width, n_networks, seed = _check_mc(x, width, n_networks, "gaussian", seed)
     if depth < 1:
         raise ValueError(f"depth must be >= 1 for gradients, got {depth}")
     start = x.detach().to(torch.float64).requires_grad_()  # so that every z is in the graph

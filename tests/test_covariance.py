@@ -319,3 +319,26 @@ def test_results_keep_device_and_dtype(monkeypatch, device, dtype):
                *cov.decompose_gram_variance(values @ values.T, inverse)]
     for out in outputs:
         assert out.device.type == device and out.dtype == dtype
+
+
+def test_numpy_and_tensor_scalars_accepted_bools_refused():
+    from nbsupport.covariance import principal_angles, random_subset_angles
+    values, inverse = _data()
+    ref = group_moments(values, inverse, min_count=3, ddof=1)
+    for ddof, min_count in ((np.int64(1), np.int32(3)), (torch.tensor(1), torch.tensor(3))):
+        other = group_moments(values, inverse, min_count=min_count, ddof=ddof)
+        assert all(torch.equal(a, b) for a, b in zip(ref[:4], other[:4]))
+    assert torch.equal(decompose_covariance(values, inverse, ddof=np.int64(1)).total,
+                       decompose_covariance(values, inverse, ddof=1).total)
+    cov = torch.cov(values.T)
+    assert torch.equal(principal_angles(cov, cov.T.clone(), np.int64(2)), principal_angles(cov, cov.T.clone(), 2))
+    draws = random_subset_angles(values, np.int64(50), torch.tensor(2), n_draws=np.int64(3))
+    assert torch.equal(draws, random_subset_angles(values, 50, 2, n_draws=3))
+    for call, word in ((lambda: group_moments(values, inverse, ddof=True), "ddof"),
+                       (lambda: group_moments(values, inverse, min_count=True), "min_count"),
+                       (lambda: decompose_variance(values, inverse, ddof=np.bool_(False)), "ddof"),
+                       (lambda: principal_angles(cov, cov, True), "k"),
+                       (lambda: random_subset_angles(values, 50.0, 2), "size"),
+                       (lambda: random_subset_angles(values, 50, 2, n_draws=True), "n_draws")):
+        with pytest.raises(ValueError, match=word):
+            call()

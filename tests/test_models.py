@@ -216,3 +216,24 @@ def test_weights_trained_with_another_thread_count_are_not_reused(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert first.key != second.key and not second.from_cache
+
+
+def test_numpy_and_tensor_scalars_accepted_bools_refused():
+    import numpy as np
+    from nbsupport.models import init_normal_
+    assert repr(mlp([np.int64(2), torch.tensor(3), 1])) == repr(mlp([2, 3, 1]))
+    a = init_normal_(mlp([4, 3]), C_W=np.float64(2.0), C_b=torch.tensor(0.5), seed=np.int64(1))
+    b = init_normal_(mlp([4, 3]), C_W=2.0, C_b=0.5, seed=1)
+    assert torch.equal(a[0].weight, b[0].weight) and torch.equal(a[0].bias, b[0].bias)
+    x, y = _blobs()
+    plain = train(_net(), (x, y), epochs=2, lr=1e-2, batch_size=64, checkpoints=[1], cache=False, progress=False)
+    numpy = train(_net(), (x, y), epochs=np.int64(2), lr=np.float64(1e-2), batch_size=torch.tensor(64),
+                  weight_decay=np.float32(0.0), checkpoints=[np.int64(1)], seed=np.int64(0), cache=False, progress=False)
+    assert numpy.key == plain.key and numpy.history == plain.history and list(numpy.checkpoints) == [1]
+    for kwargs, word in ((dict(epochs=True), "epochs"), (dict(epochs=2, batch_size=True), "batch_size"),
+                         (dict(epochs=2, lr=True), "lr"), (dict(epochs=2, seed=True), "seed"),
+                         (dict(epochs=2, checkpoints=[True]), "checkpoints")):
+        with pytest.raises(ValueError, match=word):
+            train(_net(), (x, y), cache=False, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="C_b"):
+        init_normal_(mlp([4, 3]), C_W=1.0, C_b=True)

@@ -254,3 +254,20 @@ def test_gradient_gram_bad_input():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="requires_grad"):
         gradient_gram(net, F.cross_entropy, x, y, method="blocks")
+
+
+def test_numpy_and_tensor_scalars_accepted_bools_refused():
+    import numpy as np
+    net, x, y, g, inverse = _explicit()
+    gram = gradient_gram(net, F.cross_entropy, x, y)
+    ref = gram_decomposition(gram, inverse, ddof=1, k=3)
+    for ddof, k in ((np.int64(1), np.int32(3)), (torch.tensor(1), torch.tensor(3))):
+        other = gram_decomposition(gram, inverse, ddof=ddof, k=k)
+        assert all(torch.equal(a, b) for a, b in zip(ref.eigenvalues, other.eigenvalues))
+    assert torch.equal(gradient_gram(net, F.cross_entropy, x, y, method="blocks", chunk_size=np.int64(7)),
+                       gradient_gram(net, F.cross_entropy, x, y, method="blocks", chunk_size=7))
+    for kwargs, word in ((dict(ddof=True), "ddof"), (dict(k=True), "k"), (dict(k=2.0), "k")):
+        with pytest.raises(ValueError, match=word):
+            gram_decomposition(gram, inverse, **kwargs)
+    with pytest.raises(ValueError, match="chunk_size"):
+        gradient_gram(net, F.cross_entropy, x, y, method="blocks", chunk_size=True)

@@ -328,3 +328,35 @@ def test_fit_decay_recovers_laws():
 def test_bad_input(call, word):
     with pytest.raises(ValueError, match=word):
         call()
+
+
+def test_numpy_and_tensor_scalars_accepted():
+    """Scalars go through nbsupport._validate: NumPy scalars and 0-d tensors give the same results."""
+    G0 = torch.tensor([[1.0, 0.4], [0.4, 2.0]], dtype=torch.float64)
+    ref = kernel_recursion(G0, 3, C_W=1.5, C_b=0.1, activation="relu")
+    assert torch.equal(kernel_recursion(G0, np.int64(3), C_W=np.float64(1.5), C_b=np.float64(0.1),
+                                        activation="relu"), ref)
+    assert torch.equal(kernel_recursion(G0, torch.tensor(3), C_W=torch.tensor(1.5), C_b=0.1, activation="relu"), ref)
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(activation="relu", sampler="gaussian")
+    ref = empirical_kernels(x, 2, 4, 2.0, n_networks=3, seed=1, **kw)
+    assert torch.equal(empirical_kernels(x, np.int64(2), np.int32(4), np.float64(2.0), n_networks=torch.tensor(3),
+                                         seed=np.uint8(1), **kw), ref)
+    assert torch.equal(kernel_ratio_moments(np.int64(4), np.int64(8), torch.tensor(2)), kernel_ratio_moments(4, 8, 2))
+
+
+@pytest.mark.parametrize("call, word", [
+    (lambda: kernel_recursion(torch.eye(2), True, 1.0), "depth"),
+    (lambda: kernel_recursion(torch.eye(2), 2.0, 1.0), "depth"),
+    (lambda: kernel_recursion(torch.eye(2), 2, True), "C_W"),
+    (lambda: kernel_recursion(torch.eye(2), 2, float("nan")), "C_W"),
+    (lambda: kernel_recursion(torch.eye(2), 2, 1.0, C_b=np.bool_(True)), "C_b"),
+    (lambda: empirical_kernels(torch.ones(2, 3), 2, True, 1.0), "width"),
+    (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, n_networks=torch.tensor(True)), "n_networks"),
+    (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, seed=False), "seed"),
+    (lambda: kernel_ratio_moments(3, 4, True), "order"),
+    (lambda: excess_kurtosis_theory(np.float64(2.5), 4), "depth"),
+])
+def test_bools_and_non_integers_refused_by_name(call, word):
+    with pytest.raises(ValueError, match=word):
+        call()
