@@ -12,7 +12,6 @@ Scaling curves: the backward ratio against the batch size and against the CNN's 
 """
 
 import contextlib
-import math
 import time
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from _timing import SMOKE, Report, interleaved, ratio_stats, setup
 
 from nbsupport.models import vgg_cnn
-from nbsupport.pullbacks import _SoftmaxRoutedMaxPool, surrogate_gradients
+from nbsupport.surrogate import softmax_routed_max_pool2d, surrogate_gradients
 
 BATCH = 256 if not SMOKE else 16
 ROUNDS = 5 if not SMOKE else 1
@@ -76,7 +75,7 @@ def main():
 
         def ours():
             xg = feats.clone().requires_grad_(True)
-            out = _SoftmaxRoutedMaxPool.apply(xg, (k, k), (s, s), (p, p), (1, 1), False, 0.3, -math.inf)
+            out = softmax_routed_max_pool2d(xg, k, s, p, temperature=0.3)
             return torch.autograd.grad(out, xg, g)[0]
 
         def reference():

@@ -2,8 +2,9 @@ r"""Baseline attributions and faithfulness metrics, one call shape for all of th
 
 Every attribution is a function ``attribute(model, x, target) -> Tensor shaped like x`` (as
 Captum's ``attribute(inputs, target=...)``), so the metrics loop over methods: the vanilla
-gradient and guided backpropagation live in :mod:`nbsupport.pullbacks` (they share its machinery),
-gradient x input and SmoothGrad :cite:p:`smilkov2017smoothgrad` here. The metrics: deletion and
+gradient lives in :mod:`nbsupport.saliency` and the excitation pullback in
+:mod:`nbsupport.surrogate`; guided backpropagation :cite:p:`springenberg2015striving`, gradient x
+input and SmoothGrad :cite:p:`smilkov2017smoothgrad` are here. The metrics: deletion and
 insertion curves :cite:p:`petsiuk2018rise`, infidelity and max-sensitivity :cite:p:`yeh2019fidelity`
 (Captum's implementations :cite:p:`kokhlikyan2020captum`, with our own seeded perturbations), and
 the model-parameter randomisation test :cite:p:`adebayo2018sanity`.
@@ -21,9 +22,11 @@ import torch
 from torch import nn
 
 from ._validate import real
-from .pullbacks import _check_input, check_target, input_gradient
+from .intercept import route_calls
+from .saliency import check_input, check_target, input_gradient
 
 __all__ = [
+    "guided_backprop",
     "gradient_x_input",
     "smoothgrad",
     "image_map",
@@ -52,6 +55,45 @@ def _check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """Forward ``relu``; backward ``max(grad, 0) * 1(z > 0)`` (guided backpropagation)."""
+
+    @staticmethod
+    def forward(ctx, z, inplace):
+        ctx.save_for_backward(z > 0)
+        if inplace:
+            ctx.mark_dirty(z)
+            return z.relu_()
+        return torch.relu(z)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (active,) = ctx.saved_tensors
+        return grad.clamp(min=0) * active, None
+
+
+def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    r"""Guided backpropagation :cite:p:`springenberg2015striving`, all ReLU call paths covered.
+
+    Each ReLU passes back :math:`\max(g, 0)\,\1(z > 0)`; max-pooling keeps its usual routing.
+    Unlike Captum's ``GuidedBackprop`` (which hooks ``nn.ReLU`` modules only), ReLUs called
+    functionally are covered too (:func:`nbsupport.intercept.route_calls`).
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+    target : int or Tensor of shape (N,)
+
+    Returns
+    -------
+    Tensor, shape of ``x``
+    """
+    with route_calls(model, lambda z, inplace: _GuidedReLU.apply(z, inplace)):
+        return input_gradient(model, x, target)
 
 
 def gradient_x_input(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
@@ -93,7 +135,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, n_samples: int = 16, n
     -------
     Tensor, shape of ``x``
     """
-    _check_input(x)
+    check_input(x)
     n_samples = _check_positive_int(n_samples, "n_samples")
     if not noise_level >= 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level!r}")
@@ -122,7 +164,7 @@ def image_map(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     -------
     Tensor, a copy of ``x``
     """
-    _check_input(x)
+    check_input(x)
     return x.detach().clone()
 
 
@@ -145,7 +187,7 @@ def random_map(model: nn.Module, x: torch.Tensor, target, seed: int = 0) -> torc
     -------
     Tensor, shape, dtype and device of ``x``
     """
-    _check_input(x)
+    check_input(x)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
@@ -172,12 +214,12 @@ def class_average_map(attribute: Attribution, x_ref: torch.Tensor, y_ref: torch.
     callable
         ``fn(model, x, target) -> Tensor`` shaped like ``x``, on ``x``'s device.
     """
-    _check_input(x_ref)
+    check_input(x_ref)
     if not isinstance(y_ref, torch.Tensor) or y_ref.shape != (len(x_ref),) or y_ref.is_floating_point():
         raise ValueError(f"y_ref must be an integer tensor of shape ({len(x_ref)},), got {y_ref!r}")
 
     def fn(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
-        _check_input(x)
+        check_input(x)
         if x.shape[1:] != x_ref.shape[1:]:
             raise ValueError(f"x must have samples of shape {tuple(x_ref.shape[1:])}, got {tuple(x.shape[1:])}")
         with torch.no_grad():
@@ -215,7 +257,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch
     -------
     Tensor, shape, dtype and device of ``x``
     """
-    _check_input(x)
+    check_input(x)
     if x.ndim != 4:
         raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
     sigma = real(sigma, "sigma", low=0)
@@ -360,7 +402,7 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target, attribution: t
     -------
     DeletionInsertion
     """
-    _check_input(x)
+    check_input(x)
     if x.ndim != 4 or attribution.shape != x.shape:
         raise ValueError(f"x must have shape (N, C, H, W) and attribution the same shape, got {tuple(x.shape)} "
                          f"and {tuple(attribution.shape)}")
@@ -439,7 +481,7 @@ def infidelity(model: nn.Module, x: torch.Tensor, target, attribution: torch.Ten
     """
     from captum.metrics import infidelity as captum_infidelity
 
-    _check_input(x)
+    check_input(x)
     if attribution.shape != x.shape:
         raise ValueError(f"attribution must have the shape of x {tuple(x.shape)}, got {tuple(attribution.shape)}")
     if not noise_std > 0:
@@ -486,7 +528,7 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attrib
     """
     from captum.metrics import sensitivity_max
 
-    _check_input(x)
+    check_input(x)
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius!r}")
     n_samples = _check_positive_int(n_samples, "n_samples")
@@ -636,7 +678,7 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
     dict
         ``results[method][metric]``: Tensor of shape (N,), on ``x``'s device.
     """
-    _check_input(x)
+    check_input(x)
     if not isinstance(methods, dict) or not methods or not all(callable(f) for f in methods.values()):
         raise ValueError("methods must be a non-empty dict of name -> attribute(model, x, target)")
     baselines = {"zero": 0.0} if baselines is None else baselines
@@ -684,7 +726,7 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute
     Tensor, float64, shape (len(seeds), L, N), on ``x``'s device
         Entry ``[s, k - 1, n]`` for the top ``k`` layers randomised with seed ``seeds[s]``.
     """
-    _check_input(x)
+    check_input(x)
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must hold at least one seed")

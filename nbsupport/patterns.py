@@ -8,12 +8,16 @@ of every ReLU of a model; :func:`group_by_pattern` finds the distinct rows, fast
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["activation_patterns", "group_by_pattern", "pack_patterns", "Groups", "local_affine_maps"]
+from .intercept import route_calls
+from .saliency import check_input, checked_forward
+
+__all__ = ["activation_patterns", "relu_inputs", "gate_patterns", "path_correlation", "group_by_pattern",
+           "pack_patterns", "Groups", "local_affine_maps"]
 
 #: Bits per packed word: 63, so that every word is a non-negative int64 and signed order is code order.
 WORD_BITS = 63
@@ -62,6 +66,70 @@ def activation_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
     return gates
+
+
+def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    r"""The pre-activations :math:`z` entering every ReLU call of ``model`` on ``x``, functional calls included.
+
+    The forward pass runs under ``torch.no_grad`` with the model as it is (train/eval mode, buffers:
+    call ``model.eval()`` first, a BatchNorm in training mode would update its statistics).
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+
+    Returns
+    -------
+    list of Tensor, shape (N, m_l)
+        One per ReLU call in call order, unit axes flattened.
+    """
+    check_input(x)
+    inputs: list[torch.Tensor] = []
+
+    def record(z, inplace):
+        inputs.append(z.reshape(len(z), -1).clone())
+        return z.relu_() if inplace else torch.relu(z)
+
+    with route_calls(model, record), torch.no_grad():
+        checked_forward(model, x)
+    return inputs
+
+
+def gate_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    r"""The gates :math:`\1(z > 0)` of every ReLU call (see :func:`relu_inputs`): bool, shapes (N, m_l)."""
+    return [z > 0 for z in relu_inputs(model, x)]
+
+
+def path_correlation(gates_a: Sequence[torch.Tensor], gates_b: Sequence[torch.Tensor]) -> torch.Tensor:
+    r"""Pearson correlation, per sample, of two rank-one path tensors :math:`\bigotimes_\ell a_\ell` and
+    :math:`\bigotimes_\ell b_\ell`.
+
+    The source's Hypothesis 1 is stated for gate tensors :math:`\tilde G(x) \in \R^{P_1}`,
+    :math:`P_1 = \prod_\ell d_\ell` :cite:p:`satkiewicz2025tapping`, far too many entries to list.
+    For rank-one tensors the moments over paths factorise, :math:`\operatorname{mean}(A B) =
+    \prod_\ell \operatorname{mean}_i(a_\ell[i] b_\ell[i])` and so on, so the correlation is exact
+    from per-layer means.
+
+    Parameters
+    ----------
+    gates_a, gates_b : sequences of Tensor, each of shape (N, m_l)
+        Gates of the same layers (bool or values in [0, 1]), e.g. from :func:`gate_patterns`.
+
+    Returns
+    -------
+    Tensor, float64, shape (N,)
+        NaN where a tensor is constant over paths.
+    """
+    if len(gates_a) != len(gates_b) or not gates_a or any(a.shape != b.shape or a.ndim != 2
+                                                         for a, b in zip(gates_a, gates_b)):
+        raise ValueError("gates_a and gates_b must list the same number (>= 1) of (N, m_l) tensors of equal shapes")
+    mean_a = mean_b = mean_ab = mean_aa = mean_bb = 1.0
+    for a, b in zip(gates_a, gates_b):
+        a, b = a.double(), b.double()
+        mean_a, mean_b = mean_a * a.mean(1), mean_b * b.mean(1)
+        mean_ab, mean_aa, mean_bb = mean_ab * (a * b).mean(1), mean_aa * (a * a).mean(1), mean_bb * (b * b).mean(1)
+    return (mean_ab - mean_a * mean_b) / ((mean_aa - mean_a**2) * (mean_bb - mean_b**2)).sqrt()
 
 
 def pack_patterns(gates: torch.Tensor) -> torch.Tensor:

@@ -467,3 +467,50 @@ def test_temperature_may_be_a_numpy_or_tensor_scalar():
     reference = excitation_pullback(net, x, 0, 0.3)
     for temperature in (np.float64(0.3), torch.tensor(0.3, dtype=torch.float64)):
         assert torch.equal(excitation_pullback(net, x, 0, temperature), reference)
+
+
+# --- the split: nbsupport.pullbacks re-exports the modules' objects ----------------------------
+
+def test_pullbacks_reexports_the_split_modules():
+    """Every name of nbsupport.pullbacks (DESIGN.md's and chapter 4's) is the very object of the module
+    that defines it, and the rules as functions agree with the context manager."""
+    import nbsupport.pullbacks as pullbacks
+    from nbsupport import ascent, attribution, imagenet, patterns, saliency, softpool, surrogate
+
+    homes = {}
+    for module in (softpool, surrogate, saliency, patterns, attribution, ascent, imagenet):
+        for name in module.__all__:
+            assert name not in homes, f"{name} is defined twice"
+            homes[name] = getattr(module, name)
+    chapter_4 = ("excitation_pullback", "gate_patterns", "guided_backprop", "input_gradient", "load_imagenet_checkpoint",
+                 "path_correlation", "projected_gradient_ascent", "relu_inputs", "softmax_pool2d")
+    design = ("excitation_pullback", "surrogate_gradients", "SoftMaxPool2d", "projected_gradient_ascent")
+    for name in chapter_4 + design + ("check_target", "pool_output_size", "remap_legacy_densenet_keys"):
+        assert name in pullbacks.__all__, name
+    for name in pullbacks.__all__:
+        assert getattr(pullbacks, name) is homes[name], name
+
+
+def test_the_rules_as_functions():
+    from nbsupport.softpool import softmax_pool2d_vjp
+    from nbsupport.surrogate import softmax_routed_max_pool2d, surrogate_relu
+
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    out = surrogate_relu(z, 0.2)
+    assert torch.equal(out, torch.relu(z))
+    grad = torch.randn(3, 7, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(torch.autograd.grad(out, z, grad)[0], grad * torch.sigmoid(z / 0.2))
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    pooled = softmax_routed_max_pool2d(x, 3, 2, 1, temperature=0.5)
+    assert torch.equal(pooled, F.max_pool2d(x, 3, 2, 1))
+    grad = torch.randn(pooled.shape, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(torch.autograd.grad(pooled, x, grad)[0],
+                               softmax_pool2d_vjp(x.detach(), grad, 3, 2, 1, temperature=0.5))
+    zi = z.detach().clone()
+    with torch.no_grad():
+        assert surrogate_relu(zi, inplace=True) is zi and bool((zi >= 0).all())
+    with pytest.raises(ValueError, match="temperature"):
+        surrogate_relu(z, 0.0)
+    with pytest.raises(ValueError, match="padding_value"):
+        softmax_routed_max_pool2d(x, 2, padding_value=1.0)

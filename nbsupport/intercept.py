@@ -1,0 +1,135 @@
+r"""Every ReLU and 2-d max-pool call of a model's forward pass, routed to rules of one's own.
+
+:func:`route_calls` installs a :class:`torch.overrides.TorchFunctionMode` that is active only
+while the model's forward pass runs (entered and left by forward hooks on every submodule). It
+intercepts the *functions* ``torch.relu``, ``torch.relu_``, ``F.relu`` (in place or not),
+``Tensor.relu``, ``Tensor.relu_``, ``F.max_pool2d`` (also with ``return_indices``) and
+``torch.max_pool2d``, so it covers ``nn.ReLU``/``nn.MaxPool2d`` modules (which call those
+functions) and ReLUs called inside a ``forward`` alike (torchvision's DenseNet calls ``F.relu``),
+without touching the model: restoring it means removing the hooks. Related functions for which no
+rule exists (``relu6``, ``threshold``, other max-poolings) raise :class:`NotImplementedError`
+naming the call rather than passing silently. ReLUs written as ``clamp(min=0)``,
+``torch.maximum`` or ``torch.where`` cannot be recognised.
+
+The excitation rules (:mod:`nbsupport.surrogate`), guided backpropagation
+(:func:`nbsupport.attribution.guided_backprop`) and the gate reader
+(:func:`nbsupport.patterns.relu_inputs`) are rules routed this way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .softpool import pool_geometry
+
+__all__ = ["route_calls"]
+
+_RELU = {F.relu, torch.relu, torch.Tensor.relu}
+_RELU_INPLACE = {torch.relu_, torch.Tensor.relu_}
+_MAXPOOL = {F.max_pool2d, torch.max_pool2d}
+_MAXPOOL_INDICES = {F.max_pool2d_with_indices}
+_UNSUPPORTED = {F.relu6, F.threshold, torch.threshold, torch.threshold_, F.threshold_, F.max_pool1d, F.max_pool3d,
+                F.max_pool1d_with_indices, F.max_pool3d_with_indices, torch.max_pool1d, torch.max_pool3d,
+                F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.fractional_max_pool2d,
+                F.fractional_max_pool3d, F.lp_pool2d, F.hardtanh, F.hardtanh_}
+_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def _bind(args, kwargs, names):
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+class _CallRouter(TorchFunctionMode):
+    """Route ReLU and max-pool calls to ``relu_rule(z, inplace)`` and ``pool_rule(x, geometry, ceil_mode)``."""
+
+    def __init__(self, relu_rule: Callable, pool_rule: Callable | None):
+        super().__init__()
+        self.relu_rule, self.pool_rule = relu_rule, pool_rule
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU:
+            bound = _bind(args, kwargs, ("input", "inplace"))
+            return self.relu_rule(bound["input"], bool(bound.get("inplace", False)))
+        if func in _RELU_INPLACE:
+            return self.relu_rule(args[0], True)
+        if self.pool_rule is not None and (func in _MAXPOOL or func in _MAXPOOL_INDICES):
+            b = _bind(args, kwargs, _POOL_ARGS)
+            geometry = pool_geometry(b["kernel_size"], b.get("stride"), b.get("padding", 0), b.get("dilation", 1))
+            x, ceil_mode = b["input"], bool(b.get("ceil_mode", False))
+            out = self.pool_rule(x, geometry, ceil_mode)
+            if func in _MAXPOOL_INDICES or b.get("return_indices", False):
+                with torch.no_grad():
+                    _, indices = F.max_pool2d_with_indices(x, *geometry, ceil_mode=ceil_mode)
+                return out, indices
+            return out
+        if func in _UNSUPPORTED:
+            name = getattr(func, "__name__", repr(func))
+            raise NotImplementedError(f"the model calls {func.__module__ or 'torch'}.{name}, for which these rules "
+                                      f"have none; its gradient would silently stay the vanilla one")
+        return func(*args, **kwargs)
+
+
+_ACTIVE: set[int] = set()
+
+
+@contextlib.contextmanager
+def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | None = None) -> Iterator[nn.Module]:
+    """Context manager: inside it, ``model``'s ReLU (and max-pool) calls go to the given rules.
+
+    Only calls made while ``model`` (or one of its submodules) runs its forward pass are routed;
+    the model is not modified (forward hooks are added, and removed on exit, also after an
+    exception). Nesting on the same model is refused.
+
+    Parameters
+    ----------
+    model : nn.Module
+    relu_rule : callable
+        ``relu_rule(z, inplace) -> Tensor`` replaces every ReLU call on the tensor ``z`` (``inplace``
+        says whether the caller asked for an in-place ReLU; the rule must then modify ``z``).
+    pool_rule : callable, optional
+        ``pool_rule(x, geometry, ceil_mode) -> Tensor`` replaces every 2-d max-pool call, with
+        ``geometry`` a :class:`~nbsupport.softpool.PoolGeometry`; the indices, when asked for, are
+        max-pooling's. ``None`` leaves max-pooling alone.
+
+    Yields
+    ------
+    nn.Module
+        ``model``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if id(model) in _ACTIVE:
+        raise RuntimeError("rules are already routed on this model; nesting them is not supported")
+    mode = _CallRouter(relu_rule, pool_rule)
+    depth = [0]
+
+    def enter(module, args):
+        if depth[0] == 0:
+            mode.__enter__()
+        depth[0] += 1
+
+    def leave(module, args, output):
+        depth[0] -= 1
+        if depth[0] == 0:
+            mode.__exit__(None, None, None)
+
+    handles = []
+    _ACTIVE.add(id(model))
+    try:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave, always_call=True))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        _ACTIVE.discard(id(model))

@@ -1,0 +1,240 @@
+r"""Softmax pooling: max-pooling's windows, each averaged with weights :math:`\mathrm{softmax}(x/T)`.
+
+The soft branch of the excitation rules :cite:p:`satkiewicz2025tapping`: a max-pooling routes the
+incoming gradient as the softmax pooling over the same windows would (Listing 2 of the source).
+:func:`softmax_pool2d` is the pooling itself, :func:`softmax_pool2d_vjp` its vector-Jacobian
+product in closed form (what the surrogate rule of :mod:`nbsupport.surrogate` passes back), and
+:func:`pool_geometry` / :func:`pool_output_size` reproduce ``F.max_pool2d``'s argument handling
+and window grid, ``ceil_mode`` and dilation included.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validate import pair, real
+
+__all__ = ["softmax_pool2d", "softmax_pool2d_vjp", "SoftMaxPool2d", "pool_output_size", "pool_geometry",
+           "PoolGeometry", "check_padding_value"]
+
+
+class PoolGeometry(NamedTuple):
+    """The windows of a 2-d pooling: each field a pair ``(height, width)`` of ints."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+def pool_geometry(kernel_size, stride=None, padding=0, dilation=1) -> PoolGeometry:
+    """``F.max_pool2d``'s window arguments as pairs of ints, checked.
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, dilation : int or pair of ints
+        As in ``torch.nn.functional.max_pool2d``; ``stride`` ``None`` (or an empty sequence, as
+        ``torch.max_pool2d`` passes it) means ``kernel_size``.
+
+    Returns
+    -------
+    PoolGeometry
+
+    Raises
+    ------
+    ValueError
+        Unless ``kernel_size, stride, dilation >= 1`` and ``0 <= padding <= kernel_size // 2``
+        (PyTorch's own conditions).
+    """
+    kernel = pair(kernel_size, "kernel_size", minimum=1)
+    empty = stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
+    stride = kernel if empty else pair(stride, "stride", minimum=1)
+    padding, dilation = pair(padding, "padding", minimum=0), pair(dilation, "dilation", minimum=1)
+    if not all(p <= k // 2 for p, k in zip(padding, kernel)):
+        raise ValueError(f"padding must be at most kernel_size // 2, got padding={padding}, kernel_size={kernel}")
+    return PoolGeometry(kernel, stride, padding, dilation)
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """Output length of ``max_pool2d`` along one axis (PyTorch's rule, ``ceil_mode`` included).
+
+    In ceil mode a last, partial window is kept only if it starts inside the input or the left
+    padding.
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if span < 0:
+        raise ValueError(f"the pooling window (kernel {kernel}, dilation {dilation}) is larger than the "
+                         f"padded input ({size} + 2*{padding})")
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def check_padding_value(value) -> float:
+    """The padding of the soft windows: ``-inf`` (max-pooling's) or ``0.0`` (the source's ``F.unfold``)."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and (value == 0 or value == -math.inf)):
+        raise ValueError(f"padding_value must be -inf (max-pooling's padding) or 0.0 (Listing 2's), got {value!r}")
+    return float(value)
+
+
+def _windows(x: torch.Tensor, geometry: PoolGeometry, ceil_mode: bool, padding_value: float):
+    """Pooling windows of ``x`` (N, C, H, W) as a tensor (N*C, kh*kw, L), padded positions ``padding_value``.
+
+    Returns the windows, the output size (oh, ow), the padded size and the pads, for folding.
+    """
+    kernel, stride, padding, dilation = geometry
+    n, c, h, w = x.shape
+    oh = pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    # extra bottom/right padding so that the last (ceil-mode) window fits; never negative here
+    extra_h = max(0, (oh - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1 - (h + 2 * padding[0]))
+    extra_w = max(0, (ow - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1 - (w + 2 * padding[1]))
+    pads = (padding[1], padding[1] + extra_w, padding[0], padding[0] + extra_h)
+    xp = F.pad(x.reshape(n * c, 1, h, w), pads, value=padding_value)
+    # with this padding unfold's window grid is exactly max_pool2d's (oh, ow)
+    win = F.unfold(xp, kernel, dilation=dilation, stride=stride)  # (N*C, kh*kw, oh*ow)
+    return win, (oh, ow), xp.shape[2:], pads
+
+
+def _check_pool_input(x: torch.Tensor, name: str = "x") -> tuple[torch.Tensor, bool]:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim not in (3, 4):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a floating tensor of shape (N, C, H, W) or (C, H, W), got {shape}")
+    return (x, False) if x.ndim == 4 else (x.unsqueeze(0), True)
+
+
+def softmax_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+                   temperature: float = 0.3, padding_value: float = -math.inf) -> torch.Tensor:
+    r"""Softmax pooling: each window's values averaged with weights :math:`\mathrm{softmax}(x/T)`.
+
+    :math:`s = \sum_i w_i x_i` with :math:`w = \mathrm{softmax}(x_{\text{window}} / T)`, over the same
+    windows as ``F.max_pool2d`` with the same arguments; padded positions take no part (they are
+    :math:`-\infty`, as in max-pooling, where the source's Listing 2 pads with zeros and supports only
+    an int kernel, no dilation and no ``ceil_mode`` :cite:p:`satkiewicz2025tapping`). As
+    :math:`T \to 0` it tends to max-pooling.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, C, H, W) or (C, H, W)
+    kernel_size, stride, padding, dilation : int or pair of ints
+        As in ``torch.nn.functional.max_pool2d`` (``stride`` defaults to ``kernel_size``).
+    ceil_mode : bool
+    temperature : float
+        :math:`T > 0`.
+    padding_value : float
+        ``-inf`` (max-pooling's padding, the default) or ``0.0`` (what ``F.unfold`` in the source's
+        Listing 2 pads with: a padded zero then takes part in the softmax).
+
+    Returns
+    -------
+    Tensor, shape of ``F.max_pool2d(x, ...)``
+    """
+    temperature = real(temperature, "temperature", low=0)
+    padding_value = check_padding_value(padding_value)
+    x4, squeeze = _check_pool_input(x)
+    geometry = pool_geometry(kernel_size, stride, padding, dilation)
+    win, (oh, ow), _, _ = _windows(x4, geometry, ceil_mode, padding_value)
+    weights = torch.softmax(win / temperature, dim=1)
+    out = (weights * win.nan_to_num(neginf=0.0)).sum(1).reshape(*x4.shape[:2], oh, ow)
+    return out[0] if squeeze else out
+
+
+def softmax_pool2d_vjp(x: torch.Tensor, grad_output: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                       ceil_mode: bool = False, temperature: float = 0.3,
+                       padding_value: float = -math.inf) -> torch.Tensor:
+    r"""Vector-Jacobian product of :func:`softmax_pool2d` at ``x``, in closed form.
+
+    With :math:`s = \sum_i w_i x_i` over a window, :math:`\partial s / \partial x_i = w_i (1 + (x_i -
+    s)/T)`; every window's contributions, times its entry of ``grad_output``, are summed back onto
+    the input. Non-overlapping, unpadded windows take a route without ``F.unfold``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, C, H, W) or (C, H, W)
+    grad_output : Tensor, shape of ``softmax_pool2d(x, ...)``
+    kernel_size, stride, padding, dilation, ceil_mode, temperature, padding_value
+        As in :func:`softmax_pool2d`.
+
+    Returns
+    -------
+    Tensor, shape of ``x``
+        :math:`\sum_o g_o\, \partial s_o / \partial x`.
+    """
+    temperature = real(temperature, "temperature", low=0)
+    padding_value = check_padding_value(padding_value)
+    x4, squeeze = _check_pool_input(x)
+    geometry = pool_geometry(kernel_size, stride, padding, dilation)
+    kernel, stride, padding, dilation = geometry
+    n, c, h, w = x4.shape
+    oh = pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    if not (isinstance(grad_output, torch.Tensor) and grad_output.numel() == n * c * oh * ow
+            and tuple(grad_output.shape[-2:]) == (oh, ow)):
+        raise ValueError(f"grad_output must have the pooled shape {(n, c, oh, ow)[1 if squeeze else 0:]}, got "
+                         f"{tuple(getattr(grad_output, 'shape', ()))}")
+    grad_output = grad_output.reshape(n, c, oh, ow)
+    if dilation == (1, 1) and stride == kernel and padding == (0, 0) and (
+            not ceil_mode or (h % kernel[0] == 0 and w % kernel[1] == 0)):
+        grad = _tiled_vjp(x4, grad_output, kernel, temperature)
+    else:
+        win, _, padded, pads = _windows(x4, geometry, ceil_mode, padding_value)
+        weights = torch.softmax(win / temperature, dim=1)
+        values = win.nan_to_num(neginf=0.0)  # padded positions have weight 0; keep them finite
+        soft = (weights * values).sum(1, keepdim=True)
+        local = weights * (1 + (values - soft) / temperature) * grad_output.reshape(n * c, 1, oh * ow)
+        grad = F.fold(local, padded, kernel, dilation=dilation, stride=stride)
+        grad = grad[:, 0, pads[2]: pads[2] + h, pads[0]: pads[0] + w].reshape(n, c, h, w)
+    return grad[0] if squeeze else grad
+
+
+def _tiled_vjp(x, grad_output, kernel, temperature):
+    """:func:`softmax_pool2d_vjp` for non-overlapping, unpadded windows.
+
+    The window position (i, j) of every output is the strided view ``x[..., i::kh, j::kw]``, so the
+    softmax over a window is elementwise work on kh*kw views of the output's size: no unfold, no
+    reductions over non-contiguous axes.
+    """
+    n, c, h, w = x.shape
+    (kh, kw), oh, ow = kernel, h // kernel[0], w // kernel[1]
+    offsets = [(i, j) for i in range(kh) for j in range(kw)]
+    parts = [x[:, :, i: oh * kh: kh, j: ow * kw: kw] for i, j in offsets]        # each (N, C, oh, ow)
+    top = parts[0]
+    for part in parts[1:]:
+        top = torch.maximum(top, part)
+    weights = [(part - top).div_(temperature).exp_() for part in parts]
+    total = sum(weights[1:], weights[0].clone())
+    weights = [weight.div_(total) for weight in weights]
+    soft = sum((weight * part for weight, part in zip(weights[1:], parts[1:])), weights[0] * parts[0])
+    grad = x.new_zeros(x.shape)
+    for (i, j), weight, part in zip(offsets, weights, parts):
+        grad[:, :, i: oh * kh: kh, j: ow * kw: kw] = (part - soft).div_(temperature).add_(1).mul_(weight).mul_(grad_output)
+    return grad
+
+
+class SoftMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d``'s arguments, forward pass :func:`softmax_pool2d` (the soft branch itself).
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, dilation, ceil_mode
+        As in :class:`torch.nn.MaxPool2d` (``return_indices`` is not supported).
+    temperature : float
+        :math:`T > 0`.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, temperature: float = 0.3):
+        super().__init__(kernel_size, stride, padding, dilation, return_indices=False, ceil_mode=ceil_mode)
+        self.temperature = real(temperature, "temperature", low=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return softmax_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                              self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, temperature={self.temperature}"

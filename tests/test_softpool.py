@@ -1,0 +1,61 @@
+"""nbsupport.softpool: the closed-form vector-Jacobian product against autograd, and argument checks.
+
+The pooling itself is tested against a per-window loop in ``test_pullbacks.py`` (forward and the
+surrogate backward of every pooling geometry)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nbsupport.softpool import PoolGeometry, pool_geometry, softmax_pool2d, softmax_pool2d_vjp
+
+CASES = [
+    dict(kernel_size=2),                                       # tiled route
+    dict(kernel_size=(2, 3), ceil_mode=True),                  # tiled route only if the size divides
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(3, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), ceil_mode=True),
+    dict(kernel_size=2, stride=3, ceil_mode=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("padding_value", [-math.inf, 0.0])
+@pytest.mark.parametrize("side", [(8, 12), (9, 11)])
+def test_vjp_is_autograd_through_the_pooling(case, padding_value, side):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, *side, dtype=torch.float64, generator=g)
+    xr = x.clone().requires_grad_(True)
+    out = softmax_pool2d(xr, **case, temperature=0.4, padding_value=padding_value)
+    grad_out = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    (expected,) = torch.autograd.grad(out, xr, grad_out)
+    got = softmax_pool2d_vjp(x, grad_out, **case, temperature=0.4, padding_value=padding_value)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert got.shape == x.shape
+    # an unbatched (C, H, W) input gives the first sample's result
+    torch.testing.assert_close(softmax_pool2d_vjp(x[0], grad_out[0], **case, temperature=0.4,
+                                                  padding_value=padding_value), expected[0], rtol=1e-12, atol=1e-12)
+    assert out.shape == F.max_pool2d(x, **case).shape
+
+
+def test_vjp_keeps_dtype_and_checks_grad_output():
+    x = torch.randn(1, 2, 6, 6)
+    grad = softmax_pool2d_vjp(x, torch.ones(1, 2, 3, 3), 2)
+    assert grad.dtype == torch.float32 and grad.shape == x.shape
+    with pytest.raises(ValueError, match="grad_output"):
+        softmax_pool2d_vjp(x, torch.ones(1, 2, 2, 2), 2)
+    with pytest.raises(ValueError, match="temperature"):
+        softmax_pool2d_vjp(x, torch.ones(1, 2, 3, 3), 2, temperature=-1.0)
+
+
+def test_pool_geometry_normalises_and_names_the_argument():
+    assert pool_geometry(3) == PoolGeometry((3, 3), (3, 3), (0, 0), (1, 1))
+    assert pool_geometry((3, 2), [], (1, 0), 2) == PoolGeometry((3, 2), (3, 2), (1, 0), (2, 2))
+    assert pool_geometry(torch.tensor(2), stride=(1, 2)) == PoolGeometry((2, 2), (1, 2), (0, 0), (1, 1))
+    for kwargs, name in [(dict(kernel_size=0), "kernel_size"), (dict(kernel_size=2, stride=0), "stride"),
+                         (dict(kernel_size=2, dilation=(1, 0)), "dilation"), (dict(kernel_size=2.5), "kernel_size"),
+                         (dict(kernel_size=3, padding=2), "padding"), (dict(kernel_size=3, padding=-1), "padding"),
+                         (dict(kernel_size=(1, 2, 3)), "kernel_size")]:
+        with pytest.raises(ValueError, match=name):
+            pool_geometry(**kwargs)
