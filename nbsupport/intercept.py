@@ -50,9 +50,9 @@ def _bind(args, kwargs, names):
 class _CallRouter(TorchFunctionMode):
     """Route ReLU and max-pool calls to ``relu_rule(z, inplace)`` and ``pool_rule(x, geometry, ceil_mode)``."""
 
-    def __init__(self, relu_rule: Callable, pool_rule: Callable | None):
+    def __init__(self, relu_rule: Callable, pool_rule: Callable | None, strict: bool):
         super().__init__()
-        self.relu_rule, self.pool_rule = relu_rule, pool_rule
+        self.relu_rule, self.pool_rule, self.strict = relu_rule, pool_rule, strict
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -71,7 +71,7 @@ class _CallRouter(TorchFunctionMode):
                     _, indices = F.max_pool2d_with_indices(x, *geometry, ceil_mode=ceil_mode)
                 return out, indices
             return out
-        if func in _UNSUPPORTED:
+        if self.strict and func in _UNSUPPORTED:
             name = getattr(func, "__name__", repr(func))
             raise NotImplementedError(f"the model calls {func.__module__ or 'torch'}.{name}, for which these rules "
                                       f"have none; its gradient would silently stay the vanilla one")
@@ -82,7 +82,8 @@ _ACTIVE: set[int] = set()
 
 
 @contextlib.contextmanager
-def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | None = None) -> Iterator[nn.Module]:
+def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | None = None,
+                strict: bool = True) -> Iterator[nn.Module]:
     """Context manager: inside it, ``model``'s ReLU (and max-pool) calls go to the given rules.
 
     Only calls made while ``model`` (or one of its submodules) runs its forward pass are routed;
@@ -99,6 +100,9 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
         ``pool_rule(x, geometry, ceil_mode) -> Tensor`` replaces every 2-d max-pool call, with
         ``geometry`` a :class:`~nbsupport.softpool.PoolGeometry`; the indices, when asked for, are
         max-pooling's. ``None`` leaves max-pooling alone.
+    strict : bool
+        Raise ``NotImplementedError`` at a call of a ReLU or max-pool relative without a rule
+        (``relu6``, ``threshold``, ``hardtanh``, other max-poolings); ``False`` lets them run.
 
     Yields
     ------
@@ -109,7 +113,7 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if id(model) in _ACTIVE:
         raise RuntimeError("rules are already routed on this model; nesting them is not supported")
-    mode = _CallRouter(relu_rule, pool_rule)
+    mode = _CallRouter(relu_rule, pool_rule, bool(strict))
     depth = [0]
 
     def enter(module, args):

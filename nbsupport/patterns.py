@@ -2,7 +2,7 @@
 
 A ReLU layer's gate matrix :math:`A = \\mathbf{1}(Z > 0)` (one row per sample) assigns every sample
 to a linear region of the network :cite:p:`condcov_note`. :func:`activation_patterns` reads the gates
-of every ReLU of a model; :func:`group_by_pattern` finds the distinct rows, fast, for any width;
+of every ReLU call of a model (:func:`relu_inputs` the pre-activations behind them); :func:`group_by_pattern` finds the distinct rows, fast, for any width;
 :func:`local_affine_maps` gives the affine map :math:`f(x) = J_a x + c_a` that a full pattern fixes.
 """
 
@@ -23,82 +23,90 @@ __all__ = ["activation_patterns", "relu_inputs", "gate_patterns", "path_correlat
 WORD_BITS = 63
 
 
-def activation_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The gates :math:`\\mathbf{1}(z > 0)` of every ReLU module of ``model`` on the batch ``x``.
+def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tensor]:
+    """``read(z)`` of the input ``z`` of every ReLU call of ``model`` on ``x``, in call order.
 
-    Forward pre-hooks read each ReLU's input before the ReLU sees it (so in-place ReLUs are read
-    correctly); the hooks are removed afterwards, also on error. The pass runs under
-    ``torch.no_grad`` and the buffers are restored afterwards (a BatchNorm in training mode would
-    otherwise update its running statistics), so parameters, buffers and train/eval mode are left
-    as they were. In training mode the gates are those of training mode (batch statistics).
-
-    Parameters
-    ----------
-    model : nn.Module
-        Any module whose ReLUs are ``nn.ReLU`` submodules (an ``nn.Sequential`` or a deeper tree).
-        ReLUs called functionally (``F.relu``) are not seen.
-    x : Tensor, shape (N, ...)
-        A batch of inputs.
-
-    Returns
-    -------
-    list of Tensor, each bool of shape (N, m_l)
-        One gate matrix per ReLU call, in call order; unit axes beyond the batch are flattened
-        (``m_l = C*H*W`` for a convolutional feature map).
-    """
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    if not relus:
-        raise ValueError(f"model has no nn.ReLU submodule: {type(model).__name__}")
-    gates: list[torch.Tensor] = []
-
-    def record(module, inputs):
-        gates.append((inputs[0] > 0).reshape(inputs[0].shape[0], -1))
-
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    handles = [m.register_forward_pre_hook(record) for m in relus]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
-    return gates
-
-
-def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    r"""The pre-activations :math:`z` entering every ReLU call of ``model`` on ``x``, functional calls included.
-
-    The forward pass runs under ``torch.no_grad`` with the model as it is (train/eval mode, buffers:
-    call ``model.eval()`` first, a BatchNorm in training mode would update its statistics).
-
-    Parameters
-    ----------
-    model : nn.Module
-    x : Tensor, shape (N, ...)
-
-    Returns
-    -------
-    list of Tensor, shape (N, m_l)
-        One per ReLU call in call order, unit axes flattened.
+    The one gate reader behind :func:`relu_inputs` and :func:`activation_patterns`: ReLU calls are
+    routed by :func:`~nbsupport.intercept.route_calls` (modules, functional and in-place calls
+    alike), ``z`` is read before the ReLU (an in-place ReLU would overwrite it), the pass runs
+    under ``torch.no_grad``, and afterwards, also after an error, every buffer (BatchNorm's running
+    statistics and batch counter) holds its old value and every module its old train/eval flag.
     """
     check_input(x)
     inputs: list[torch.Tensor] = []
 
     def record(z, inplace):
-        inputs.append(z.reshape(len(z), -1).clone())
+        inputs.append(read(z.reshape(len(z), -1)))
         return z.relu_() if inplace else torch.relu(z)
 
-    with route_calls(model, record), torch.no_grad():
-        checked_forward(model, x)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        with route_calls(model, record, strict=False), torch.no_grad():
+            checked_forward(model, x)
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for module, training in modes:
+            module.training = training
+    if not inputs:
+        raise ValueError(f"model made no ReLU call on x (nn.ReLU, F.relu, torch.relu, Tensor.relu): "
+                         f"{type(model).__name__}")
     return inputs
 
 
-def gate_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    r"""The gates :math:`\1(z > 0)` of every ReLU call (see :func:`relu_inputs`): bool, shapes (N, m_l)."""
-    return [z > 0 for z in relu_inputs(model, x)]
+def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    r"""The pre-activations :math:`z` entering every ReLU call of ``model`` on the batch ``x``.
+
+    Every ReLU call is seen: ``nn.ReLU`` modules, functional calls (``F.relu``, ``torch.relu``,
+    ``Tensor.relu``, as in torchvision's DenseNet or a ResNet block's ``forward``) and their
+    in-place forms, read before the ReLU overwrites its input. ReLUs written as ``clamp(min=0)``
+    or ``torch.maximum`` are not recognised. The forward pass runs under ``torch.no_grad`` with the
+    model in its own train/eval mode (in training mode a BatchNorm normalises with the batch's
+    statistics); parameters, buffers (a BatchNorm's running statistics) and train/eval flags are
+    as they were afterwards, also when the forward pass raises.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Makes at least one ReLU call on ``x``.
+    x : Tensor, shape (N, ...)
+        A floating batch of inputs.
+
+    Returns
+    -------
+    list of Tensor, each of shape (N, m_l), dtype and device of the pre-activations
+        One per ReLU call, in call order (a module called twice appears twice); unit axes beyond
+        the batch are flattened (``m_l = C*H*W`` for a convolutional feature map).
+    """
+    return _read_relu_calls(model, x, torch.clone)
+
+
+def activation_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The gates :math:`\\mathbf{1}(z > 0)` of every ReLU call of ``model`` on the batch ``x``.
+
+    ``[z > 0 for z in relu_inputs(model, x)]`` without keeping the pre-activations: the same calls
+    (modules, functional and in-place ReLUs), the same order, and the same guarantees (model mode
+    and buffers untouched); see :func:`relu_inputs`.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+
+    Returns
+    -------
+    list of Tensor, each bool of shape (N, m_l)
+        One gate matrix per ReLU call, in call order.
+    """
+    return _read_relu_calls(model, x, lambda z: z > 0)
+
+
+#: Chapter 4's name for :func:`activation_patterns`.
+gate_patterns = activation_patterns
 
 
 def path_correlation(gates_a: Sequence[torch.Tensor], gates_b: Sequence[torch.Tensor]) -> torch.Tensor:

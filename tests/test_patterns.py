@@ -1,11 +1,13 @@
 """nbsupport.patterns against plain loops and torch.unique(dim=0)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from nbsupport.models import mlp
-from nbsupport.patterns import activation_patterns, group_by_pattern, pack_patterns
+from nbsupport.models import mlp, small_resnet, vgg_cnn
+from nbsupport.patterns import activation_patterns, group_by_pattern, pack_patterns, relu_inputs
 
 
 def _reference_groups(gates):
@@ -114,11 +116,17 @@ def test_activation_patterns_nested_and_inplace():
 
 def test_activation_patterns_errors_remove_hooks():
     net = mlp([3, 4, 2])
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="does not fit the model"):
         activation_patterns(net, torch.randn(5, 7))  # wrong input width
-    assert not any(m._forward_pre_hooks for m in net.modules())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())
+    assert not torch._C._is_torch_function_mode_enabled()
     with pytest.raises(ValueError, match="ReLU"):
         activation_patterns(nn.Linear(2, 2), torch.randn(3, 2))
+    for bad in (torch.zeros(3, 3, dtype=torch.long), torch.zeros(3)):
+        with pytest.raises(ValueError, match="x must"):
+            relu_inputs(net, bad)
+    with pytest.raises(ValueError, match="model"):
+        relu_inputs(lambda t: t, torch.zeros(3, 3))
 
 
 def test_activation_patterns_leave_batchnorm_statistics_alone():
@@ -128,6 +136,131 @@ def test_activation_patterns_leave_batchnorm_statistics_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     activation_patterns(model, torch.randn(16, 3) + 5)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# --- the gate reader against forward passes written out layer by layer -------------------------
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()]
+
+
+def _assert_untouched(model, before):
+    state, modes = before
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())   # running stats, batch counter
+    assert [m.training for m in model.modules()] == modes
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert not torch._C._is_torch_function_mode_enabled()
+
+
+def _random_batchnorm(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+def _loop_vgg(model, x):
+    """vgg_cnn's stages module by module: record the input of every ReLU."""
+    zs, h = [], x
+    for module in model[0]:
+        if isinstance(module, nn.ReLU):
+            zs.append(h.clone())
+        h = module(h)
+    return zs
+
+
+def _loop_resnet18(m, x):
+    """torchvision's ResNet-18 written out: the stem, then two ReLU calls per basic block."""
+    zs = [m.bn1(m.conv1(x))]
+    h = m.maxpool(torch.relu(zs[-1]))
+    for layer in (m.layer1, m.layer2, m.layer3, m.layer4):
+        for block in layer:
+            identity = h if block.downsample is None else block.downsample(h)
+            zs.append(block.bn1(block.conv1(h)))
+            zs.append(block.bn2(block.conv2(torch.relu(zs[-1]))) + identity)
+            h = torch.relu(zs[-1])
+    return zs
+
+
+def _resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    return _random_batchnorm(torchvision.models.resnet18(weights=None, num_classes=5)).double()
+
+
+@pytest.mark.parametrize("arch", ["mlp", "vgg", "resnet18"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_gate_reader_matches_a_layer_by_layer_loop(arch, train):
+    """Both readers (relu_inputs and activation_patterns, alias gate_patterns) against a plain forward
+    loop on a copy, in eval mode (running statistics) and in train mode (batch statistics); the
+    model's buffers and modes are untouched afterwards."""
+    g = torch.Generator().manual_seed(1)
+    if arch == "mlp":
+        torch.manual_seed(0)
+        model, x = mlp([5, 8, 7, 3]).double(), torch.randn(20, 5, dtype=torch.float64, generator=g)
+        loop = lambda m, inp: [m[0](inp), m[2](torch.relu(m[0](inp)))]  # noqa: E731
+    elif arch == "vgg":
+        torch.manual_seed(0)
+        model = _random_batchnorm(vgg_cnn((4, 6), image_size=12)).double()
+        x, loop = torch.rand(6, 1, 12, 12, dtype=torch.float64, generator=g), _loop_vgg
+    else:
+        model, x, loop = _resnet18(), torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=g), _loop_resnet18
+    model.train(train)
+    with torch.no_grad():
+        expected = [z.reshape(len(x), -1) for z in loop(copy.deepcopy(model), x)]
+    before = _state(model)
+    inputs, gates = relu_inputs(model, x), activation_patterns(model, x)
+    _assert_untouched(model, before)
+    assert len(inputs) == len(gates) == len(expected) == {"mlp": 2, "vgg": 4, "resnet18": 17}[arch]
+    for z, a, ref in zip(inputs, gates, expected):
+        assert torch.equal(z, ref) and torch.equal(a, ref > 0)
+    assert any(bool((z < 0).any()) for z in inputs)  # read before the in-place ReLUs overwrote them
+
+
+def test_the_old_readers_no_longer_diverge():
+    """Before the merge, pullbacks.relu_inputs ran a train-mode BatchNorm as it was (updating its
+    running statistics) and saw functional ReLUs, while patterns.activation_patterns restored the
+    buffers and saw nn.ReLU modules only. Now every name reads the same gates the same way."""
+    from nbsupport.pullbacks import gate_patterns, relu_inputs as relu_inputs_pullbacks
+
+    assert gate_patterns is activation_patterns and relu_inputs_pullbacks is relu_inputs
+    torch.manual_seed(0)
+    model = _random_batchnorm(small_resnet((4, 6), image_size=12)).train()
+    x = torch.rand(5, 1, 12, 12, generator=torch.Generator().manual_seed(2)) + 3   # far from the running mean
+    before = _state(model)
+    gates = activation_patterns(model, x)
+    _assert_untouched(model, before)
+    # one nn.ReLU module (the stem), four functional calls in the blocks: all five are read
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 1 and len(gates) == 5
+    for a, z in zip(gates, relu_inputs(model, x), strict=True):
+        assert torch.equal(a, z > 0)
+    _assert_untouched(model, before)
+    copy_ = copy.deepcopy(model)
+    with torch.no_grad():
+        stem = copy_[0][1](copy_[0][0](x))                # train mode: the batch's statistics
+    assert torch.equal(gates[0], (stem > 0).flatten(1))
+    assert not torch.equal(copy_[0][1].running_mean, model[0][1].running_mean)  # a plain pass updates them
+
+
+def test_gate_reader_restores_the_model_after_an_error():
+    torch.manual_seed(0)
+    model = _random_batchnorm(vgg_cnn((4, 6), image_size=12)).train()
+    model[0][1].eval()  # mixed modes are kept as they are
+    before = _state(model)
+
+    def boom(module, args, output):
+        raise KeyError("inside forward")
+
+    handle = model[0][4].register_forward_hook(boom)   # after a training-mode BatchNorm has run
+    with pytest.raises(KeyError):
+        relu_inputs(model, torch.rand(4, 1, 12, 12))
+    handle.remove()
+    _assert_untouched(model, before)
 
 
 def test_local_affine_maps_against_autograd():
