@@ -6,7 +6,8 @@ inputs with that pattern is a polyhedron (Lemma 1 of the source: open half-space
 are on, closed ones for the units that are off) and
 its probability is a Gaussian polytope probability. For the first layer alone and at most as many
 units as input dimensions it is an orthant probability of a non-singular Gaussian, which
-:func:`orthant_probability` computes with scipy's Genz quasi-Monte Carlo :cite:p:`genz1992numerical`.
+:func:`orthant_probability` computes with scipy's Genz quasi-Monte Carlo :cite:p:`genz1992numerical`
+below 12 dimensions and with :func:`polytope_probability` (below) from 12 on.
 
 Everything else rests on one routine, :func:`polytope_probability`: write :math:`x = \mu + C u`
 with :math:`C C^\top = \Sigma` of rank :math:`r`, rotate the constraints :math:`G C u > -(G\mu + h)`

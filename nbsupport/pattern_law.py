@@ -38,7 +38,7 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     :math:`P(A = a) = P(S z > 0)` with :math:`z = Wx + b` and :math:`S = \diag(2a - 1)`: an orthant
     probability of :math:`\mathcal N(S(W\mu + b), S W \Sigma W^\top S)`. When that covariance is
     non-singular (``m <= d`` and full rank) ``method="auto"`` uses :func:`orthant_probability`
-    (scipy); otherwise (``m > d``: the covariance has rank at most ``d`` and many patterns are
+    (its own default route: scipy below 12 units); otherwise (``m > d``: the covariance has rank at most ``d`` and many patterns are
     impossible) it integrates over the input-space polytope of Lemma 1 with
     :func:`polytope_probability`, where impossible patterns come out as exactly 0.
 
@@ -54,8 +54,9 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     rng : numpy Generator or int, default 0
         Deterministic by default; pass another seed or a Generator for independent runs.
     **options
-        Passed on (``n_rep`` for either route, ``abseps``/``maxpts`` for ``orthant``,
-        ``n_points`` for ``polytope``); any other raises ``ValueError`` naming it.
+        Passed on (``n_rep`` and ``n_points`` for either route, ``abseps``/``maxpts`` for
+        ``orthant``, which passes them to :func:`orthant_probability`); any other raises
+        ``ValueError`` naming it.
 
     Warns
     -----
@@ -80,7 +81,7 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
         method = "orthant" if nonsingular else "polytope"
     if method not in ("orthant", "polytope"):
         raise ValueError(f"method must be 'auto', 'orthant' or 'polytope', got {method!r}")
-    check_options(options, ("n_rep", "abseps", "maxpts") if method == "orthant" else ("n_rep", "n_points"),
+    check_options(options, ("n_rep", "abseps", "maxpts", "n_points") if method == "orthant" else ("n_rep", "n_points"),
                    f"pattern_pmf(method={method!r})")
     signs = _signs(m)
     rng = as_generator(rng)
