@@ -133,8 +133,30 @@ def _log_prior(z: torch.Tensor, patterns: torch.Tensor, tau: float) -> torch.Ten
     return F.logsigmoid(z / tau) @ patterns.T + F.logsigmoid(-z / tau) @ (1 - patterns).T
 
 
-def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    r"""log P(y | x, a) for every sample and every pattern, in code order: (N, 2**m).
+def _halves(m: int) -> int:
+    """Number of codes of the low half of the units (bits 0 .. m // 2 - 1): L = 2 ** (m // 2)."""
+    return 2 ** (m // 2)
+
+
+def _log_prior_grid(z: torch.Tensor, tau: float) -> torch.Tensor:
+    """log P(a | x) on the (low code, high code) grid of :func:`_log_lik_grid`: (N, L, H).
+
+    The prior factorises over units, so it is the sum of a low-half term (N, L, 1) and a high-half
+    term (N, 1, H): no (N, 2**m) matrix product."""
+    m = z.shape[1]
+    n_low, low = _halves(m), torch.arange(m, device=z.device) < m // 2
+    patterns = all_patterns(m, dtype=z.dtype, device=z.device)
+    on, off = F.logsigmoid(z / tau), F.logsigmoid(-z / tau)
+
+    def half(rows, units):
+        a = rows[:, units]
+        return on[:, units] @ a.T + off[:, units] @ (1 - a).T
+
+    return half(patterns[:n_low], low).unsqueeze(2) + half(patterns[::n_low], ~low).unsqueeze(1)
+
+
+def _log_lik_grid(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""log P(y | x, a) for every sample and every pattern on a grid (N, L, H): entry (l, h) is code l + L h.
 
     The logits are additive over units, :math:`W_2 (a \odot z) + b_2 = u_l + v_h` for the low bits
     ``l`` and the high bits ``h`` of the pattern's code, so the class normaliser
@@ -144,7 +166,7 @@ def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.T
     """
     m, k = z.shape[1], second.out_features
     patterns = all_patterns(m, dtype=z.dtype, device=z.device)
-    n_low = 2 ** (m // 2)
+    n_low = _halves(m)
     contributions = z.unsqueeze(2) * second.weight.T                       # (N, m, k): z_i W2[:, i]
     u = patterns[:n_low] @ contributions                                   # (N, L, k): codes with high bits 0
     if second.bias is not None:
@@ -160,8 +182,12 @@ def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.T
         log_norm = log_norm.index_put(underflow, torch.logsumexp(u[n, l] + v[n, h], dim=1))
     u_y = u.gather(2, y.view(-1, 1, 1).expand(-1, u.shape[1], 1))          # (N, L, 1)
     v_y = v.gather(2, y.view(-1, 1, 1).expand(-1, v.shape[1], 1))          # (N, H, 1)
-    log_lik = u_y + v_y.transpose(1, 2) - log_norm                         # (N, L, H)
-    return log_lik.transpose(1, 2).reshape(len(z), -1)                     # code l + L h at index h L + l
+    return u_y + v_y.transpose(1, 2) - log_norm                            # (N, L, H)
+
+
+def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log P(y | x, a) for every sample and every pattern, in code order: (N, 2**m)."""
+    return _log_lik_grid(second, z, y).transpose(1, 2).reshape(len(z), -1)   # code l + L h at index h L + l
 
 
 def _log_lik_sampled(second: nn.Linear, z: torch.Tensor, y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -257,13 +283,12 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
     first, second = _check_one_hidden(model, x, y)
     z = first(x)
     if method == "exact":
-        patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
-        rows = max(1, chunk // len(patterns))
+        rows = max(1, chunk // 2 ** z.shape[1])
         out = []
         for start in range(0, len(x), rows):
             zc, yc = z[start:start + rows], y[start:start + rows]
-            joint = _log_lik_all(second, zc, yc) + _log_prior(zc, patterns, tau)
-            out.append(torch.logsumexp(joint, dim=1))
+            joint = _log_lik_grid(second, zc, yc) + _log_prior_grid(zc, tau)     # (rows, L, H)
+            out.append(torch.logsumexp(joint.flatten(1), dim=1))
         return torch.cat(out)
     if method == "mc":
         if not (isinstance(n_samples, int) and n_samples >= 2):
