@@ -39,13 +39,20 @@ from ._orthant_common import MassWarning
 from .orthant_mc import mc_jacobian_singular_values, mc_network, mc_network_pmf, mc_pattern_pmf
 from .pattern_law import (MAX_FULL_PMF_UNITS as _MAX_FULL_PMF_UNITS, Support, class_probabilities, mixture_output_cdf, mixture_pattern_pmf,
                           mixture_support_search, output_cdf, pattern_pmf, support_search)
-from .polytope import orthant_probability, polytope_probability
+from .polytope import ORTHANT_POLYTOPE_FROM as _FROM, ORTHANT_POLYTOPE_POINTS as _POINTS, orthant_probability, polytope_probability
 from .regions import (AffineMaps, affine_maps, jacobian_singular_values, mlp_layers, network_patterns, output_range,
                       pattern_codes, region)
 
 #: Largest first layer for which :func:`pattern_pmf` enumerates all ``2**m`` patterns (defined in
 #: ``nbsupport.pattern_law``; restated here so the API page documents it).
 MAX_FULL_PMF_UNITS = _MAX_FULL_PMF_UNITS
+
+#: From this dimension on, :func:`orthant_probability` (``method="auto"``) takes the polytope route
+#: (defined in ``nbsupport.polytope``).
+ORTHANT_POLYTOPE_FROM = _FROM
+
+#: Sobol' points per replicate of the polytope route of :func:`orthant_probability`.
+ORTHANT_POLYTOPE_POINTS = _POINTS
 
 __all__ = [
     "orthant_probability",
@@ -67,6 +74,8 @@ __all__ = [
     "mc_network_pmf",
     "mc_jacobian_singular_values",
     "MAX_FULL_PMF_UNITS",
+    "ORTHANT_POLYTOPE_FROM",
+    "ORTHANT_POLYTOPE_POINTS",
     "MassWarning",
     "pattern_codes",
     "AffineMaps",
