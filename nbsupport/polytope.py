@@ -60,20 +60,25 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
     * ``"auto"`` (default): ``"scipy"`` below dimension :data:`ORTHANT_POLYTOPE_FROM`, ``"polytope"``
       from it on.
 
-    Why that switch (``benchmarks/bench_orthant.py``; equicorrelated Gaussians, whose orthant
-    probability is an exact 1-D integral, correlations 0.3 and 0.9, means 0 and 0.5, one thread):
-    scipy's time grows steeply with the dimension and the correlation (about 0.1 s at d = 3, 0.6-2.9 s
-    at d = 8, 1.3-21 s at d = 12, 45 s at d = 16 and correlation 0.9) at errors of about 1e-6, while the
-    polytope route with 2**16 points takes 0.5 s at d = 3, 2-4 s at d = 12 and 4.4-5.8 s at d = 16 at
-    errors of 1e-6 to 1e-5. Below d = 12 scipy is as fast or faster for the same error; from d = 12 on
-    the polytope route is up to 6x faster (at equal error, error x time, up to 3x), and scipy's bars
-    were once 5x too small there (d = 12, correlation 0.9).
+    Why that switch (equicorrelated Gaussians, whose orthant probability is an exact 1-D integral;
+    correlations 0.3 and 0.9, means 0 and 0.5; one thread; the routes of
+    ``benchmarks/bench_orthant.py``): scipy's time grows steeply with the dimension and, from d = 8
+    on, with the correlation: 0.04-0.3 s at d = 3-4, 0.6-2.9 s at d = 8, 1.2-10 s at d = 10, 1.3-21 s
+    at d = 12 and 45 s at d = 16 (correlation 0.9), at errors of about 1e-6. The polytope route with
+    2**16 points takes 0.5-0.8 s at d = 3-4, 1.5-2.1 s at d = 8, 2-4 s at d = 12 and 4.4-5.8 s at
+    d = 16, at errors of 1e-6 to 1e-5. Below d = 12 scipy is as fast or faster at correlation 0.3 and
+    its errors were honest, the polytope route's somewhat optimistic (below); from d = 12 on the
+    polytope route bounds the cost (d = 12: 2-4 s against 1.3-21 s; d = 16: 5.8 s against 45 s) with
+    honest errors, while scipy's were once 5x too small (d = 12, correlation 0.9). Per unit of
+    accuracy (error x time) scipy stays about 2x cheaper at d = 12 and correlation 0.3.
 
     Calibration (against those exact values): a standard error from 8 replicates makes
-    ``(p - exact) / err`` a :math:`t_7` variable, root mean square ``sqrt(7/5) = 1.18``. Polytope
-    route, 2**16 points, d = 3-16: measured RMS about 1.0 (honest). scipy: about 1.4 at
-    ``maxpts=1e5`` for k = 3..6 (the bars are ~1.2x optimistic), about 1.05 at ``maxpts=2e4``
-    (chapter 3). ``tests/test_polytope.py`` checks the default's coverage on both sides of the switch.
+    ``(p - exact) / err`` a :math:`t_7` variable, root mean square ``sqrt(7/5) = 1.18``. Measured, the
+    polytope route with 2**16 points: 0.96 over 40 cases at d = 12 and 16 (honest; one of them outside
+    the 95 % interval), but 1.36 over 32 cases at d = 3-10 (skewed replicates at d = 10 and correlation
+    0.3, means up to 2 errors low); scipy with its defaults: 0.77 over 16 cases at d = 3-8, about 1.4 at
+    ``maxpts=1e5`` for k = 3..6 (bars ~1.2x optimistic), about 1.05 at ``maxpts=2e4`` (chapter 3).
+    ``tests/test_polytope.py`` checks the default's coverage on both sides of the switch.
 
     Parameters
     ----------
