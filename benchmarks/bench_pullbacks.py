@@ -8,7 +8,10 @@ Figures:
   Listing 2 with -inf padding, forward + backward): <= 2, for a non-overlapping and an overlapping
   pool; both give the same gradient (checked).
 
-Scaling curves: the backward ratio against the batch size and against the CNN's width.
+Scaling curves: the backward ratio against the batch size and against the CNN's width (median
+over rounds). A table puts the backward ratio beside the ratio of forward + backward (the rules'
+forward pass dispatches every call through a TorchFunctionMode and copies the input of an in-place
+ReLU), so that work moved from the backward into the forward pass would show.
 """
 
 import contextlib
@@ -19,7 +22,8 @@ import torch.nn.functional as F
 from _timing import SMOKE, Report, interleaved, ratio_stats, setup
 
 from nbsupport.models import vgg_cnn
-from nbsupport.surrogate import softmax_routed_max_pool2d, surrogate_gradients
+from nbsupport.softpool import softmax_routed_max_pool2d
+from nbsupport.surrogate import surrogate_gradients
 
 BATCH = 256 if not SMOKE else 16
 ROUNDS = 5 if not SMOKE else 1
@@ -27,24 +31,27 @@ BATCHES = (32, 64, 128, 256, 512) if not SMOKE else (4, 8)
 WIDTHS = ((8, 16), (16, 32), (32, 64)) if not SMOKE else ((4, 8),)
 
 
-def backward_time(model, x, surrogate: bool) -> float:
-    """Wall time of the backward pass alone, on a forward graph built just before it."""
+def pass_times(model, x, surrogate: bool) -> tuple[float, float]:
+    """Wall times of the forward pass and of the backward pass on the graph it built."""
     xg = x.clone().requires_grad_(True)
+    start = time.perf_counter()
     with surrogate_gradients(model, 0.3) if surrogate else contextlib.nullcontext():
         out = model(xg)[:, 0].sum()
-    start = time.perf_counter()
+    middle = time.perf_counter()
     torch.autograd.grad(out, xg)
-    return time.perf_counter() - start
+    return middle - start, time.perf_counter() - middle
 
 
-def backward_ratio(model, x, rounds: int) -> dict:
-    """Per-round ratios pullback backward / vanilla backward, the two alternating round by round."""
-    backward_time(model, x, False), backward_time(model, x, True)  # warm-up
+def ratios(model, x, rounds: int) -> tuple[dict, dict]:
+    """Per-round ratios pullback / vanilla of the backward pass and of forward + backward, the two
+    alternating round by round."""
+    pass_times(model, x, False), pass_times(model, x, True)  # warm-up
     vanilla, pullback = [], []
     for _ in range(rounds):
-        vanilla.append(backward_time(model, x, False))
-        pullback.append(backward_time(model, x, True))
-    return ratio_stats(pullback, vanilla)
+        vanilla.append(pass_times(model, x, False))
+        pullback.append(pass_times(model, x, True))
+    return (ratio_stats([b for _, b in pullback], [b for _, b in vanilla]),
+            ratio_stats([f + b for f, b in pullback], [f + b for f, b in vanilla]))
 
 
 def reference_soft_pool(x, k, s, p, T):
@@ -64,10 +71,11 @@ def main():
     x = torch.rand(BATCH, 1, 28, 28, generator=gen)
     torch.manual_seed(0)
     model = vgg_cnn(WIDTHS[0] if SMOKE else (8, 16)).eval()
+    backward, total = ratios(model, x, ROUNDS)
     report.figure(f"pullback backward, VGG-style CNN, batch {BATCH}", description=(
         "backward pass with ReLU's derivative replaced by sigmoid(z/T) and max-pool's by the softmax-pool, "
         "over the vanilla backward on the same forward graph"), ours="pullback backward",
-        baseline="vanilla backward", op="<=", target=1.5, ratios=backward_ratio(model, x, ROUNDS))
+        baseline="vanilla backward", op="<=", target=1.5, ratios=backward)
 
     for k, s, p in [(2, 2, 0), (3, 2, 1)]:
         feats = torch.randn(BATCH, 16, 28, 28, generator=gen)
@@ -90,17 +98,33 @@ def main():
             "(forward + autograd backward)"), ours="softmax-pool (ours)", baseline="unfold reference",
             op="<=", target=2.0, ratios=ratio_stats(t["ours"], t["reference"]))
 
-    by_batch = [backward_ratio(model, torch.rand(n, 1, 28, 28, generator=gen), max(ROUNDS // 2, 1))["median"]
-                for n in BATCHES]
-    report.curve("backward ratio vs batch", description="pullback / vanilla backward, VGG-style CNN",
-                 x_label="batch size", y_label="time ratio", x=list(BATCHES), series={"pullback / vanilla": by_batch})
+    rows = [{"channels": "(8, 16)", "batch": BATCH, "backward ratio (median)": backward["median"],
+             "backward ratio (min)": backward["min"], "forward + backward ratio (median)": total["median"],
+             "forward + backward ratio (min)": total["min"]}]
+    by_batch = []
+    for n in BATCHES:
+        backward_n, total_n = ratios(model, torch.rand(n, 1, 28, 28, generator=gen), ROUNDS)
+        by_batch.append(backward_n["median"])
+        rows.append({"channels": "(8, 16)", "batch": n, "backward ratio (median)": backward_n["median"],
+                     "backward ratio (min)": backward_n["min"], "forward + backward ratio (median)": total_n["median"],
+                     "forward + backward ratio (min)": total_n["min"]})
+    report.curve("backward ratio vs batch", description=f"pullback / vanilla backward, VGG-style CNN, median of "
+                 f"{ROUNDS}", x_label="batch size", y_label="time ratio", x=list(BATCHES),
+                 series={"pullback / vanilla": by_batch})
     by_width = []
     for channels in WIDTHS:
         torch.manual_seed(0)
-        by_width.append(backward_ratio(vgg_cnn(channels).eval(), x, max(ROUNDS // 2, 1))["median"])
-    report.curve("backward ratio vs width", description=f"pullback / vanilla backward, batch {BATCH}",
-                 x_label="channels of the last block", y_label="time ratio", x=[c[-1] for c in WIDTHS],
+        backward_c, total_c = ratios(vgg_cnn(channels).eval(), x, ROUNDS)
+        by_width.append(backward_c["median"])
+        rows.append({"channels": str(tuple(channels)), "batch": BATCH, "backward ratio (median)": backward_c["median"],
+                     "backward ratio (min)": backward_c["min"], "forward + backward ratio (median)": total_c["median"],
+                     "forward + backward ratio (min)": total_c["min"]})
+    report.curve("backward ratio vs width", description=f"pullback / vanilla backward, batch {BATCH}, median of "
+                 f"{ROUNDS}", x_label="channels of the last block", y_label="time ratio", x=[c[-1] for c in WIDTHS],
                  series={"pullback / vanilla": by_width})
+    report.table("pullback / vanilla by batch and width", description=(
+        f"VGG-style CNN, per-round ratios over {ROUNDS} interleaved rounds; the first row is the figure's run"),
+        rows=rows)
     report.write()
 
 

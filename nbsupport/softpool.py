@@ -19,7 +19,7 @@ from torch import nn
 
 from ._validate import pair, real
 
-__all__ = ["softmax_pool2d", "softmax_pool2d_vjp", "SoftMaxPool2d", "pool_output_size", "pool_geometry",
+__all__ = ["softmax_pool2d", "softmax_pool2d_vjp", "softmax_routed_max_pool2d", "SoftMaxPool2d", "pool_output_size", "pool_geometry",
            "PoolGeometry", "check_padding_value"]
 
 
@@ -90,8 +90,7 @@ def _windows(x: torch.Tensor, geometry: PoolGeometry, ceil_mode: bool, padding_v
     """
     kernel, stride, padding, dilation = geometry
     n, c, h, w = x.shape
-    oh = pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
-    ow = pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    oh, ow = _output_size(h, w, geometry, ceil_mode)
     # extra bottom/right padding so that the last (ceil-mode) window fits; never negative here
     extra_h = max(0, (oh - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1 - (h + 2 * padding[0]))
     extra_w = max(0, (ow - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1 - (w + 2 * padding[1]))
@@ -170,51 +169,139 @@ def softmax_pool2d_vjp(x: torch.Tensor, grad_output: torch.Tensor, kernel_size, 
     padding_value = check_padding_value(padding_value)
     x4, squeeze = _check_pool_input(x)
     geometry = pool_geometry(kernel_size, stride, padding, dilation)
-    kernel, stride, padding, dilation = geometry
     n, c, h, w = x4.shape
-    oh = pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
-    ow = pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    oh, ow = _output_size(h, w, geometry, ceil_mode)
     if not (isinstance(grad_output, torch.Tensor) and grad_output.numel() == n * c * oh * ow
             and tuple(grad_output.shape[-2:]) == (oh, ow)):
         raise ValueError(f"grad_output must have the pooled shape {(n, c, oh, ow)[1 if squeeze else 0:]}, got "
                          f"{tuple(getattr(grad_output, 'shape', ()))}")
-    grad_output = grad_output.reshape(n, c, oh, ow)
-    if dilation == (1, 1) and stride == kernel and padding == (0, 0) and (
-            not ceil_mode or (h % kernel[0] == 0 and w % kernel[1] == 0)):
-        grad = _tiled_vjp(x4, grad_output, kernel, temperature)
-    else:
-        win, _, padded, pads = _windows(x4, geometry, ceil_mode, padding_value)
-        weights = torch.softmax(win / temperature, dim=1)
-        values = win.nan_to_num(neginf=0.0)  # padded positions have weight 0; keep them finite
-        soft = (weights * values).sum(1, keepdim=True)
-        local = weights * (1 + (values - soft) / temperature) * grad_output.reshape(n * c, 1, oh * ow)
-        grad = F.fold(local, padded, kernel, dilation=dilation, stride=stride)
-        grad = grad[:, 0, pads[2]: pads[2] + h, pads[0]: pads[0] + w].reshape(n, c, h, w)
+    grad = _vjp(x4, grad_output.reshape(n, c, oh, ow), geometry, bool(ceil_mode), temperature, padding_value)
     return grad[0] if squeeze else grad
 
 
-def _tiled_vjp(x, grad_output, kernel, temperature):
+def _output_size(h: int, w: int, geometry: PoolGeometry, ceil_mode: bool) -> tuple[int, int]:
+    kernel, stride, padding, dilation = geometry
+    return (pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode),
+            pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode))
+
+
+def _vjp(x, grad_output, geometry: PoolGeometry, ceil_mode: bool, temperature: float, padding_value: float,
+         window_max=None):
+    """:func:`softmax_pool2d_vjp` on checked arguments: ``x`` (N, C, H, W), ``grad_output`` (N, C, oh, ow).
+
+    ``window_max``, if given, is ``F.max_pool2d(x, ...)`` (tiled windows only; saves recomputing it).
+    """
+    kernel, stride, padding, dilation = geometry
+    n, c, h, w = x.shape
+    if dilation == (1, 1) and stride == kernel and padding == (0, 0) and (
+            not ceil_mode or (h % kernel[0] == 0 and w % kernel[1] == 0)):
+        return _tiled_vjp(x, grad_output, kernel, temperature, window_max)
+    oh, ow = grad_output.shape[-2:]
+    win, _, padded, pads = _windows(x, geometry, ceil_mode, padding_value)
+    weights = torch.softmax(win / temperature, dim=1)
+    values = win.nan_to_num(neginf=0.0)  # padded positions have weight 0; keep them finite
+    soft = (weights * values).sum(1, keepdim=True)
+    local = weights * (1 + (values - soft) / temperature) * grad_output.reshape(n * c, 1, oh * ow)
+    grad = F.fold(local, padded, kernel, dilation=dilation, stride=stride)
+    return grad[:, 0, pads[2]: pads[2] + h, pads[0]: pads[0] + w].reshape(n, c, h, w)
+
+
+def _tiled_vjp(x, grad_output, kernel, temperature, window_max=None):
     """:func:`softmax_pool2d_vjp` for non-overlapping, unpadded windows.
 
-    The window position (i, j) of every output is the strided view ``x[..., i::kh, j::kw]``, so the
-    softmax over a window is elementwise work on kh*kw views of the output's size: no unfold, no
-    reductions over non-contiguous axes.
+    Window position ``k = (i, j)`` of every output is the strided view ``x[..., i::kh, j::kw]``;
+    one copy lays these views out as ``u[k]`` of shape (N, C, oh, ow), contiguous, so that every
+    further step is contiguous elementwise work and the sums over a window are ``kh*kw - 1``
+    additions. With :math:`u_k = (x_k - \\max_j x_j)/T`, :math:`e_k = \\exp(u_k)`,
+    :math:`Z = \\sum_k e_k` and :math:`\\bar u = \\sum_k e_k u_k / Z`, the derivative
+    :math:`w_k (1 + (x_k - s)/T)` is :math:`e_k (1 + u_k - \\bar u) / Z`.
     """
     n, c, h, w = x.shape
     (kh, kw), oh, ow = kernel, h // kernel[0], w // kernel[1]
-    offsets = [(i, j) for i in range(kh) for j in range(kw)]
-    parts = [x[:, :, i: oh * kh: kh, j: ow * kw: kw] for i, j in offsets]        # each (N, C, oh, ow)
-    top = parts[0]
-    for part in parts[1:]:
-        top = torch.maximum(top, part)
-    weights = [(part - top).div_(temperature).exp_() for part in parts]
-    total = sum(weights[1:], weights[0].clone())
-    weights = [weight.div_(total) for weight in weights]
-    soft = sum((weight * part for weight, part in zip(weights[1:], parts[1:])), weights[0] * parts[0])
-    grad = x.new_zeros(x.shape)
-    for (i, j), weight, part in zip(offsets, weights, parts):
-        grad[:, :, i: oh * kh: kh, j: ow * kw: kw] = (part - soft).div_(temperature).add_(1).mul_(weight).mul_(grad_output)
+
+    def windows(t):  # (kh, kw, N, C, oh, ow), a view of t
+        return t[:, :, : oh * kh, : ow * kw].unflatten(3, (ow, kw)).unflatten(2, (oh, kh)).permute(3, 5, 0, 1, 2, 4)
+
+    if kh * kw == 1:  # 1x1 windows with stride 1: the softmax pooling is the identity
+        return grad_output.reshape(x.shape).clone()
+    u = windows(x).clone(memory_format=torch.contiguous_format).flatten(0, 1)   # (kh*kw, N, C, oh, ow)
+    top = window_max
+    if top is None:
+        top = torch.maximum(u[0], u[1])
+        for part in u[2:]:
+            top = torch.maximum(top, part)
+    u.sub_(top).div_(temperature)
+    # the gradient's memory serves as scratch for e until the result is copied into it: one
+    # allocation fewer (fresh memory costs page faults, as much as the arithmetic here)
+    grad = x.new_empty(x.shape)
+    e = torch.exp(u, out=grad.view(-1)[: u.numel()].view(u.shape))
+    total = e[0] + e[1]
+    weighted = e[0] * u[0]
+    for k in range(1, len(u)):
+        if k > 1:
+            total += e[k]
+        weighted.addcmul_(e[k], u[k])
+    shift = weighted.div_(total).neg_().add_(1)                            # 1 - sum_k e_k u_k / Z
+    u.add_(shift).mul_(e).mul_(grad_output / total)
+    for k, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):
+        # one strided copy per window position: a single permuted copy would loop over kw innermost, 3x slower
+        grad[:, :, i: oh * kh: kh, j: ow * kw: kw].copy_(u[k])
+    if oh * kh < h:  # floor mode: the rows and columns that no window covers get 0
+        grad[:, :, oh * kh:].zero_()
+    if ow * kw < w:
+        grad[:, :, :, ow * kw:].zero_()
     return grad
+
+
+class _SoftmaxRoutedMaxPool(torch.autograd.Function):
+    """Forward ``max_pool2d``; backward the vector-Jacobian product of the softmax pooling."""
+
+    @staticmethod
+    def forward(ctx, x, geometry, ceil_mode, temperature, padding_value):
+        out = F.max_pool2d(x, *geometry, ceil_mode=ceil_mode)
+        # the window maxima, for the backward pass (a copy: the caller may modify out in place)
+        tiled = geometry.dilation == (1, 1) and geometry.stride == geometry.kernel and geometry.padding == (0, 0)
+        ctx.save_for_backward(x, out.clone() if tiled and not ceil_mode else None)
+        ctx.params = (geometry, ceil_mode, temperature, padding_value)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, window_max = ctx.saved_tensors
+        x4, squeeze = (x, False) if x.ndim == 4 else (x.unsqueeze(0), True)
+        if squeeze and window_max is not None:
+            window_max = window_max.unsqueeze(0)
+        grad = _vjp(x4, grad.reshape(*x4.shape[:2], *grad.shape[-2:]), *ctx.params, window_max=window_max)
+        return (grad[0] if squeeze else grad), None, None, None, None
+
+
+def softmax_routed_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                              ceil_mode: bool = False, temperature: float = 0.3,
+                              padding_value: float = -math.inf) -> torch.Tensor:
+    r"""``F.max_pool2d`` whose backward pass is that of :func:`softmax_pool2d` (the surrogate rule).
+
+    Listing 2 of :cite:t:`satkiewicz2025tapping` builds it as ``hard.detach() + soft -
+    soft.detach()``; here the forward pass is max-pooling alone and the backward pass
+    :func:`softmax_pool2d_vjp`'s closed form.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, C, H, W) or (C, H, W)
+    kernel_size, stride, padding, dilation, ceil_mode
+        As in ``F.max_pool2d``.
+    temperature, padding_value
+        Of the softmax pooling whose vector-Jacobian product is passed back.
+
+    Returns
+    -------
+    Tensor
+        Exactly ``F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)``.
+    """
+    _check_pool_input(x)
+    geometry = pool_geometry(kernel_size, stride, padding, dilation)
+    return _SoftmaxRoutedMaxPool.apply(x, geometry, bool(ceil_mode), real(temperature, "temperature", low=0),
+                                       check_padding_value(padding_value))
 
 
 class SoftMaxPool2d(nn.MaxPool2d):

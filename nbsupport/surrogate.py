@@ -4,9 +4,10 @@ Source :cite:p:`satkiewicz2025tapping` keeps a ReLU network's forward pass and c
 backward pass: every ReLU passes the incoming gradient times :math:`\sigma(z/T)` instead of
 :math:`\1(z > 0)`, and every max-pooling routes it as a softmax pooling at temperature :math:`T`
 would (:mod:`nbsupport.softpool`). The input gradient of a class logit under these rules is the
-*excitation pullback*. :func:`surrogate_relu` and :func:`softmax_routed_max_pool2d` are the two
-rules as functions; :func:`surrogate_gradients` routes every ReLU and max-pool call of a model to
-them (:func:`nbsupport.intercept.route_calls`, functional calls included).
+*excitation pullback*. :func:`surrogate_relu` and
+:func:`~nbsupport.softpool.softmax_routed_max_pool2d` are the two rules as functions;
+:func:`surrogate_gradients` routes every ReLU and max-pool call of a model to them
+(:func:`nbsupport.intercept.route_calls`, functional calls included).
 """
 
 from __future__ import annotations
@@ -15,15 +16,33 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._validate import real
 from .intercept import route_calls
 from .saliency import input_gradient
-from .softpool import PoolGeometry, check_padding_value, pool_geometry, softmax_pool2d_vjp
+from .softpool import PoolGeometry, check_padding_value, softmax_routed_max_pool2d
 
-__all__ = ["surrogate_relu", "softmax_routed_max_pool2d", "surrogate_gradients", "excitation_pullback"]
+__all__ = ["surrogate_relu", "surrogate_gradients", "excitation_pullback"]
+
+
+# z / T above which the fused kernel passes grad unchanged; sigmoid(z / T) rounds to 1 from
+# z / T = 17.4 in float32 and 37.5 in float64, and between there and 40 exp(x) / (exp(x) + 1) is 1 too
+_GATE_SATURATES = 40.0
+
+
+def _sigmoid_gate_vjp(grad: torch.Tensor, z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``grad * sigmoid(z / T)`` in one pass where possible.
+
+    The derivative of ``softplus(z, beta=1/T)`` is ``sigmoid(z / T)``, and its backward kernel
+    (``aten::softplus_backward``, elementwise and vectorised) computes ``grad * sigmoid(z / T)``
+    reading each tensor once, as ``threshold_backward`` does for ReLU's vanilla rule; above its
+    threshold it passes ``grad`` (the gate is 1 to the last bit there). Other dtypes (float16,
+    bfloat16, whose ``exp`` overflows below the threshold) take three passes.
+    """
+    if z.dtype in (torch.float32, torch.float64) and grad.dtype == z.dtype:
+        return torch.ops.aten.softplus_backward(grad, z, 1.0 / temperature, _GATE_SATURATES)
+    return z.div(temperature).sigmoid_().mul_(grad)
 
 
 class _SurrogateReLU(torch.autograd.Function):
@@ -43,25 +62,7 @@ class _SurrogateReLU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (z,) = ctx.saved_tensors
-        return z.div(ctx.temperature).sigmoid_().mul_(grad), None, None
-
-
-class _SoftmaxRoutedMaxPool(torch.autograd.Function):
-    """Forward ``max_pool2d``; backward the vector-Jacobian product of the softmax pooling."""
-
-    @staticmethod
-    def forward(ctx, x, geometry, ceil_mode, temperature, padding_value):
-        ctx.save_for_backward(x)
-        ctx.params = (geometry, ceil_mode, temperature, padding_value)
-        return F.max_pool2d(x, *geometry, ceil_mode=ceil_mode)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        geometry, ceil_mode, temperature, padding_value = ctx.params
-        return (softmax_pool2d_vjp(x, grad, *geometry, ceil_mode, temperature, padding_value),
-                None, None, None, None)
+        return _sigmoid_gate_vjp(grad, z, ctx.temperature), None, None
 
 
 def surrogate_relu(z: torch.Tensor, temperature: float = 0.3, inplace: bool = False) -> torch.Tensor:
@@ -81,30 +82,6 @@ def surrogate_relu(z: torch.Tensor, temperature: float = 0.3, inplace: bool = Fa
         Exactly ``relu(z)``.
     """
     return _SurrogateReLU.apply(z, real(temperature, "temperature", low=0), bool(inplace))
-
-
-def softmax_routed_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
-                              ceil_mode: bool = False, temperature: float = 0.3,
-                              padding_value: float = -math.inf) -> torch.Tensor:
-    r"""``F.max_pool2d`` whose backward pass is that of :func:`~nbsupport.softpool.softmax_pool2d`.
-
-    Parameters
-    ----------
-    x : Tensor, shape (N, C, H, W) or (C, H, W)
-    kernel_size, stride, padding, dilation, ceil_mode
-        As in ``F.max_pool2d``.
-    temperature, padding_value
-        Of the softmax pooling whose vector-Jacobian product is passed back
-        (:func:`~nbsupport.softpool.softmax_pool2d_vjp`).
-
-    Returns
-    -------
-    Tensor
-        Exactly ``F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)``.
-    """
-    geometry = pool_geometry(kernel_size, stride, padding, dilation)
-    return _SoftmaxRoutedMaxPool.apply(x, geometry, bool(ceil_mode), real(temperature, "temperature", low=0),
-                                       check_padding_value(padding_value))
 
 
 def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_temperature: float | None = None,
@@ -143,7 +120,7 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
         return _SurrogateReLU.apply(z, temperature, inplace)
 
     def pool_rule(x, geometry: PoolGeometry, ceil_mode):
-        return _SoftmaxRoutedMaxPool.apply(x, geometry, ceil_mode, pool_temperature, pool_padding_value)
+        return softmax_routed_max_pool2d(x, *geometry, ceil_mode, pool_temperature, pool_padding_value)
 
     return route_calls(model, relu_rule, pool_rule)
 

@@ -497,8 +497,8 @@ def test_pullbacks_reexports_the_split_modules():
 
 
 def test_the_rules_as_functions():
-    from nbsupport.softpool import softmax_pool2d_vjp
-    from nbsupport.surrogate import softmax_routed_max_pool2d, surrogate_relu
+    from nbsupport.softpool import softmax_pool2d_vjp, softmax_routed_max_pool2d
+    from nbsupport.surrogate import surrogate_relu
 
     g = torch.Generator().manual_seed(4)
     z = torch.randn(3, 7, dtype=torch.float64, generator=g, requires_grad=True)
@@ -519,3 +519,22 @@ def test_the_rules_as_functions():
         surrogate_relu(z, 0.0)
     with pytest.raises(ValueError, match="padding_value"):
         softmax_routed_max_pool2d(x, 2, padding_value=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_sigmoid_gate_to_the_last_bits(dtype):
+    """The surrogate ReLU's backward is sigmoid(z / T) * grad (one fused kernel in float32/64): within a few
+    units in the last place of the formula, exactly 1 far above 0, negligible far below."""
+    from nbsupport.surrogate import surrogate_relu
+
+    T = 0.3
+    z = (torch.linspace(-150, 150, 20001, dtype=torch.float64) * T).to(dtype).requires_grad_(True)
+    (gate,) = torch.autograd.grad(surrogate_relu(z, T), z, torch.ones_like(z))
+    x = z.detach().double() / T
+    expected = torch.sigmoid(x)
+    eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
+    assert gate.dtype == dtype
+    # rounding z / T in the dtype moves exp(z / T) by up to |z / T| eps relative; then a few roundings
+    assert bool(((gate.double() - expected).abs() <= (4 + x.abs()) * eps * expected + 2 * tiny).all())
+    far = x > 40  # sigmoid(40) rounds to 1 in every dtype here; the fused kernel passes grad unchanged there
+    assert bool((gate[far] == 1).all()) and bool((gate[x < -110].double() < 1e-44).all())

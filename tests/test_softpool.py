@@ -59,3 +59,24 @@ def test_pool_geometry_normalises_and_names_the_argument():
                          (dict(kernel_size=(1, 2, 3)), "kernel_size")]:
         with pytest.raises(ValueError, match=name):
             pool_geometry(**kwargs)
+
+
+@pytest.mark.parametrize("case", [dict(kernel_size=2), dict(kernel_size=(2, 3)), dict(kernel_size=3, ceil_mode=True),
+                                  dict(kernel_size=3, stride=2, padding=1)], ids=str)
+def test_routed_max_pool_forward_is_max_pool_and_backward_the_vjp(case):
+    from nbsupport.softpool import softmax_routed_max_pool2d
+
+    g = torch.Generator().manual_seed(7)
+    for shape in [(2, 3, 9, 11), (3, 8, 12)]:            # floor-mode leftovers; an unbatched input
+        x = torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True)
+        out = softmax_routed_max_pool2d(x, **case, temperature=0.6)
+        assert torch.equal(out, F.max_pool2d(x, **case))
+        grad_out = torch.randn(out.shape, dtype=torch.float64, generator=g)
+        expected = softmax_pool2d_vjp(x.detach(), grad_out, **case, temperature=0.6)
+        doubled = (out * 1).relu_()            # a later in-place op on the output leaves the backward alone
+        with torch.no_grad():
+            out.mul_(0)
+        (got,) = torch.autograd.grad(doubled, x, grad_out * (doubled > 0))
+        torch.testing.assert_close(got, softmax_pool2d_vjp(x.detach(), grad_out * (doubled > 0), **case,
+                                                           temperature=0.6), rtol=1e-12, atol=1e-12)
+        assert expected.shape == x.shape
