@@ -240,6 +240,13 @@ def _quadrature_2d(lower, c, last):
         lo1, hi1 = _bounds(t1, c[:, None, second], t0 * cross[..., None])
         active = (np.isclose(value, lo1) | np.isclose(value, hi1)) & np.isfinite(cross)
     inside = active & (cross > lo0[:, None]) & (cross < hi0[:, None])
+    # the width hi1 - lo1 is concave in v0: its largest value on [lo0, hi0] is at an end or a crossing,
+    # so where it is nowhere positive the region is empty and the integral exactly 0 (skipped)
+    ends_lo, ends_hi = _bounds(t1, c[:, None, second], t0 * np.stack([lo0, hi0], 1)[..., None])
+    with np.errstate(invalid="ignore"):
+        widest = np.maximum(np.where(inside, hi1 - lo1, -np.inf).max(1, initial=-np.inf), (ends_hi - ends_lo).max(1))
+    if np.all((widest <= 0) | (lo0 >= hi0)):
+        return np.zeros(len(c)), np.zeros(len(c))
     n_kinks = inside.sum(1).max()
     kinks = np.sort(np.where(inside, cross, np.inf), axis=1)[:, :n_kinks]
     grid = np.arange(-_GL_RANGE, _GL_RANGE + 1, 1.5)

@@ -153,6 +153,21 @@ def test_polytope_empty_and_singular():
     assert p == pytest.approx(special.ndtr(hi) - special.ndtr(lo), abs=1e-14)
 
 
+def test_quadrature_route_empty_triangle_is_exactly_zero():
+    """x2 > 1 + x1 and x2 < -1 - x1 meet at x1 = -1: with x1 > -t the region is a triangle for t > 1 and
+    empty for t <= 1 (no single row or pair of rows shows it). The quadrature route skips empty regions;
+    batched and single calls agree with the 1-D integral."""
+    g = np.array([[-1.0, 1.0], [-1.0, -1.0], [1.0, 0.0]])
+    h = np.array([[-1.0, -1.0, t] for t in (0.5, 1.0, 2.0)])
+    p, err = polytope_probability(g, h, np.zeros(2), np.eye(2))
+    assert p[0] == 0 and err[0] == 0 and p[1] == 0 and err[1] == 0
+    exact = integrate.quad(lambda u: np.exp(-u**2 / 2) / np.sqrt(2 * np.pi) * (special.ndtr(-1 - u) - special.ndtr(1 + u)),
+                           -2, -1, epsabs=1e-15)[0]
+    assert p[2] == pytest.approx(exact, abs=1e-13) and err[2] < 1e-12
+    assert polytope_probability(g, h[0], np.zeros(2), np.eye(2)) == (0.0, 0.0)
+    assert polytope_probability(g, h[2], np.zeros(2), np.eye(2))[0] == pytest.approx(p[2], abs=1e-15)
+
+
 @pytest.mark.parametrize("d, k", [(2, 6), (3, 3), (3, 7), (4, 9)])
 def test_polytope_against_monte_carlo(d, k):
     mean, cov = _gaussian(d, seed=10 + d + k)
