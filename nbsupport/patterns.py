@@ -8,6 +8,7 @@ of every ReLU call of a model (:func:`relu_inputs` the pre-activations behind th
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple, Sequence
 
 import torch
@@ -159,10 +160,39 @@ def pack_patterns(gates: torch.Tensor) -> torch.Tensor:
                          f"{getattr(gates, 'dtype', type(gates).__name__)} of shape {tuple(getattr(gates, 'shape', ()))}")
     n, m = gates.shape
     n_words = max(1, -(-m // WORD_BITS))
-    padded = torch.zeros(n, n_words * WORD_BITS, dtype=torch.int64, device=gates.device)
-    padded[:, :m] = gates
-    powers = torch.ones(WORD_BITS, dtype=torch.int64, device=gates.device) << torch.arange(WORD_BITS, device=gates.device)
-    return (padded.view(n, n_words, WORD_BITS) * powers).sum(dim=2)
+    out = torch.empty(n, n_words, dtype=torch.int64, device=gates.device)
+    for start in range(0, n, _PACK_ROWS):  # row blocks: the byte buffers stay in cache
+        out[start: start + _PACK_ROWS] = _pack_block(gates[start: start + _PACK_ROWS], n_words)
+    return out
+
+
+# Rows packed at a time by :func:`pack_patterns` (its buffers take 64 bytes per row and word).
+_PACK_ROWS = 1 << 14
+
+
+def _pack_block(gates: torch.Tensor, n_words: int) -> torch.Tensor:
+    """:func:`pack_patterns` of a block of rows: bits to bytes by eight shifted ORs, bytes to words by a view."""
+    n, m = gates.shape
+    gates = gates.contiguous()
+    if n_words == 1 and m % 8 == 0 and m > 0:
+        bits = gates.view(torch.uint8).view(n, m // 8, 8)          # bool is one byte 0/1: no copy
+    elif n_words == 1:
+        bits = torch.zeros(n, -(-m // 8), 8, dtype=torch.uint8, device=gates.device)
+        bits.view(n, -1)[:, :m] = gates
+    else:  # word j: units 63 j ... 63 j + 62 in bits 0..62, bit 63 zero
+        flat = torch.zeros(n, n_words * WORD_BITS, dtype=torch.uint8, device=gates.device)
+        flat[:, :m] = gates
+        bits = torch.zeros(n, n_words, 64, dtype=torch.uint8, device=gates.device)
+        bits[:, :, :WORD_BITS] = flat.view(n, n_words, WORD_BITS)
+        bits = bits.view(n, n_words * 8, 8)
+    packed = bits[..., 0].clone()                                   # byte k: bits 8k ... 8k + 7
+    for i in range(1, 8):
+        packed |= bits[..., i] << i
+    if packed.shape[1] < 8 * n_words:                               # one word, fewer than 8 bytes
+        packed = torch.cat([packed, packed.new_zeros(n, 8 * n_words - packed.shape[1])], dim=1)
+    if sys.byteorder == "big":                                      # the words' bytes, least significant first
+        packed = packed.view(n, n_words, 8).flip(-1).contiguous()
+    return packed.view(torch.int64).view(n, n_words)
 
 
 class Groups(NamedTuple):
@@ -188,8 +218,9 @@ def group_by_pattern(gates: torch.Tensor) -> Groups:
 
     Same contract as ``torch.unique(gates, dim=0, return_inverse=True, return_counts=True)``
     except for the order of the groups: by count, descending, ties broken by increasing code
-    :math:`\\sum_i a_i 2^i`. Rows are packed into int64 words (:func:`pack_patterns`), so the work is
-    one 1-D sort per 63 units, :math:`O(N \\log N)`, for any width ``m``.
+    :math:`\\sum_i a_i 2^i`. Rows are packed into int64 words (:func:`pack_patterns`, eight units per
+    byte operation), so the work is one sort of ``N`` integers per 63 units (two beyond the first),
+    :math:`O(N \\log N)`, for any width ``m``.
 
     Parameters
     ----------
@@ -204,14 +235,13 @@ def group_by_pattern(gates: torch.Tensor) -> Groups:
     words = pack_patterns(gates)
     if len(words) == 0:
         raise ValueError("gates must have at least one row")
-    # Dense ranks of the multi-word keys, most significant word first; every rank is < N, so
-    # rank * N + next_rank fits in int64 for N < 3e9.
-    _, rank = torch.unique(words[:, -1], return_inverse=True)
+    _, rank, counts = torch.unique(words[:, -1], return_inverse=True, return_counts=True)
+    # beyond 63 units: dense ranks of the multi-word keys, most significant word first; every rank
+    # is < N, so rank * N + next_rank fits in int64 for N < 3e9 (faster than a lexicographic sort)
     for j in range(words.shape[1] - 2, -1, -1):
         _, word_rank = torch.unique(words[:, j], return_inverse=True)
-        _, rank = torch.unique(rank * len(words) + word_rank, return_inverse=True)
-    n_groups = int(rank.max()) + 1
-    counts = torch.bincount(rank, minlength=n_groups)
+        _, rank, counts = torch.unique(rank * len(words) + word_rank, return_inverse=True, return_counts=True)
+    n_groups = len(counts)
     order = torch.sort(counts, descending=True, stable=True).indices  # ranks already follow the code
     position = torch.empty_like(order)
     position[order] = torch.arange(n_groups, device=order.device)

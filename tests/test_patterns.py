@@ -298,3 +298,24 @@ def test_local_affine_maps_keeps_dtype_and_rejects_other_models():
         local_affine_maps(model, torch.randn(5, 2), gates=[torch.ones(4, 4, dtype=torch.bool)])
     with pytest.raises(ValueError, match="x"):
         local_affine_maps(model, torch.randn(5, 3))
+
+
+@pytest.mark.parametrize("m", [0, 8, 13, 63, 70, 130])
+def test_pack_patterns_across_row_blocks_matches_arithmetic(m):
+    """Byte-wise packing in row blocks against sum_i a_i 2^i in int64 arithmetic, past a block boundary
+    and for non-contiguous input."""
+    from nbsupport.patterns import _PACK_ROWS
+
+    g = torch.Generator().manual_seed(m)
+    gates = torch.rand(m, _PACK_ROWS + 37, generator=g).t() < 0.5        # a transposed (non-contiguous) view
+    n_words = max(1, -(-m // 63))
+    padded = torch.zeros(len(gates), n_words * 63, dtype=torch.int64)
+    padded[:, :m] = gates
+    expected = (padded.view(-1, n_words, 63) << torch.arange(63)).sum(2)
+    assert torch.equal(pack_patterns(gates), expected)
+    if m:
+        few = gates[:, :12]
+        patterns, inverse, counts = group_by_pattern(few)
+        u_patterns, u_inverse, u_counts = torch.unique(few, dim=0, return_inverse=True, return_counts=True)
+        assert len(patterns) == len(u_patterns) and sorted(counts.tolist()) == sorted(u_counts.tolist())
+        assert torch.equal(patterns[inverse], few)
