@@ -226,7 +226,10 @@ def _quadrature_2d(lower, c, last):
 
     The bound of row i on v1 is the line (-c_i - L_i0 v0) / L_i1 in v0, so the integrand is smooth
     between the points where two active bounds cross; those points, a grid of spacing 1.5 and the points
-    where a bound line crosses the levels 0, +-1, +-2, +-4, +-8 (steep lines) split the range."""
+    where a bound line crosses the levels 0, +-1, +-2, +-4, +-8 (steep lines) split the range. A batch
+    whose regions are all empty or of measure zero (the width hi - lo, concave in v0, is nowhere
+    positive: a cone's boundary ray in a zero-bias network) returns exact zeros without integrating;
+    integrated, such a region gave rounding noise (~1e-19) instead of 0."""
     first, second = last == 0, last == 1
     t0, t1 = lower[second, 0], lower[second, 1]
     lo0, hi0 = _bounds(lower[first, 0], c[:, first], 0.0)
