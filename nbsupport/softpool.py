@@ -241,8 +241,9 @@ def _tiled_vjp(x, grad_output, kernel, temperature, window_max=None):
         if k > 1:
             total += e[k]
         weighted.addcmul_(e[k], u[k])
-    shift = weighted.div_(total).neg_().add_(1)                            # 1 - sum_k e_k u_k / Z
-    u.add_(shift).mul_(e).mul_(grad_output / total)
+    scale = grad_output / total                                            # g / Z
+    offset = weighted.div_(total).neg_().add_(1).mul_(scale)              # (1 - sum_k e_k u_k / Z) g / Z
+    torch.addcmul(offset, u, scale, out=u).mul_(e)                         # e_k (u_k + 1 - u_bar) g / Z
     for k, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):
         # one strided copy per window position: a single permuted copy would loop over kw innermost, 3x slower
         grad[:, :, i: oh * kh: kh, j: ow * kw: kw].copy_(u[k])

@@ -26,8 +26,8 @@ from .softpool import PoolGeometry, check_padding_value, softmax_routed_max_pool
 __all__ = ["surrogate_relu", "surrogate_gradients", "excitation_pullback"]
 
 
-# z / T above which the fused kernel passes grad unchanged; sigmoid(z / T) rounds to 1 from
-# z / T = 17.4 in float32 and 37.5 in float64, and between there and 40 exp(x) / (exp(x) + 1) is 1 too
+# z / T above which the fused kernel passes grad unchanged: sigmoid(z / T) rounds to 1 there in
+# float32 and float64 (from about 17.4 and 37.5); below it the kernel agrees with sigmoid to a few ulp (tested)
 _GATE_SATURATES = 40.0
 
 
@@ -46,23 +46,32 @@ def _sigmoid_gate_vjp(grad: torch.Tensor, z: torch.Tensor, temperature: float) -
 
 
 class _SurrogateReLU(torch.autograd.Function):
-    """Forward ``relu``; backward ``grad * sigmoid(z / T)`` (Listing 1 of the source)."""
+    """Forward ``relu``; backward ``grad * sigmoid(z / T)`` (Listing 1 of the source).
+
+    An in-place ReLU overwrites ``z``, so the forward pass must keep a copy of it anyway: it keeps
+    the gate ``sigmoid(z / T)`` instead (same memory, computed once), and the backward pass is one
+    multiplication. Otherwise ``z`` itself is kept and the gate computed in the backward pass.
+    """
 
     @staticmethod
     def forward(ctx, z, temperature, inplace):
         ctx.temperature = temperature
         if inplace:
-            ctx.save_for_backward(z.clone())
+            ctx.gated = True
+            ctx.save_for_backward(z.div(temperature).sigmoid_())
             ctx.mark_dirty(z)
             return z.relu_()
+        ctx.gated = False
         ctx.save_for_backward(z)
         return torch.relu(z)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        (z,) = ctx.saved_tensors
-        return _sigmoid_gate_vjp(grad, z, ctx.temperature), None, None
+        (saved,) = ctx.saved_tensors
+        if ctx.gated:
+            return grad * saved, None, None
+        return _sigmoid_gate_vjp(grad, saved, ctx.temperature), None, None
 
 
 def surrogate_relu(z: torch.Tensor, temperature: float = 0.3, inplace: bool = False) -> torch.Tensor:

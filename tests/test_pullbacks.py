@@ -536,5 +536,8 @@ def test_the_sigmoid_gate_to_the_last_bits(dtype):
     assert gate.dtype == dtype
     # rounding z / T in the dtype moves exp(z / T) by up to |z / T| eps relative; then a few roundings
     assert bool(((gate.double() - expected).abs() <= (4 + x.abs()) * eps * expected + 2 * tiny).all())
+    # an in-place ReLU keeps the gate from the forward pass: exactly the formula's value
+    (kept,) = torch.autograd.grad(surrogate_relu(z * 1, T, inplace=True), z, torch.ones_like(z))
+    assert torch.equal(kept, torch.sigmoid(z.detach() / T))
     far = x > 40  # sigmoid(40) rounds to 1 in every dtype here; the fused kernel passes grad unchanged there
     assert bool((gate[far] == 1).all()) and bool((gate[x < -110].double() < 1e-44).all())
