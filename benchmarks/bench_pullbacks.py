@@ -26,7 +26,8 @@ from nbsupport.softpool import softmax_routed_max_pool2d
 from nbsupport.surrogate import surrogate_gradients
 
 BATCH = 256 if not SMOKE else 16
-ROUNDS = 15 if not SMOKE else 1  # one backward pass of ~30 ms per round: rounds vary by 1.2-1.8x
+ROUNDS = 15 if not SMOKE else 1
+PASSES = 3 if not SMOKE else 1  # per round and path: single ~30 ms backward passes varied 0.7-2.4x
 BATCHES = (32, 64, 128, 256, 512) if not SMOKE else (4, 8)
 WIDTHS = ((8, 16), (16, 32), (32, 64)) if not SMOKE else ((4, 8),)
 
@@ -44,13 +45,18 @@ def pass_times(model, x, surrogate: bool) -> tuple[float, float]:
 
 def ratios(model, x, rounds: int) -> tuple[dict, dict]:
     """Per-round ratios pullback / vanilla of the backward pass and of forward + backward, the two
-    alternating round by round."""
+    alternating round by round; a round times PASSES passes of each (summed)."""
     for _ in range(1 if SMOKE else 3):  # warm-up (the allocator's heap grows to the graphs' size)
         pass_times(model, x, False), pass_times(model, x, True)
+
+    def timed(surrogate):
+        times = [pass_times(model, x, surrogate) for _ in range(PASSES)]
+        return sum(f for f, _ in times), sum(b for _, b in times)
+
     vanilla, pullback = [], []
     for _ in range(rounds):
-        vanilla.append(pass_times(model, x, False))
-        pullback.append(pass_times(model, x, True))
+        vanilla.append(timed(False))
+        pullback.append(timed(True))
     return (ratio_stats([b for _, b in pullback], [b for _, b in vanilla]),
             ratio_stats([f + b for f, b in pullback], [f + b for f, b in vanilla]))
 
