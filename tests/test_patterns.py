@@ -319,3 +319,16 @@ def test_pack_patterns_across_row_blocks_matches_arithmetic(m):
         u_patterns, u_inverse, u_counts = torch.unique(few, dim=0, return_inverse=True, return_counts=True)
         assert len(patterns) == len(u_patterns) and sorted(counts.tolist()) == sorted(u_counts.tolist())
         assert torch.equal(patterns[inverse], few)
+
+
+def test_gate_reader_lets_relu_relatives_run():
+    """Reading gates needs no backward rule: relu6 and adaptive max-pooling (which the excitation rules
+    refuse) run as usual and only the true ReLU calls are read."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU6(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(5, 1, 8, 8)
+    gates = activation_patterns(model, x)
+    with torch.no_grad():
+        z = model[2](model[1](model[0](x)))
+    assert len(gates) == 1 and torch.equal(gates[0], (z > 0).flatten(1))
