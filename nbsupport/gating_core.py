@@ -20,7 +20,11 @@ from torch.func import functional_call, grad, vmap
 
 from ._validate import real
 
-__all__ = ["MAX_EXACT_UNITS", "soft_gates", "sample_gates", "gated_forward", "all_patterns", "PatternLogProbs", "pattern_log_probs", "MonteCarloEstimate", "log_marginal_likelihood", "posterior_marginals", "mean_gate_log_likelihood", "sampled_gate_grads", "train_latent_gates"]
+__all__ = [
+    "MAX_EXACT_UNITS", "soft_gates", "sample_gates", "gated_forward", "all_patterns",
+    "PatternLogProbs", "pattern_log_probs", "MonteCarloEstimate", "log_marginal_likelihood",
+    "posterior_marginals", "mean_gate_log_likelihood", "sampled_gate_grads", "train_latent_gates",
+]
 
 
 #: Largest hidden width for exact enumeration (2**16 = 65 536 patterns).

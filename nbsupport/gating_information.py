@@ -12,7 +12,10 @@ import torch
 
 from .gating_core import _check_tau, _log_prior, all_patterns, sample_gates, soft_gates
 
-__all__ = ["GateInformation", "gate_information", "plugin_entropy", "PatternMoments", "pattern_moments", "eigenvector_angles", "gate_information_sampled"]
+__all__ = [
+    "GateInformation", "gate_information", "plugin_entropy", "PatternMoments", "pattern_moments",
+    "eigenvector_angles", "gate_information_sampled",
+]
 
 
 class GateInformation(NamedTuple):

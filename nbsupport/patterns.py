@@ -2,8 +2,9 @@
 
 A ReLU layer's gate matrix :math:`A = \\mathbf{1}(Z > 0)` (one row per sample) assigns every sample
 to a linear region of the network :cite:p:`condcov_note`. :func:`activation_patterns` reads the gates
-of every ReLU call of a model (:func:`relu_inputs` the pre-activations behind them); :func:`group_by_pattern` finds the distinct rows, fast, for any width;
-:func:`local_affine_maps` gives the affine map :math:`f(x) = J_a x + c_a` that a full pattern fixes.
+of every ReLU call of a model (:func:`relu_inputs` the pre-activations behind them);
+:func:`group_by_pattern` finds the distinct rows, fast, for any width; :func:`local_affine_maps`
+gives the affine map :math:`f(x) = J_a x + c_a` that a full pattern fixes.
 """
 
 from __future__ import annotations
