@@ -23,9 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The executed-notebook cache is keyed by the pages' code only: empty it when what the code reads
-# changes (nbsupport, the dependencies, the benchmark results the performance page shows).
+# changes (nbsupport, the dependencies, the benchmark results the performance page shows), and
+# Sphinx's doctrees too, or it would re-read (and so re-execute) only the pages whose text changed.
 _build/.nbsupport-stamp: nbsupport/*.py pyproject.toml $(wildcard benchmarks/results/*.json)
-	rm -rf _build/.jupyter_cache && mkdir -p _build && touch $@
+	rm -rf _build/.jupyter_cache _build/.doctrees && mkdir -p _build && touch $@
 
 data: install  # Debian's package is installed when missing (as root), else the command is printed
 	[ -d $(FMNIST) ] || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist)
