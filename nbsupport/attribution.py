@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -453,6 +454,18 @@ def curve_auc(fractions: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
 # Infidelity and max-sensitivity (Captum)
 # ---------------------------------------------------------------------------------------------
 
+def _captum_metrics():
+    """``captum.metrics``, imported on first use without tqdm's "IProgress not found" warning.
+
+    Captum imports ``tqdm.auto``, which warns inside a Jupyter kernel without ipywidgets; its
+    progress bars are never shown here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import captum.metrics
+    return captum.metrics
+
+
 def infidelity(model: nn.Module, x: torch.Tensor, target, attribution: torch.Tensor, noise_std: float = 0.1,
                n_samples: int = 16, seed: int = 0) -> torch.Tensor:
     r"""Infidelity :cite:p:`yeh2019fidelity` under Gaussian perturbations, scale-free.
@@ -479,8 +492,6 @@ def infidelity(model: nn.Module, x: torch.Tensor, target, attribution: torch.Ten
     -------
     Tensor, shape (N,)
     """
-    from captum.metrics import infidelity as captum_infidelity
-
     check_input(x)
     if attribution.shape != x.shape:
         raise ValueError(f"attribution must have the shape of x {tuple(x.shape)}, got {tuple(attribution.shape)}")
@@ -496,8 +507,8 @@ def infidelity(model: nn.Module, x: torch.Tensor, target, attribution: torch.Ten
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
     target = check_target(target, len(x), n_classes, device=x.device)
-    return captum_infidelity(model, perturb, x, attribution, target=target, n_perturb_samples=n_samples,
-                             normalize=True)
+    return _captum_metrics().infidelity(model, perturb, x, attribution, target=target,
+                                        n_perturb_samples=n_samples, normalize=True)
 
 
 def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attribution, radius: float = 0.02,
@@ -526,8 +537,6 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attrib
     -------
     Tensor, shape (N,)
     """
-    from captum.metrics import sensitivity_max
-
     check_input(x)
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius!r}")
@@ -545,8 +554,8 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attrib
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
     target = check_target(target, len(x), n_classes, device=x.device)
-    return sensitivity_max(explain, x, perturb_func=perturb, perturb_radius=radius, n_perturb_samples=n_samples,
-                           target=target)
+    return _captum_metrics().sensitivity_max(explain, x, perturb_func=perturb, perturb_radius=radius,
+                                             n_perturb_samples=n_samples, target=target)
 
 
 # ---------------------------------------------------------------------------------------------

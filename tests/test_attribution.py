@@ -374,3 +374,22 @@ def test_cascading_randomisation_layer_by_layer():
     # the image map ignores the model: perfectly correlated at every depth
     torch.testing.assert_close(cascading_randomisation(cnn, x, 2, image_map), torch.ones(1, n_layers, 4,
                                                                                        dtype=torch.float64))
+
+
+def test_metrics_print_nothing_to_stderr_in_a_notebook_kernel():
+    # captum imports tqdm.auto, which warns "IProgress not found" inside a kernel without ipywidgets
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import torch\n"
+        "from torch import nn\n"
+        "from nbsupport.attribution import infidelity, max_sensitivity\n"
+        "from nbsupport.saliency import input_gradient\n"
+        "m = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double()\n"
+        "x = torch.randn(2, 1, 2, 2, dtype=torch.float64)\n"
+        "infidelity(m, x, 0, input_gradient(m, x, 0), n_samples=2)\n"
+        "max_sensitivity(m, x, 0, input_gradient, n_samples=2)\n")]
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=120).execute()
+    stderr = [o["text"] for o in nb.cells[0].outputs if o.get("name") == "stderr"]
+    assert stderr == []
