@@ -13,7 +13,8 @@ Figures (issues 6 and 17; ratios measured in one run):
   default (``method="auto"``) is scipy below ``ORTHANT_POLYTOPE_FROM`` = 12 dimensions and the polytope
   route with ``ORTHANT_POLYTOPE_POINTS`` = 2**16 from it on. Target: the default is faster than scipy
   at d = 16, and its error x time (the cost of a given accuracy: both routes' errors fall about as
-  1 / points) is no larger (both measured against the exact value).
+  1 / points) is no larger (the figure uses each route's reported error; the table and the error
+  curve give the errors against the exact value).
 
 Checks: the quadrature PMF against 10**7 Monte Carlo draws (every region Monte Carlo sees was found;
 chi-square p-value over the regions), and every route's error within a t_7 quantile of its reported

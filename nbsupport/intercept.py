@@ -83,12 +83,13 @@ _ACTIVE: set[int] = set()
 
 @contextlib.contextmanager
 def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | None = None,
-                strict: bool = True) -> Iterator[nn.Module]:
+                strict: bool = True, exclusive: bool = True) -> Iterator[nn.Module]:
     """Context manager: inside it, ``model``'s ReLU (and max-pool) calls go to the given rules.
 
     Only calls made while ``model`` (or one of its submodules) runs its forward pass are routed;
     the model is not modified (forward hooks are added, and removed on exit, also after an
-    exception). Nesting on the same model is refused.
+    exception). Two rule-changing routings cannot nest on the same model (a rule would wrap the
+    other's); a read-only one (``exclusive=False``, as the gate reader) can run inside another.
 
     Parameters
     ----------
@@ -103,6 +104,9 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
     strict : bool
         Raise ``NotImplementedError`` at a call of a ReLU or max-pool relative without a rule
         (``relu6``, ``threshold``, ``hardtanh``, other max-poolings); ``False`` lets them run.
+    exclusive : bool
+        ``False`` for rules that only read ``z`` and then call ``torch.relu`` (which an enclosing
+        routing then handles): allowed inside another routing of the same model.
 
     Yields
     ------
@@ -111,8 +115,9 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    if id(model) in _ACTIVE:
-        raise RuntimeError("rules are already routed on this model; nesting them is not supported")
+    if exclusive and id(model) in _ACTIVE:
+        raise RuntimeError("rules are already routed on this model (e.g. inside surrogate_gradients); "
+                           "nesting two rule-changing routings is not supported")
     mode = _CallRouter(relu_rule, pool_rule, bool(strict))
     depth = [0]
 
@@ -127,7 +132,8 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
             mode.__exit__(None, None, None)
 
     handles = []
-    _ACTIVE.add(id(model))
+    if exclusive:
+        _ACTIVE.add(id(model))
     try:
         for module in model.modules():
             handles.append(module.register_forward_pre_hook(enter))
@@ -136,4 +142,5 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
     finally:
         for handle in handles:
             handle.remove()
-        _ACTIVE.discard(id(model))
+        if exclusive:
+            _ACTIVE.discard(id(model))

@@ -38,8 +38,8 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     :math:`P(A = a) = P(S z > 0)` with :math:`z = Wx + b` and :math:`S = \diag(2a - 1)`: an orthant
     probability of :math:`\mathcal N(S(W\mu + b), S W \Sigma W^\top S)`. When that covariance is
     non-singular (``m <= d`` and full rank) ``method="auto"`` uses :func:`orthant_probability`
-    (its own default route: scipy below 12 units); otherwise (``m > d``: the covariance has rank at most ``d`` and many patterns are
-    impossible) it integrates over the input-space polytope of Lemma 1 with
+    (its own default route: scipy below 12 units); otherwise (``m > d``: the covariance has rank at
+    most ``d`` and many patterns are impossible) it integrates over the input-space polytope of Lemma 1 with
     :func:`polytope_probability`, where impossible patterns come out as exactly 0.
 
     Parameters
@@ -54,9 +54,10 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     rng : numpy Generator or int, default 0
         Deterministic by default; pass another seed or a Generator for independent runs.
     **options
-        Passed on (``n_rep`` and ``n_points`` for either route, ``abseps``/``maxpts`` for
-        ``orthant``, which passes them to :func:`orthant_probability`); any other raises
-        ``ValueError`` naming it.
+        Passed on: ``n_rep`` to either route, ``n_points`` to ``polytope``; for ``orthant``,
+        ``orthant_method`` (:func:`orthant_probability`'s ``method``: ``"auto"``, ``"scipy"`` or
+        ``"polytope"``) and that route's options (``abseps``/``maxpts`` for scipy, ``n_points``
+        for the polytope route). Any other raises ``ValueError`` naming it.
 
     Warns
     -----
@@ -81,15 +82,17 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
         method = "orthant" if nonsingular else "polytope"
     if method not in ("orthant", "polytope"):
         raise ValueError(f"method must be 'auto', 'orthant' or 'polytope', got {method!r}")
-    check_options(options, ("n_rep", "abseps", "maxpts", "n_points") if method == "orthant" else ("n_rep", "n_points"),
-                   f"pattern_pmf(method={method!r})")
+    check_options(options, ("n_rep", "abseps", "maxpts", "n_points", "orthant_method") if method == "orthant"
+                  else ("n_rep", "n_points"), f"pattern_pmf(method={method!r})")
     signs = _signs(m)
     rng = as_generator(rng)
     if method == "orthant":
         if not nonsingular:
             raise ValueError("method='orthant' needs a non-singular covariance of W x (m <= d, full rank); "
                              "use method='polytope'")
-        results = [orthant_probability(s * (weight @ mean + bias), cov_z * np.outer(s, s), rng=child, **options)
+        route = options.pop("orthant_method", "auto")
+        results = [orthant_probability(s * (weight @ mean + bias), cov_z * np.outer(s, s), method=route, rng=child,
+                                       **options)
                    for s, child in zip(signs, rng.spawn(len(signs)))]
         pmf, err = np.array(results).T
     elif method == "polytope":

@@ -33,12 +33,15 @@ def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tens
     alike), ``z`` is read before the ReLU (an in-place ReLU would overwrite it), the pass runs
     under ``torch.no_grad``, and afterwards, also after an error, every buffer (BatchNorm's running
     statistics and batch counter) holds its old value and every module its old train/eval flag.
+    A ReLU applied to a tensor without ``x``'s batch axis (e.g. to a parameter) is not a gate and is
+    skipped. It runs also inside :func:`~nbsupport.surrogate.surrogate_gradients` on the same model.
     """
     check_input(x)
     inputs: list[torch.Tensor] = []
 
     def record(z, inplace):
-        inputs.append(read(z.reshape(len(z), -1)))
+        if z.ndim > 0 and len(z) == len(x):  # a ReLU of a parameter (no batch axis) is not a gate
+            inputs.append(read(z.reshape(len(z), -1)))
         return z.relu_() if inplace else torch.relu(z)
 
     if not isinstance(model, nn.Module):
@@ -46,7 +49,7 @@ def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tens
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
     modes = [(module, module.training) for module in model.modules()]
     try:
-        with route_calls(model, record, strict=False), torch.no_grad():
+        with route_calls(model, record, strict=False, exclusive=False), torch.no_grad():
             checked_forward(model, x)
     finally:
         with torch.no_grad():

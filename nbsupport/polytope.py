@@ -113,7 +113,8 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
     for name, value in given.items():
         if value is not None:
             raise ValueError(f"{name} applies only to the {'scipy' if name != 'n_points' else 'polytope'} route; "
-                             f"this call (k = {k}) takes the {method} route: pass method= to choose")
+                             f"this call (k = {k}) takes the {method} route: choose the route with method= "
+                             "(pattern_pmf: orthant_method=)")
     n_rep = integer(n_rep, "n_rep", minimum=2)
     values = np.linalg.eigvalsh(cov)
     if values[0] <= TOL * values[-1] and not allow_singular:
@@ -123,7 +124,7 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
         p, err = polytope_probability(np.eye(k), np.zeros(k), mean, cov, n_rep=n_rep, rng=rng,
                                       n_points=ORTHANT_POLYTOPE_POINTS if n_points is None else n_points)
         return float(p), float(err)
-    abseps = 1e-5 if abseps is None else real(abseps, "abseps", low=0.0)
+    abseps = 1e-5 if abseps is None else real(abseps, "abseps", low=0.0, low_inclusive=True)
     if maxpts is not None:
         maxpts = integer(maxpts, "maxpts", minimum=1)
     rng = as_generator(rng)
@@ -248,7 +249,8 @@ def _quadrature_2d(lower, c, last):
     ends_lo, ends_hi = _bounds(t1, c[:, None, second], t0 * np.stack([lo0, hi0], 1)[..., None])
     with np.errstate(invalid="ignore"):
         widest = np.maximum(np.where(inside, hi1 - lo1, -np.inf).max(1, initial=-np.inf), (ends_hi - ends_lo).max(1))
-    if np.all((widest <= 0) | (lo0 >= hi0)):
+    empty = (widest <= 0) | (lo0 >= hi0)
+    if np.all(empty):
         return np.zeros(len(c)), np.zeros(len(c))
     n_kinks = inside.sum(1).max()
     kinks = np.sort(np.where(inside, cross, np.inf), axis=1)[:, :n_kinks]
@@ -269,7 +271,9 @@ def _quadrature_2d(lower, c, last):
         return np.einsum("bpn,n,bp->b", f, weights, half)
 
     p = integral(*_GL_RULES[0])
-    return p, np.abs(p - integral(*_GL_RULES[1]))
+    err = np.abs(p - integral(*_GL_RULES[1]))
+    p[empty], err[empty] = 0.0, 0.0  # a region shown empty is exactly 0, also beside non-empty ones
+    return p, err
 
 
 def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=8, rng=0):

@@ -171,9 +171,9 @@ def softmax_pool2d_vjp(x: torch.Tensor, grad_output: torch.Tensor, kernel_size, 
     geometry = pool_geometry(kernel_size, stride, padding, dilation)
     n, c, h, w = x4.shape
     oh, ow = _output_size(h, w, geometry, ceil_mode)
-    if not (isinstance(grad_output, torch.Tensor) and grad_output.numel() == n * c * oh * ow
-            and tuple(grad_output.shape[-2:]) == (oh, ow)):
-        raise ValueError(f"grad_output must have the pooled shape {(n, c, oh, ow)[1 if squeeze else 0:]}, got "
+    pooled = (n, c, oh, ow)[1 if squeeze else 0:]
+    if not (isinstance(grad_output, torch.Tensor) and tuple(grad_output.shape) == pooled):
+        raise ValueError(f"grad_output must have the pooled shape {pooled}, got "
                          f"{tuple(getattr(grad_output, 'shape', ()))}")
     grad = _vjp(x4, grad_output.reshape(n, c, oh, ow), geometry, bool(ceil_mode), temperature, padding_value)
     return grad[0] if squeeze else grad
@@ -230,7 +230,8 @@ def _tiled_vjp(x, grad_output, kernel, temperature, window_max=None):
         top = torch.maximum(u[0], u[1])
         for part in u[2:]:
             top = torch.maximum(top, part)
-    u.sub_(top).div_(temperature)
+    # below -1e4, exp underflows to 0 in every float dtype: clamping -inf there keeps e_k u_k = 0, not NaN
+    u.sub_(top).div_(temperature).clamp_(min=-1e4)
     # the gradient's memory serves as scratch for e until the result is copied into it: one
     # allocation fewer (fresh memory costs page faults, as much as the arithmetic here)
     grad = x.new_empty(x.shape)

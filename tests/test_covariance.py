@@ -340,5 +340,5 @@ def test_numpy_and_tensor_scalars_accepted_bools_refused():
                        (lambda: principal_angles(cov, cov, True), "k"),
                        (lambda: random_subset_angles(values, 50.0, 2), "size"),
                        (lambda: random_subset_angles(values, 50, 2, n_draws=True), "n_draws")):
-        with pytest.raises(ValueError, match=word):
+        with pytest.raises(ValueError, match=rf"\b{word} must"):  # the argument named, not any letter
             call()

@@ -288,3 +288,16 @@ def test_numpy_scalars_zero_d_tensors_and_tensor_arrays_are_accepted():
             support_search(ws, bs, mean, cov, max_regions=bad)
     with pytest.raises(ValueError, match="eps"):
         support_search(ws, bs, mean, cov, eps="0.1")
+
+
+def test_pattern_pmf_passes_the_orthant_route_and_its_options_on():
+    weight, bias = np.array([[1.0, 0.5], [-0.3, 1.0]]), np.array([0.2, -0.1])
+    mean, cov = np.array([0.1, 0.4]), np.array([[1.0, 0.3], [0.3, 0.8]])
+    exact = pattern_pmf(weight, bias, mean, cov, method="polytope", rng=0)  # 2-D: quadrature, to ~1e-13
+    pmf, err = pattern_pmf(weight, bias, mean, cov, method="orthant", orthant_method="polytope", n_points=1024,
+                           return_err=True, rng=0)
+    assert np.all(np.abs(pmf - exact) <= 5 * err + 1e-12) and np.any(err > 0)  # QMC errors, not scipy's
+    with pytest.raises(ValueError, match="orthant_method="):  # n_points without the route that takes it
+        pattern_pmf(weight, bias, mean, cov, method="orthant", n_points=1024)
+    with pytest.raises(ValueError, match="orthant_method"):
+        pattern_pmf(weight, bias, mean, cov, method="polytope", orthant_method="scipy")

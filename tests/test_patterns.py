@@ -332,3 +332,36 @@ def test_gate_reader_lets_relu_relatives_run():
     with torch.no_grad():
         z = model[2](model[1](model[0](x)))
     assert len(gates) == 1 and torch.equal(gates[0], (z > 0).flatten(1))
+
+
+def test_gate_reader_runs_inside_surrogate_gradients_and_leaves_the_pullback_alone():
+    from nbsupport.surrogate import excitation_pullback, surrogate_gradients
+
+    torch.manual_seed(0)
+    net = vgg_cnn((4, 8)).double().eval()
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    outside = activation_patterns(net, x)
+    pullback = excitation_pullback(net, x, 1)
+    with surrogate_gradients(net):  # was: RuntimeError "rules are already routed on this model"
+        inside = activation_patterns(net, x)
+        xg = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(net(xg)[:, 1].sum(), xg)
+    assert len(inside) == len(outside) and all(torch.equal(a, b) for a, b in zip(inside, outside))
+    torch.testing.assert_close(grad, pullback, rtol=0, atol=0)  # the surrogate rules still apply
+    torch.testing.assert_close(excitation_pullback(net, x, 1), pullback, rtol=0, atol=0)
+
+
+def test_a_relu_of_a_parameter_is_not_a_gate():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.scale = nn.Linear(3, 4), nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return torch.relu(self.linear(x)) * torch.relu(self.scale)
+
+    x = torch.randn(5, 3)
+    model = Scaled()
+    gates = activation_patterns(model, x)
+    assert [tuple(g.shape) for g in gates] == [(5, 4)]
+    assert torch.equal(gates[0], model.linear(x) > 0)
