@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._validate import real
+from ._validate import integer, real
 from .saliency import check_input, input_gradient
 from .surrogate import excitation_pullback
 
@@ -55,10 +55,8 @@ def projected_gradient_ascent(model: nn.Module, x: torch.Tensor, target, steps: 
         The perturbed inputs.
     """
     check_input(x)
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not (step_size > 0 and radius > 0):
-        raise ValueError(f"step_size and radius must be > 0, got step_size={step_size!r}, radius={radius!r}")
+    steps = integer(steps, "steps", minimum=1)
+    step_size, radius = real(step_size, "step_size", low=0), real(radius, "radius", low=0)
     if method not in ("pullback", "gradient"):
         raise ValueError(f"method must be 'pullback' or 'gradient', got {method!r}")
     low, high = bounds

@@ -22,7 +22,7 @@ import scipy.stats
 import torch
 from torch import nn
 
-from ._validate import real
+from ._validate import integer, real
 from .intercept import route_calls
 from .saliency import check_input, check_target, input_gradient
 
@@ -50,12 +50,6 @@ __all__ = [
 ]
 
 Attribution = Callable[[nn.Module, torch.Tensor, object], torch.Tensor]
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -137,7 +131,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, n_samples: int = 16, n
     Tensor, shape of ``x``
     """
     check_input(x)
-    n_samples = _check_positive_int(n_samples, "n_samples")
+    n_samples = integer(n_samples, "n_samples", minimum=1)
     if not noise_level >= 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level!r}")
     flat = x.flatten(1)
@@ -407,7 +401,7 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target, attribution: t
     if x.ndim != 4 or attribution.shape != x.shape:
         raise ValueError(f"x must have shape (N, C, H, W) and attribution the same shape, got {tuple(x.shape)} "
                          f"and {tuple(attribution.shape)}")
-    n_steps = _check_positive_int(n_steps, "n_steps")
+    n_steps = integer(n_steps, "n_steps", minimum=1)
     n, c, h, w = x.shape
     scores = attribution.sum(1).reshape(n, h * w)
     rank = torch.empty_like(scores, dtype=torch.long)
@@ -497,7 +491,7 @@ def infidelity(model: nn.Module, x: torch.Tensor, target, attribution: torch.Ten
         raise ValueError(f"attribution must have the shape of x {tuple(x.shape)}, got {tuple(attribution.shape)}")
     if not noise_std > 0:
         raise ValueError(f"noise_std must be > 0, got {noise_std!r}")
-    n_samples = _check_positive_int(n_samples, "n_samples")
+    n_samples = integer(n_samples, "n_samples", minimum=1)
     generator = torch.Generator(device=x.device).manual_seed(seed)
 
     def perturb(inputs):
@@ -540,7 +534,7 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attrib
     check_input(x)
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius!r}")
-    n_samples = _check_positive_int(n_samples, "n_samples")
+    n_samples = integer(n_samples, "n_samples", minimum=1)
     generator = torch.Generator(device=x.device).manual_seed(seed)
 
     def perturb(inputs, r):
