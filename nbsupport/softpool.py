@@ -19,8 +19,8 @@ from torch import nn
 
 from ._validate import pair, real
 
-__all__ = ["softmax_pool2d", "softmax_pool2d_vjp", "softmax_routed_max_pool2d", "SoftMaxPool2d", "pool_output_size", "pool_geometry",
-           "PoolGeometry", "check_padding_value"]
+__all__ = ["softmax_pool2d", "softmax_pool2d_vjp", "softmax_routed_max_pool2d", "SoftMaxPool2d", "pool_output_size",
+           "pool_geometry", "PoolGeometry", "check_padding_value"]
 
 
 class PoolGeometry(NamedTuple):
