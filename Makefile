@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # Extra pip options for the first install, e.g. a CPU-only torch index (README, "PyTorch").
 PIP_EXTRA ?=
 
-.PHONY: book test sync bench data install clean
+.PHONY: book test sync bench data install lab clean
 
 book: data _build/.nbsupport-stamp
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
@@ -35,6 +35,11 @@ data: install  # Debian's package is installed when missing (as root), else the 
 
 sync: install
 	$(VENV)/bin/jupytext --sync notebooks/*.md
+
+# JupyterLab on one chapter (CHAPTER=03_orthant_pmf ...); its .md opens as a notebook (settings in .jupyter/).
+CHAPTER ?= 01_conditional_covariance
+lab: install
+	$(VENV)/bin/jupyter lab --LabApp.app_settings_dir=$(CURDIR)/.jupyter/lab/settings $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/$(CHAPTER).md
 
 bench: install  # writes benchmarks/results/<script>.json, read by book/performance.md
 	$(PY) -m pip install -q -e '.[bench]' || echo "Opacus/BackPACK not installed: their comparison is skipped"

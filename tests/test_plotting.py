@@ -90,3 +90,118 @@ def test_pattern_regions_with_a_model_on_the_gpu():
     fig, ax = plt.subplots()
     assert pattern_regions(ax, model, (-1, 1, -1, 1), resolution=51) >= 1
     plt.close(fig)
+
+
+# A stand-in for nbsupport.stats.Verdict with the same fields, written out by hand.
+Verdict = __import__("collections").namedtuple(
+    "Verdict", "name estimate low high p p_adjusted p_equivalence label")
+VERDICTS = [
+    Verdict("pullback vs gradient", 0.30, 0.10, 0.50, 0.001, 0.002, 0.9, "better"),
+    Verdict("pullback vs class mean", -0.02, -0.04, 0.01, 0.20, 0.40, 0.01, "equivalent"),
+    Verdict("pullback vs noise", -0.25, -0.45, -0.05, 0.004, 0.008, 0.95, "worse"),
+    Verdict("smoothgrad vs gradient", 0.05, -0.15, 0.20, 0.60, 0.60, 0.50, "not separated"),
+]
+
+
+def _intervals(ax):
+    """The horizontal interval lines of a forest plot: (y, x_low, x_high, colour), top first."""
+    found = []
+    for line in ax.get_lines():
+        x, y = line.get_xdata(), line.get_ydata()
+        if len(x) == 2 and y[0] == y[1] and line.get_marker() in ("None", "", None):
+            found.append((y[0], min(x), max(x), mpl.colors.to_rgb(line.get_color())))
+    return sorted(found, key=lambda row: -row[0])
+
+
+def test_forest_draws_each_interval_in_order_with_its_label_colour():
+    from nbsupport.plotting import VERDICT_COLOURS, forest
+    set_style()
+    ax = forest(VERDICTS)
+    rows = _intervals(ax)
+    assert [(lo, hi) for _, lo, hi, _ in rows] == [(v.low, v.high) for v in VERDICTS]
+    assert [c for *_, c in rows] == [mpl.colors.to_rgb(VERDICT_COLOURS[v.label]) for v in VERDICTS]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [v.name for v in VERDICTS]
+    # each estimate is a marker on its own row, inside its interval
+    points = sorted(((l.get_ydata()[0], l.get_xdata()[0]) for l in ax.get_lines() if l.get_marker() == "o"),
+                    key=lambda p: -p[0])
+    assert [x for _, x in points] == [v.estimate for v in VERDICTS]
+    assert [y for y, _ in points] == [y for y, *_ in rows]
+    # the zero line, and labels with adjusted p-values at the right
+    assert any(list(l.get_xdata()) == [0, 0] for l in ax.get_lines())
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[0] == "better, p = 0.002" and texts[1] == "equivalent, p = 0.4"
+    assert ax.figure.get_figwidth() <= 7.0
+    plt.close(ax.figure)
+
+
+def test_forest_margin_band_covers_minus_to_plus_margin():
+    from nbsupport.plotting import forest
+    ax = forest(VERDICTS, margin=0.05)
+    bands = [p for p in ax.patches]
+    assert len(bands) == 1
+    x0, x1 = bands[0].get_extents().x0, bands[0].get_extents().x1  # in display units
+    to_data = ax.transData.inverted()
+    assert to_data.transform((x0, 0))[0] == pytest.approx(-0.05, abs=1e-9)
+    assert to_data.transform((x1, 0))[0] == pytest.approx(0.05, abs=1e-9)
+    plt.close(ax.figure)
+    # one margin per comparison: a band only behind the named rows
+    fig, ax = plt.subplots()
+    forest(VERDICTS, ax=ax, margin={"pullback vs class mean": 0.03, "pullback vs noise": 0.1})
+    bands = ax.collections
+    assert len(bands) == 2
+    xs = sorted((round(p.get_paths()[0].vertices[:, 0].min(), 9), round(p.get_paths()[0].vertices[:, 0].max(), 9))
+                for p in bands)
+    assert xs == [(-0.1, 0.1), (-0.03, 0.03)]
+    plt.close(fig)
+
+
+def test_forest_bad_input():
+    from nbsupport.plotting import forest
+    with pytest.raises(ValueError, match="verdicts"):
+        forest([])
+    with pytest.raises(ValueError, match="low <= estimate <= high"):
+        forest([VERDICTS[0]._replace(low=0.6)])
+    with pytest.raises(ValueError, match="label"):
+        forest([VERDICTS[0]._replace(label="maybe")])
+    with pytest.raises(ValueError, match="fields"):
+        forest([(0.1, 0.0, 0.2)])
+    with pytest.raises(ValueError, match="margin"):
+        forest(VERDICTS, margin=-0.1)
+    with pytest.raises(ValueError, match="width"):
+        forest(VERDICTS, width=12)
+
+
+@pytest.mark.parametrize("context", ["paper", "notebook"])
+def test_every_text_of_the_helpers_is_at_least_9_points(context):
+    from nbsupport.plotting import MAX_WIDTH, forest
+    set_style(context)
+    for key in ("font.size", "xtick.labelsize", "ytick.labelsize", "legend.fontsize", "axes.titlesize"):
+        size = mpl.font_manager.FontProperties(size=mpl.rcParams[key]).get_size_in_points()
+        assert size >= 9, (context, key, size)
+    assert mpl.rcParams["figure.figsize"][0] <= MAX_WIDTH
+    fig = image_grid(np.zeros((16, 4, 4)), titles=[str(k) for k in range(16)], ncols=8)
+    ax = forest(VERDICTS, margin=0.05)
+    for figure in (fig, ax.figure):
+        figure.canvas.draw()
+        texts = [t for t in figure.findobj(mpl.text.Text) if t.get_text() and t.get_visible()]
+        assert texts and min(t.get_fontsize() for t in texts) >= 9
+        assert figure.get_figwidth() <= MAX_WIDTH
+        plt.close(figure)
+    set_style()
+
+
+def test_set_style_renders_retina_inside_a_kernel():
+    """Inside IPython, set_style makes the inline PNG twice the figure's dpi, with its size in metadata."""
+    IPython = pytest.importorskip("IPython")
+    from IPython.testing.globalipapp import get_ipython
+    shell = get_ipython()
+    set_style()
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.plot([0, 1])
+    # a terminal shell shows text only: ask the PNG formatter a kernel would use
+    data, metadata = shell.display_formatter.formatters["image/png"].lookup(fig)(fig)
+    png = __import__("base64").b64decode(data)
+    width = int.from_bytes(png[16:20], "big")  # IHDR width
+    assert metadata["width"] == pytest.approx(width / 2, abs=1)
+    assert width > 1.9 * fig.dpi * 4  # 2x the drawn size (bbox 'tight' trims a little)
+    plt.close(fig)
