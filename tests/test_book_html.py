@@ -101,3 +101,121 @@ def test_page_renders(page, server, browser):
     if page in MATH_PAGES:
         SHOTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SHOTS / (page.replace("/", "_").removesuffix(".html") + ".png")))
+
+
+# --- Reading each chapter at a desktop and a phone width (issue 26) ------------------------------
+# Each chapter is loaded at 1280 and 390 CSS px. A test (chapter, width) fails on
+# - a figure shown at fewer than MIN_PX_PER_INCH displayed pixels per drawn inch (1280 px only: a
+#   6.4-inch figure fills the 672 px column at 105 px/in; a 20-inch grid shrinks to 34 px/in and its
+#   10-pt labels to 4 px). The drawn size is the PNG's pixel width over its dpi (its pHYs chunk,
+#   which matplotlib writes) or an SVG's width in points over 72;
+# - a code, output, table or display-maths block wider than the text column: at 1280 px any such
+#   block that scrolls sideways (the column holds 84 characters of code); at both widths a block
+#   that sticks out of the column or makes the page scroll sideways;
+# - no download link of the chapter's executed notebook (.ipynb).
+MIN_PX_PER_INCH = 80
+WIDTHS = (1280, 390)
+CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
+
+LAYOUT_JS = """
+const article = document.querySelector('article.bd-article') || document.querySelector('main');
+const a = article.getBoundingClientRect();
+const style = getComputedStyle(article);
+const left = a.left + parseFloat(style.paddingLeft), right = a.right - parseFloat(style.paddingRight);
+const visible = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 && e.offsetParent !== null; };
+const where = e => {
+  const s = e.closest('section[id]');
+  const text = (e.innerText || e.getAttribute('alt') || e.tagName).trim().split('\\n')[0].slice(0, 60);
+  return (s ? '#' + s.id + ': ' : '') + text;
+};
+const blocks = [];
+const selector = 'div.highlight pre, .cell_output pre, .cell_output .output, table, div.math, ' +
+                 'mjx-container[display="true"], .cell_output img, figure img';
+for (const e of article.querySelectorAll(selector)) {
+  if (!visible(e)) continue;
+  const r = e.getBoundingClientRect();
+  blocks.push({kind: e.tagName.toLowerCase() + (e.className && typeof e.className === 'string' ? '.' + e.className.split(' ')[0] : ''),
+               where: where(e), out: r.right > right + 1 || r.left < left - 1,
+               scrolls: e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible',
+               width: Math.round(r.width), scrollWidth: e.scrollWidth});
+}
+const images = Array.from(article.querySelectorAll('img')).filter(visible).map(i => ({
+  src: i.getAttribute('src'), url: i.src, natural: i.naturalWidth, shown: i.getBoundingClientRect().width,
+  alt: i.getAttribute('alt') || '', where: where(i)}));
+const downloads = Array.from(document.querySelectorAll('a[href$=".ipynb"]')).map(l => l.href);
+return {column: right - left, pageScroll: document.documentElement.scrollWidth > window.innerWidth + 1,
+        blocks: blocks, images: images, downloads: downloads};
+"""
+IMAGES_LOADED_JS = """
+const done = arguments[arguments.length - 1];
+Promise.all(Array.from(document.images).map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })))
+  .then(() => done(true));
+"""
+
+
+def drawn_inches(path: Path) -> float | None:
+    """Width in inches at which an image file was drawn: PNG pixels / pHYs dpi, SVG points / 72."""
+    import struct
+
+    data = path.read_bytes()
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        width = struct.unpack(">I", data[16:20])[0]
+        pos = 8
+        while pos < len(data):
+            length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+            if kind == b"pHYs":
+                ppx, _, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
+                return width / (ppx * 0.0254) if unit == 1 and ppx else None
+            if kind == b"IDAT":
+                return None
+            pos += 12 + length
+        return None
+    if path.suffix == ".svg":
+        match = re.search(rb'<svg[^>]*\swidth="([\d.]+)(pt|px)?"', data[:4000])
+        if match:
+            return float(match.group(1)) / (72 if match.group(2) in (b"pt", None) else 96)
+    return None
+
+
+def layout_problems(layout: dict, width: int) -> list[str]:
+    """The reasons a chapter fails at this width (empty when it reads well)."""
+    problems = []
+    if not layout["downloads"]:
+        problems.append("no download link of the executed notebook (.ipynb)")
+    if layout["pageScroll"]:
+        problems.append("the page scrolls sideways")
+    for block in layout["blocks"]:
+        if block["out"]:
+            problems.append(f"{block['kind']} wider than the column ({block['width']} px): {block['where']}")
+        elif width >= 1000 and block["scrolls"] and not block["kind"].startswith("img"):
+            problems.append(f"{block['kind']} scrolls sideways ({block['scrollWidth']} px of "
+                            f"{block['width']}): {block['where']}")
+    if width >= 1000:
+        for image in layout["images"]:
+            file = HTML / image["url"].split("/", 3)[3].split("#")[0] if image["url"].startswith("http") else None
+            inches = drawn_inches(file) if file is not None and file.is_file() else None
+            if inches is None or not image["shown"]:
+                continue
+            density = image["shown"] / inches
+            if density < MIN_PX_PER_INCH:
+                problems.append(f"figure drawn {inches:.1f} in wide shown at {density:.0f} px/in "
+                                f"(< {MIN_PX_PER_INCH}): {image['where']}")
+    return problems
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chapter_reads_at_width(page, width, server, browser):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 600})
+    try:
+        browser.get(f"{server}/{page}")
+        browser.execute_async_script(MATHJAX_DONE_JS)
+        browser.execute_async_script(IMAGES_LOADED_JS)
+        layout = browser.execute_script(LAYOUT_JS)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    problems = layout_problems(layout, width)
+    report = "\n  ".join(problems[:40]) + (f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else "")
+    assert not problems, f"{page} at {width} px ({layout['column']:.0f} px column): {len(problems)} problems\n  {report}"
