@@ -142,7 +142,9 @@ def add_footer_and_dedupe_scripts(app, pagename, templatename, context, doctree)
     context["theme_extra_footer"] = f'{footer}<p class="build-stamp">{stamp}</p>'
     scripts, seen = [], set()
     for script in context.get("script_files", []):
-        key = (str(script), tuple(sorted((k, str(v)) for k, v in getattr(script, "attributes", {}).items())))
+        attributes = getattr(script, "attributes", {})
+        name = getattr(script, "filename", script) or ""  # None and "" both mean an inline script
+        key = (str(name), tuple(sorted((k, str(v)) for k, v in attributes.items() if k != "priority")))
         if key not in seen:
             seen.add(key)
             scripts.append(script)
@@ -158,7 +160,7 @@ def setup(app):
     app.connect("doctree-resolved", add_alt_text)
     app.connect("doctree-resolved", mark_ledger)
     app.connect("html-page-context", add_notebook_download, priority=400)
-    app.connect("html-page-context", add_footer_and_dedupe_scripts, priority=900)
+    app.connect("html-page-context", add_footer_and_dedupe_scripts, priority=999)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
 
 

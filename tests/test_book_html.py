@@ -109,9 +109,9 @@ def test_page_renders(page, server, browser):
 #   6.4-inch figure fills the 672 px column at 105 px/in; a 20-inch grid shrinks to 34 px/in and its
 #   10-pt labels to 4 px). The drawn size is the PNG's pixel width over its dpi (its pHYs chunk,
 #   which matplotlib writes) or an SVG's width in points over 72;
-# - a code, output, table or display-maths block wider than the text column: at 1280 px any such
-#   block that scrolls sideways (the column holds 84 characters of code); at both widths a block
-#   that sticks out of the column or makes the page scroll sideways;
+# - a code, output or table block wider than the text column: at 1280 px any such block that
+#   scrolls sideways (the column holds 84 characters of code); at both widths a block (display maths
+#   and images too) that sticks out of the column unclipped, or a page that scrolls sideways;
 # - no download link of the chapter's executed notebook (.ipynb).
 MIN_PX_PER_INCH = 80
 WIDTHS = (1280, 390)
@@ -131,13 +131,17 @@ const where = e => {
 const blocks = [];
 const selector = 'div.highlight pre, .cell_output pre, .cell_output .output, table, div.math, ' +
                  'mjx-container[display="true"], .cell_output img, figure img';
+const clips = e => ['auto', 'scroll', 'hidden'].includes(getComputedStyle(e).overflowX);
 for (const e of article.querySelectorAll(selector)) {
   if (!visible(e)) continue;
   const r = e.getBoundingClientRect();
+  // the box that scrolls this block sideways: the block itself or its nearest clipping ancestor
+  let box = clips(e) ? e : null;
+  for (let p = e.parentElement; !box && p && p !== article; p = p.parentElement) if (clips(p)) box = p;
   blocks.push({kind: e.tagName.toLowerCase() + (e.className && typeof e.className === 'string' ? '.' + e.className.split(' ')[0] : ''),
-               where: where(e), out: r.right > right + 1 || r.left < left - 1,
-               scrolls: e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible',
-               width: Math.round(r.width), scrollWidth: e.scrollWidth});
+               where: where(e), out: !box && (r.right > right + 1 || r.left < left - 1),
+               scrolls: !!box && box.scrollWidth > box.clientWidth + 1,
+               width: Math.round(box ? box.clientWidth : r.width), scrollWidth: box ? box.scrollWidth : e.scrollWidth});
 }
 const images = Array.from(article.querySelectorAll('img')).filter(visible).map(i => ({
   src: i.getAttribute('src'), url: i.src, natural: i.naturalWidth, shown: i.getBoundingClientRect().width,
@@ -187,7 +191,7 @@ def layout_problems(layout: dict, width: int) -> list[str]:
     for block in layout["blocks"]:
         if block["out"]:
             problems.append(f"{block['kind']} wider than the column ({block['width']} px): {block['where']}")
-        elif width >= 1000 and block["scrolls"] and not block["kind"].startswith("img"):
+        elif width >= 1000 and block["scrolls"] and block["kind"].startswith(("pre", "table", "div")):
             problems.append(f"{block['kind']} scrolls sideways ({block['scrollWidth']} px of "
                             f"{block['width']}): {block['where']}")
     if width >= 1000:
