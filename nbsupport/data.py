@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import check_integrity, extract_archive
+from ._validate import integer, real
 
 __all__ = [
     "DEBIAN_FASHION_MNIST",
@@ -149,8 +150,9 @@ def load_fashion_mnist(train: bool = True, root: str | os.PathLike | None = None
     torchvision.datasets.FashionMNIST
         Items are ``(PIL image 28x28, label)`` unless a transform is given.
     """
-    if not isinstance(train, bool):
-        raise TypeError(f"train must be a bool, got {train!r}")
+    if not isinstance(train, (bool, np.bool_)):
+        raise ValueError(f"train must be a bool, got {train!r}")
+    train = bool(train)
     root = prepare_fashion_mnist(root)
     return FashionMNIST(str(root), train=train, download=False, **kwargs)
 
@@ -184,8 +186,9 @@ def fashion_mnist_tensors(
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     ds = load_fashion_mnist(train=train, root=root)
     total = len(ds.targets)
-    if n is not None and not (isinstance(n, int) and 0 < n <= total):
-        raise ValueError(f"n must be an int in [1, {total}], got {n!r}")
+    if n is not None and integer(n, "n", minimum=1) > total:
+        raise ValueError(f"n must be an integer in [1, {total}], got {n!r}")
+    n = None if n is None else int(n)
     x = ds.data[:n].to(dtype) / 255.0
     x = x.reshape(len(x), -1) if flatten else x.unsqueeze(1)
     return x, ds.targets[:n].clone()
@@ -210,11 +213,12 @@ def make_moons(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Ten
     """
     from sklearn.datasets import make_moons as _sk_make_moons
 
-    if not (isinstance(n, (int, np.integer)) and n >= 2):
-        raise ValueError(f"n must be an int >= 2, got {n!r}")
-    if not (np.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-    x, y = _sk_make_moons(n_samples=int(n), noise=float(noise), random_state=int(seed))
+    n = integer(n, "n", minimum=2)
+    noise = real(noise, "noise", low=0.0, low_inclusive=True)
+    seed = integer(seed, "seed", minimum=0)
+    if seed >= 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    x, y = _sk_make_moons(n_samples=n, noise=noise, random_state=seed)
     return torch.from_numpy(x).to(torch.float64), torch.from_numpy(y).long()
 
 

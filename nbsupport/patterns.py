@@ -33,30 +33,40 @@ def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tens
     alike), ``z`` is read before the ReLU (an in-place ReLU would overwrite it), the pass runs
     under ``torch.no_grad``, and afterwards, also after an error, every buffer (BatchNorm's running
     statistics and batch counter) holds its old value and every module its old train/eval flag.
-    A ReLU applied to a tensor without ``x``'s batch axis (e.g. to a parameter) is not a gate and is
-    skipped. It runs also inside :func:`~nbsupport.surrogate.surrogate_gradients` on the same model.
+    A ReLU whose input does not depend on ``x`` (a ReLU of a parameter, even one whose first axis
+    happens to be as long as the batch) is not a gate and is skipped: the pass tracks dependence
+    on ``x`` by autograd, with the parameters frozen. It runs also inside
+    :func:`~nbsupport.surrogate.surrogate_gradients` on the same model.
     """
     check_input(x)
     inputs: list[torch.Tensor] = []
 
     def record(z, inplace):
-        if z.ndim > 0 and len(z) == len(x):  # a ReLU of a parameter (no batch axis) is not a gate
-            inputs.append(read(z.reshape(len(z), -1)))
-        return z.relu_() if inplace else torch.relu(z)
+        if z.requires_grad and z.ndim > 0 and len(z) == len(x):  # a function of x, with its batch axis
+            inputs.append(read(z.detach().reshape(len(z), -1)))
+        if inplace:
+            return z.relu_()
+        return torch.relu(z)
 
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
     modes = [(module, module.training) for module in model.modules()]
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        with route_calls(model, record, strict=False, exclusive=False), torch.no_grad():
-            checked_forward(model, x)
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        tracked = x.detach().requires_grad_().clone()  # only what depends on x requires grad
+        with route_calls(model, record, strict=False, exclusive=False), torch.enable_grad():
+            checked_forward(model, tracked)
     finally:
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         for module, training in modes:
             module.training = training
+        for p, requires_grad in frozen:
+            p.requires_grad_(requires_grad)
     if not inputs:
         raise ValueError(f"model made no ReLU call on x (nn.ReLU, F.relu, torch.relu, Tensor.relu): "
                          f"{type(model).__name__}")

@@ -150,7 +150,7 @@ def test_offline_without_package_says_how_to_get_it(tmp_path, monkeypatch, no_do
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(TypeError, match="train"):
+    with pytest.raises(ValueError, match="train must be a bool"):
         data.load_fashion_mnist(train="yes", root=tmp_path)
 
 
@@ -166,8 +166,10 @@ def test_real_package(tmp_path):
     assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (100,)
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     np.testing.assert_allclose(x[:, 0].numpy() * 255, test.data[:100].numpy(), atol=1e-4)
-    with pytest.raises(ValueError, match="n must be"):
-        data.fashion_mnist_tensors(train=False, n=0, root=tmp_path)
+    for n in (0, 10_001, 2.5):
+        with pytest.raises(ValueError, match="n must be"):
+            data.fashion_mnist_tensors(train=False, n=n, root=tmp_path)
+    assert len(data.fashion_mnist_tensors(train=False, n=np.int64(3), root=tmp_path)[0]) == 3
 
 
 def test_moons_lie_on_two_half_circles():
@@ -183,6 +185,7 @@ def test_moons_lie_on_two_half_circles():
 
 def test_moons_noise_and_seed():
     a, _ = data.make_moons(2000, noise=0.2, seed=1)
+    assert torch.equal(a, data.make_moons(np.int64(2000), noise=np.float64(0.2), seed=np.int64(1))[0])
     b, _ = data.make_moons(2000, noise=0.2, seed=1)
     c, _ = data.make_moons(2000, noise=0.2, seed=2)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -191,9 +194,14 @@ def test_moons_noise_and_seed():
     assert abs(residual - 0.2) < 0.02
 
 
-@pytest.mark.parametrize("kwargs, word", [(dict(n=1, noise=0.1, seed=0), "n"),
-                                          (dict(n=10, noise=-1.0, seed=0), "noise"),
-                                          (dict(n=10, noise=float("nan"), seed=0), "noise")])
+@pytest.mark.parametrize("kwargs, word", [(dict(n=1, noise=0.1, seed=0), "n must"),
+                                          (dict(n=10, noise=-1.0, seed=0), "noise must"),
+                                          (dict(n=10, noise=float("nan"), seed=0), "noise must"),
+                                          (dict(n=10, noise="a", seed=0), "noise must"),
+                                          (dict(n=10, noise=0.1, seed=-1), "seed must"),
+                                          (dict(n=10, noise=0.1, seed=2**32), "seed must"),
+                                          (dict(n=10.0, noise=0.1, seed=0), "n must"),
+                                          (dict(n=True, noise=0.1, seed=0), "n must")])
 def test_moons_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         data.make_moons(**kwargs)

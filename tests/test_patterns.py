@@ -351,17 +351,22 @@ def test_gate_reader_runs_inside_surrogate_gradients_and_leaves_the_pullback_alo
     torch.testing.assert_close(excitation_pullback(net, x, 1), pullback, rtol=0, atol=0)
 
 
-def test_a_relu_of_a_parameter_is_not_a_gate():
+@pytest.mark.parametrize("batch", [4, 5])  # 4: the parameter's first axis is as long as the batch
+def test_a_relu_of_a_parameter_is_not_a_gate(batch):
     class Scaled(nn.Module):
         def __init__(self):
             super().__init__()
-            self.linear, self.scale = nn.Linear(3, 4), nn.Parameter(torch.randn(4))
+            self.linear = nn.Linear(3, 4)
+            self.scale, self.mix = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4, 4))
+            self.register_buffer("offset", torch.randn(4))
 
         def forward(self, x):
-            return torch.relu(self.linear(x)) * torch.relu(self.scale)
+            h = torch.relu(self.linear(x)) * torch.relu(self.scale) + torch.relu(self.offset)
+            return h @ torch.relu(self.mix)
 
-    x = torch.randn(5, 3)
+    x = torch.randn(batch, 3)
     model = Scaled()
     gates = activation_patterns(model, x)
-    assert [tuple(g.shape) for g in gates] == [(5, 4)]
+    assert [tuple(g.shape) for g in gates] == [(batch, 4)]
     assert torch.equal(gates[0], model.linear(x) > 0)
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
