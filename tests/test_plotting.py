@@ -205,3 +205,19 @@ def test_set_style_renders_retina_inside_a_kernel():
     assert metadata["width"] == pytest.approx(width / 2, abs=1)
     assert width > 1.9 * fig.dpi * 4  # 2x the drawn size (bbox 'tight' trims a little)
     plt.close(fig)
+
+
+def test_forest_draws_the_verdicts_of_nbsupport_stats():
+    """The real Verdict type: clear gain, clear loss, a null difference within a margin."""
+    from nbsupport.plotting import VERDICT_COLOURS, forest
+    from nbsupport.stats import verdict
+    rng = np.random.default_rng(0)
+    noise = lambda: rng.normal(0, 0.05, (8, 32))
+    comparisons = {"gain": 0.5 + noise(), "loss": -0.5 + noise(), "none": noise()}
+    verdicts = verdict(comparisons, margin=0.2, n_boot=400, rng=1)
+    assert [v.label for v in verdicts] == ["better", "worse", "equivalent"]
+    ax = forest(verdicts, margin=0.2)
+    rows = _intervals(ax)
+    assert [(lo, hi) for _, lo, hi, _ in rows] == [(v.low, v.high) for v in verdicts]
+    assert [c for *_, c in rows] == [mpl.colors.to_rgb(VERDICT_COLOURS[v.label]) for v in verdicts]
+    plt.close(ax.figure)
