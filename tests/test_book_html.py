@@ -229,5 +229,17 @@ def test_chapter_reads_at_width(page, width, server, browser):
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     problems = layout_problems(layout, width)
-    report = "\n  ".join(problems[:40]) + (f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else "")
-    assert not problems, f"{page} at {width} px ({layout['column']:.0f} px column): {len(problems)} problems\n  {report}"
+    assert not problems, f"{page} at {width} px ({layout['column']:.0f} px column): {summary(problems)}"
+
+
+def summary(problems: list[str], shown: int = 12) -> str:
+    """Counts by kind of problem, then the first few of each kind (downloads, figures, blocks)."""
+    kinds = {"download": [], "figure": [], "page": [], "wider": [], "scrolls": []}
+    for problem in problems:
+        kind = next((k for k in ("download", "figure", "page", "wider") if k in problem.split(":")[0]), "scrolls")
+        kinds[kind].append(problem)
+    counts = ", ".join(f"{len(v)} {k}" for k, v in kinds.items() if v)
+    lines = [f"{len(problems)} problems ({counts})"]
+    for items in kinds.values():
+        lines += items[:shown] + ([f"... and {len(items) - shown} more"] if len(items) > shown else [])
+    return "\n  ".join(lines)
