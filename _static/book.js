@@ -14,3 +14,19 @@ document.addEventListener("DOMContentLoaded", () => {
     link.appendChild(img);
   });
 });
+
+// Inline maths wider than its paragraph (on a phone) scrolls within itself instead of being cut off
+// at the edge. Only those get the scrolling box: it would shift the baseline of every other formula.
+function markWideInlineMath() {
+  document.querySelectorAll(".bd-article mjx-container:not([display='true'])").forEach((math) => {
+    math.classList.remove("wide-inline-math");
+    const box = math.parentElement && math.parentElement.getBoundingClientRect();
+    if (box && math.getBoundingClientRect().width > box.width) math.classList.add("wide-inline-math");
+  });
+}
+window.addEventListener("load", () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    MathJax.startup.promise.then(markWideInlineMath);
+  }
+});
+window.addEventListener("resize", markWideInlineMath);
