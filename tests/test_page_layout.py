@@ -202,3 +202,29 @@ def test_sources_are_cited_distinctly_and_the_bibliography_is_author_year():
     references = re.sub(r"<[^>]+>", "", (HTML / "book" / "references.html").read_text())
     assert re.search(r"\[Roberts et al\., 2022\]", references), "bibliography is not labelled author-year"
     assert not re.search(r"\[\d+\]", references), "numbered labels in the bibliography"
+
+
+def test_bibliography_labels_are_author_year_and_sources_without_authors_use_short_titles():
+    import sys
+
+    from pybtex.database import parse_string
+    from pybtex.plugin import find_plugin
+
+    sys.path.insert(0, str(ROOT / "_ext"))
+    import book_pages  # noqa: F401  (registers the styles)
+
+    bib = parse_string(r"""
+@misc{a, author = {Smith, Ann}, title = {One}, year = {2020}}
+@misc{b, author = {Smith, Ann}, title = {Two}, year = {2020}}
+@misc{c, author = {Smith, Ann and Jones, Bob}, title = {Three}, year = {2021}}
+@misc{d, author = {Smith, Ann and Jones, Bob and Lee, Cy}, title = {Four}, year = {2022}}
+@misc{e, title = {A Long Title of an Unsigned Note}, shorttitle = {Unsigned note}, year = {2025}}
+@misc{f, author = {Jos{\'e} Moura}, title = {Five}, year = {2019}}
+""", "bibtex")
+    style = find_plugin("pybtex.style.formatting", "book_author_year")()
+    labels = {entry.key: entry.label for entry in style.format_entries(bib.entries.values())}
+    assert labels == {"a": "Smith, 2020a", "b": "Smith, 2020b", "c": "Smith and Jones, 2021",
+                      "d": "Smith et al., 2022", "e": "Unsigned note, 2025", "f": "Moura, 2019"}
+    # sorted by label: Moura, Smith..., then the unsigned note
+    order = [entry.key for entry in style.format_entries(bib.entries.values())]
+    assert order == ["f", "a", "b", "c", "d", "e"]
