@@ -48,7 +48,7 @@ def main():
     report = Report(__file__, "Monte Carlo kernels of random networks")
     x = torch.randn(4, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(12345))  # not the loop's seed
     per_c = batched(x, N_NETWORKS, per_network=True)
-    per_g = batched(x, N_NETWORKS, per_network=True, sampler="gaussian", seed=1)
+    per_g = batched(x, N_NETWORKS, per_network=True, sampler="gaussian", rng=1)
     se = torch.sqrt(per_c.var(0) / N_NETWORKS + per_g.var(0) / N_NETWORKS)
     t_max = ((per_c.mean(0) - per_g.mean(0)).abs() / se.clamp(min=1e-300))[1:].max().item()
     report.check("max |conditional - drawn weights| of the kernels, in standard errors", t_max, 4.5)

@@ -19,17 +19,19 @@ with :math:`G^{(0)}_{\alpha\beta} = x_\alpha \cdot x_\beta / n_0`. For a linear 
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ._validate import integer, real
 
-__all__ = ["ACTIVATIONS", "SAMPLERS", "kernel_recursion", "relu_expectation", "relu_correlation_map",
-           "empirical_kernels", "preactivations", "kernel_correlation", "kernel_summary", "KernelSummary",
-           "kernel_ratio_moments", "kernel_log_ratio_moments", "excess_kurtosis_theory", "excess_kurtosis_estimate", "gradient_norms",
-           "fit_decay", "DecayFit"]
+__all__ = ["ACTIVATIONS", "SAMPLERS", "CRITICAL_A", "kernel_recursion", "relu_expectation",
+           "relu_correlation_map", "relu_coactivation", "empirical_kernels", "preactivations",
+           "preactivation_moments", "kernel_correlation", "kernel_summary", "KernelSummary",
+           "kernel_ratio_moments", "kernel_log_ratio_moments", "excess_kurtosis_theory",
+           "excess_kurtosis_estimate", "excess_kurtosis_from_moments", "gradient_norms",
+           "gradient_norm_theory", "fit_decay", "DecayFit", "fit_next_order", "NextOrderFit"]
 
 #: Activations with a closed-form kernel map.
 ACTIVATIONS = ("linear", "relu")
@@ -39,6 +41,28 @@ ACTIVATIONS = ("linear", "relu")
 #: (``"gaussian"``), or through a weight matrix of random signs :math:`\pm\sqrt{C_W / n}` and biases
 #: :math:`\pm\sqrt{C_b}` (``"rademacher"``, same mean and variance, not Gaussian).
 SAMPLERS = ("conditional", "gaussian", "rademacher")
+
+
+def _generator(rng, device) -> torch.Generator:
+    """A torch generator on ``device`` from ``rng``, the module's one source of randomness.
+
+    ``rng`` is an int seed >= 0 (a fresh generator: the same seed gives the same networks), a
+    ``torch.Generator`` on ``device`` (used and advanced), or a ``numpy.random.Generator`` (one
+    seed is drawn from it, so it advances), following scipy's ``rng`` convention. ``None`` is
+    refused: the global RNG is never used."""
+    if isinstance(rng, torch.Generator):
+        if torch.device(rng.device).type != torch.device(device).type:
+            raise ValueError(f"rng must be a generator on {device}, got one on {rng.device}")
+        return rng
+    if isinstance(rng, np.random.Generator):
+        seed = int(rng.integers(0, 2**63 - 1))
+    else:
+        try:
+            seed = integer(rng, "rng", minimum=0)
+        except ValueError:
+            raise ValueError(f"rng must be an int seed >= 0, a torch.Generator or a numpy Generator "
+                             f"(the global RNG is never used), got {rng!r}") from None
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _check_common(depth, C_W, C_b, activation) -> tuple[int, float, float]:
@@ -141,7 +165,7 @@ def kernel_recursion(G0: torch.Tensor, depth: int, C_W: float, C_b: float = 0.0,
 
 
 def _networks(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float, activation: str,
-              n_networks: int, seed: int, sampler: str = "conditional"):
+              n_networks: int, generator: torch.Generator, sampler: str = "conditional"):
     r"""Yield the preactivations (n_networks, n_inputs, width) of layers 1..depth of random networks.
 
     ``sampler="conditional"`` draws each layer from its exact conditional law instead of through a
@@ -151,7 +175,6 @@ def _networks(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float, a
     far fewer random numbers, but the independence of neurons is built in. ``"gaussian"`` and
     ``"rademacher"`` draw weight matrices (needed to backpropagate, or to measure that independence).
     """
-    generator = torch.Generator(device=x.device).manual_seed(seed)
     h = x.to(torch.float64).unsqueeze(0).expand(n_networks, -1, -1)
     n_inputs = h.shape[1]
     options = dict(generator=generator, dtype=torch.float64, device=x.device)
@@ -174,20 +197,20 @@ def _networks(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float, a
         h = torch.relu(z) if activation == "relu" else z
 
 
-def _check_mc(x, width, n_networks, sampler="conditional", seed=0) -> tuple[int, int, int]:
-    """Validated Monte Carlo arguments; returns ``width``, ``n_networks`` and ``seed`` as Python ints."""
+def _check_mc(x, width, n_networks, sampler="conditional", rng=0):
+    """Validated Monte Carlo arguments: ``width`` and ``n_networks`` as ints, and the generator."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    seed = integer(seed, "seed", minimum=0)
     if not (isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[0] >= 1 and x.shape[1] >= 1):
         raise ValueError(f"x must be a tensor of shape (n_inputs, n_0), got {tuple(getattr(x, 'shape', ()))}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite")
-    return _check_width(width), integer(n_networks, "n_networks", minimum=1), seed
+    width, n_networks = _check_width(width), integer(n_networks, "n_networks", minimum=1)
+    return width, n_networks, _generator(rng, x.device)
 
 
 def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
-                      activation: str = "linear", n_networks: int = 100, seed: int = 0,
+                      activation: str = "linear", *, n_networks: int = 100, rng=0,
                       per_network: bool = False, sampler: str = "conditional") -> torch.Tensor:
     r"""Monte Carlo kernels :math:`\frac{1}{n}\sum_i z^{(l)}_{i;\alpha} z^{(l)}_{i;\beta}` of random networks.
 
@@ -207,9 +230,11 @@ def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: 
         Weight and bias variances.
     activation : {"linear", "relu"}
     n_networks : int
-        Number of independent networks.
-    seed : int
-        Seed of the weights (a private generator on ``x``'s device).
+        Number of independent networks (keyword only, as every option after ``activation``).
+    rng : int, torch.Generator or numpy.random.Generator, default 0
+        Source of the weights: an int seed (a fresh generator on ``x``'s device), a torch generator
+        on that device (advanced), or a numpy generator (one seed drawn from it). Never the
+        global RNG.
     per_network : bool
         Return every network's kernels instead of their mean.
     sampler : {"conditional", "gaussian", "rademacher"}
@@ -217,27 +242,28 @@ def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: 
 
     Returns
     -------
-    Tensor, float64, on ``x``'s device, shape (depth + 1, n_inputs, n_inputs) or (n_networks, depth + 1, n_inputs, n_inputs)
-        Entry 0 is :math:`x x^\top / n_0`.
+    Tensor, float64, on ``x``'s device
+        Shape (depth + 1, n_inputs, n_inputs), or (n_networks, depth + 1, n_inputs, n_inputs)
+        with ``per_network``. Entry 0 is :math:`x x^\top / n_0`.
     """
     depth, C_W, C_b = _check_common(depth, C_W, C_b, activation)
-    width, n_networks, seed = _check_mc(x, width, n_networks, sampler, seed)
+    width, n_networks, generator = _check_mc(x, width, n_networks, sampler, rng)
     x = x.to(torch.float64)
     g0 = (x @ x.T / x.shape[1]).expand(n_networks, -1, -1)
-    layers = [g0] + [torch.bmm(z, z.transpose(1, 2)) / width
-                     for z in _networks(x, depth, width, C_W, C_b, activation, n_networks, seed, sampler)]
+    draws = _networks(x, depth, width, C_W, C_b, activation, n_networks, generator, sampler)
+    layers = [g0] + [torch.bmm(z, z.transpose(1, 2)) / width for z in draws]
     kernels = torch.stack(layers, dim=1)
     return kernels if per_network else kernels.mean(0)
 
 
 def preactivations(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
-                   activation: str = "linear", n_networks: int = 100, seed: int = 0,
+                   activation: str = "linear", *, n_networks: int = 100, rng=0,
                    sampler: str = "conditional") -> torch.Tensor:
     """The preactivations of every layer of ``n_networks`` random networks.
 
     Parameters
     ----------
-    x, depth, width, C_W, C_b, activation, n_networks, seed, sampler
+    x, depth, width, C_W, C_b, activation, n_networks, rng, sampler
         As in :func:`empirical_kernels`.
 
     Returns
@@ -245,11 +271,44 @@ def preactivations(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: flo
     Tensor, float64, on ``x``'s device, shape (depth, n_networks, n_inputs, width)
     """
     depth, C_W, C_b = _check_common(depth, C_W, C_b, activation)
-    width, n_networks, seed = _check_mc(x, width, n_networks, sampler, seed)
-    layers = list(_networks(x, depth, width, C_W, C_b, activation, n_networks, seed, sampler))
+    width, n_networks, generator = _check_mc(x, width, n_networks, sampler, rng)
+    layers = list(_networks(x, depth, width, C_W, C_b, activation, n_networks, generator, sampler))
     if not layers:
         return torch.zeros(0, n_networks, len(x), width, dtype=torch.float64, device=x.device)
     return torch.stack(layers)
+
+
+def preactivation_moments(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
+                          activation: str = "linear", *, n_networks: int = 100, rng=0,
+                          orders=(2, 4), sampler: str = "conditional") -> torch.Tensor:
+    r"""Per-network means over neurons of :math:`(z^{(l)}_{i;\alpha})^k`, layer by layer.
+
+    The same networks as :func:`preactivations` with the same ``rng`` (the same draws), but only
+    the moments are kept, so memory is ``depth x n_networks x n_inputs`` per order instead of
+    ``x width``: deep and wide networks fit. Input to :func:`excess_kurtosis_from_moments`.
+
+    Parameters
+    ----------
+    x, depth, width, C_W, C_b, activation, n_networks, rng, sampler
+        As in :func:`empirical_kernels`.
+    orders : sequence of int
+        The powers :math:`k \ge 1`.
+
+    Returns
+    -------
+    Tensor, float64, on ``x``'s device, shape (len(orders), depth, n_networks, n_inputs)
+    """
+    depth, C_W, C_b = _check_common(depth, C_W, C_b, activation)
+    width, n_networks, generator = _check_mc(x, width, n_networks, sampler, rng)
+    orders = [integer(k, "orders", minimum=1) for k in orders]
+    if not orders:
+        raise ValueError("orders must hold at least one power")
+    out = torch.zeros(len(orders), depth, n_networks, len(x), dtype=torch.float64, device=x.device)
+    for layer, z in enumerate(_networks(x, depth, width, C_W, C_b, activation, n_networks,
+                                        generator, sampler)):
+        for j, k in enumerate(orders):
+            out[j, layer] = (z**k).mean(-1)
+    return out
 
 
 def kernel_correlation(kernels: torch.Tensor) -> torch.Tensor:
@@ -286,7 +345,7 @@ class KernelSummary(NamedTuple):
 
 
 def kernel_summary(x: torch.Tensor, depth: int, C_W: float, C_b: float = 0.0,
-                   activation: str = "relu") -> KernelSummary:
+                   activation: str = "linear") -> KernelSummary:
     r"""Mean variance and the mean and smallest pairwise correlation of the kernels of ``x``, per layer.
 
     The infinite-width kernels :math:`G^{(0)}, \dots, G^{(\text{depth})}` of :func:`kernel_recursion`
@@ -300,6 +359,7 @@ def kernel_summary(x: torch.Tensor, depth: int, C_W: float, C_b: float = 0.0,
     depth : int
     C_W, C_b : float
     activation : {"linear", "relu"}
+        Default ``"linear"``, as in :func:`kernel_recursion` and :func:`empirical_kernels`.
 
     Returns
     -------
@@ -417,10 +477,8 @@ def excess_kurtosis_estimate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     r"""Excess kurtosis of preactivations pooled over neurons, with a standard error over networks.
 
     The neurons of one network share its random variance, so they are not independent draws; the
-    networks are. With :math:`a_k, b_k` the means of :math:`z^4` and :math:`z^2` over the neurons
-    of network :math:`k` and :math:`A, B` their means over networks, the estimate is
-    :math:`A / B^2 - 3` and its standard error comes from the delta method on the sample covariance of
-    :math:`(a_k, b_k)` over networks: gradient :math:`(1/B^2, -2A/B^3)`.
+    networks are. See :func:`excess_kurtosis_from_moments`, which this calls with the per-network
+    means of :math:`z^2` and :math:`z^4` over neurons.
 
     Parameters
     ----------
@@ -434,49 +492,149 @@ def excess_kurtosis_estimate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """
     if not (isinstance(z, torch.Tensor) and z.ndim >= 2 and z.shape[-2] >= 2 and z.shape[-1] >= 1):
         raise ValueError(f"z must be a tensor of shape (..., n_networks >= 2, m), got {tuple(getattr(z, 'shape', ()))}")
-    a, b = (z**4).mean(-1), (z**2).mean(-1)
+    return excess_kurtosis_from_moments((z**2).mean(-1), (z**4).mean(-1))
+
+
+def excess_kurtosis_from_moments(m2: torch.Tensor, m4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Excess kurtosis :math:`A / B^2 - 3` from per-network moments, delta-method error over networks.
+
+    With :math:`b_k, a_k` the means of :math:`z^2` and :math:`z^4` over the neurons of network
+    :math:`k` and :math:`B, A` their means over networks, the standard error comes from the
+    delta method on the sample covariance of :math:`(a_k, b_k)` over networks, gradient
+    :math:`(1/B^2, -2A/B^3)`.
+
+    Parameters
+    ----------
+    m2, m4 : Tensor, shape (..., n_networks)
+        Per-network means of :math:`z^2` and :math:`z^4` (e.g. from :func:`preactivation_moments`),
+        at least 2 networks.
+
+    Returns
+    -------
+    estimate, stderr : Tensor, shape (...)
+    """
+    if not (isinstance(m2, torch.Tensor) and isinstance(m4, torch.Tensor) and m2.shape == m4.shape
+            and m2.ndim >= 1 and m2.shape[-1] >= 2):
+        raise ValueError("m2 and m4 must be tensors of one shape (..., n_networks >= 2), got "
+                         f"{tuple(getattr(m2, 'shape', ()))} and {tuple(getattr(m4, 'shape', ()))}")
+    a, b = m4, m2
     n = a.shape[-1]
     A, B = a.mean(-1), b.mean(-1)
     da, db = a - A.unsqueeze(-1), b - B.unsqueeze(-1)
-    var_a, var_b, cov = (da**2).sum(-1) / (n - 1), (db**2).sum(-1) / (n - 1), (da * db).sum(-1) / (n - 1)
+    var_a, var_b = (da**2).sum(-1) / (n - 1), (db**2).sum(-1) / (n - 1)
+    cov = (da * db).sum(-1) / (n - 1)
     ga, gb = 1 / B**2, -2 * A / B**3
     var = (ga**2 * var_a + gb**2 * var_b + 2 * ga * gb * cov) / n
     return A / B**2 - 3, var.clamp(min=0).sqrt()
 
 
-def gradient_norms(x: torch.Tensor, depth: int, width: int, C_W: float, activation: str = "linear",
-                   n_networks: int = 100, seed: int = 0, per_network: bool = False) -> torch.Tensor:
-    r"""Mean squared norm of :math:`\partial f / \partial z^{(l)}` for a random readout f, per layer.
+def gradient_norms(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
+                   activation: str = "linear", *, n_networks: int = 100, rng=0,
+                   per_network: bool = False) -> torch.Tensor:
+    r"""Squared norm of :math:`\partial f / \partial z^{(l)}` for a random readout f, per layer.
 
     :math:`f = u \cdot z^{(\text{depth})}` with :math:`u \sim \mathcal{N}(0, I/n)`, so
     :math:`\E\|\partial f / \partial z^{(\text{depth})}\|^2 = 1`; each step back multiplies the
-    expectation by :math:`C_W` (linear) or, at large width, :math:`C_W / 2` (ReLU). Gaussian weight
-    matrices are drawn (``sampler="gaussian"``), zero biases.
+    expectation by :math:`C_W` (linear) or :math:`C_W / 2` (ReLU; exact at finite width up to the
+    chance of a dead layer, :func:`gradient_norm_theory`). Gaussian weight matrices and biases
+    are drawn (``sampler="gaussian"``), then ``u`` from the same generator.
 
     Parameters
     ----------
     x : Tensor, shape (n_inputs, n_0)
-    depth, width, C_W, activation, n_networks, seed
-        As in :func:`empirical_kernels`; ``depth >= 1``.
+    depth, width, C_W, C_b, activation, n_networks, rng
+        As in :func:`empirical_kernels` (same positions); ``depth >= 1``.
     per_network : bool
         Return each network's value (mean over inputs) instead of the mean over networks.
 
     Returns
     -------
     Tensor, float64, on ``x``'s device, shape (depth,) or (n_networks, depth)
-        Entry ``l - 1``: the mean over inputs (and networks) of :math:`\|\partial f/\partial z^{(l)}\|^2`.
+        Entry ``l - 1``: the mean over inputs (and networks) of
+        :math:`\|\partial f/\partial z^{(l)}\|^2`.
     """
-    depth, C_W, _ = _check_common(depth, C_W, 0.0, activation)
-    width, n_networks, seed = _check_mc(x, width, n_networks, "gaussian", seed)
+    depth, C_W, C_b = _check_common(depth, C_W, C_b, activation)
+    width, n_networks, generator = _check_mc(x, width, n_networks, "gaussian", rng)
     if depth < 1:
         raise ValueError(f"depth must be >= 1 for gradients, got {depth}")
     start = x.detach().to(torch.float64).requires_grad_()  # so that every z is in the graph
-    zs = list(_networks(start, depth, width, C_W, 0.0, activation, n_networks, seed, "gaussian"))
-    generator = torch.Generator(device=x.device).manual_seed(seed + 1)
-    u = torch.randn(n_networks, 1, width, generator=generator, dtype=torch.float64, device=x.device) / math.sqrt(width)
+    zs = list(_networks(start, depth, width, C_W, C_b, activation, n_networks, generator,
+                        "gaussian"))
+    u = torch.randn(n_networks, 1, width, generator=generator, dtype=torch.float64,
+                    device=x.device) / math.sqrt(width)
     grads = torch.autograd.grad((zs[-1] * u).sum(), zs)
     norms = torch.stack([(g**2).sum(2).mean(1) for g in grads], dim=1)  # (n_networks, depth)
     return norms if per_network else norms.mean(0)
+
+
+def gradient_norm_theory(depth: int, width: int, C_W: float, activation: str = "linear") -> torch.Tensor:
+    r"""Exact :math:`\E\|\partial f / \partial z^{(l)}\|^2` of :func:`gradient_norms` at finite width.
+
+    Zero biases, Gaussian weights, every hidden width :math:`n`. Linear: :math:`C_W^{L-l}`. ReLU:
+
+    .. math::
+
+        \E\|\delta^{(l)}\|^2 = (C_W / 2)^{L - l}\,(1 - 2^{-n})^{l - 1}, \quad l < L,
+
+    and 1 at :math:`l = L`. Averaging over the readout, :math:`\E_u\|J^\top u\|^2 = \E_v\|J v\|^2`
+    for :math:`u, v \sim \mathcal{N}(0, I/n)`, so the backward norm is a forward tangent pushed
+    through :math:`W^{(k+1)} D_k`; given the past, each unit's (preactivation, tangent) pair is a
+    centred Gaussian pair, and the sign symmetry :math:`(z, t) \to (-z, -t)` gives
+    :math:`\E[\1(z > 0)\, t^2] = \E[t^2] / 2` at any width. That fails only when a layer is dead
+    (every unit off, probability :math:`2^{-n}` per layer given a live one): then the next
+    preactivations are exactly 0 and so are the gates. No infinite-width limit is taken; the
+    weights seen backward need not be independent of the gates.
+
+    Parameters
+    ----------
+    depth : int
+        :math:`L \ge 1`.
+    width : int
+        :math:`n \ge 1`.
+    C_W : float
+    activation : {"linear", "relu"}
+
+    Returns
+    -------
+    Tensor, float64, shape (depth,)
+        Entry ``l - 1`` for layer ``l``.
+    """
+    depth, C_W, _ = _check_common(depth, C_W, 0.0, activation)
+    width = _check_width(width)
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1 for gradients, got {depth}")
+    layers = torch.arange(1, depth + 1, dtype=torch.float64)
+    if activation == "linear":
+        return C_W ** (depth - layers)
+    alive = (1 - 2.0**-width) ** (layers - 1)
+    alive[-1] = 1.0  # the readout layer has no gate
+    return (C_W / 2) ** (depth - layers) * alive
+
+
+def relu_coactivation(kernel: torch.Tensor) -> torch.Tensor:
+    r"""Probability that two ReLU units are both on: :math:`P(u > 0, v > 0) = (\pi - \theta) / (2\pi)`.
+
+    For :math:`(u_\alpha, u_\beta) \sim \mathcal{N}(0, K)` with :math:`\cos\theta =
+    K_{\alpha\beta} / \sqrt{K_{\alpha\alpha} K_{\beta\beta}}`: the bivariate orthant probability
+    (Sheppard's formula), the two-unit case of chapter 3's pattern law. Applied to a layer's
+    kernel it is the expected share of units on for both inputs :math:`\alpha` and :math:`\beta`
+    (the diagonal is 1/2).
+
+    Parameters
+    ----------
+    kernel : Tensor, shape (..., n, n)
+        Kernels with a positive diagonal.
+
+    Returns
+    -------
+    Tensor, shape (..., n, n)
+    """
+    kernel_correlation(kernel)  # validates the shape and the diagonal
+    diag = torch.diagonal(kernel, dim1=-2, dim2=-1)
+    products = diag.unsqueeze(-1) * diag.unsqueeze(-2)
+    # the angle from the kernel itself, as in relu_expectation: exact 0 on the diagonal
+    theta = torch.atan2(torch.sqrt(torch.clamp(products - kernel**2, min=0)), kernel)
+    return (math.pi - theta) / (2 * math.pi)
 
 
 class DecayFit(NamedTuple):
@@ -540,3 +698,56 @@ def fit_decay(layers, values) -> DecayFit:
     else:  # the line crosses zero: the law cannot describe the data
         inverse_square_rms = math.inf
     return DecayFit(exponent, power_rms, rate, exponential_rms, coef[0].item(), inverse_square_rms)
+
+
+#: The critical ReLU correlation map near c = 1: :math:`\epsilon' = \epsilon - a\,\epsilon^{3/2} + O(\epsilon^{5/2})`.
+CRITICAL_A = 2 * math.sqrt(2) / (3 * math.pi)
+
+
+class NextOrderFit(NamedTuple):
+    """What :func:`fit_next_order` returns."""
+
+    slope: float
+    """Coefficient of :math:`l` in :math:`\\epsilon^{-1/2}`; the law says :math:`a/2`."""
+    log_coefficient: float
+    """Coefficient of :math:`\\ln l`; the law says :math:`3a/4`."""
+    intercept: float
+    """The constant, set by the starting correlation."""
+    rms: float
+    """Root-mean-square residual of :math:`\\epsilon^{-1/2}`."""
+
+
+def fit_next_order(layers, values) -> NextOrderFit:
+    r"""Fit :math:`\epsilon_l^{-1/2} = s\,l + k \ln l + C` by least squares.
+
+    For the critical ReLU correlation, :math:`\epsilon' = \epsilon - a\epsilon^{3/2} + O(\epsilon^{5/2})`
+    with no :math:`\epsilon^2` term, so :math:`y = \epsilon^{-1/2}` obeys
+    :math:`y' = y + a/2 + \tfrac{3a^2}{8y} + O(y^{-2})` and
+    :math:`\epsilon_l^{-1/2} = \tfrac{a}{2}(l + \tfrac{3}{2}\ln l + C) + o(1)`:
+    :math:`s = a/2`, :math:`k = 3a/4` (``CRITICAL_A``) :cite:p:`hayou2019impact`.
+    The pure :math:`9\pi^2/(2l^2)` law is the first term; the :math:`\ln l` term is why
+    :math:`l^2\epsilon_l` sits about :math:`3\ln l / l` below it.
+
+    Parameters
+    ----------
+    layers : array-like, shape (m,)
+        Layer indices >= 1, at least 4.
+    values : array-like, shape (m,)
+        Positive :math:`\epsilon_l = 1 - c^{(l)}`.
+
+    Returns
+    -------
+    NextOrderFit
+    """
+    l = torch.as_tensor(layers, dtype=torch.float64).detach().cpu()
+    y = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    if not (l.ndim == 1 and len(l) >= 4 and bool((l >= 1).all()) and bool(torch.isfinite(l).all())):
+        raise ValueError(f"layers must be a 1-d sequence of >= 4 numbers >= 1, got shape {tuple(l.shape)}")
+    if not (y.shape == l.shape and bool((y > 0).all()) and bool(torch.isfinite(y).all())):
+        raise ValueError(f"values must be positive and finite, shaped like layers {tuple(l.shape)}, "
+                         f"got {tuple(y.shape)}")
+    target = y.rsqrt()
+    design = torch.stack([l, l.log(), torch.ones_like(l)], dim=1)
+    coef = torch.linalg.lstsq(design, target.unsqueeze(1)).solution.squeeze(1)
+    rms = (target - design @ coef).pow(2).mean().sqrt().item()
+    return NextOrderFit(coef[0].item(), coef[1].item(), coef[2].item(), rms)

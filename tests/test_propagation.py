@@ -10,15 +10,16 @@ from scipy import integrate, special, stats
 
 from nbsupport.propagation import (SAMPLERS, empirical_kernels, excess_kurtosis_estimate, excess_kurtosis_theory,
                                    fit_decay, gradient_norms, kernel_correlation, kernel_log_ratio_moments,
-                                   kernel_ratio_moments,
+                                   kernel_ratio_moments, CRITICAL_A, excess_kurtosis_from_moments, fit_next_order,
+                                   gradient_norm_theory, preactivation_moments, relu_coactivation,
                                    kernel_recursion, kernel_summary, preactivations, relu_correlation_map,
                                    relu_expectation)
 
 K_SIGMA = 4.5  # Monte Carlo checks: |estimate - truth| < K_SIGMA standard errors (Chebyshev: < 5 % each)
 
 
-def _inputs(n=4, d=30, seed=0):
-    g = torch.Generator().manual_seed(seed)
+def _inputs(n=4, d=30, rng=0):
+    g = torch.Generator().manual_seed(rng)
     return torch.randn(n, d, generator=g, dtype=torch.float64)
 
 
@@ -152,7 +153,7 @@ def _assert_within(mc_per_network, truth, k=K_SIGMA, slack=0.0):
 def test_linear_empirical_kernels_are_exact_on_average_at_any_width(sampler, width):
     x = _inputs(n=3, d=20)
     theory = kernel_recursion(_g0(x), depth=4, C_W=1.3)
-    per = empirical_kernels(x, depth=4, width=width, C_W=1.3, n_networks=4000, seed=3, per_network=True,
+    per = empirical_kernels(x, depth=4, width=width, C_W=1.3, n_networks=4000, rng=3, per_network=True,
                             sampler=sampler)
     torch.testing.assert_close(per[:, 0], theory[0].expand(4000, -1, -1))
     _assert_within(per[:, 1:], theory[1:])
@@ -164,7 +165,7 @@ def test_relu_empirical_kernels_converge_to_the_recursion(C_W, C_b):
     # has an O(l / n) finite-width bias, which at n = 2048, l <= 3 is below 1e-3 of the entries
     x = _inputs(n=3, d=20)
     theory = kernel_recursion(_g0(x), depth=3, C_W=C_W, C_b=C_b, activation="relu")
-    per = empirical_kernels(x, depth=3, width=2048, C_W=C_W, C_b=C_b, activation="relu", n_networks=200, seed=4,
+    per = empirical_kernels(x, depth=3, width=2048, C_W=C_W, C_b=C_b, activation="relu", n_networks=200, rng=4,
                             per_network=True)
     _assert_within(torch.diagonal(per[:, 1:], dim1=2, dim2=3), torch.diagonal(theory[1:], dim1=1, dim2=2))
     _assert_within(per[:, 1:], theory[1:], slack=1e-3 * theory[1:].abs().max().item())
@@ -174,7 +175,7 @@ def test_relu_empirical_kernels_converge_to_the_recursion(C_W, C_b):
 def test_neurons_are_uncorrelated_when_weights_are_drawn(sampler):
     # E[z_i;a z_j;b] = delta_ij G_ab, measured on drawn weight matrices (nothing built in)
     x = _inputs(n=2, d=10)
-    z = preactivations(x, depth=2, width=6, C_W=1.0, n_networks=20_000, seed=6, sampler=sampler)  # (2, N, 2, 6)
+    z = preactivations(x, depth=2, width=6, C_W=1.0, n_networks=20_000, rng=6, sampler=sampler)  # (2, N, 2, 6)
     theory = kernel_recursion(_g0(x), 2, 1.0)
     for l in range(2):
         products = z[l, :, 0, :].unsqueeze(2) * z[l, :, 1, :].unsqueeze(1)  # (N, 6, 6): z_i;a z_j;b
@@ -191,7 +192,7 @@ def test_kernel_ratio_moments_match_chi_square_and_monte_carlo():
                                        per_layer ** torch.arange(7, dtype=torch.float64), rtol=1e-12, atol=0)
     # one input of a linear network: K_l / G_l sampled through drawn weights
     x = torch.ones(1, 8, dtype=torch.float64)
-    per = empirical_kernels(x, 5, 4, 0.7, n_networks=40_000, seed=8, per_network=True, sampler="gaussian")
+    per = empirical_kernels(x, 5, 4, 0.7, n_networks=40_000, rng=8, per_network=True, sampler="gaussian")
     ratio = per[:, :, 0, 0] / kernel_recursion(_g0(x), 5, 0.7)[:, 0, 0]
     mean_square = kernel_ratio_moments(5, 4, 2)
     var_of_square = kernel_ratio_moments(5, 4, 4) - mean_square**2
@@ -207,7 +208,7 @@ def test_kernel_log_ratio_moments_match_quadrature_and_monte_carlo():
         np.testing.assert_allclose(mean.numpy(), mean1 * np.arange(6), rtol=1e-7, atol=1e-12)
         np.testing.assert_allclose(var.numpy(), var1 * np.arange(6), rtol=1e-6, atol=1e-12)
     x = torch.ones(1, 8, dtype=torch.float64)
-    per = empirical_kernels(x, 6, 4, 1.3, n_networks=20_000, seed=10, per_network=True)[:, :, 0, 0]
+    per = empirical_kernels(x, 6, 4, 1.3, n_networks=20_000, rng=10, per_network=True)[:, :, 0, 0]
     log_ratio = (per / kernel_recursion(_g0(x), 6, 1.3)[:, 0, 0]).log()[:, 1:]
     mean, var = kernel_log_ratio_moments(6, 4)
     assert bool(((log_ratio.mean(0) - mean[1:]).abs() < K_SIGMA * (var[1:] / len(per)).sqrt()).all())
@@ -219,7 +220,7 @@ def test_excess_kurtosis_matches_monte_carlo(activation, C_W, sampler):
     width, depth = 8, 5
     x = torch.ones(1, 10, dtype=torch.float64)
     theory = excess_kurtosis_theory(depth, width, activation)
-    z = preactivations(x, depth, width, C_W, 0.0, activation, n_networks=40_000, seed=5, sampler=sampler)
+    z = preactivations(x, depth, width, C_W, 0.0, activation, n_networks=40_000, rng=5, sampler=sampler)
     estimate, se = excess_kurtosis_estimate(z[:, :, 0, :])  # networks as the independent unit
     assert bool(((estimate - theory).abs() < K_SIGMA * se).all()), (estimate, theory, se)
     assert theory[0] == 0 and theory[-1] > 1
@@ -237,20 +238,20 @@ def test_kurtosis_stderr_is_calibrated_on_iid_normals():
 @pytest.mark.parametrize("activation, C_W, chi", [("linear", 1.5, 1.5), ("relu", 2.5, 1.25)])
 def test_gradient_norms_follow_cw_chi(activation, C_W, chi):
     x = _inputs(n=2, d=16)
-    per = gradient_norms(x, depth=6, width=128, C_W=C_W, activation=activation, n_networks=300, seed=0,
+    per = gradient_norms(x, depth=6, width=128, C_W=C_W, activation=activation, n_networks=300, rng=0,
                          per_network=True)
     theory = torch.tensor([chi ** (5 - l) for l in range(6)], dtype=torch.float64)
     _assert_within(per, theory)
-    small = gradient_norms(x, 3, 16, C_W, activation, n_networks=5, seed=1, per_network=True)
-    torch.testing.assert_close(small.mean(0), gradient_norms(x, 3, 16, C_W, activation, n_networks=5, seed=1))
+    small = gradient_norms(x, 3, 16, C_W, 0.0, activation, n_networks=5, rng=1, per_network=True)
+    torch.testing.assert_close(small.mean(0), gradient_norms(x, 3, 16, C_W, 0.0, activation, n_networks=5, rng=1))
 
 
 def test_empirical_kernels_shapes_and_determinism():
     x = _inputs(n=2, d=5)
-    per = empirical_kernels(x, depth=3, width=8, C_W=1.0, n_networks=7, seed=0, per_network=True)
+    per = empirical_kernels(x, depth=3, width=8, C_W=1.0, n_networks=7, rng=0, per_network=True)
     assert per.shape == (7, 4, 2, 2)
-    torch.testing.assert_close(per.mean(0), empirical_kernels(x, depth=3, width=8, C_W=1.0, n_networks=7, seed=0))
-    assert not torch.equal(per, empirical_kernels(x, 3, 8, 1.0, n_networks=7, seed=1, per_network=True))
+    torch.testing.assert_close(per.mean(0), empirical_kernels(x, depth=3, width=8, C_W=1.0, n_networks=7, rng=0))
+    assert not torch.equal(per, empirical_kernels(x, 3, 8, 1.0, n_networks=7, rng=1, per_network=True))
     for sampler in SAMPLERS:
         assert preactivations(x, 2, 8, 1.0, n_networks=3, sampler=sampler).shape == (2, 3, 2, 8)
     signs = preactivations(torch.eye(1, dtype=torch.float64), 1, 50, 1.0, n_networks=4, sampler="rademacher")
@@ -278,7 +279,7 @@ def test_kernel_summary_linear_keeps_cosines_and_relu_matches_quadrature():
     np.testing.assert_allclose(linear.mean_correlation.numpy(), np.mean(cos), rtol=1e-12)
     np.testing.assert_allclose(linear.min_correlation.numpy(), np.min(cos), rtol=1e-12)
     np.testing.assert_allclose(linear.mean_variance.numpy(), 1.2 ** np.arange(6) * (xn**2).sum(1).mean() / 9, rtol=1e-12)
-    relu = kernel_summary(x, 3, 2.0, C_b=0.05)
+    relu = kernel_summary(x, 3, 2.0, C_b=0.05, activation="relu")
     reference = _recursion_reference(_g0(x).numpy(), 3, 2.0, 0.05, "relu")
     corr = [[reference[l, a, b] / math.sqrt(reference[l, a, a] * reference[l, b, b]) for a in range(4) for b in range(4)
              if a != b] for l in range(4)]
@@ -310,7 +311,9 @@ def test_fit_decay_recovers_laws():
     (lambda: empirical_kernels(torch.ones(2, 3), 2, 0, 1.0), "width"),
     (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, n_networks=0), "n_networks"),
     (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, sampler="uniform"), "sampler"),
-    (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, seed=-1), "seed"),
+    (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, rng=-1), "rng"),
+    (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, rng=None), "rng"),
+    (lambda: gradient_norms(torch.ones(2, 3), 2, 4, 1.0, rng="a"), "rng"),
     (lambda: empirical_kernels(torch.ones(3), 2, 4, 1.0), "x must"),
     (lambda: gradient_norms(torch.ones(2, 3), 0, 4, 1.0), "depth"),
     (lambda: empirical_kernels(torch.ones(2, 0), 2, 4, 1.0), "x must"),
@@ -324,6 +327,13 @@ def test_fit_decay_recovers_laws():
     (lambda: excess_kurtosis_estimate(torch.ones(1, 3)), "z must"),
     (lambda: fit_decay([1, 2], [1.0, 0.5]), "layers"),
     (lambda: fit_decay([1, 2, 3], [1.0, 0.0, 0.5]), "values"),
+    (lambda: fit_next_order([1, 2, 3], [1.0, 0.5, 0.2]), "layers"),
+    (lambda: fit_next_order([1, 2, 3, 4], [1.0, 0.5, -0.2, 0.1]), "values"),
+    (lambda: gradient_norm_theory(0, 4, 2.0), "depth"),
+    (lambda: gradient_norm_theory(3, 0, 2.0), "width"),
+    (lambda: excess_kurtosis_from_moments(torch.ones(3), torch.ones(4)), "m2 and m4"),
+    (lambda: preactivation_moments(torch.ones(2, 3), 2, 4, 1.0, orders=(0,)), "orders"),
+    (lambda: relu_coactivation(torch.zeros(2, 2)), "kernels"),
 ])
 def test_bad_input(call, word):
     with pytest.raises(ValueError, match=word):
@@ -339,9 +349,9 @@ def test_numpy_and_tensor_scalars_accepted():
     assert torch.equal(kernel_recursion(G0, torch.tensor(3), C_W=torch.tensor(1.5), C_b=0.1, activation="relu"), ref)
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     kw = dict(activation="relu", sampler="gaussian")
-    ref = empirical_kernels(x, 2, 4, 2.0, n_networks=3, seed=1, **kw)
+    ref = empirical_kernels(x, 2, 4, 2.0, n_networks=3, rng=1, **kw)
     assert torch.equal(empirical_kernels(x, np.int64(2), np.int32(4), np.float64(2.0), n_networks=torch.tensor(3),
-                                         seed=np.uint8(1), **kw), ref)
+                                         rng=np.uint8(1), **kw), ref)
     assert torch.equal(kernel_ratio_moments(np.int64(4), np.int64(8), torch.tensor(2)), kernel_ratio_moments(4, 8, 2))
 
 
@@ -353,10 +363,123 @@ def test_numpy_and_tensor_scalars_accepted():
     (lambda: kernel_recursion(torch.eye(2), 2, 1.0, C_b=np.bool_(True)), "C_b"),
     (lambda: empirical_kernels(torch.ones(2, 3), 2, True, 1.0), "width"),
     (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, n_networks=torch.tensor(True)), "n_networks"),
-    (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, seed=False), "seed"),
+    (lambda: empirical_kernels(torch.ones(2, 3), 2, 4, 1.0, rng=False), "rng"),
     (lambda: kernel_ratio_moments(3, 4, True), "order"),
     (lambda: excess_kurtosis_theory(np.float64(2.5), 4), "depth"),
 ])
 def test_bools_and_non_integers_refused_by_name(call, word):
     with pytest.raises(ValueError, match=word):
         call()
+
+
+# --- one vocabulary: rng, positions, defaults (issue 25) ----------------------------------------
+
+def test_rng_is_an_int_or_a_generator_and_never_the_global_rng():
+    x = _inputs(n=2, d=5)
+    call = lambda rng: empirical_kernels(x, 3, 8, 1.0, n_networks=4, rng=rng, per_network=True)
+    torch.testing.assert_close(call(3), call(3))  # an int: a fresh generator each call
+    torch.testing.assert_close(call(torch.Generator().manual_seed(3)), call(3))
+    g = torch.Generator().manual_seed(3)
+    first, second = call(g), call(g)  # a generator is advanced
+    assert not torch.equal(first, second)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    torch.testing.assert_close(call(a), call(b))  # a numpy generator: one seed drawn from it
+    assert not torch.equal(call(a), call(np.random.default_rng(6)))
+    state = torch.get_rng_state()
+    gradient_norms(x, 2, 8, 1.0, n_networks=3, rng=0)
+    preactivation_moments(x, 2, 8, 1.0, n_networks=3, rng=0)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is neither used nor advanced
+
+
+def test_monte_carlo_functions_share_one_positional_order():
+    import inspect
+    names = lambda f: [p.name for p in inspect.signature(f).parameters.values()
+                       if p.kind is p.POSITIONAL_OR_KEYWORD]
+    order = ["x", "depth", "width", "C_W", "C_b", "activation"]
+    for f in (empirical_kernels, preactivations, preactivation_moments, gradient_norms):
+        assert names(f) == order, f.__name__
+        assert inspect.signature(f).parameters["rng"].kind is inspect.Parameter.KEYWORD_ONLY
+    for f in (kernel_recursion, kernel_summary, empirical_kernels, gradient_norms):
+        assert inspect.signature(f).parameters["activation"].default == "linear", f.__name__
+    x = _inputs(n=3, d=6)
+    torch.testing.assert_close(kernel_summary(x, 4, 1.3).mean_variance,
+                               kernel_recursion(_g0(x), 4, 1.3).diagonal(dim1=1, dim2=2).mean(1))
+
+
+def test_gradient_norms_with_a_bias_are_those_of_a_linear_loop():
+    # the backward pass of a linear network does not see the bias: the same draws with C_b > 0
+    x = _inputs(n=2, d=6)
+    with_bias = gradient_norms(x, 3, 8, 1.2, 0.3, n_networks=4, rng=2, per_network=True)
+    torch.testing.assert_close(with_bias, gradient_norms(x, 3, 8, 1.2, 0.0, n_networks=4, rng=2, per_network=True))
+
+
+# --- exact finite-width laws ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_relu_gradient_norms_are_exact_up_to_dead_layers(width):
+    # (C_W / 2)^(L - l) (1 - 2^-n)^(l - 1): measured at widths where the dead-layer factor is large
+    x = _inputs(n=1, d=6)
+    depth, n = 6, 60_000
+    per = gradient_norms(x, depth, width, 2.0, 0.0, "relu", n_networks=n, rng=11, per_network=True)
+    theory = gradient_norm_theory(depth, width, 2.0, "relu")
+    _assert_within(per, theory)
+    alive = torch.tensor([(1 - 2.0**-width) ** (l - 1) for l in range(1, depth)] + [1.0], dtype=torch.float64)
+    torch.testing.assert_close(theory, alive, rtol=1e-14, atol=0)  # C_W = 2: only the dead-layer factor
+    se = per.std(0) / math.sqrt(n)
+    assert ((per.mean(0) - 1).abs() > K_SIGMA * se)[2:depth - 1].all()  # null: the infinite-width law
+
+
+def test_gradient_norm_theory_linear_and_wide_relu():
+    np.testing.assert_allclose(gradient_norm_theory(5, 3, 1.5).numpy(), 1.5 ** (5 - np.arange(1, 6)), rtol=1e-14)
+    wide = gradient_norm_theory(5, 64, 2.4, "relu").numpy()
+    np.testing.assert_allclose(wide, 1.2 ** (5 - np.arange(1, 6)), rtol=1e-15)
+
+
+def test_relu_coactivation_against_scipy_and_monte_carlo():
+    k = torch.tensor([[2.0, 0.9, -0.5], [0.9, 1.0, 0.2], [-0.5, 0.2, 0.7]], dtype=torch.float64)
+    p = relu_coactivation(k)
+    for a in range(3):
+        for b in range(3):
+            cov = k[[a, b]][:, [a, b]].numpy()
+            if a == b:
+                assert p[a, b].item() == pytest.approx(0.5, abs=1e-15)
+                continue
+            reference = stats.multivariate_normal(mean=[0, 0], cov=cov).cdf([0, 0])  # P(u < 0, v < 0), same by symmetry
+            assert p[a, b].item() == pytest.approx(reference, abs=1e-6)
+    g = torch.Generator().manual_seed(12)
+    z = torch.randn(200_000, 3, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(k).T
+    on = (z > 0).double()
+    both = (on.unsqueeze(2) * on.unsqueeze(1))
+    se = both.std(0) / math.sqrt(len(z))
+    assert bool(((both.mean(0) - p).abs() < K_SIGMA * se + 1e-12).all())
+    assert bool(((both.mean(0)[0, 1] - 0.25).abs() > K_SIGMA * se[0, 1]))  # null: independent gates
+
+
+def test_preactivation_moments_are_those_of_preactivations():
+    x = _inputs(n=2, d=7)
+    for sampler in ("conditional", "gaussian"):
+        z = preactivations(x, 4, 9, 2.0, 0.1, "relu", n_networks=5, rng=4, sampler=sampler)
+        m = preactivation_moments(x, 4, 9, 2.0, 0.1, "relu", n_networks=5, rng=4, orders=(1, 2, 4), sampler=sampler)
+        for j, k in enumerate((1, 2, 4)):
+            torch.testing.assert_close(m[j], (z**k).mean(-1), rtol=1e-13, atol=1e-15)
+    estimate, se = excess_kurtosis_from_moments((z**2).mean(-1).transpose(1, 2), (z**4).mean(-1).transpose(1, 2))
+    ref_estimate, ref_se = excess_kurtosis_estimate(z.transpose(1, 2))
+    torch.testing.assert_close(estimate, ref_estimate)
+    torch.testing.assert_close(se, ref_se)
+
+
+def test_fit_next_order_recovers_a_synthetic_law_and_the_recursion():
+    l = np.arange(20, 400)
+    y = (0.3 * l + 0.5 * np.log(l) + 2.0) ** -2.0
+    fit = fit_next_order(l, y)
+    assert (fit.slope, fit.log_coefficient, fit.intercept) == pytest.approx((0.3, 0.5, 2.0), rel=1e-9)
+    assert fit.rms < 1e-10
+    # the critical recursion, from two starting correlations: slope a/2 and ln-coefficient 3a/4
+    for c0 in (0.0, 0.9):
+        g0 = torch.tensor([[1.0, c0], [c0, 1.0]], dtype=torch.float64)
+        eps = 1 - kernel_correlation(kernel_recursion(g0, 5000, 2.0, activation="relu"))[:, 0, 1]
+        law = fit_next_order(torch.arange(1000, 5001), eps[1000:])
+        assert law.slope == pytest.approx(CRITICAL_A / 2, rel=1e-4)
+        assert law.log_coefficient == pytest.approx(3 * CRITICAL_A / 4, rel=0.03)  # O(ln l / l) terms left
+    bare = fit_next_order(torch.arange(500, 5001), (CRITICAL_A / 2 * torch.arange(500, 5001.0)) ** -2.0)
+    assert abs(bare.log_coefficient) < 1e-6  # null: the pure l^-2 law has no ln l term
