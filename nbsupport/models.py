@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ._validate import integer, real
 from .data import data_root
 
-__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "TrainResult", "config_hash", "callable_key", "evaluate"]
+__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "TrainResult", "config_hash", "callable_key", "evaluate"]
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
@@ -436,3 +436,60 @@ def train(
         torch.save({"final": snapshot(), "history": result.history, "checkpoints": result.checkpoints}, tmp)
         tmp.replace(path)
     return result
+
+
+def train_seeds(
+    make_model: Callable[[int], nn.Module],
+    data: tuple[torch.Tensor, torch.Tensor],
+    seeds: Sequence[int],
+    **train_kwargs,
+) -> list[tuple[nn.Module, TrainResult]]:
+    """Train one freshly initialised model per seed; each result cached by configuration.
+
+    Seed ``s`` builds its model with ``make_model(s)`` and trains it with ``train(model, data,
+    seed=s, **train_kwargs)``, so the results equal separate :func:`train` calls (and share their
+    cache entries).
+
+    Parameters
+    ----------
+    make_model : callable
+        ``make_model(seed)`` returns a freshly initialised ``nn.Module`` (the seed fixes its
+        initial weights).
+    data : (x, y)
+        As for :func:`train`.
+    seeds : sequence of int
+        Distinct seeds >= 0, at least one; each seeds both ``make_model`` and the minibatch order.
+    **train_kwargs
+        Passed on to :func:`train` (``epochs``, ``lr``, ``batch_size``, ...); not ``seed``.
+
+    Returns
+    -------
+    list of (nn.Module, TrainResult)
+        One pair per seed, in the order of ``seeds``.
+    """
+    seeds = _check_seeds(seeds)
+    if "seed" in train_kwargs:
+        raise ValueError("train_kwargs must not contain seed: pass the seeds as seeds")
+    if not callable(make_model):
+        raise ValueError(f"make_model must be a callable seed -> nn.Module, got {make_model!r}")
+    out = []
+    for s in seeds:
+        model = _make(make_model, s)
+        out.append((model, train(model, data, seed=s, **train_kwargs)))
+    return out
+
+
+def _check_seeds(seeds) -> list[int]:
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a sequence of distinct ints >= 0, got {seeds!r}")
+    seeds = [integer(s, f"seeds[{i}]", minimum=0) for i, s in enumerate(seeds)]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of distinct ints >= 0, got {seeds!r}")
+    return seeds
+
+
+def _make(make_model, seed: int) -> nn.Module:
+    model = make_model(seed)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"make_model must return an nn.Module, got {type(model).__name__} for seed {seed}")
+    return model

@@ -237,3 +237,55 @@ def test_numpy_and_tensor_scalars_accepted_bools_refused():
             train(_net(), (x, y), cache=False, progress=False, **kwargs)
     with pytest.raises(ValueError, match="C_b"):
         init_normal_(mlp([4, 3]), C_W=1.0, C_b=True)
+
+
+def _seeded_net(seed):
+    torch.manual_seed(1000 + seed)
+    return mlp([2, 8, 2])
+
+
+def test_train_seeds_equals_separate_train_calls(tmp_path):
+    """Reference: one train() call per seed, by hand, with the same initial weights."""
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    kwargs = dict(epochs=3, lr=0.02, batch_size=32, checkpoints=[1], test_data=_blobs(seed=1), progress=False)
+    pairs = train_seeds(_seeded_net, (x, y), [0, 3, 1], cache=False, **kwargs)
+    assert len(pairs) == 3
+    for s, (model, result) in zip([0, 3, 1], pairs):
+        reference = _seeded_net(s)
+        expected = train(reference, (x, y), seed=s, cache=False, **kwargs)
+        assert result.history == expected.history and result.key == expected.key
+        for k, v in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v)
+            assert torch.equal(result.checkpoints[1][k], expected.checkpoints[1][k])
+    # different seeds give different models (init and minibatch order both differ)
+    assert not torch.equal(pairs[0][0][0].weight, pairs[1][0][0].weight)
+
+
+def test_train_seeds_shares_the_cache_of_train(tmp_path):
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    first = train_seeds(_seeded_net, (x, y), [0, 1], epochs=1, cache_dir=tmp_path, progress=False)
+    assert not any(r.from_cache for _, r in first)
+    alone = train(_seeded_net(1), (x, y), epochs=1, seed=1, cache_dir=tmp_path, progress=False)
+    assert alone.from_cache and alone.key == first[1][1].key
+    again = train_seeds(_seeded_net, (x, y), [1, 0], epochs=1, cache_dir=tmp_path, progress=False)
+    assert all(r.from_cache for _, r in again)
+    assert torch.equal(again[0][0][0].weight, first[1][0][0].weight)
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0], [-1], [1.5], "01", 3, [True]])
+def test_train_seeds_bad_seeds(seeds):
+    from nbsupport.models import train_seeds
+    with pytest.raises(ValueError, match="seeds"):
+        train_seeds(_seeded_net, _blobs(), seeds, epochs=1, cache=False, progress=False)
+
+
+def test_train_seeds_bad_arguments():
+    from nbsupport.models import train_seeds
+    with pytest.raises(ValueError, match="seed"):
+        train_seeds(_seeded_net, _blobs(), [0], epochs=1, seed=2, cache=False, progress=False)
+    with pytest.raises(ValueError, match="make_model"):
+        train_seeds(lambda s: None, _blobs(), [0], epochs=1, cache=False, progress=False)
+    with pytest.raises(ValueError, match="make_model"):
+        train_seeds("mlp", _blobs(), [0], epochs=1, cache=False, progress=False)
