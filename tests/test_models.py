@@ -249,7 +249,7 @@ def test_train_seeds_equals_separate_train_calls(tmp_path):
     from nbsupport.models import train_seeds
     x, y = _blobs()
     kwargs = dict(epochs=3, lr=0.02, batch_size=32, checkpoints=[1], test_data=_blobs(seed=1), progress=False)
-    pairs = train_seeds(_seeded_net, (x, y), [0, 3, 1], cache=False, **kwargs)
+    pairs = train_seeds(_seeded_net, (x, y), [0, 3, 1], method="loop", cache=False, **kwargs)
     assert len(pairs) == 3
     for s, (model, result) in zip([0, 3, 1], pairs):
         reference = _seeded_net(s)
@@ -265,11 +265,11 @@ def test_train_seeds_equals_separate_train_calls(tmp_path):
 def test_train_seeds_shares_the_cache_of_train(tmp_path):
     from nbsupport.models import train_seeds
     x, y = _blobs()
-    first = train_seeds(_seeded_net, (x, y), [0, 1], epochs=1, cache_dir=tmp_path, progress=False)
+    first = train_seeds(_seeded_net, (x, y), [0, 1], method="loop", epochs=1, cache_dir=tmp_path, progress=False)
     assert not any(r.from_cache for _, r in first)
     alone = train(_seeded_net(1), (x, y), epochs=1, seed=1, cache_dir=tmp_path, progress=False)
     assert alone.from_cache and alone.key == first[1][1].key
-    again = train_seeds(_seeded_net, (x, y), [1, 0], epochs=1, cache_dir=tmp_path, progress=False)
+    again = train_seeds(_seeded_net, (x, y), [1, 0], method="loop", epochs=1, cache_dir=tmp_path, progress=False)
     assert all(r.from_cache for _, r in again)
     assert torch.equal(again[0][0][0].weight, first[1][0][0].weight)
 
@@ -289,3 +289,123 @@ def test_train_seeds_bad_arguments():
         train_seeds(lambda s: None, _blobs(), [0], epochs=1, cache=False, progress=False)
     with pytest.raises(ValueError, match="make_model"):
         train_seeds("mlp", _blobs(), [0], epochs=1, cache=False, progress=False)
+
+
+def _images(n=48, side=8, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 1, side, side, generator=g, dtype=dtype) + y.to(dtype).view(-1, 1, 1, 1)
+    return x, y
+
+
+def _max_gap(pairs_a, pairs_b):
+    return max((a.state_dict()[k].double() - b.state_dict()[k].double()).abs().max().item()
+               for (a, _), (b, _) in zip(pairs_a, pairs_b) for k in a.state_dict())
+
+
+# Tolerance for float64 vmap-vs-loop agreement. Both routes do the same arithmetic per seed except
+# that the batched kernels sum in another order, so each gradient differs from the loop's by a few
+# ulps (relative ~1e-15). An Adam update is lr * m / (sqrt(v) + 1e-8): a relative gradient change
+# d moves it by at most ~lr * d * |g| / 1e-8, i.e. <= 0.02 * 1e-15 / 1e-8 = 2e-9 in the worst case of
+# a gradient at the eps scale and ~lr * d ~ 2e-17 for ordinary ones; over ~30 steps of a short,
+# non-chaotic run that stays far below 1e-10 for ordinary coordinates. Any real difference (another
+# minibatch order, another optimiser state, a seed's gradient leaking into another's) moves weights
+# by ~lr = 1e-2 per step, 8 orders of magnitude more.
+TOL64 = 1e-10
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_train_seeds_vmap_matches_the_loop_in_float64(optimizer):
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    make = lambda s: _seeded_net(s).double()  # noqa: E731
+    xt, yt = _blobs(n=64, seed=1)
+    kwargs = dict(epochs=3, lr=0.02, batch_size=48, weight_decay=1e-3, optimizer=optimizer, checkpoints=[0, 2],
+                  test_data=(xt.double(), yt), cache=False, progress=False)
+    x = x.double()
+    vm = train_seeds(make, (x, y), [0, 5, 2], method="vmap", **kwargs)
+    loop = train_seeds(make, (x, y), [0, 5, 2], method="loop", **kwargs)
+    assert _max_gap(vm, loop) < TOL64
+    for (_, rv), (_, rl) in zip(vm, loop):
+        assert [r["epoch"] for r in rv.history] == [1, 2, 3] and rv.key != rl.key
+        for a, b in zip(rv.history, rl.history):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-12, abs=0)
+            assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9, abs=0)
+            assert a["test_accuracy"] == b["test_accuracy"]
+        for epoch in (0, 2):
+            for k, v in rl.checkpoints[epoch].items():
+                assert (rv.checkpoints[epoch][k] - v).abs().max().item() < TOL64
+    # the comparison can fail: seeds differ from each other by far more than the tolerance, and so
+    # does the vmap route when one seed is given another's minibatch order (5 <-> 2 swapped)
+    assert (vm[1][0][0].weight - vm[2][0][0].weight).abs().max().item() > 1e-3
+    swapped = train_seeds(lambda s: make({5: 2, 2: 5}.get(s, s)), (x, y), [0, 2, 5], method="vmap", **kwargs)
+    gap = max((swapped[1][0][0].weight - vm[2][0][0].weight).abs().max().item(),
+              (swapped[2][0][0].weight - vm[1][0][0].weight).abs().max().item())
+    assert gap > 1e4 * TOL64
+
+
+def test_train_seeds_vmap_float32_stays_close_to_the_loop():
+    """float32: rounding differences are ~1e-7 relative per step and grow slowly over a short run."""
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    kwargs = dict(epochs=2, lr=0.02, batch_size=64, cache=False, progress=False)
+    vm = train_seeds(_seeded_net, (x, y), [1, 2], method="vmap", **kwargs)
+    loop = train_seeds(_seeded_net, (x, y), [1, 2], method="loop", **kwargs)
+    assert _max_gap(vm, loop) < 1e-5  # ~1e-7 relative per step, 8 steps of size <= lr
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+def test_train_seeds_vmap_handles_batchnorm_buffers(arch):
+    """BatchNorm: each seed's running statistics are updated from its own minibatches."""
+    from nbsupport.models import small_resnet, train_seeds, vgg_cnn
+    builder = {"vgg": lambda: vgg_cnn((3,), n_classes=3, image_size=8),
+               "resnet": lambda: small_resnet((3, 4), n_classes=3, image_size=8)}[arch]
+
+    def make(s):
+        torch.manual_seed(s)
+        return builder().double()
+    x, y = _images()
+    kwargs = dict(epochs=2, lr=0.01, batch_size=16, test_data=_images(n=20, seed=1), cache=False, progress=False)
+    vm = train_seeds(make, (x, y), [0, 1], method="vmap", **kwargs)
+    loop = train_seeds(make, (x, y), [0, 1], method="loop", **kwargs)
+    assert _max_gap(vm, loop) < TOL64
+    bn = [m for m in vm[0][0].modules() if isinstance(m, nn.BatchNorm2d)][0]
+    assert int(bn.num_batches_tracked) == 2 * 3  # 2 epochs x 3 minibatches
+    bn1 = [m for m in vm[1][0].modules() if isinstance(m, nn.BatchNorm2d)][0]
+    assert (bn.running_mean - bn1.running_mean).abs().max().item() > 1e-6  # per-seed statistics
+    for (_, rv), (_, rl) in zip(vm, loop):
+        assert rv.history[-1]["test_accuracy"] == rl.history[-1]["test_accuracy"]
+
+
+def test_train_seeds_vmap_cache(tmp_path):
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    kwargs = dict(epochs=1, batch_size=64, cache_dir=tmp_path, progress=False)
+    first = train_seeds(_seeded_net, (x, y), [0, 1], method="vmap", **kwargs)
+    assert not any(r.from_cache for _, r in first) and len(list(tmp_path.glob("*.pt"))) == 2
+    again = train_seeds(_seeded_net, (x, y), [0, 1], method="vmap", **kwargs)
+    assert all(r.from_cache for _, r in again)
+    for (a, ra), (b, rb) in zip(first, again):
+        assert ra.key == rb.key and ra.history == rb.history
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    # the loop's entries are separate (another rounding), and another group trains again
+    loop = train_seeds(_seeded_net, (x, y), [0, 1], method="loop", **kwargs)
+    assert not any(r.from_cache for _, r in loop)
+    bigger = train_seeds(_seeded_net, (x, y), [0, 1, 2], method="vmap", **kwargs)
+    assert not any(r.from_cache for _, r in bigger)
+
+
+def test_auto_method_and_bad_inputs():
+    from nbsupport.models import auto_method, train_seeds, vgg_cnn
+    assert auto_method(mlp([784, 64, 64, 10])) == "vmap"
+    assert auto_method(mlp([2, 3, 2], activation=nn.Tanh)) == "vmap"
+    assert auto_method(vgg_cnn((8, 16))) == "loop"  # convolutions and BatchNorm buffers
+    assert auto_method(nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.5), nn.Linear(3, 2))) == "loop"
+    x, y = _blobs()
+    with pytest.raises(ValueError, match="method"):
+        train_seeds(_seeded_net, (x, y), [0], method="fast", epochs=1, cache=False, progress=False)
+    with pytest.raises(ValueError, match="make_model"):
+        train_seeds(lambda s: mlp([2, 4 + s, 2]), (x, y), [0, 1], method="vmap", epochs=1, cache=False,
+                    progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        train_seeds(_seeded_net, (x, y), [0], method="vmap", epochs=0, cache=False, progress=False)
