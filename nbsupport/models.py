@@ -620,7 +620,9 @@ def _train_stacked(models, seeds, x, y, o: _Options, keys) -> list[TrainResult]:
         orders = torch.stack([torch.randperm(len(x), generator=g) for g in generators])  # [K, N]
         running = torch.zeros(K, dtype=torch.float64)
         for idx in orders.split(o.batch_size, dim=1):  # [K, b]: seed k's b indices
-            xb, yb = x[idx].to(device), y[idx].to(device)
+            flat = idx.reshape(-1)  # one gather for all seeds: [K * b] rows, then [K, b, ...]
+            xb = x.index_select(0, flat).view(*idx.shape, *x.shape[1:]).to(device)
+            yb = y.index_select(0, flat).view(*idx.shape, *y.shape[1:]).to(device)
             losses = batched_loss(params, buffers, xb, yb)  # [K], seed k's mean loss
             optimiser.zero_grad(set_to_none=True)
             losses.sum().backward()  # seed k's parameters only get seed k's gradient
