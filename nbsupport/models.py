@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ._validate import integer, real
 from .data import data_root
 
-__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult", "config_hash", "callable_key", "evaluate"]
+__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult", "config_hash", "callable_key", "module_code_key", "evaluate"]
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
@@ -256,19 +256,48 @@ def _value_key(value, seen: frozenset) -> str:
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+def module_code_key(model: nn.Module) -> str:
+    """A text that changes when the code run by ``model``'s forward pass can.
+
+    For every class of every submodule, and every base class up to ``nn.Module``: the
+    :func:`callable_key` of each function its body defines (``forward`` and the helpers it may call;
+    static and class methods and properties unwrapped), plus any ``forward`` set on an instance. Two
+    classes with the same name and ``repr`` but different ``forward`` get different keys.
+    """
+    classes: list[type] = []
+    parts = []
+    for name, m in model.named_modules():
+        for cls in type(m).__mro__:
+            if cls not in classes and cls not in (nn.Module, object):
+                classes.append(cls)
+        if "forward" in vars(m):
+            parts.append(f"instance {name}.forward:{callable_key(m.forward)}")
+    for cls in classes:
+        for attr, value in vars(cls).items():
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            elif isinstance(value, property):
+                value = value.fget
+            if isinstance(value, types.FunctionType):
+                parts.append(f"{cls.__module__}.{cls.__qualname__}.{attr}:{callable_key(value)}")
+    return "\n".join(parts)
+
+
 def config_hash(model: nn.Module, tensors: Sequence[torch.Tensor], **config) -> str:
     """A hex digest of the architecture, the current weights, the data and the settings.
 
     Parameters
     ----------
     model : nn.Module
-        Its ``repr`` and every parameter and buffer enter the hash.
+        Its ``repr``, every parameter and buffer, and the code of its module classes (see
+        :func:`module_code_key`) enter the hash.
     tensors : sequence of Tensor
         Data tensors; their shape, dtype and bytes enter the hash.
     **config
         Settings, hashed through their ``repr`` (sorted by name).
     """
     h = hashlib.sha256(repr(model).encode())
+    h.update(module_code_key(model).encode())
     for name, t in list(model.state_dict().items()) + [(f"data{i}", t) for i, t in enumerate(tensors)]:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())

@@ -409,3 +409,76 @@ def test_auto_method_and_bad_inputs():
                     progress=False)
     with pytest.raises(ValueError, match="epochs"):
         train_seeds(_seeded_net, (x, y), [0], method="vmap", epochs=0, cache=False, progress=False)
+
+
+def _twin_classes():
+    """Two classes with the same name and repr whose forward passes differ (ReLU before / after)."""
+    def before():
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.lin(torch.relu(x))
+        return Net
+
+    def after():
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return torch.relu(self.lin(x))
+        return Net
+    return before(), after()
+
+
+def test_cache_key_sees_forward_code(tmp_path):
+    """Regression (issue 25): the key was repr(model) plus weights, so a model whose forward applies the
+    ReLU before its Linear loaded the weights trained for one that applies it after."""
+    Before, After = _twin_classes()
+    torch.manual_seed(0)
+    a = Before()
+    torch.manual_seed(0)
+    b = After()
+    assert repr(a) == repr(b) and all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    x, y = _blobs()
+    key_a = config_hash(a, [x, y])
+    assert key_a != config_hash(b, [x, y])
+    first = train(a, (x, y), epochs=1, cache_dir=tmp_path, progress=False)
+    second = train(b, (x, y), epochs=1, cache_dir=tmp_path, progress=False)
+    assert not second.from_cache and second.key != first.key
+    # a helper method called by forward counts too, and an instance's own forward
+    class Helper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.act(self.lin(x))
+
+        def act(self, z):
+            return torch.relu(z)
+    torch.manual_seed(0)
+    h = Helper()
+    base = config_hash(h, [x, y])
+    Helper.act = lambda self, z: torch.tanh(z)
+    assert config_hash(h, [x, y]) != base
+    h.forward = lambda x: h.lin(x)
+    assert config_hash(h, [x, y]) != config_hash(Helper(), [x, y])
+    # the same class and weights still share a key (the cache still hits)
+    torch.manual_seed(0)
+    assert config_hash(Before(), [x, y]) == key_a  # a itself was trained in place since
+
+
+def test_config_hash_is_the_same_in_another_process():
+    import subprocess
+    import sys
+    src = ("import torch\nfrom nbsupport.models import config_hash, small_resnet, vgg_cnn, mlp\n"
+           "torch.manual_seed(0)\nx = torch.zeros(2, 1, 28, 28)\n"
+           "print([config_hash(m, [x]) for m in (vgg_cnn((4, 8)), small_resnet((4, 8)), mlp([3, 4, 2]))])")
+    keys = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(keys) == 1
