@@ -6,10 +6,23 @@ instead of executing the chapters a second time, and hands only the stale ones t
 
     python tests/book_cache.py --stale     # prints the .ipynb of every chapter without a current execution
     python tests/book_cache.py --times     # how long each chapter's cached execution took (budget 180 s)
+    python tests/book_cache.py --stamp     # empty the cache if what the chapters' code reads has changed
+
+The cache is keyed by the chapters' code cells only, so ``--stamp`` (run by ``make book`` and ``make
+test`` first) empties it, and Sphinx's doctrees with it, whenever anything else the code reads has
+changed since the last run: the set of files of the ``nbsupport`` package (names and contents, so a
+deleted or added module counts), ``pyproject.toml``, the installed distributions and their versions
+(an upgrade within a range counts), the Python version, the data files (names, sizes and
+modification times) and the benchmark results the performance page shows. The digest of each part
+is kept in ``_build/.nbsupport-stamp``; the message names the parts that changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,11 +78,77 @@ def error_outputs(nb) -> list[str]:
 
 
 BUDGET_SECONDS = 180
+STAMP = ROOT / "_build" / ".nbsupport-stamp"
+
+
+def _files_digest(paths, root: Path) -> str:
+    """sha256 over the relative names and contents of ``paths`` (sorted)."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _installed() -> str:
+    """``name==version`` of every distribution this interpreter sees (pip freeze's content), and Python's version."""
+    from importlib import metadata
+
+    dists = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]},
+                   key=str.lower)
+    return "\n".join([f"python {sys.version}"] + dists)
+
+
+def _data_root() -> Path:
+    from nbsupport.data import data_root  # the package's own rule ($NBSUPPORT_DATA, else ~/.cache/nbsupport)
+
+    return data_root()
+
+
+def stamp_parts(root: Path = ROOT, data_root: Path | None = None) -> dict[str, str]:
+    """One digest per thing the chapters' code reads besides its own cells."""
+    package = [p for p in (root / "nbsupport").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
+    data_root = _data_root() if data_root is None else data_root
+    data = sorted(p for p in (data_root / "FashionMNIST").rglob("*") if p.is_file())
+    data_text = "\n".join(f"{p.relative_to(data_root).as_posix()} {p.stat().st_size} {p.stat().st_mtime_ns}"
+                           for p in data)
+    return {"package": _files_digest(package, root),
+            "pyproject": _files_digest([root / "pyproject.toml"], root) if (root / "pyproject.toml").exists() else "",
+            "installed": hashlib.sha256(_installed().encode()).hexdigest(),
+            "data": hashlib.sha256(f"{data_root}\n{data_text}".encode()).hexdigest(),
+            "benchmark results": _files_digest((root / "benchmarks" / "results").glob("*.json"), root)}
+
+
+def refresh_stamp(stamp: Path = STAMP, parts: dict[str, str] | None = None) -> list[str]:
+    """Compare ``parts`` with the stamp; if any differs, empty the caches and write the new stamp.
+
+    Returns the names of the parts that changed (every part when there was no stamp).
+    """
+    parts = stamp_parts() if parts is None else parts
+    try:
+        old = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        old = {}
+    changed = [name for name, digest in parts.items() if old.get(name) != digest]
+    if changed:
+        for cache in (".jupyter_cache", ".doctrees"):  # beside the stamp, in _build/
+            shutil.rmtree(stamp.parent / cache, ignore_errors=True)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_suffix(".tmp")
+        tmp.write_text(json.dumps(parts, indent=1) + "\n")
+        os.replace(tmp, stamp)
+    return changed
 
 
 def main(argv: list[str]) -> None:
-    if argv not in (["--stale"], ["--times"]):
+    if argv not in (["--stale"], ["--times"], ["--stamp"]):
         sys.exit(__doc__)
+    if argv == ["--stamp"]:
+        changed = refresh_stamp()
+        if changed:
+            print(f"executed-notebook cache emptied: changed since the last build: {', '.join(changed)}")
+        return
     for md in CHAPTERS:
         nb, record = cached_execution(md)
         if argv == ["--stale"]:
