@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -58,17 +59,76 @@ def text_outputs(nb) -> list[tuple[int, str]]:
 
     Stderr (progress bars, with their rates) and images are left out.
     """
+    return [(cell, f"{kind}: {text}") for cell, _, kind, text in output_records(nb)]
+
+
+def output_records(nb) -> list[tuple[int, int, str, str]]:
+    """``(code cell index, output index in the cell, kind, text)`` of every text output a reader sees.
+
+    ``kind`` is ``"stdout"`` or the MIME type (``text/plain``, ``text/html``, ``text/latex``,
+    ``text/markdown``) of an execute result or displayed object. Stderr and images are left out.
+    """
     out = []
     cells = [c for c in nb.cells if c.cell_type == "code"]
     for i, cell in enumerate(cells):
-        for output in cell.get("outputs", []):
+        for j, output in enumerate(cell.get("outputs", [])):
             if output.output_type == "stream" and output.name == "stdout":
-                out.append((i, output.text))
+                out.append((i, j, "stdout", output.text))
             elif output.output_type in ("execute_result", "display_data"):
                 for kind in ("text/plain", "text/html", "text/latex", "text/markdown"):
                     if kind in output.get("data", {}):
-                        out.append((i, f"{kind}: {output.data[kind]}"))
+                        out.append((i, j, kind, output.data[kind]))
     return out
+
+
+# what makes a text differ from run to run without a number changing: object addresses in reprs
+# (a pandas Styler's text/plain) and pandas Styler's random table ids (<table id="T_e62a7">)
+UNSTABLE = {"a memory address": re.compile(r"\bat 0x[0-9a-fA-F]{6,}"),
+            "a random pandas Styler table id": re.compile(r"\bT_[0-9a-f]{5}(?![0-9a-zA-Z])")}
+
+
+def unstable_parts(text: str) -> list[str]:
+    """Names of the run-dependent parts (:data:`UNSTABLE`) found in ``text``, with the first match."""
+    return [f"{name} ({m.group(0)!r})" for name, pattern in UNSTABLE.items() if (m := pattern.search(text))]
+
+
+def _cell_label(nb, cell: int) -> str:
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    if cell >= len(cells):
+        return f"code cell {cell}"
+    lines = [ln for ln in cells[cell].source.splitlines() if ln.strip() and not ln.startswith(("#", "%"))]
+    first = lines[0].strip() if lines else ""
+    return f"code cell {cell} ({first[:70]!r})"
+
+
+def first_difference(nb_a, nb_b, names=("build", "again")) -> str | None:
+    """Where the text outputs of two executions of one notebook first differ, described for a reader
+    (``None`` when they are equal): the cell (index and first code line), the output, its kind, the
+    two texts around the first differing character, and run-dependent parts (addresses, random ids)
+    found there."""
+    a, b = output_records(nb_a), output_records(nb_b)
+    for k, (ra, rb) in enumerate(zip(a, b)):
+        if ra == rb:
+            continue
+        if ra[:3] != rb[:3]:
+            return (f"output {k} of the text outputs: {names[0]} has {ra[2]} of {_cell_label(nb_a, ra[0])} "
+                    f"output {ra[1]}, {names[1]} has {rb[2]} of {_cell_label(nb_b, rb[0])} output {rb[1]}")
+        ta, tb = ra[3], rb[3]
+        at = next((i for i, (ca, cb) in enumerate(zip(ta, tb)) if ca != cb), min(len(ta), len(tb)))
+        lo = max(0, at - 60)
+        message = (f"{_cell_label(nb_a, ra[0])}, output {ra[1]} ({ra[2]}), from character {at}:\n"
+                   f"  {names[0]}: {ta[lo:at + 60]!r}\n  {names[1]}: {tb[lo:at + 60]!r}")
+        unstable = sorted(set(unstable_parts(ta[lo:at + 80]) + unstable_parts(tb[lo:at + 80])))
+        if unstable:
+            message += ("\n  the difference holds " + ", ".join(unstable) + ": show tables with "
+                        "nbsupport.report.show_table, never leave an object's repr as a cell's output")
+        return message
+    if len(a) != len(b):
+        longer, nb_l, name = (a, nb_a, names[0]) if len(a) > len(b) else (b, nb_b, names[1])
+        extra = longer[min(len(a), len(b))]
+        return (f"{names[0]} has {len(a)} text outputs, {names[1]} {len(b)}; the first extra one, in {name}: "
+                f"{_cell_label(nb_l, extra[0])}, output {extra[1]} ({extra[2]}): {extra[3][:120]!r}")
+    return None
 
 
 def error_outputs(nb) -> list[str]:

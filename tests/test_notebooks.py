@@ -20,7 +20,8 @@ import subprocess
 import pytest
 
 import book_cache
-from book_cache import CHAPTERS, ROOT, cached_execution, error_outputs, read_chapter, text_outputs
+from book_cache import (CHAPTERS, ROOT, cached_execution, error_outputs, first_difference, output_records,
+                        read_chapter, text_outputs, unstable_parts)
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
@@ -29,6 +30,18 @@ def test_build_execution_has_no_errors(md):
     if nb is None:
         pytest.skip("no current execution in _build/.jupyter_cache: make test hands this chapter to nbval")
     assert error_outputs(nb) == []
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_build_outputs_hold_nothing_run_dependent(md):
+    """A text output with an object's address or a random table id differs in every build, so the
+    two-executions comparison could not tell a changed number from it (issue 25)."""
+    nb, _ = cached_execution(md)
+    if nb is None:
+        pytest.skip("no current execution in _build/.jupyter_cache")
+    found = [f"code cell {cell}, output {j} ({kind}): {', '.join(unstable_parts(text))}"
+             for cell, j, kind, text in output_records(nb) if unstable_parts(text)]
+    assert found == [], f"{md.name}: run-dependent text (use nbsupport.report.show_table): {found[:5]}"
 
 
 def _selected():
@@ -49,9 +62,11 @@ def test_two_executions_print_the_same(md, tmp_path, monkeypatch):
     second = read_chapter(md)
     NotebookClient(second, timeout=600, resources={"metadata": {"path": str(md.parent)}}).execute()
     a, b = text_outputs(first), text_outputs(second)
-    diff = "\n".join(difflib.unified_diff([f"[{i}] {t}" for i, t in a], [f"[{i}] {t}" for i, t in b],
-                                          "build", "again", lineterm="", n=1))
-    assert a == b, f"{md.name}: text outputs differ between two executions:\n{diff[:4000]}"
+    if a != b:
+        diff = "\n".join(difflib.unified_diff([f"[{i}] {t}" for i, t in a], [f"[{i}] {t}" for i, t in b],
+                                              "build", "again", lineterm="", n=1))
+        pytest.fail(f"{md.name}: text outputs differ between two executions. First difference: "
+                    f"{first_difference(first, second)}\n\nFull diff (first 4000 characters):\n{diff[:4000]}")
 
 
 def test_chapters_found():
@@ -134,3 +149,52 @@ def test_stamp_changes_with_package_files_versions_and_data(tmp_path, monkeypatc
     assert refresh() == ["benchmark results"]
     stamp.write_text("not json")  # a damaged stamp counts as none
     assert len(refresh()) == 5
+
+
+def _executed(outputs_per_cell):
+    """A notebook whose code cells carry the given outputs (lists of nbformat output dicts)."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    for i, outputs in enumerate(outputs_per_cell):
+        cell = nbformat.v4.new_code_cell(f"# cell {i}\nvalue_{i} = compute({i})")
+        cell.outputs = [nbformat.from_dict(o) for o in outputs]
+        nb.cells.append(cell)
+    return nb
+
+
+def _stdout(text):
+    return {"output_type": "stream", "name": "stdout", "text": text}
+
+
+def _result(**data):
+    return {"output_type": "execute_result", "execution_count": 1, "metadata": {},
+            "data": {k.replace("_", "/"): v for k, v in data.items()}}
+
+
+def test_first_difference_names_the_cell_output_and_text():
+    base = [[_stdout("seed 0\n")], [_stdout("accuracy 0.8532\n"), _result(text_plain="3")]]
+    same = _executed(base)
+    assert first_difference(same, _executed(base)) is None
+    changed = _executed([[_stdout("seed 0\n")], [_stdout("accuracy 0.8533\n"), _result(text_plain="3")]])
+    message = first_difference(same, changed)
+    assert "code cell 1 ('value_1 = compute(1)'), output 0 (stdout)" in message
+    assert "0.8532" in message and "0.8533" in message and "address" not in message
+    extra = _executed(base[:1] + [base[1] + [_stdout("one more\n")]])
+    assert "has 3 text outputs" in first_difference(same, extra) and "one more" in first_difference(same, extra)
+    kind = _executed(base[:1] + [[_stdout("accuracy 0.8532\n"), _result(text_html="3")]])
+    assert "text/plain" in first_difference(same, kind) and "text/html" in first_difference(same, kind)
+
+
+def test_run_dependent_reprs_are_named_and_still_fail_the_comparison():
+    styler_a = _executed([[_result(text_plain="<pandas.io.formats.style.Styler at 0x7f05a1b2c3d0>",
+                                   text_html='<table id="T_e62a7"><td id="T_e62a7_row0_col0">1.5</td></table>')]])
+    styler_b = _executed([[_result(text_plain="<pandas.io.formats.style.Styler at 0x7f05a1b2ff10>",
+                                   text_html='<table id="T_1b2c3"><td id="T_1b2c3_row0_col0">1.5</td></table>')]])
+    assert text_outputs(styler_a) != text_outputs(styler_b)  # the comparison is not loosened
+    message = first_difference(styler_a, styler_b)
+    assert "text/plain" in message and "a memory address" in message and "show_table" in message
+    only_html = _executed([[_result(text_html='<table id="T_e62a7"><td>1.5</td></table>')]])
+    other_html = _executed([[_result(text_html='<table id="T_0f9d1"><td>1.5</td></table>')]])
+    assert "random pandas Styler table id" in first_difference(only_html, other_html)
+    assert unstable_parts('<table id="T_ch1_history">') == [] and unstable_parts("value at 0.5") == []
