@@ -224,8 +224,20 @@ def _callable_key(fn: Callable, seen: frozenset) -> str:
 
 def _code_text(code) -> str:
     """Bytecode, names and constants of a code object and of the code objects nested in it."""
-    consts = [_code_text(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    consts = [_const_text(c) for c in code.co_consts]
     return f"{code.co_code.hex()}|{code.co_names}|{code.co_varnames}|{consts}"
+
+
+def _const_text(c) -> str:
+    """A code constant as text, the same in every process: a frozenset constant (``x in {"a", "b"}``)
+    iterates in an order that depends on string hashing, which changes from process to process."""
+    if hasattr(c, "co_code"):
+        return _code_text(c)
+    if isinstance(c, frozenset):
+        return f"frozenset({sorted(_const_text(v) for v in c)})"
+    if isinstance(c, tuple):
+        return f"tuple({[_const_text(v) for v in c]})"
+    return repr(c)
 
 
 def _code_names(code) -> set[str]:
@@ -248,6 +260,8 @@ def _value_key(value, seen: frozenset) -> str:
         return f"{type(value).__name__}({[_value_key(v, seen) for v in value]})"
     if isinstance(value, dict):
         return f"dict({sorted((repr(k), _value_key(v, seen)) for k, v in value.items())})"
+    if isinstance(value, (set, frozenset)):  # iteration order depends on the process's string hashing
+        return f"{type(value).__name__}({sorted(_value_key(v, seen) for v in value)})"
     if callable(value) and not isinstance(value, type):
         return _callable_key(value, seen)
     return _ADDRESS.sub("", repr(value))

@@ -474,11 +474,17 @@ def test_cache_key_sees_forward_code(tmp_path):
 
 
 def test_config_hash_is_the_same_in_another_process():
+    """Regression: Conv2d's __init__ holds a frozenset constant ({'same', 'valid'}) whose repr order
+    follows the process's string hashing, so the CNNs' keys changed from process to process. The two
+    hash seeds below order such a set differently."""
+    import os
     import subprocess
     import sys
-    src = ("import torch\nfrom nbsupport.models import config_hash, small_resnet, vgg_cnn, mlp\n"
-           "torch.manual_seed(0)\nx = torch.zeros(2, 1, 28, 28)\n"
-           "print([config_hash(m, [x]) for m in (vgg_cnn((4, 8)), small_resnet((4, 8)), mlp([3, 4, 2]))])")
-    keys = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)}
+    src = ("import torch\nfrom nbsupport.models import callable_key, config_hash, small_resnet, vgg_cnn, mlp\n"
+           "torch.manual_seed(0)\nx = torch.zeros(2, 1, 28, 28)\nMODES = {'same', 'valid', 'zeros', 'reflect'}\n"
+           "def f(m):\n    return m in {'same', 'valid', 'zeros', 'reflect'} or m in MODES\n"
+           "print([config_hash(m, [x]) for m in (vgg_cnn((4, 8)), small_resnet((4, 8)), mlp([3, 4, 2]))],\n"
+           "      callable_key(f))")
+    keys = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(keys) == 1
