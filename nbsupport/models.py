@@ -575,10 +575,10 @@ def train_seeds(
         minibatch order.
     method : {"auto", "vmap", "loop"}
         ``"loop"``: one :func:`train` call per seed (the same results and cache entries as those
-        calls). ``"vmap"``: the K models' parameters and buffers stacked (``torch.func
-        .stack_module_state``) and trained together, each step one ``vmap`` of ``functional_call``
-        over the K minibatches ``[K, batch_size, ...]`` and one optimiser step over the stacked
-        tensors (Adam and SGD act elementwise, so this is each seed's own optimiser). Batched kernels
+        calls). ``"vmap"``: the K models' parameters and buffers stacked
+        (``torch.func.stack_module_state``) and trained together, each step one ``vmap`` of
+        ``functional_call`` over the K minibatches ``[K, batch_size, ...]`` and one optimiser step
+        over the stacked tensors (Adam and SGD act elementwise, so this is each seed's own optimiser). Batched kernels
         round differently from the loop's, so the weights agree with the loop's only to rounding
         (its growth over training included); BatchNorm buffers are updated per seed. Works for
         every model that ``torch.func.vmap`` can run (no dropout). ``"auto"``: :func:`auto_method`
