@@ -1,17 +1,21 @@
 # Thin entry points; see README.md. Everything runs inside .venv, created on first use.
+# Recipes run in bash with -e -u -o pipefail: any failing command (also inside $$(...) or a pipe)
+# fails the target.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 # Extra pip options for the first install, e.g. a CPU-only torch index (README, "PyTorch").
 PIP_EXTRA ?=
 
-.PHONY: book test sync bench data install lab clean
+.PHONY: book test stamp sync bench data install lab clean
 
-book: data _build/.nbsupport-stamp
+book: stamp
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 # Chapters executed by the build are reused (tests/book_cache.py); nbval executes the others.
-test: data _build/.nbsupport-stamp
+test: stamp
 	$(PY) -m pytest tests
 	stale=$$($(PY) tests/book_cache.py --stale); [ -z "$$stale" ] || $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $$stale
 
@@ -22,11 +26,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(PIP_EXTRA) -e '.[dev]'
 	touch $@
 
-# The executed-notebook cache is keyed by the pages' code only: empty it when what the code reads
-# changes (nbsupport, the dependencies, the benchmark results the performance page shows), and
-# Sphinx's doctrees too, or it would re-read (and so re-execute) only the pages whose text changed.
-_build/.nbsupport-stamp: nbsupport/*.py pyproject.toml $(wildcard benchmarks/results/*.json)
-	rm -rf _build/.jupyter_cache _build/.doctrees && mkdir -p _build && touch $@
+# The executed-notebook cache is keyed by the pages' code only: empty it (and Sphinx's doctrees, or
+# only pages whose text changed would be re-read) when what the code reads changes: nbsupport's files,
+# the installed versions, the data, the benchmark results (tests/book_cache.py --stamp says which).
+stamp: data
+	$(PY) tests/book_cache.py --stamp
 
 data: install  # Debian's package is installed when missing (as root), else the command is printed
 	[ -d $(FMNIST) ] || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist)

@@ -7,6 +7,7 @@ configuration and a second build loads them instead of training again.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import os
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from ._validate import integer, real
 from .data import data_root
 
-__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "TrainResult", "config_hash", "callable_key", "evaluate"]
+__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult", "config_hash", "callable_key", "module_code_key", "evaluate"]
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
@@ -223,8 +224,20 @@ def _callable_key(fn: Callable, seen: frozenset) -> str:
 
 def _code_text(code) -> str:
     """Bytecode, names and constants of a code object and of the code objects nested in it."""
-    consts = [_code_text(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    consts = [_const_text(c) for c in code.co_consts]
     return f"{code.co_code.hex()}|{code.co_names}|{code.co_varnames}|{consts}"
+
+
+def _const_text(c) -> str:
+    """A code constant as text, the same in every process: a frozenset constant (``x in {"a", "b"}``)
+    iterates in an order that depends on string hashing, which changes from process to process."""
+    if hasattr(c, "co_code"):
+        return _code_text(c)
+    if isinstance(c, frozenset):
+        return f"frozenset({sorted(_const_text(v) for v in c)})"
+    if isinstance(c, tuple):
+        return f"tuple({[_const_text(v) for v in c]})"
+    return repr(c)
 
 
 def _code_names(code) -> set[str]:
@@ -247,6 +260,8 @@ def _value_key(value, seen: frozenset) -> str:
         return f"{type(value).__name__}({[_value_key(v, seen) for v in value]})"
     if isinstance(value, dict):
         return f"dict({sorted((repr(k), _value_key(v, seen)) for k, v in value.items())})"
+    if isinstance(value, (set, frozenset)):  # iteration order depends on the process's string hashing
+        return f"{type(value).__name__}({sorted(_value_key(v, seen) for v in value)})"
     if callable(value) and not isinstance(value, type):
         return _callable_key(value, seen)
     return _ADDRESS.sub("", repr(value))
@@ -255,19 +270,48 @@ def _value_key(value, seen: frozenset) -> str:
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+def module_code_key(model: nn.Module) -> str:
+    """A text that changes when the code run by ``model``'s forward pass can.
+
+    For every class of every submodule, and every base class up to ``nn.Module``: the
+    :func:`callable_key` of each function its body defines (``forward`` and the helpers it may call;
+    static and class methods and properties unwrapped), plus any ``forward`` set on an instance. Two
+    classes with the same name and ``repr`` but different ``forward`` get different keys.
+    """
+    classes: list[type] = []
+    parts = []
+    for name, m in model.named_modules():
+        for cls in type(m).__mro__:
+            if cls not in classes and cls not in (nn.Module, object):
+                classes.append(cls)
+        if "forward" in vars(m):
+            parts.append(f"instance {name}.forward:{callable_key(m.forward)}")
+    for cls in classes:
+        for attr, value in vars(cls).items():
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            elif isinstance(value, property):
+                value = value.fget
+            if isinstance(value, types.FunctionType):
+                parts.append(f"{cls.__module__}.{cls.__qualname__}.{attr}:{callable_key(value)}")
+    return "\n".join(parts)
+
+
 def config_hash(model: nn.Module, tensors: Sequence[torch.Tensor], **config) -> str:
     """A hex digest of the architecture, the current weights, the data and the settings.
 
     Parameters
     ----------
     model : nn.Module
-        Its ``repr`` and every parameter and buffer enter the hash.
+        Its ``repr``, every parameter and buffer, and the code of its module classes (see
+        :func:`module_code_key`) enter the hash.
     tensors : sequence of Tensor
         Data tensors; their shape, dtype and bytes enter the hash.
     **config
         Settings, hashed through their ``repr`` (sorted by name).
     """
     h = hashlib.sha256(repr(model).encode())
+    h.update(module_code_key(model).encode())
     for name, t in list(model.state_dict().items()) + [(f"data{i}", t) for i, t in enumerate(tensors)]:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
@@ -310,6 +354,80 @@ def _cache_dir(cache_dir) -> Path:
         return Path(cache_dir)
     env = os.environ.get("NBSUPPORT_WEIGHTS")
     return Path(env).expanduser() if env else data_root() / "weights"
+
+
+@dataclass(frozen=True)
+class _Options:
+    """:func:`train`'s settings, checked and normalised to plain Python values."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    optimizer: str
+    loss_fn: Callable
+    test_data: tuple | None
+    checkpoints: list
+    cache: bool
+    cache_dir: object
+    progress: bool
+
+
+def _options(*, epochs, lr=1e-3, batch_size=128, weight_decay=0.0, optimizer="adam",
+             loss_fn=nn.functional.cross_entropy, test_data=None, checkpoints=(), cache=True, cache_dir=None,
+             progress=True) -> _Options:
+    # plain Python numbers from here on, so that the cache key does not depend on a scalar's type
+    epochs = integer(epochs, "epochs", minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    lr = real(lr, "lr", low=0.0)
+    weight_decay = real(weight_decay, "weight_decay", low=0.0, low_inclusive=True)
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    checkpoints = sorted({integer(c, "checkpoints", minimum=0) for c in checkpoints})
+    if any(c > epochs for c in checkpoints):
+        raise ValueError(f"checkpoints must be ints in [0, {epochs}], got {checkpoints!r}")
+    return _Options(epochs, lr, batch_size, weight_decay, optimizer, loss_fn,
+                    tuple(test_data) if test_data is not None else None, checkpoints, bool(cache), cache_dir,
+                    bool(progress))
+
+
+def _check_data(data) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = data
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"data must be a pair (x, y) of equal non-zero length, got {len(x)} and {len(y)}")
+    return x, y
+
+
+def _train_key(model: nn.Module, x, y, o: _Options, seed: int, **extra) -> str:
+    """The cache key of training ``model`` (its current weights) with options ``o`` and ``seed``."""
+    tensors = [x, y] + (list(o.test_data) if o.test_data is not None else [])
+    return config_hash(model, tensors, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size,
+                       weight_decay=o.weight_decay,
+                       **({"optimizer": o.optimizer} if o.optimizer != "adam" else {}),
+                       loss_fn=callable_key(o.loss_fn), torch_version=torch.__version__,
+                       # kernels and parallel reductions round differently on another device or thread count
+                       device=next(model.parameters()).device.type, threads=torch.get_num_threads(),
+                       checkpoints=o.checkpoints, seed=seed, **extra)
+
+
+def _load(model: nn.Module, path: Path, key: str) -> TrainResult:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["final"])
+    model.eval()
+    return TrainResult(saved["history"], saved["checkpoints"], key, from_cache=True)
+
+
+def _save(path: Path, final: dict, result: TrainResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"final": final, "history": result.history, "checkpoints": result.checkpoints}, tmp)
+    tmp.replace(path)
+
+
+def _optimiser(o: _Options, params) -> torch.optim.Optimizer:
+    if o.optimizer == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
 
 
 def train(
@@ -366,54 +484,32 @@ def train(
     -------
     TrainResult
     """
-    x, y = data
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"data must be a pair (x, y) of equal non-zero length, got {len(x)} and {len(y)}")
-    # plain Python numbers from here on, so that the cache key does not depend on a scalar's type
-    epochs = integer(epochs, "epochs", minimum=1)
-    batch_size = integer(batch_size, "batch_size", minimum=1)
-    lr = real(lr, "lr", low=0.0)
-    weight_decay = real(weight_decay, "weight_decay", low=0.0, low_inclusive=True)
+    x, y = _check_data(data)
+    o = _options(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
+                 loss_fn=loss_fn, test_data=test_data, checkpoints=checkpoints, cache=cache, cache_dir=cache_dir,
+                 progress=progress)
     seed = integer(seed, "seed", minimum=0)
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    checkpoints = sorted({integer(c, "checkpoints", minimum=0) for c in checkpoints})
-    if any(c > epochs for c in checkpoints):
-        raise ValueError(f"checkpoints must be ints in [0, {epochs}], got {checkpoints!r}")
-
-    tensors = [x, y] + (list(test_data) if test_data is not None else [])
-    key = config_hash(model, tensors, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                      **({"optimizer": optimizer} if optimizer != "adam" else {}),
-                      loss_fn=callable_key(loss_fn), torch_version=torch.__version__,
-                      # kernels and parallel reductions round differently on another device or thread count
-                      device=next(model.parameters()).device.type, threads=torch.get_num_threads(),
-                      checkpoints=checkpoints, seed=seed)
+    key = _train_key(model, x, y, o, seed)
     path = _cache_dir(cache_dir) / f"{key}.pt"
     if cache and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["final"])
-        model.eval()
-        return TrainResult(saved["history"], saved["checkpoints"], key, from_cache=True)
+        return _load(model, path, key)
 
     def snapshot():
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     device = next(model.parameters()).device
-    if optimizer == "adam":
-        optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
-        optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    optimiser = _optimiser(o, model.parameters())
     generator = torch.Generator().manual_seed(seed)
     result = TrainResult(key=key)
-    if 0 in checkpoints:
+    if 0 in o.checkpoints:
         result.checkpoints[0] = snapshot()
     n_batches = -(-len(x) // batch_size)
-    bar = tqdm(total=epochs * n_batches, desc="training", disable=not progress, leave=False)
+    bar = tqdm(total=o.epochs * n_batches, desc="training", disable=not progress, leave=False)
     model.train()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, o.epochs + 1):
         order = torch.randperm(len(x), generator=generator)
         running = 0.0
-        for idx in order.split(batch_size):
+        for idx in order.split(o.batch_size):
             xb, yb = x[idx].to(device), y[idx].to(device)
             loss = loss_fn(model(xb), yb)
             optimiser.zero_grad(set_to_none=True)
@@ -426,13 +522,196 @@ def train(
             record["test_loss"], record["test_accuracy"] = evaluate(model, *test_data, loss_fn=loss_fn)
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if epoch in checkpoints:
+        if epoch in o.checkpoints:
             result.checkpoints[epoch] = snapshot()
     bar.close()
     model.eval()
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"final": snapshot(), "history": result.history, "checkpoints": result.checkpoints}, tmp)
-        tmp.replace(path)
+        _save(path, snapshot(), result)
     return result
+
+
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Identity)
+
+
+def auto_method(model: nn.Module) -> str:
+    """The route :func:`train_seeds` takes with ``method="auto"`` for models like ``model``.
+
+    ``"vmap"`` for networks made of ``nn.Linear`` layers and parameter-free elementwise activations
+    (the book's MLPs), where training the seeds together measured faster on this project's CPUs
+    (``benchmarks/bench_seeds.py``); ``"loop"`` for everything else: convolutional networks (vmapped
+    convolutions become grouped convolutions, which measured slower on CPU than separate ones),
+    models with buffers (BatchNorm), dropout or other modules not listed.
+    """
+    leaves = [m for m in model.modules() if not list(m.children())]
+    if not leaves or any(True for _ in model.buffers()):
+        return "loop"
+    return "vmap" if all(isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in leaves) else "loop"
+
+
+def train_seeds(
+    make_model: Callable[[int], nn.Module],
+    data: tuple[torch.Tensor, torch.Tensor],
+    seeds: Sequence[int],
+    *,
+    method: str = "auto",
+    **train_kwargs,
+) -> list[tuple[nn.Module, TrainResult]]:
+    """Train one freshly initialised model per seed, all seeds at once; results cached by configuration.
+
+    Seed ``s`` builds its model with ``make_model(s)`` and trains it as ``train(model, data, seed=s,
+    **train_kwargs)`` would: the same initial weights, its own minibatch order drawn from ``s``,
+    the same optimiser arithmetic and history.
+
+    Parameters
+    ----------
+    make_model : callable
+        ``make_model(seed)`` returns a freshly initialised ``nn.Module`` (the seed fixes its
+        initial weights); every seed's model has the same architecture, dtype and device.
+    data : (x, y)
+        As for :func:`train`.
+    seeds : sequence of int
+        Distinct seeds >= 0, at least one (K of them); each seeds both ``make_model`` and the
+        minibatch order.
+    method : {"auto", "vmap", "loop"}
+        ``"loop"``: one :func:`train` call per seed (the same results and cache entries as those
+        calls). ``"vmap"``: the K models' parameters and buffers stacked
+        (``torch.func.stack_module_state``) and trained together, each step one ``vmap`` of
+        ``functional_call`` over the K minibatches ``[K, batch_size, ...]`` and one optimiser step
+        over the stacked tensors (Adam and SGD act elementwise, so this is each seed's own optimiser). Batched kernels
+        round differently from the loop's, so the weights agree with the loop's only to rounding
+        (its growth over training included); BatchNorm buffers are updated per seed. Works for
+        every model that ``torch.func.vmap`` can run (no dropout). ``"auto"``: :func:`auto_method`
+        of the first model (the MLPs train with vmap, the CNNs in the loop, as measured).
+    **train_kwargs
+        :func:`train`'s keywords (``epochs``, ``lr``, ``batch_size``, ``test_data``,
+        ``checkpoints``, ``cache``, ...); not ``seed``.
+
+    Returns
+    -------
+    list of (nn.Module, TrainResult)
+        One pair per seed, in the order of ``seeds``; the models are in eval mode.
+
+    Notes
+    -----
+    With ``"vmap"`` each seed's cache key is :func:`train`'s plus the method and the group of seeds
+    trained together (batched kernels may round differently for another group), so a group is
+    loaded when every member is cached and trained again otherwise.
+    """
+    seeds = _check_seeds(seeds)
+    if "seed" in train_kwargs:
+        raise ValueError("train_kwargs must not contain seed: pass the seeds as seeds")
+    if not callable(make_model):
+        raise ValueError(f"make_model must be a callable seed -> nn.Module, got {make_model!r}")
+    if method not in ("auto", "vmap", "loop"):
+        raise ValueError(f"method must be 'auto', 'vmap' or 'loop', got {method!r}")
+    x, y = _check_data(data)
+    o = _options(**train_kwargs)
+    models = [_make(make_model, s) for s in seeds]
+    if method == "auto":
+        method = auto_method(models[0])
+    if method == "loop":
+        return [(m, train(m, (x, y), seed=s, **train_kwargs)) for m, s in zip(models, seeds)]
+
+    _check_same_architecture(models)
+    keys = [_train_key(m, x, y, o, s, method="vmap", group=tuple(seeds)) for m, s in zip(models, seeds)]
+    paths = [_cache_dir(o.cache_dir) / f"{k}.pt" for k in keys]
+    if o.cache and all(p.is_file() for p in paths):
+        return [(m, _load(m, p, k)) for m, p, k in zip(models, paths, keys)]
+    results = _train_stacked(models, seeds, x, y, o, keys)
+    if o.cache:
+        for m, p, r in zip(models, paths, results):
+            _save(p, {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}, r)
+    return list(zip(models, results))
+
+
+def _train_stacked(models, seeds, x, y, o: _Options, keys) -> list[TrainResult]:
+    """Train ``models`` (same architecture) together: stacked parameters, vmapped forward."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    K, device = len(models), next(models[0].parameters()).device
+    params, buffers = stack_module_state(models)  # {name: [K, ...]}; parameters are new leaves
+    template = copy.deepcopy(models[0]).to("meta").train()
+    names = list(models[0].state_dict())  # parameters and persistent buffers, state_dict order
+
+    def seed_loss(p, b, xb, yb):
+        return o.loss_fn(functional_call(template, (p, b), (xb,)), yb)
+
+    batched_loss = vmap(seed_loss)
+    optimiser = _optimiser(o, list(params.values()))
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    results = [TrainResult(key=k) for k in keys]
+
+    def stacked(name):
+        return params[name] if name in params else buffers[name]
+
+    def snapshot():
+        return [{n: stacked(n)[k].detach().cpu().clone() for n in names} for k in range(K)]
+
+    def write_back():
+        with torch.no_grad():
+            for k, m in enumerate(models):
+                for n, t in list(m.named_parameters()) + list(m.named_buffers()):
+                    t.copy_(stacked(n)[k])
+
+    if 0 in o.checkpoints:
+        for r, s in zip(results, snapshot()):
+            r.checkpoints[0] = s
+    n_batches = -(-len(x) // o.batch_size)
+    bar = tqdm(total=o.epochs * n_batches, desc=f"training {K} seeds", disable=not o.progress, leave=False)
+    for epoch in range(1, o.epochs + 1):
+        orders = torch.stack([torch.randperm(len(x), generator=g) for g in generators])  # [K, N]
+        running = torch.zeros(K, dtype=torch.float64)
+        for idx in orders.split(o.batch_size, dim=1):  # [K, b]: seed k's b indices
+            flat = idx.reshape(-1)  # one gather for all seeds: [K * b] rows, then [K, b, ...]
+            xb = x.index_select(0, flat).view(*idx.shape, *x.shape[1:]).to(device)
+            yb = y.index_select(0, flat).view(*idx.shape, *y.shape[1:]).to(device)
+            losses = batched_loss(params, buffers, xb, yb)  # [K], seed k's mean loss
+            optimiser.zero_grad(set_to_none=True)
+            losses.sum().backward()  # seed k's parameters only get seed k's gradient
+            optimiser.step()
+            running += losses.detach().cpu().double() * idx.shape[1]
+            bar.update()
+        if o.test_data is not None or epoch in o.checkpoints:
+            write_back()
+        shots = snapshot() if epoch in o.checkpoints else None
+        for k, (m, r) in enumerate(zip(models, results)):
+            record = {"epoch": epoch, "loss": running[k].item() / len(x)}
+            if o.test_data is not None:
+                record["test_loss"], record["test_accuracy"] = evaluate(m, *o.test_data, loss_fn=o.loss_fn)
+            r.history.append(record)
+            if shots is not None:
+                r.checkpoints[epoch] = shots[k]
+        bar.set_postfix(loss=f"{running.mean().item() / len(x):.4f}")
+    bar.close()
+    write_back()
+    for m in models:
+        m.eval()
+    return results
+
+
+def _check_same_architecture(models) -> None:
+    def signature(m):
+        return (repr(m), [(n, tuple(t.shape), t.dtype, t.device) for n, t in m.state_dict().items()])
+
+    first = signature(models[0])
+    for m in models[1:]:
+        if signature(m) != first:
+            raise ValueError("make_model must build the same architecture (modules, shapes, dtype, device) "
+                             "for every seed")
+
+
+def _check_seeds(seeds) -> list[int]:
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a sequence of distinct ints >= 0, got {seeds!r}")
+    seeds = [integer(s, f"seeds[{i}]", minimum=0) for i, s in enumerate(seeds)]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of distinct ints >= 0, got {seeds!r}")
+    return seeds
+
+
+def _make(make_model, seed: int) -> nn.Module:
+    model = make_model(seed)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"make_model must return an nn.Module, got {type(model).__name__} for seed {seed}")
+    return model

@@ -6,10 +6,24 @@ instead of executing the chapters a second time, and hands only the stale ones t
 
     python tests/book_cache.py --stale     # prints the .ipynb of every chapter without a current execution
     python tests/book_cache.py --times     # how long each chapter's cached execution took (budget 180 s)
+    python tests/book_cache.py --stamp     # empty the cache if what the chapters' code reads has changed
+
+The cache is keyed by the chapters' code cells only, so ``--stamp`` (run by ``make book`` and ``make
+test`` first) empties it, and Sphinx's doctrees with it, whenever anything else the code reads has
+changed since the last run: the set of files of the ``nbsupport`` package (names and contents, so a
+deleted or added module counts), ``pyproject.toml``, the installed distributions and their versions
+(an upgrade within a range counts), the Python version, the data files (names, sizes and
+modification times) and the benchmark results the performance page shows. The digest of each part
+is kept in ``_build/.nbsupport-stamp``; the message names the parts that changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,17 +59,76 @@ def text_outputs(nb) -> list[tuple[int, str]]:
 
     Stderr (progress bars, with their rates) and images are left out.
     """
+    return [(cell, f"{kind}: {text}") for cell, _, kind, text in output_records(nb)]
+
+
+def output_records(nb) -> list[tuple[int, int, str, str]]:
+    """``(code cell index, output index in the cell, kind, text)`` of every text output a reader sees.
+
+    ``kind`` is ``"stdout"`` or the MIME type (``text/plain``, ``text/html``, ``text/latex``,
+    ``text/markdown``) of an execute result or displayed object. Stderr and images are left out.
+    """
     out = []
     cells = [c for c in nb.cells if c.cell_type == "code"]
     for i, cell in enumerate(cells):
-        for output in cell.get("outputs", []):
+        for j, output in enumerate(cell.get("outputs", [])):
             if output.output_type == "stream" and output.name == "stdout":
-                out.append((i, output.text))
+                out.append((i, j, "stdout", output.text))
             elif output.output_type in ("execute_result", "display_data"):
                 for kind in ("text/plain", "text/html", "text/latex", "text/markdown"):
                     if kind in output.get("data", {}):
-                        out.append((i, f"{kind}: {output.data[kind]}"))
+                        out.append((i, j, kind, output.data[kind]))
     return out
+
+
+# what makes a text differ from run to run without a number changing: object addresses in reprs
+# (a pandas Styler's text/plain) and pandas Styler's random table ids (<table id="T_e62a7">)
+UNSTABLE = {"a memory address": re.compile(r"\bat 0x[0-9a-fA-F]{6,}"),
+            "a random pandas Styler table id": re.compile(r"\bT_[0-9a-f]{5}(?![0-9a-zA-Z])")}
+
+
+def unstable_parts(text: str) -> list[str]:
+    """Names of the run-dependent parts (:data:`UNSTABLE`) found in ``text``, with the first match."""
+    return [f"{name} ({m.group(0)!r})" for name, pattern in UNSTABLE.items() if (m := pattern.search(text))]
+
+
+def _cell_label(nb, cell: int) -> str:
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    if cell >= len(cells):
+        return f"code cell {cell}"
+    lines = [ln for ln in cells[cell].source.splitlines() if ln.strip() and not ln.startswith(("#", "%"))]
+    first = lines[0].strip() if lines else ""
+    return f"code cell {cell} ({first[:70]!r})"
+
+
+def first_difference(nb_a, nb_b, names=("build", "again")) -> str | None:
+    """Where the text outputs of two executions of one notebook first differ, described for a reader
+    (``None`` when they are equal): the cell (index and first code line), the output, its kind, the
+    two texts around the first differing character, and run-dependent parts (addresses, random ids)
+    found there."""
+    a, b = output_records(nb_a), output_records(nb_b)
+    for k, (ra, rb) in enumerate(zip(a, b)):
+        if ra == rb:
+            continue
+        if ra[:3] != rb[:3]:
+            return (f"output {k} of the text outputs: {names[0]} has {ra[2]} of {_cell_label(nb_a, ra[0])} "
+                    f"output {ra[1]}, {names[1]} has {rb[2]} of {_cell_label(nb_b, rb[0])} output {rb[1]}")
+        ta, tb = ra[3], rb[3]
+        at = next((i for i, (ca, cb) in enumerate(zip(ta, tb)) if ca != cb), min(len(ta), len(tb)))
+        lo = max(0, at - 60)
+        message = (f"{_cell_label(nb_a, ra[0])}, output {ra[1]} ({ra[2]}), from character {at}:\n"
+                   f"  {names[0]}: {ta[lo:at + 60]!r}\n  {names[1]}: {tb[lo:at + 60]!r}")
+        unstable = sorted(set(unstable_parts(ta[lo:at + 80]) + unstable_parts(tb[lo:at + 80])))
+        if unstable:
+            message += ("\n  the difference holds " + ", ".join(unstable) + ": show tables with "
+                        "nbsupport.report.show_table, never leave an object's repr as a cell's output")
+        return message
+    if len(a) != len(b):
+        longer, nb_l, name = (a, nb_a, names[0]) if len(a) > len(b) else (b, nb_b, names[1])
+        extra = longer[min(len(a), len(b))]
+        return (f"{names[0]} has {len(a)} text outputs, {names[1]} {len(b)}; the first extra one, in {name}: "
+                f"{_cell_label(nb_l, extra[0])}, output {extra[1]} ({extra[2]}): {extra[3][:120]!r}")
+    return None
 
 
 def error_outputs(nb) -> list[str]:
@@ -65,11 +138,77 @@ def error_outputs(nb) -> list[str]:
 
 
 BUDGET_SECONDS = 180
+STAMP = ROOT / "_build" / ".nbsupport-stamp"
+
+
+def _files_digest(paths, root: Path) -> str:
+    """sha256 over the relative names and contents of ``paths`` (sorted)."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _installed() -> str:
+    """``name==version`` of every distribution this interpreter sees (pip freeze's content), and Python's version."""
+    from importlib import metadata
+
+    dists = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]},
+                   key=str.lower)
+    return "\n".join([f"python {sys.version}"] + dists)
+
+
+def _data_root() -> Path:
+    from nbsupport.data import data_root  # the package's own rule ($NBSUPPORT_DATA, else ~/.cache/nbsupport)
+
+    return data_root()
+
+
+def stamp_parts(root: Path = ROOT, data_root: Path | None = None) -> dict[str, str]:
+    """One digest per thing the chapters' code reads besides its own cells."""
+    package = [p for p in (root / "nbsupport").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
+    data_root = _data_root() if data_root is None else data_root
+    data = sorted(p for p in (data_root / "FashionMNIST").rglob("*") if p.is_file())
+    data_text = "\n".join(f"{p.relative_to(data_root).as_posix()} {p.stat().st_size} {p.stat().st_mtime_ns}"
+                           for p in data)
+    return {"package": _files_digest(package, root),
+            "pyproject": _files_digest([root / "pyproject.toml"], root) if (root / "pyproject.toml").exists() else "",
+            "installed": hashlib.sha256(_installed().encode()).hexdigest(),
+            "data": hashlib.sha256(f"{data_root}\n{data_text}".encode()).hexdigest(),
+            "benchmark results": _files_digest((root / "benchmarks" / "results").glob("*.json"), root)}
+
+
+def refresh_stamp(stamp: Path = STAMP, parts: dict[str, str] | None = None) -> list[str]:
+    """Compare ``parts`` with the stamp; if any differs, empty the caches and write the new stamp.
+
+    Returns the names of the parts that changed (every part when there was no stamp).
+    """
+    parts = stamp_parts() if parts is None else parts
+    try:
+        old = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        old = {}
+    changed = [name for name, digest in parts.items() if old.get(name) != digest]
+    if changed:
+        for cache in (".jupyter_cache", ".doctrees"):  # beside the stamp, in _build/
+            shutil.rmtree(stamp.parent / cache, ignore_errors=True)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_suffix(".tmp")
+        tmp.write_text(json.dumps(parts, indent=1) + "\n")
+        os.replace(tmp, stamp)
+    return changed
 
 
 def main(argv: list[str]) -> None:
-    if argv not in (["--stale"], ["--times"]):
+    if argv not in (["--stale"], ["--times"], ["--stamp"]):
         sys.exit(__doc__)
+    if argv == ["--stamp"]:
+        changed = refresh_stamp()
+        if changed:
+            print(f"executed-notebook cache emptied: changed since the last build: {', '.join(changed)}")
+        return
     for md in CHAPTERS:
         nb, record = cached_execution(md)
         if argv == ["--stale"]:

@@ -237,3 +237,254 @@ def test_numpy_and_tensor_scalars_accepted_bools_refused():
             train(_net(), (x, y), cache=False, progress=False, **kwargs)
     with pytest.raises(ValueError, match="C_b"):
         init_normal_(mlp([4, 3]), C_W=1.0, C_b=True)
+
+
+def _seeded_net(seed):
+    torch.manual_seed(1000 + seed)
+    return mlp([2, 8, 2])
+
+
+def test_train_seeds_equals_separate_train_calls(tmp_path):
+    """Reference: one train() call per seed, by hand, with the same initial weights."""
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    kwargs = dict(epochs=3, lr=0.02, batch_size=32, checkpoints=[1], test_data=_blobs(seed=1), progress=False)
+    pairs = train_seeds(_seeded_net, (x, y), [0, 3, 1], method="loop", cache=False, **kwargs)
+    assert len(pairs) == 3
+    for s, (model, result) in zip([0, 3, 1], pairs):
+        reference = _seeded_net(s)
+        expected = train(reference, (x, y), seed=s, cache=False, **kwargs)
+        assert result.history == expected.history and result.key == expected.key
+        for k, v in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v)
+            assert torch.equal(result.checkpoints[1][k], expected.checkpoints[1][k])
+    # different seeds give different models (init and minibatch order both differ)
+    assert not torch.equal(pairs[0][0][0].weight, pairs[1][0][0].weight)
+
+
+def test_train_seeds_shares_the_cache_of_train(tmp_path):
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    first = train_seeds(_seeded_net, (x, y), [0, 1], method="loop", epochs=1, cache_dir=tmp_path, progress=False)
+    assert not any(r.from_cache for _, r in first)
+    alone = train(_seeded_net(1), (x, y), epochs=1, seed=1, cache_dir=tmp_path, progress=False)
+    assert alone.from_cache and alone.key == first[1][1].key
+    again = train_seeds(_seeded_net, (x, y), [1, 0], method="loop", epochs=1, cache_dir=tmp_path, progress=False)
+    assert all(r.from_cache for _, r in again)
+    assert torch.equal(again[0][0][0].weight, first[1][0][0].weight)
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0], [-1], [1.5], "01", 3, [True]])
+def test_train_seeds_bad_seeds(seeds):
+    from nbsupport.models import train_seeds
+    with pytest.raises(ValueError, match="seeds"):
+        train_seeds(_seeded_net, _blobs(), seeds, epochs=1, cache=False, progress=False)
+
+
+def test_train_seeds_bad_arguments():
+    from nbsupport.models import train_seeds
+    with pytest.raises(ValueError, match="seed"):
+        train_seeds(_seeded_net, _blobs(), [0], epochs=1, seed=2, cache=False, progress=False)
+    with pytest.raises(ValueError, match="make_model"):
+        train_seeds(lambda s: None, _blobs(), [0], epochs=1, cache=False, progress=False)
+    with pytest.raises(ValueError, match="make_model"):
+        train_seeds("mlp", _blobs(), [0], epochs=1, cache=False, progress=False)
+
+
+def _images(n=48, side=8, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 1, side, side, generator=g, dtype=dtype) + y.to(dtype).view(-1, 1, 1, 1)
+    return x, y
+
+
+def _max_gap(pairs_a, pairs_b):
+    return max((a.state_dict()[k].double() - b.state_dict()[k].double()).abs().max().item()
+               for (a, _), (b, _) in zip(pairs_a, pairs_b) for k in a.state_dict())
+
+
+# Tolerance for float64 vmap-vs-loop agreement. Both routes do the same arithmetic per seed except
+# that the batched kernels sum in another order, so each gradient differs from the loop's by a few
+# ulps (relative ~1e-15). An Adam update is lr * m / (sqrt(v) + 1e-8): a relative gradient change
+# d moves it by at most ~lr * d * |g| / 1e-8, i.e. <= 0.02 * 1e-15 / 1e-8 = 2e-9 in the worst case of
+# a gradient at the eps scale and ~lr * d ~ 2e-17 for ordinary ones; over ~30 steps of a short,
+# non-chaotic run that stays far below 1e-10 for ordinary coordinates. Any real difference (another
+# minibatch order, another optimiser state, a seed's gradient leaking into another's) moves weights
+# by ~lr = 1e-2 per step, 8 orders of magnitude more.
+TOL64 = 1e-10
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_train_seeds_vmap_matches_the_loop_in_float64(optimizer):
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    make = lambda s: _seeded_net(s).double()  # noqa: E731
+    xt, yt = _blobs(n=64, seed=1)
+    kwargs = dict(epochs=3, lr=0.02, batch_size=48, weight_decay=1e-3, optimizer=optimizer, checkpoints=[0, 2],
+                  test_data=(xt.double(), yt), cache=False, progress=False)
+    x = x.double()
+    vm = train_seeds(make, (x, y), [0, 5, 2], method="vmap", **kwargs)
+    loop = train_seeds(make, (x, y), [0, 5, 2], method="loop", **kwargs)
+    assert _max_gap(vm, loop) < TOL64
+    for (_, rv), (_, rl) in zip(vm, loop):
+        assert [r["epoch"] for r in rv.history] == [1, 2, 3] and rv.key != rl.key
+        for a, b in zip(rv.history, rl.history):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-12, abs=0)
+            assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-9, abs=0)
+            assert a["test_accuracy"] == b["test_accuracy"]
+        for epoch in (0, 2):
+            for k, v in rl.checkpoints[epoch].items():
+                assert (rv.checkpoints[epoch][k] - v).abs().max().item() < TOL64
+    # the comparison can fail: seeds differ from each other by far more than the tolerance, and so
+    # does the vmap route when one seed is given another's minibatch order (5 <-> 2 swapped)
+    assert (vm[1][0][0].weight - vm[2][0][0].weight).abs().max().item() > 1e-3
+    swapped = train_seeds(lambda s: make({5: 2, 2: 5}.get(s, s)), (x, y), [0, 2, 5], method="vmap", **kwargs)
+    gap = max((swapped[1][0][0].weight - vm[2][0][0].weight).abs().max().item(),
+              (swapped[2][0][0].weight - vm[1][0][0].weight).abs().max().item())
+    assert gap > 1e4 * TOL64
+
+
+def test_train_seeds_vmap_float32_stays_close_to_the_loop():
+    """float32: rounding differences are ~1e-7 relative per step and grow slowly over a short run."""
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    kwargs = dict(epochs=2, lr=0.02, batch_size=64, cache=False, progress=False)
+    vm = train_seeds(_seeded_net, (x, y), [1, 2], method="vmap", **kwargs)
+    loop = train_seeds(_seeded_net, (x, y), [1, 2], method="loop", **kwargs)
+    assert _max_gap(vm, loop) < 1e-5  # ~1e-7 relative per step, 8 steps of size <= lr
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+def test_train_seeds_vmap_handles_batchnorm_buffers(arch):
+    """BatchNorm: each seed's running statistics are updated from its own minibatches."""
+    from nbsupport.models import small_resnet, train_seeds, vgg_cnn
+    builder = {"vgg": lambda: vgg_cnn((3,), n_classes=3, image_size=8),
+               "resnet": lambda: small_resnet((3, 4), n_classes=3, image_size=8)}[arch]
+
+    def make(s):
+        torch.manual_seed(s)
+        return builder().double()
+    x, y = _images()
+    kwargs = dict(epochs=2, lr=0.01, batch_size=16, test_data=_images(n=20, seed=1), cache=False, progress=False)
+    vm = train_seeds(make, (x, y), [0, 1], method="vmap", **kwargs)
+    loop = train_seeds(make, (x, y), [0, 1], method="loop", **kwargs)
+    assert _max_gap(vm, loop) < TOL64
+    bn = [m for m in vm[0][0].modules() if isinstance(m, nn.BatchNorm2d)][0]
+    assert int(bn.num_batches_tracked) == 2 * 3  # 2 epochs x 3 minibatches
+    bn1 = [m for m in vm[1][0].modules() if isinstance(m, nn.BatchNorm2d)][0]
+    assert (bn.running_mean - bn1.running_mean).abs().max().item() > 1e-6  # per-seed statistics
+    for (_, rv), (_, rl) in zip(vm, loop):
+        assert rv.history[-1]["test_accuracy"] == rl.history[-1]["test_accuracy"]
+
+
+def test_train_seeds_vmap_cache(tmp_path):
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    kwargs = dict(epochs=1, batch_size=64, cache_dir=tmp_path, progress=False)
+    first = train_seeds(_seeded_net, (x, y), [0, 1], method="vmap", **kwargs)
+    assert not any(r.from_cache for _, r in first) and len(list(tmp_path.glob("*.pt"))) == 2
+    again = train_seeds(_seeded_net, (x, y), [0, 1], method="vmap", **kwargs)
+    assert all(r.from_cache for _, r in again)
+    for (a, ra), (b, rb) in zip(first, again):
+        assert ra.key == rb.key and ra.history == rb.history
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    # the loop's entries are separate (another rounding), and another group trains again
+    loop = train_seeds(_seeded_net, (x, y), [0, 1], method="loop", **kwargs)
+    assert not any(r.from_cache for _, r in loop)
+    bigger = train_seeds(_seeded_net, (x, y), [0, 1, 2], method="vmap", **kwargs)
+    assert not any(r.from_cache for _, r in bigger)
+
+
+def test_auto_method_and_bad_inputs():
+    from nbsupport.models import auto_method, train_seeds, vgg_cnn
+    assert auto_method(mlp([784, 64, 64, 10])) == "vmap"
+    assert auto_method(mlp([2, 3, 2], activation=nn.Tanh)) == "vmap"
+    assert auto_method(vgg_cnn((8, 16))) == "loop"  # convolutions and BatchNorm buffers
+    assert auto_method(nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.5), nn.Linear(3, 2))) == "loop"
+    x, y = _blobs()
+    with pytest.raises(ValueError, match="method"):
+        train_seeds(_seeded_net, (x, y), [0], method="fast", epochs=1, cache=False, progress=False)
+    with pytest.raises(ValueError, match="make_model"):
+        train_seeds(lambda s: mlp([2, 4 + s, 2]), (x, y), [0, 1], method="vmap", epochs=1, cache=False,
+                    progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        train_seeds(_seeded_net, (x, y), [0], method="vmap", epochs=0, cache=False, progress=False)
+
+
+def _twin_classes():
+    """Two classes with the same name and repr whose forward passes differ (ReLU before / after)."""
+    def before():
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.lin(torch.relu(x))
+        return Net
+
+    def after():
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return torch.relu(self.lin(x))
+        return Net
+    return before(), after()
+
+
+def test_cache_key_sees_forward_code(tmp_path):
+    """Regression (issue 25): the key was repr(model) plus weights, so a model whose forward applies the
+    ReLU before its Linear loaded the weights trained for one that applies it after."""
+    Before, After = _twin_classes()
+    torch.manual_seed(0)
+    a = Before()
+    torch.manual_seed(0)
+    b = After()
+    assert repr(a) == repr(b) and all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    x, y = _blobs()
+    key_a = config_hash(a, [x, y])
+    assert key_a != config_hash(b, [x, y])
+    first = train(a, (x, y), epochs=1, cache_dir=tmp_path, progress=False)
+    second = train(b, (x, y), epochs=1, cache_dir=tmp_path, progress=False)
+    assert not second.from_cache and second.key != first.key
+    # a helper method called by forward counts too, and an instance's own forward
+    class Helper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.act(self.lin(x))
+
+        def act(self, z):
+            return torch.relu(z)
+    torch.manual_seed(0)
+    h = Helper()
+    base = config_hash(h, [x, y])
+    Helper.act = lambda self, z: torch.tanh(z)
+    assert config_hash(h, [x, y]) != base
+    h.forward = lambda x: h.lin(x)
+    assert config_hash(h, [x, y]) != config_hash(Helper(), [x, y])
+    # the same class and weights still share a key (the cache still hits)
+    torch.manual_seed(0)
+    assert config_hash(Before(), [x, y]) == key_a  # a itself was trained in place since
+
+
+def test_config_hash_is_the_same_in_another_process():
+    """Regression: Conv2d's __init__ holds a frozenset constant ({'same', 'valid'}) whose repr order
+    follows the process's string hashing, so the CNNs' keys changed from process to process. The two
+    hash seeds below order such a set differently."""
+    import os
+    import subprocess
+    import sys
+    src = ("import torch\nfrom nbsupport.models import callable_key, config_hash, small_resnet, vgg_cnn, mlp\n"
+           "torch.manual_seed(0)\nx = torch.zeros(2, 1, 28, 28)\nMODES = {'same', 'valid', 'zeros', 'reflect'}\n"
+           "def f(m):\n    return m in {'same', 'valid', 'zeros', 'reflect'} or m in MODES\n"
+           "print([config_hash(m, [x]) for m in (vgg_cnn((4, 8)), small_resnet((4, 8)), mlp([3, 4, 2]))],\n"
+           "      callable_key(f))")
+    keys = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(keys) == 1
