@@ -12,7 +12,9 @@ The functions take text, not paths, so the tests can show that each rule fails o
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------------------------
@@ -204,14 +206,105 @@ def _inside_fence(lines: list[str], j: int) -> bool:
     return bool(depth)
 
 
-def assert_uses_computed_value(source: str) -> bool:
-    """Whether the cell has an ``assert`` whose test reads a name (not only literals)."""
+def _parse(source: str) -> ast.Module:
+    """The cell's syntax tree; IPython magic and shell lines become blank lines (numbers kept)."""
+    return ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                               for line in source.splitlines()))
+
+
+def _comments(source: str) -> dict[int, str]:
+    """Line number -> the text of the ``#`` comment on that line."""
+    text = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    out = {}
     try:
-        tree = ast.parse(source)
-    except SyntaxError:  # IPython magics: drop the magic lines and try again
-        tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
-    return any(isinstance(node, ast.Assert) and any(isinstance(n, ast.Name) for n in ast.walk(node.test))
-               for node in ast.walk(tree))
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT:
+                out[tok.start[0]] = tok.string
+    except (tokenize.TokenError, IndentationError):
+        pass
+    return out
+
+
+# Calls that compute nothing of ours when their arguments are literals: ``len([0])``, ``np.isfinite(0.0)``.
+_LIBRARY = {"len", "bool", "int", "float", "abs", "round", "all", "any", "sum", "min", "max", "isinstance",
+            "np", "numpy", "math", "torch", "pd", "scipy", "st"}
+
+
+def _base_name(func: ast.AST) -> str | None:
+    while isinstance(func, ast.Attribute):
+        func = func.value
+    return func.id if isinstance(func, ast.Name) else None
+
+
+def _read_names(node: ast.AST) -> list[str]:
+    """Names a test reads as values; the library function of a call (``np`` in ``np.isfinite(x)``)
+    does not count, so a library call on literals reads nothing."""
+    if isinstance(node, ast.Call) and _base_name(node.func) in _LIBRARY:
+        return [n for arg in [*node.args, *(k.value for k in node.keywords)] for n in _read_names(arg)]
+    if isinstance(node, ast.Name):
+        return [node.id]
+    return [n for child in ast.iter_child_nodes(node) for n in _read_names(child)]
+
+
+def _is_none_test(node: ast.AST) -> bool:
+    return isinstance(node, ast.Compare) and any(
+        isinstance(c, ast.Constant) and c.value is None for c in [node.left, *node.comparators])
+
+
+def vacuous_reason(test: ast.AST) -> str | None:
+    """Why an assert's test cannot fail (or says nothing), or ``None`` when it can.
+
+    Caught: literals only (``assert True``, ``len([0])``, ``np.isfinite(0.0)``: the called
+    function does not count as a computed value), a comparison of an expression with itself
+    (``x == x``), a comparison with ``None`` (``x is not None``), and an ``or`` with a constant or
+    a ``None`` test among its operands (``value is None or value``).
+    """
+    if not _read_names(test):
+        return "reads no computed value (literals only)"
+    for node in ast.walk(test):
+        if isinstance(node, ast.Compare):
+            sides = [ast.dump(n) for n in [node.left, *node.comparators]]
+            if len(set(sides)) < len(sides):
+                return "compares an expression with itself"
+            if _is_none_test(node):
+                return "compares with None"
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or):
+            if any(isinstance(v, ast.Constant) or _is_none_test(v) for v in node.values):
+                return "'or' with a constant or a None test"
+    return None
+
+
+def assert_uses_computed_value(source: str) -> bool:
+    """Whether the cell has an ``assert`` whose test reads a computed value and can fail."""
+    return any(isinstance(node, ast.Assert) and vacuous_reason(node.test) is None
+               for node in ast.walk(_parse(source)))
+
+
+_ROW_TAG = re.compile(r"\b(C\d{3}-\d+)\b(?:\s+(null|sanity)\b)?")
+
+
+@dataclass
+class BoundAssert:
+    """An ``assert`` of a check cell that names ledger rows in its comment."""
+
+    row: str
+    kind: str  # "evidence", "null" or "sanity"
+    vacuous: str | None  # why it cannot fail, or None
+    line: int  # in the cell
+
+
+def bound_asserts(source: str) -> list[BoundAssert]:
+    """The asserts of a cell that carry row ids (``# C004-7``, ``# C004-7 null``,
+    ``# C004-7 sanity``; several ids separated by commas), one entry per id, wherever on the
+    assert's lines the comment stands."""
+    comments, out = _comments(source), []
+    for node in ast.walk(_parse(source)):
+        if not isinstance(node, ast.Assert):
+            continue
+        text = " ".join(comments.get(k, "") for k in range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        for m in _ROW_TAG.finditer(text):
+            out.append(BoundAssert(m.group(1), m.group(2) or "evidence", vacuous_reason(node.test), node.lineno))
+    return out
 
 
 def check_cells(section_text: str) -> list[Cell]:
@@ -219,7 +312,19 @@ def check_cells(section_text: str) -> list[Cell]:
     return [c for c in code_cells(section_text) if "check" in c.tags and assert_uses_computed_value(c.source)]
 
 
-def ledger_problems(claims: str, pages: dict[str, str]) -> list[str]:
+def _row_evidence(row_id: str, section_texts: list[str]) -> list[str]:
+    """What the row lacks in its linked sections: an evidence and a null assert of its own."""
+    found = [b for text in section_texts for c in code_cells(text) if "check" in c.tags
+             for b in bound_asserts(c.source) if b.row == row_id]
+    problems = [f"{row_id}: the assert on line {b.line} of its check cell cannot fail ({b.vacuous})"
+                for b in found if b.vacuous and b.kind != "sanity"]
+    for kind, what in (("evidence", f"'# {row_id}'"), ("null", f"'# {row_id} null'")):
+        if not any(b.kind == kind and not b.vacuous for b in found):
+            problems.append(f"{row_id}: no {kind} assert tagged {what} in a check cell of its section")
+    return problems
+
+
+def ledger_problems(claims: str, pages: dict[str, str], bound: bool = True) -> list[str]:
     """Every way the ledger fails the rule, as readable lines (empty when it holds).
 
     Parameters
@@ -228,6 +333,10 @@ def ledger_problems(claims: str, pages: dict[str, str]) -> list[str]:
         The text of ``book/claims.md``.
     pages : dict of str to str
         Page name -> MyST text of every page a row may link to (the notebooks).
+    bound : bool
+        Also require each verified / qualified / corrected row's own evidence assert
+        (``# C004-7``) and null assert (``# C004-7 null``), not vacuous, in a check cell of a
+        linked section (issue 21). Without it a section needs any check cell with an assert.
     """
     problems, labelled = [], {}
     for name, text in pages.items():
@@ -251,7 +360,30 @@ def ledger_problems(claims: str, pages: dict[str, str]) -> list[str]:
                 problems.append(f"{row.id}: dangling label {label!r}")
             elif not check_cells(labelled[label][1]):
                 problems.append(f"{row.id}: section {label!r} ({labelled[label][0]}) has no check cell with an assert")
+        if bound and row.labels and all(label in labelled for label in row.labels):
+            problems += _row_evidence(row.id, [labelled[label][1] for label in row.labels])
     return problems
+
+
+def vacuous_copy(text: str) -> str:
+    """The page with every check-cell assert rewritten to ``v == v`` (``v`` the first name the
+    assert reads), comments kept: what the ledger rule must reject (issue 21)."""
+    lines = text.splitlines()
+    for cell in code_cells(text):
+        if "check" not in cell.tags:
+            continue
+        body = cell.source.splitlines()
+        first = next(k for k in range(cell.line, len(lines)) if lines[k] == body[0]) if body else None
+        for node in ast.walk(_parse(cell.source)):
+            if isinstance(node, ast.Assert) and _read_names(node.test):
+                v = _read_names(node.test)[0]
+                end = node.end_lineno or node.lineno
+                comment = " ".join(c for k, c in _comments(cell.source).items() if node.lineno <= k <= end)
+                indent = body[node.lineno - 1][: len(body[node.lineno - 1]) - len(body[node.lineno - 1].lstrip())]
+                lines[first + node.lineno - 1] = f"{indent}assert {v} == {v}  {comment}".rstrip()
+                for k in range(node.lineno + 1, end + 1):
+                    lines[first + k - 1] = ""
+    return "\n".join(lines)
 
 
 def check_cells_that_only_print(text: str) -> list[int]:

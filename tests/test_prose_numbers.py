@@ -12,7 +12,8 @@ import pytest
 from book_checks import timing_cells, typed_numbers, without_claim_column
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted(ROOT.glob("notebooks/*.md")) + [ROOT / "book" / p for p in ("intro.md", "claims.md", "performance.md")]
+PAGES = sorted(ROOT.glob("notebooks/*.md")) + [ROOT / "book" / p for p in (
+    "intro.md", "claims.md", "performance.md", "decisions.md")]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
