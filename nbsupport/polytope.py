@@ -247,6 +247,21 @@ def _bounds(lower_rows, c_rows, partial):
     return lo, hi
 
 
+def _truncated_normal_quantile(lo, hi, w):
+    """Quantile ``w`` of the standard normal restricted to [lo, hi], accurate in both tails.
+
+    Above 0 the interval is mapped through the upper tail (Phi(-x)), so an interval such as
+    [8, 9] keeps its relative precision; through Phi itself 1 - Phi(8) rounds to 1e-16 steps and
+    the sampled variable (and every later bound) would be wrong, as would rare-event estimates."""
+    upper = lo > 0
+    with np.errstate(invalid="ignore"):
+        t_lo, t_hi = special.ndtr(np.where(upper, -lo, lo)), special.ndtr(np.where(upper, -hi, hi))
+        # lower side: Phi(lo) + w (Phi(hi) - Phi(lo)); upper side: Phi(-lo) - w (Phi(-lo) - Phi(-hi))
+        u = np.where(upper, t_lo - w * (t_lo - t_hi), t_lo + w * (t_hi - t_lo))
+        q = special.ndtri(np.clip(u, 1e-300, 1 - 1e-16))
+    return np.where(upper, -q, q)
+
+
 @functools.lru_cache(maxsize=64)
 def _sobol(dim, n_points):
     """A fixed scrambled Sobol' point set in [0, 1)^dim (read-only)."""
@@ -273,8 +288,7 @@ def _qmc_probability(lower, c, last, n_points, n_rep, rng):
         lo, hi = _bounds(lower[rows, j], c[:, None, rows], partial)
         weight *= _ndtr_diff(lo, hi)
         if j < n_var - 1:
-            a_lo, a_hi = special.ndtr(lo), special.ndtr(hi)
-            v[:, :, j] = special.ndtri(np.clip(a_lo + w[:, j] * (a_hi - a_lo), 1e-300, 1 - 1e-16))
+            v[:, :, j] = _truncated_normal_quantile(lo, hi, w[:, j])
     estimates = weight.reshape(len(c), n_rep, n_points).mean(-1)
     return estimates.mean(1), estimates.std(1, ddof=1) / np.sqrt(n_rep)
 
