@@ -46,6 +46,7 @@ from .orthant_mc import mc_jacobian_singular_values, mc_network, mc_network_pmf,
 from .pattern_law import (MAX_FULL_PMF_UNITS as _MAX_FULL_PMF_UNITS, Support, class_probabilities, mixture_output_cdf, mixture_pattern_pmf,
                           mixture_support_search, output_cdf, pattern_pmf, support_search)
 from .polytope import ORTHANT_POLYTOPE_FROM as _FROM, ORTHANT_POLYTOPE_POINTS as _POINTS, orthant_probability, polytope_probability
+from .polytope import equicorrelated_orthant, one_factor_orthant
 from .regions import (AffineMaps, affine_maps, jacobian_singular_values, mlp_layers, network_patterns, output_range,
                       pattern_codes, region)
 
@@ -63,6 +64,8 @@ ORTHANT_POLYTOPE_POINTS = _POINTS
 __all__ = [
     "orthant_probability",
     "polytope_probability",
+    "one_factor_orthant",
+    "equicorrelated_orthant",
     "pattern_pmf",
     "mc_pattern_pmf",
     "mixture_pattern_pmf",
