@@ -9,7 +9,7 @@ import torch
 from ._orthant_common import as_first_layer, as_gaussian, as_generator, as_layers, cov_factor
 from ._validate import integer
 from .pattern_law import MAX_FULL_PMF_UNITS
-from .regions import network_patterns
+from .regions import network_patterns, pattern_codes
 
 __all__ = ["mc_pattern_pmf", "mc_network", "mc_network_pmf", "mc_jacobian_singular_values"]
 
@@ -56,9 +56,8 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
         raise ValueError(f"weight has m = {m} units, limit m <= {MAX_FULL_PMF_UNITS} for a full PMF")
     n, rng = _check_n(n), _generator(seed)
     counts = np.zeros(2**m)
-    powers = 2 ** np.arange(m)
     for x in _sample(mean, cov, n, rng):
-        counts += np.bincount(((x @ weight.T + bias) > 0) @ powers, minlength=2**m)
+        counts += np.bincount(pattern_codes((x @ weight.T + bias) > 0), minlength=2**m)
     return counts / n
 
 
@@ -105,10 +104,9 @@ def mc_network_pmf(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.nd
     n_units = sum(w.shape[0] for w in ws[:-1])
     if n_units > 62:
         raise ValueError(f"weights have {n_units} hidden units; codes need <= 62 (use mc_network)")
-    powers = np.int64(1) << np.arange(n_units, dtype=np.int64)
     counts: dict[int, int] = {}
     for x in _sample(mean, cov, n, rng):
-        codes, k = np.unique(network_patterns(ws, bs, x) @ powers, return_counts=True)
+        codes, k = np.unique(pattern_codes(network_patterns(ws, bs, x)), return_counts=True)
         for code, count in zip(codes.tolist(), k.tolist()):
             counts[code] = counts.get(code, 0) + count
     codes = np.array(sorted(counts), dtype=np.int64)

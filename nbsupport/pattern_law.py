@@ -16,7 +16,7 @@ from ._orthant_common import (POLYTOPE_OPTIONS, TOL, MassWarning, as_first_layer
                               as_generator, as_layers, check_mass, check_options, cov_factor, operand_scale)
 from ._validate import integer, real
 from .polytope import ORTHANT_POLYTOPE_FROM, orthant_probability, standard_polytope
-from .regions import network_patterns, region_rows, standardised_with_magnitudes
+from .regions import network_patterns, pattern_codes, region_rows, standardised_with_magnitudes
 
 __all__ = ["MAX_FULL_PMF_UNITS", "MassWarning", "pattern_pmf", "mixture_pattern_pmf", "Support", "support_search",
            "mixture_support_search", "output_cdf", "mixture_output_cdf", "class_probabilities"]
@@ -55,8 +55,9 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     method : {"auto", "orthant", "polytope"}
     return_err : bool
         Also return the standard errors.
-    rng : numpy Generator or int, default 0
-        Deterministic by default; pass another seed or a Generator for independent runs.
+    rng : numpy Generator, int or None, default 0
+        Deterministic by default; pass another seed or a Generator for independent runs
+        (``None``: fresh entropy; the global RNG is never used).
     **options
         Passed on: ``n_rep`` to either route, ``n_points`` to ``polytope``; for ``orthant``,
         ``orthant_method`` (:func:`orthant_probability`'s ``method``: ``"auto"``, ``"scipy"`` or
@@ -170,7 +171,7 @@ class Support(NamedTuple):
     @property
     def codes(self) -> list[int]:
         r"""Pattern codes :math:`\sum_i a_i 2^i` as Python ints (any width)."""
-        return [int(sum(1 << i for i in np.nonzero(p)[0])) for p in self.patterns]
+        return [int(c) for c in np.atleast_1d(pattern_codes(np.atleast_2d(self.patterns)))]
 
 
 def _check_support(support, ws):

@@ -431,3 +431,13 @@ def test_output_cdf_and_merged_mixture_check_their_mass():
         output_cdf(ws, bs, mean, cov, [-1.0, 0.0, 1e3], sup)
     with pytest.warns(MassWarning, match="merged"):
         mixture_support_search(ws, bs, [0.5, 0.5], [mean, mean + 1], [cov, cov], eps=0.0, max_regions=2)
+
+
+def test_support_codes_are_exact_beyond_63_units():
+    """Support.codes is pattern_codes (one implementation), exact for any width: a loop over bits
+    with Python ints is the reference (the old numpy-int shift overflowed past 63 units)."""
+    from nbsupport.orthant import Support
+    bits = np.random.default_rng(0).random((4, 70)) < 0.5
+    sup = Support(bits, np.zeros(4), np.zeros(4), 0)
+    assert sup.codes == [sum(1 << int(i) for i in np.flatnonzero(row)) for row in bits]
+    assert Support(np.zeros((0, 5), bool), np.zeros(0), np.zeros(0), 0).codes == []
