@@ -27,12 +27,12 @@ import time
 import numpy as np
 import torch.nn.functional as F
 from _timing import SMOKE, Report, best_of, setup
-from scipy import integrate, special, stats
+from scipy import stats
 
 from nbsupport.data import make_moons
 from nbsupport.models import mlp, train
 from nbsupport.orthant import mc_network_pmf, mlp_layers, orthant_probability, pattern_pmf, support_search
-from nbsupport.polytope import ORTHANT_POLYTOPE_FROM, ORTHANT_POLYTOPE_POINTS
+from nbsupport.polytope import ORTHANT_POLYTOPE_FROM, ORTHANT_POLYTOPE_POINTS, equicorrelated_orthant
 from nbsupport.seeding import seed_everything
 
 
@@ -64,10 +64,6 @@ def mc_at_equal_time(ws, bs, mean, cov, seconds, seed):
     return n, *mc_network_pmf(ws, bs, mean, cov, n=n, seed=seed)
 
 
-def equicorrelated_orthant(k, rho):
-    """Exact P(Z > 0), Z ~ N(0, (1 - rho) I + rho 1 1^T): Z_i = sqrt(rho) W + sqrt(1 - rho) E_i, a 1-D integral."""
-    f = lambda w: stats.norm.pdf(w) * special.ndtr(np.sqrt(rho) * w / np.sqrt(1 - rho)) ** k
-    return integrate.quad(f, -12, 12, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
 
 
 def moons_figures(report):

@@ -12,7 +12,8 @@ import torch
 from ._validate import integer
 
 __all__ = ["TOL", "as_float64", "as_generator", "as_gaussian", "cov_factor", "as_layers", "as_first_layer",
-           "MassWarning", "check_mass", "POLYTOPE_OPTIONS", "check_options"]
+           "MassWarning", "check_mass", "POLYTOPE_OPTIONS", "check_options", "finite_result",
+           "operand_scale"]
 
 #: Relative size below which an eigenvalue, a row norm or a pivot counts as zero.
 TOL = 1e-10
@@ -29,16 +30,19 @@ def as_float64(value, name):
 
 
 def as_generator(rng):
-    """A numpy Generator from a Generator or an int seed (numpy integers and 0-d tensors included).
+    """A numpy Generator from ``rng``, scipy's convention: a Generator (used as is), an int seed
+    (numpy integers and 0-d tensors included) or ``None`` (fresh OS entropy, not reproducible).
 
-    Every entry point defaults to ``rng=0``: results are reproducible unless a caller passes
-    another seed or a Generator. ``None`` (fresh entropy) is refused on purpose."""
+    The global RNG is never used or advanced. Every entry point defaults to ``rng=0``, so results
+    are reproducible unless a caller asks otherwise."""
+    if rng is None:
+        return np.random.default_rng()
     if isinstance(rng, np.random.Generator):
         return rng
     try:
         return np.random.default_rng(integer(rng, "rng", minimum=0))
     except ValueError:
-        raise ValueError(f"rng must be a numpy Generator or an int seed >= 0 (default 0, deterministic), "
+        raise ValueError(f"rng must be a numpy Generator, an int seed >= 0 or None (fresh entropy), "
                          f"got {rng!r}") from None
 
 
@@ -67,6 +71,15 @@ def cov_factor(cov):
     return vectors[:, keep] * np.sqrt(values[keep])
 
 
+def operand_scale(G, factor):
+    """Per-row magnitude of the products G C (k,): |G_i| |C| (absolute values), the scale of their rounding.
+
+    A row of ``G @ factor`` that is 0 in exact arithmetic (G_i orthogonal to the range of a singular
+    covariance) comes out as rounding noise of about 1e-16 times this scale; a row is judged
+    constant relative to it (scale-free: the same decision at any scale of ``G`` or ``cov``)."""
+    return np.linalg.norm(np.abs(G) @ np.abs(factor), axis=1)
+
+
 def as_layers(weights, biases):
     """Validated float64 lists of weights (m_l, m_{l-1}) and biases (m_l,)."""
     if len(weights) != len(biases) or len(weights) < 1:
@@ -74,7 +87,11 @@ def as_layers(weights, biases):
     ws = [np.atleast_2d(as_float64(w, f"weights[{l}]")) for l, w in enumerate(weights)]
     bs = [np.atleast_1d(as_float64(b, f"biases[{l}]")) for l, b in enumerate(biases)]
     for l, (w, b) in enumerate(zip(ws, bs)):
-        if w.ndim != 2 or b.shape != (w.shape[0],):
+        if w.ndim != 2 or w.size == 0:
+            raise ValueError(f"weights[{l}] must be a non-empty 2-D array, got shape {w.shape}")
+        _finite(w, f"weights[{l}]")
+        _finite(b, f"biases[{l}]")
+        if b.shape != (w.shape[0],):
             raise ValueError(f"biases[{l}] must have shape ({w.shape[0]},) to match weights[{l}] {w.shape}, "
                              f"got {b.shape}")
         if l > 0 and w.shape[1] != ws[l - 1].shape[0]:
@@ -83,14 +100,32 @@ def as_layers(weights, biases):
 
 
 def as_first_layer(weight, bias, mean, cov):
+    """Validated float64 first layer (m, d), (m,) with m >= 1, and Gaussian (d,), (d, d), all finite."""
     mean, cov = as_gaussian(mean, cov)
     weight = as_float64(weight, "weight")
     bias = as_float64(bias, "bias")
-    if weight.ndim != 2 or weight.shape[1] != mean.size:
-        raise ValueError(f"weight must have shape (m, {mean.size}) to match mean, got {weight.shape}")
+    if weight.ndim != 2 or weight.shape[0] == 0 or weight.shape[1] != mean.size:
+        raise ValueError(f"weight must have shape (m, {mean.size}) with m >= 1 to match mean, got {weight.shape}")
     if bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},) to match weight, got {bias.shape}")
+    _finite(weight, "weight")
+    _finite(bias, "bias")
     return weight, bias, mean, cov
+
+
+def _finite(array, name):
+    """ValueError naming ``name`` when ``array`` holds NaN or infinity."""
+    if not np.all(np.isfinite(array)):
+        bad = np.flatnonzero(~np.isfinite(array))
+        raise ValueError(f"{name} must be finite, got {array.ravel()[bad[0]]} at flat index {bad[0]} "
+                         f"({bad.size} non-finite entries)")
+
+
+def finite_result(array, name, what):
+    """ValueError when a computed ``array`` overflowed (inputs finite, products not): names ``name``."""
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} too large: {what} overflows float64 (non-finite values); rescale the input "
+                         "(patterns are invariant to scaling each unit's weights and bias by a positive number)")
 
 
 class MassWarning(RuntimeWarning):
@@ -98,14 +133,18 @@ class MassWarning(RuntimeWarning):
     than ``1 - eps``, or a full PMF does not sum to 1 within its errors)."""
 
 
-def check_mass(found, target, err, what, *, at_least=False):
-    """Warn (MassWarning) when ``found`` differs from ``target`` by more than 5 errors + 1e-9.
+def check_mass(found, target, err, what, *, at_least=False, at_most=False):
+    """Warn (MassWarning) when ``found`` differs from ``target`` by more than 5 errors + 1e-9,
+    or exceeds 1 by as much.
 
-    With ``at_least`` only a shortfall counts (a search may find more than it must)."""
+    With ``at_least`` only a shortfall counts (a search may find more than it must); with
+    ``at_most`` only an excess (a CDF value may be below the mass it sums over)."""
     slack = 5 * err + 1e-9
-    short, over = found < target - slack, found > 1 + slack
-    if short or over or (not at_least and found > target + slack):
-        warnings.warn(f"{what}: total probability {found:.6g}, expected {'at least ' if at_least else ''}"
+    short = not at_most and found < target - slack
+    over = found > 1 + slack or (not at_least and found > target + slack)
+    if short or over or not np.isfinite(found):
+        expected = "at least " if at_least else "at most " if at_most else ""
+        warnings.warn(f"{what}: total probability {found:.6g}, expected {expected}"
                       f"{target:.6g} (+- {slack:.1e})", MassWarning, stacklevel=3)
 
 

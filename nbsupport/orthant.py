@@ -26,8 +26,14 @@ which decides the units whose pre-activation is constant on a region; a pattern'
 :math:`\sum_i a_i 2^i` with unit ``i`` (layers concatenated, first layer first) as bit ``i``.
 Networks are given as lists ``weights = [W_1, ..., W_L]``, ``biases = [b_1, ..., b_L]`` (numpy
 arrays, ``W_l`` of shape ``(m_l, m_{l-1})``), ReLU after every layer but the last; see
-:func:`mlp_layers`. Errors (``err``) are one standard error of the estimate; Monte Carlo functions
-take a seed and are reproducible, and every other function defaults to ``rng=0``.
+:func:`mlp_layers`. Errors (``err``) are one standard error of the estimate. Randomness follows
+one rule (scipy's ``rng``): an int seed or a numpy Generator, ``None`` for fresh entropy; the
+global RNG is never used. Every function defaults to ``rng=0`` (the Monte Carlo references call
+the same argument ``seed``, DESIGN.md's name, and require it), so results are reproducible.
+
+Constancy of a row (a pre-activation that does not vary over a region) is judged relative to
+that row's own scale, the magnitudes of the operands that produced it, never against an absolute
+threshold: every result is the same at any scale of the input or the weights.
 
 The code lives in four modules, one idea each: ``nbsupport.polytope`` (Gaussian polytope
 probabilities), ``nbsupport.regions`` (regions, affine maps, Jacobians), ``nbsupport.pattern_law``
@@ -40,6 +46,7 @@ from .orthant_mc import mc_jacobian_singular_values, mc_network, mc_network_pmf,
 from .pattern_law import (MAX_FULL_PMF_UNITS as _MAX_FULL_PMF_UNITS, Support, class_probabilities, mixture_output_cdf, mixture_pattern_pmf,
                           mixture_support_search, output_cdf, pattern_pmf, support_search)
 from .polytope import ORTHANT_POLYTOPE_FROM as _FROM, ORTHANT_POLYTOPE_POINTS as _POINTS, orthant_probability, polytope_probability
+from .polytope import equicorrelated_orthant, one_factor_orthant
 from .regions import (AffineMaps, affine_maps, jacobian_singular_values, mlp_layers, network_patterns, output_range,
                       pattern_codes, region)
 
@@ -57,6 +64,8 @@ ORTHANT_POLYTOPE_POINTS = _POINTS
 __all__ = [
     "orthant_probability",
     "polytope_probability",
+    "one_factor_orthant",
+    "equicorrelated_orthant",
     "pattern_pmf",
     "mc_pattern_pmf",
     "mixture_pattern_pmf",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._orthant_common import as_first_layer, as_gaussian, as_layers, cov_factor
+from ._orthant_common import as_first_layer, as_gaussian, as_generator, as_layers, cov_factor
 from ._validate import integer
 from .pattern_law import MAX_FULL_PMF_UNITS
-from .regions import network_patterns
+from .regions import network_patterns, pattern_codes
 
 __all__ = ["mc_pattern_pmf", "mc_network", "mc_network_pmf", "mc_jacobian_singular_values"]
 
@@ -25,6 +25,15 @@ def _check_n(n):
     return integer(n, "n", minimum=1)
 
 
+def _generator(seed):
+    """The draws' generator: ``seed`` follows the package's ``rng`` rule (int, Generator, or None
+    for fresh entropy); the name ``seed`` is kept from DESIGN.md's signatures."""
+    try:
+        return as_generator(seed)
+    except ValueError:
+        raise ValueError(f"seed must be an int >= 0, a numpy Generator or None, got {seed!r}") from None
+
+
 def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
     r"""Monte Carlo estimate of :func:`pattern_pmf`: frequencies of :math:`\1(Wx + b > 0)` over ``n`` draws.
 
@@ -34,7 +43,7 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
         As in :func:`pattern_pmf`.
     n : int
         Number of samples (drawn in chunks of 10**6).
-    seed : int
+    seed : int, numpy Generator or None
 
     Returns
     -------
@@ -45,11 +54,10 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
     m = weight.shape[0]
     if m > MAX_FULL_PMF_UNITS:
         raise ValueError(f"weight has m = {m} units, limit m <= {MAX_FULL_PMF_UNITS} for a full PMF")
-    n, seed = _check_n(n), integer(seed, "seed", minimum=0)
+    n, rng = _check_n(n), _generator(seed)
     counts = np.zeros(2**m)
-    powers = 2 ** np.arange(m)
-    for x in _sample(mean, cov, n, np.random.default_rng(seed)):
-        counts += np.bincount(((x @ weight.T + bias) > 0) @ powers, minlength=2**m)
+    for x in _sample(mean, cov, n, rng):
+        counts += np.bincount(pattern_codes((x @ weight.T + bias) > 0), minlength=2**m)
     return counts / n
 
 
@@ -64,8 +72,8 @@ def mc_network(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.ndarra
     """
     ws, bs = as_layers(weights, biases)
     mean, cov = as_gaussian(mean, cov)
-    n, seed = _check_n(n), integer(seed, "seed", minimum=0)
-    x = np.concatenate(list(_sample(mean, cov, n, np.random.default_rng(seed))))
+    n, rng = _check_n(n), _generator(seed)
+    x = np.concatenate(list(_sample(mean, cov, n, rng)))
     h = x
     for w, b in zip(ws[:-1], bs[:-1]):
         h = np.maximum(h @ w.T + b, 0)
@@ -80,7 +88,7 @@ def mc_network_pmf(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.nd
     weights, biases, mean, cov
         As in :func:`support_search`; at most 62 hidden units (codes are int64).
     n : int
-    seed : int
+    seed : int, numpy Generator or None
         The same draws as :func:`mc_network` with the same seed.
 
     Returns
@@ -92,14 +100,13 @@ def mc_network_pmf(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.nd
     """
     ws, bs = as_layers(weights, biases)
     mean, cov = as_gaussian(mean, cov)
-    n, seed = _check_n(n), integer(seed, "seed", minimum=0)
+    n, rng = _check_n(n), _generator(seed)
     n_units = sum(w.shape[0] for w in ws[:-1])
     if n_units > 62:
         raise ValueError(f"weights have {n_units} hidden units; codes need <= 62 (use mc_network)")
-    powers = np.int64(1) << np.arange(n_units, dtype=np.int64)
     counts: dict[int, int] = {}
-    for x in _sample(mean, cov, n, np.random.default_rng(seed)):
-        codes, k = np.unique(network_patterns(ws, bs, x) @ powers, return_counts=True)
+    for x in _sample(mean, cov, n, rng):
+        codes, k = np.unique(pattern_codes(network_patterns(ws, bs, x)), return_counts=True)
         for code, count in zip(codes.tolist(), k.tolist()):
             counts[code] = counts.get(code, 0) + count
     codes = np.array(sorted(counts), dtype=np.int64)
@@ -116,18 +123,18 @@ def mc_jacobian_singular_values(model: torch.nn.Module, mean, cov, n: int, seed:
         moved there; the result comes back to the CPU as numpy).
     mean, cov : array-like
     n : int
-    seed : int
+    seed : int, numpy Generator or None
 
     Returns
     -------
     ndarray, shape (n, min(d_out, d))
     """
     mean, cov = as_gaussian(mean, cov)
-    n, seed = _check_n(n), integer(seed, "seed", minimum=0)
+    n, rng = _check_n(n), _generator(seed)
     params = {k: v.detach().double() for k, v in model.named_parameters()}
     device = next(iter(params.values())).device if params else torch.device("cpu")
     # the draws are made in numpy (the same as mc_network's) and moved explicitly to the model's device
-    x = torch.from_numpy(np.concatenate(list(_sample(mean, cov, n, np.random.default_rng(seed))))).to(device)
+    x = torch.from_numpy(np.concatenate(list(_sample(mean, cov, n, rng)))).to(device)
 
     def f(xi):
         return torch.func.functional_call(model, params, (xi,))

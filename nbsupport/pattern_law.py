@@ -13,10 +13,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ._orthant_common import (POLYTOPE_OPTIONS, TOL, MassWarning, as_first_layer, as_float64, as_gaussian,
-                              as_generator, as_layers, check_mass, check_options, cov_factor)
+                              as_generator, as_layers, check_mass, check_options, cov_factor, operand_scale)
 from ._validate import integer, real
-from .polytope import orthant_probability, standard_polytope
-from .regions import network_patterns, region, standardised
+from .polytope import ORTHANT_POLYTOPE_FROM, orthant_probability, standard_polytope
+from .regions import network_patterns, pattern_codes, region_rows, standardised_with_magnitudes
 
 __all__ = ["MAX_FULL_PMF_UNITS", "MassWarning", "pattern_pmf", "mixture_pattern_pmf", "Support", "support_search",
            "mixture_support_search", "output_cdf", "mixture_output_cdf", "class_probabilities"]
@@ -37,10 +37,14 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
 
     :math:`P(A = a) = P(S z > 0)` with :math:`z = Wx + b` and :math:`S = \diag(2a - 1)`: an orthant
     probability of :math:`\mathcal N(S(W\mu + b), S W \Sigma W^\top S)`. When that covariance is
-    non-singular (``m <= d`` and full rank) ``method="auto"`` uses :func:`orthant_probability`
-    (its own default route: scipy below 12 units); otherwise (``m > d``: the covariance has rank at
-    most ``d`` and many patterns are impossible) it integrates over the input-space polytope of Lemma 1 with
-    :func:`polytope_probability`, where impossible patterns come out as exactly 0.
+    non-singular (``m <= d`` and full rank) and ``m`` is below
+    :data:`~nbsupport.polytope.ORTHANT_POLYTOPE_FROM` (12), ``method="auto"`` uses scipy's route
+    of :func:`orthant_probability`; otherwise (``m > d``: the covariance has rank at most ``d`` and
+    many patterns are impossible; or ``m >= 12``) it integrates over the input-space polytope of
+    Lemma 1 with :func:`polytope_probability` (``n_points`` Sobol' points per replicate, default
+    1024), where impossible patterns come out as exactly 0. The cost is then proportional to
+    ``2**m * n_points * n_rep`` integrand evaluations (an orthant call per pattern at its own
+    default of 2**16 points would cost 64 times more).
 
     Parameters
     ----------
@@ -51,8 +55,9 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     method : {"auto", "orthant", "polytope"}
     return_err : bool
         Also return the standard errors.
-    rng : numpy Generator or int, default 0
-        Deterministic by default; pass another seed or a Generator for independent runs.
+    rng : numpy Generator, int or None, default 0
+        Deterministic by default; pass another seed or a Generator for independent runs
+        (``None``: fresh entropy; the global RNG is never used).
     **options
         Passed on: ``n_rep`` to either route, ``n_points`` to ``polytope``; for ``orthant``,
         ``orthant_method`` (:func:`orthant_probability`'s ``method``: ``"auto"``, ``"scipy"`` or
@@ -79,7 +84,7 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     values = np.linalg.eigvalsh(cov_z)
     nonsingular = values[0] > TOL * max(values[-1], 0.0)
     if method == "auto":
-        method = "orthant" if nonsingular else "polytope"
+        method = "orthant" if nonsingular and m < ORTHANT_POLYTOPE_FROM else "polytope"
     if method not in ("orthant", "polytope"):
         raise ValueError(f"method must be 'auto', 'orthant' or 'polytope', got {method!r}")
     check_options(options, ("n_rep", "abseps", "maxpts", "n_points", "orthant_method") if method == "orthant"
@@ -98,7 +103,8 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     elif method == "polytope":
         factor = cov_factor(cov)
         a, c = weight @ factor, weight @ mean + bias
-        results = [standard_polytope(s[:, None] * a, s * c, closed=s < 0, rng=child, **options)
+        scales = dict(scale=operand_scale(weight, factor), offset_scale=np.abs(weight) @ np.abs(mean) + np.abs(bias))
+        results = [standard_polytope(s[:, None] * a, s * c, closed=s < 0, rng=child, **scales, **options)
                    for s, child in zip(signs, rng.spawn(len(signs)))]
         pmf, err = (np.array([r[i][0] for r in results]) for i in (0, 1))
     check_mass(float(pmf.sum()), 1.0, float(np.sqrt((err**2).sum())), "pattern_pmf")
@@ -165,14 +171,23 @@ class Support(NamedTuple):
     @property
     def codes(self) -> list[int]:
         r"""Pattern codes :math:`\sum_i a_i 2^i` as Python ints (any width)."""
-        return [int(sum(1 << i for i in np.nonzero(p)[0])) for p in self.patterns]
+        return [int(c) for c in np.atleast_1d(pattern_codes(np.atleast_2d(self.patterns)))]
+
+
+def _check_support(support, ws):
+    """ValueError unless ``support`` is a Support whose patterns have one bit per hidden unit of ``ws``."""
+    n_units = sum(w.shape[0] for w in ws[:-1])
+    patterns = getattr(support, "patterns", None)
+    if patterns is None or np.ndim(patterns) != 2 or np.shape(patterns)[1] != n_units:
+        raise ValueError(f"support must be a Support with patterns of shape (K, {n_units}), got "
+                         f"{type(support).__name__} with patterns of shape {np.shape(patterns)}")
 
 
 def _unit_layer_bounds(ws):
     return np.cumsum([0] + [w.shape[0] for w in ws[:-1]])
 
 
-def _neighbour(ws, bs, bits, unit):
+def _neighbour(ws, bs, bits, unit, magnitudes):
     r"""The pattern on the other side of ``unit``'s boundary, or None when that unit is constant there.
 
     Crossing the hyperplane :math:`g(u) = 0` of one unit flips it; a unit in the same or a later
@@ -182,35 +197,47 @@ def _neighbour(ws, bs, bits, unit):
     stays off). A unit whose pre-activation is another constant is decided by its sign. Every other
     unit keeps its sign by continuity. Without such degenerate units (generic biases) this is the
     single flip; with them (zero biases, dead layers: regions that are cones) it is the true
-    neighbour across the facet, which a single flip would miss."""
+    neighbour across the facet, which a single flip would miss.
+
+    "Constant", "zero" and "multiple" are judged relative to each row's own scale (the
+    magnitudes of its operands, ``magnitudes`` of the first layer), never against an absolute
+    threshold: the search gives the same regions at any scale of the input or the weights."""
     bounds = _unit_layer_bounds(ws)
     layer = int(np.searchsorted(bounds, unit, side="right")) - 1
     new = np.array(bits, dtype=bool)
     new[unit] = not new[unit]
     side = 1.0 if new[unit] else -1.0
-    A = c = g = None
+    A = c = g = A_mag = c_mag = None
     for l, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
-        z_A, z_c = (w, b) if A is None else (w @ A, w @ c + b)
+        if A is None:
+            z_A, z_c = w, b
+            z_Am, z_cm = magnitudes
+        else:
+            z_A, z_c = w @ A, w @ c + b
+            z_Am, z_cm = np.abs(w) @ A_mag, np.abs(w) @ c_mag + np.abs(b)
         lo, hi = bounds[l], bounds[l + 1]
+        a_norm, a_scale = np.linalg.norm(z_A, axis=1), np.linalg.norm(z_Am, axis=1)
+        # constant: the input part is rounding noise of its operands or negligible beside the offset
+        flat = a_norm <= TOL * np.maximum(a_scale, np.abs(z_c))
         if l == layer:
-            g = np.append(z_A[unit - lo], z_c[unit - lo])
-            if np.linalg.norm(g[:-1]) <= TOL * max(1.0, np.linalg.norm(g)):
+            if flat[unit - lo]:
                 return None  # a constant pre-activation has no boundary to cross
+            g = np.append(z_A[unit - lo], z_c[unit - lo])
         if l >= layer:
             rows = np.column_stack([z_A, z_c])
             row_norm = np.linalg.norm(rows, axis=1)
             lam = rows @ g / (g @ g)
             resid = np.linalg.norm(rows - lam[:, None] * g, axis=1)
-            zero = row_norm <= 1e-12 * max(1.0, np.linalg.norm(g))
+            zero = (a_norm <= TOL * a_scale) & (np.abs(z_c) <= 1e-12 * z_cm)
             proportional = zero | (resid <= 1e-9 * row_norm)
-            constant = ~proportional & (np.linalg.norm(z_A, axis=1) <= TOL * np.maximum(row_norm, 1e-300))
+            constant = ~proportional & flat
             seg = new[lo:hi]
             seg[proportional] = ~zero[proportional] & (lam[proportional] * side > 0)
             seg[constant] = z_c[constant] > 0
             if l == layer:
                 seg[unit - lo] = side > 0
         a = new[lo:hi]
-        A, c = a[:, None] * z_A, a * z_c
+        A, c, A_mag, c_mag = a[:, None] * z_A, a * z_c, a[:, None] * z_Am, a * z_cm
     return tuple(bool(v) for v in new)
 
 
@@ -247,8 +274,9 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         Mass that may stay unfound, in [0, 1). With ``eps = 0`` every region with positive
         computed probability is found.
     max_regions : int
-    rng : numpy Generator or int, default 0
-        Randomises the QMC integrals (deterministic by default).
+    rng : numpy Generator, int or None, default 0
+        Randomises the QMC integrals and, when needed, the fallback starting draws (deterministic
+        by default; ``None``: fresh entropy).
     **options
         Passed to :func:`polytope_probability` (``method``, ``n_points``, ``n_rep``).
 
@@ -273,7 +301,7 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         raise ValueError(f"eps must be in [0, 1), got {eps!r}")
     max_regions = integer(max_regions, "max_regions", minimum=1)
     check_options(options, POLYTOPE_OPTIONS, "support_search")
-    ws_u, bs_u = standardised(ws, bs, mean, cov)
+    ws_u, bs_u, magnitudes = standardised_with_magnitudes(ws, bs, mean, cov)
     r = ws_u[0].shape[1]
     rng = as_generator(rng)
     seen, heap = set(), []
@@ -284,8 +312,9 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
             return
         seen.add(bits)
         on = np.array(bits)
-        G, h, _, _ = region(ws_u, bs_u, on)
-        p, e = standard_polytope(G, h, closed=~on, rng=rng, **options)
+        rows = region_rows(ws_u, bs_u, on, magnitudes)
+        p, e = standard_polytope(rows.G, rows.h, closed=~on, rng=rng, scale=rows.G_scale,
+                                 offset_scale=rows.h_scale, **options)
         counter["evaluated"] += 1
         if p[0] > 0:
             heapq.heappush(heap, (-float(p[0]), counter["tie"], bits, float(e[0])))
@@ -300,7 +329,7 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         for bits in patterns_at(np.concatenate([axes, -axes])):
             push(bits)
     if not heap:
-        for bits in patterns_at(np.random.default_rng(0).standard_normal((256, r))):
+        for bits in patterns_at(rng.spawn(1)[0].standard_normal((256, r))):
             push(bits)
     found, mass = [], 0.0
     # eps = 0 empties the queue: with QMC errors the running sum may pass 1 before the last regions
@@ -309,7 +338,7 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         found.append((bits, -neg_p, err))
         mass += -neg_p
         for i in range(len(bits)):
-            push(_neighbour(ws_u, bs_u, bits, i))
+            push(_neighbour(ws_u, bs_u, bits, i, magnitudes))
     found.sort(key=lambda f: -f[1])
     n_units = sum(w.shape[0] for w in ws[:-1])
     patterns = np.array([f[0] for f in found], dtype=bool).reshape(len(found), n_units)
@@ -319,8 +348,8 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
     return Support(patterns, probs, errors, counter["evaluated"])
 
 
-def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: float = 1e-3, rng=0,
-                           **options) -> tuple[Support, list[Support]]:
+def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: float = 1e-3,
+                           max_regions: int = 10_000, rng=0, **options) -> tuple[Support, list[Support]]:
     r""":func:`support_search` under a Gaussian mixture :math:`\sum_j \pi_j \mathcal N(\mu_j, \Sigma_j)`.
 
     Each component is searched to mass ``1 - eps``; the merged support gives pattern :math:`a`
@@ -335,8 +364,8 @@ def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: fl
         Mixture weights, >= 0, summing to 1.
     means : array-like, shape (K, d)
     covs : array-like, shape (K, d, d)
-    eps, rng, **options
-        As in :func:`support_search`.
+    eps, max_regions, rng, **options
+        As in :func:`support_search` (``max_regions`` per component).
 
     Returns
     -------
@@ -344,11 +373,17 @@ def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: fl
         Most probable first; ``n_evaluated`` counts all components' polytopes.
     components : list of Support
         One per component (what :func:`mixture_output_cdf` needs).
+
+    Warns
+    -----
+    MassWarning
+        Per component as :func:`support_search`, and for the merged support when it holds less
+        than ``1 - eps`` (beyond five standard errors).
     """
     mix_weights = _mixture(mix_weights, means, covs, name="mix_weights")
     check_options(options, POLYTOPE_OPTIONS, "mixture_support_search")
     rng = as_generator(rng)
-    components = [support_search(weights, biases, mu, cov, eps=eps, rng=child, **options)
+    components = [support_search(weights, biases, mu, cov, eps=eps, max_regions=max_regions, rng=child, **options)
                   for mu, cov, child in zip(means, covs, rng.spawn(len(mix_weights)))]
     merged: dict[tuple, list[float]] = {}
     for pi, sup in zip(mix_weights, components):
@@ -357,8 +392,12 @@ def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: fl
             entry[0] += pi * p
             entry[1] += (pi * e) ** 2
     ranked = sorted(merged.items(), key=lambda item: -item[1][0])
-    support = Support(np.array([k for k, _ in ranked], dtype=bool), np.array([v[0] for _, v in ranked]),
-                      np.sqrt([v[1] for _, v in ranked]), sum(c.n_evaluated for c in components))
+    n_units = sum(np.shape(w)[0] for w in weights[:-1])
+    support = Support(np.array([k for k, _ in ranked], dtype=bool).reshape(len(ranked), n_units),
+                      np.array([v[0] for _, v in ranked]), np.sqrt([v[1] for _, v in ranked]),
+                      sum(c.n_evaluated for c in components))
+    check_mass(float(support.probs.sum()), 1 - eps, float(np.sqrt((support.errors**2).sum())),
+               "mixture_support_search (merged)", at_least=True)
     return support, components
 
 
@@ -390,8 +429,9 @@ def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, outp
     ws, bs = as_layers(weights, biases)
     mean, cov = as_gaussian(mean, cov)
     t = np.atleast_1d(as_float64(thresholds, "thresholds"))
-    if t.ndim != 1 or not np.all(np.isfinite(t)):
-        raise ValueError(f"thresholds must be a finite 1-D array, got shape {t.shape}")
+    if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)):
+        raise ValueError(f"thresholds must be a finite non-empty 1-D array, got shape {t.shape}")
+    _check_support(support, ws)
     try:
         output = integer(output, "output", minimum=0)
     except ValueError:
@@ -399,17 +439,26 @@ def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, outp
     if not 0 <= output < ws[-1].shape[0]:
         raise ValueError(f"output must be an int in [0, {ws[-1].shape[0]}), got {output!r}")
     check_options(options, POLYTOPE_OPTIONS, "output_cdf")
-    ws_u, bs_u = standardised(ws, bs, mean, cov)
+    ws_u, bs_u, magnitudes = standardised_with_magnitudes(ws, bs, mean, cov)
     rng = as_generator(rng)
     total, var = np.zeros(len(t)), np.zeros(len(t))
     for bits in support.patterns:
-        G, h, J, c = region(ws_u, bs_u, bits)
-        G = np.vstack([G, -J[output]])  # f <= t  <=>  t - J u - c >= 0 (closed, like the off units)
-        offsets = np.column_stack([np.broadcast_to(h, (len(t), len(h))), t - c[output]])
-        p, e = standard_polytope(G, offsets, closed=np.append(~bits, True), rng=rng, **options)
+        rows = region_rows(ws_u, bs_u, bits, magnitudes)
+        G = np.vstack([rows.G, -rows.J[output]])  # f <= t  <=>  t - J u - c >= 0 (closed, like off units)
+        offsets = np.column_stack([np.broadcast_to(rows.h, (len(t), len(rows.h))), t - rows.c[output]])
+        offset_scale = np.column_stack([np.broadcast_to(rows.h_scale, offsets[:, :-1].shape),
+                                        np.abs(t) + rows.c_scale[output]])
+        p, e = standard_polytope(G, offsets, closed=np.append(~bits, True), rng=rng,
+                                 scale=np.append(rows.G_scale, rows.J_scale[output]),
+                                 offset_scale=offset_scale, **options)
         total += p
         var += e**2
-    missing = max(0.0, 1.0 - float(support.probs.sum()))
+    mass = float(support.probs.sum())
+    # a CDF lies in [0, mass of the support]: its top must not exceed that mass beyond the errors
+    slack = float(np.sqrt(var.max(initial=0.0) + (support.errors**2).sum()))
+    check_mass(float(total.max()), mass, slack, "output_cdf (largest value vs the support's mass)",
+               at_most=True)
+    missing = max(0.0, 1.0 - mass)
     return total, np.sqrt(var) + missing
 
 
@@ -467,19 +516,24 @@ def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=0,
     ws, bs = as_layers(weights, biases)
     mean, cov = as_gaussian(mean, cov)
     check_options(options, POLYTOPE_OPTIONS, "class_probabilities")
-    ws_u, bs_u = standardised(ws, bs, mean, cov)
+    _check_support(support, ws)
+    ws_u, bs_u, magnitudes = standardised_with_magnitudes(ws, bs, mean, cov)
     rng = as_generator(rng)
     n_out = ws[-1].shape[0]
     total, var = np.zeros(n_out), np.zeros(n_out)
     for bits in support.patterns:
-        G, h, J, c = region(ws_u, bs_u, bits)
+        rows = region_rows(ws_u, bs_u, bits, magnitudes)
+        G, h, J, c = rows.G, rows.h, rows.J, rows.c
         for k in range(n_out):
             others = np.arange(n_out) != k
             Gk = np.vstack([G, J[k] - J[others]])
             hk = np.concatenate([h, c[k] - c[others]])
+            scale = np.concatenate([rows.G_scale, rows.J_scale[k] + rows.J_scale[others]])
+            offset_scale = np.concatenate([rows.h_scale, rows.c_scale[k] + rows.c_scale[others]])
             # ties go to the lowest index, as argmax does: z_k > z_j for j < k, z_k >= z_j for j > k
             closed = np.concatenate([~bits, np.arange(n_out)[others] > k])
-            p, e = standard_polytope(Gk, hk, closed=closed, rng=rng, **options)
+            p, e = standard_polytope(Gk, hk, closed=closed, rng=rng, scale=scale,
+                                     offset_scale=offset_scale, **options)
             total[k] += p[0]
             var[k] += e[0] ** 2
     check_mass(float(total.sum()), float(support.probs.sum()),

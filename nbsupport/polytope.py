@@ -18,14 +18,14 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import special
+from scipy import integrate, special
 from scipy.stats import multivariate_normal, qmc
 
-from ._orthant_common import TOL, as_float64, as_gaussian, as_generator, cov_factor
+from ._orthant_common import TOL, as_float64, as_gaussian, as_generator, cov_factor, operand_scale
 from ._validate import integer, real
 
-__all__ = ["orthant_probability", "polytope_probability", "standard_polytope", "ORTHANT_POLYTOPE_FROM",
-           "ORTHANT_POLYTOPE_POINTS"]
+__all__ = ["orthant_probability", "polytope_probability", "standard_polytope", "one_factor_orthant",
+           "equicorrelated_orthant", "ORTHANT_POLYTOPE_FROM", "ORTHANT_POLYTOPE_POINTS"]
 
 #: Gauss-Legendre rules per piece: the estimate uses the first, its error is the difference to the second.
 _GL_RULES = (np.polynomial.legendre.leggauss(20), np.polynomial.legendre.leggauss(10))
@@ -60,25 +60,16 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
     * ``"auto"`` (default): ``"scipy"`` below dimension :data:`ORTHANT_POLYTOPE_FROM`, ``"polytope"``
       from it on.
 
-    Why that switch (equicorrelated Gaussians, whose orthant probability is an exact 1-D integral;
-    correlations 0.3 and 0.9, means 0 and 0.5; one thread; the routes of
-    ``benchmarks/bench_orthant.py``): scipy's time grows steeply with the dimension and, from d = 8
-    on, with the correlation: 0.04-0.3 s at d = 3-4, 0.6-2.9 s at d = 8, 1.2-10 s at d = 10, 1.3-21 s
-    at d = 12 and 45 s at d = 16 (correlation 0.9), at errors of about 1e-6. The polytope route with
-    2**16 points takes 0.5-0.8 s at d = 3-4, 1.5-2.1 s at d = 8, 2-4 s at d = 12 and 4.4-5.8 s at
-    d = 16, at errors of 1e-6 to 1e-5. Below d = 12 scipy is as fast or faster at correlation 0.3 and
-    its errors were honest, the polytope route's somewhat optimistic (below); from d = 12 on the
-    polytope route bounds the cost (d = 12: 2-4 s against 1.3-21 s; d = 16: 5.8 s against 45 s) with
-    honest errors, while scipy's were once 5x too small (d = 12, correlation 0.9). Per unit of
-    accuracy (error x time) scipy stays about 2x cheaper at d = 12 and correlation 0.3.
+    Why that switch: scipy's time grows steeply with the dimension and, from d = 8 on, with the
+    correlation, while the polytope route's cost is fixed by its number of points; from d = 12 on
+    the polytope route bounds the cost with honest errors, below it scipy is as fast or faster.
+    The measurements (time and error against the exact equicorrelated values of
+    :func:`equicorrelated_orthant`) are made and kept by ``benchmarks/bench_orthant.py`` and the
+    book's performance page, not here, since they depend on the machine.
 
-    Calibration (against those exact values): a standard error from 8 replicates makes
-    ``(p - exact) / err`` a :math:`t_7` variable, root mean square ``sqrt(7/5) = 1.18``. Measured, the
-    polytope route with 2**16 points: 0.96 over 40 cases at d = 12 and 16 (honest; one of them outside
-    the 95 % interval), but 1.36 over 32 cases at d = 3-10 (skewed replicates at d = 10 and correlation
-    0.3, means up to 2 errors low); scipy with its defaults: 0.77 over 16 cases at d = 3-8, about 1.4 at
-    ``maxpts=1e5`` for k = 3..6 (bars ~1.2x optimistic), about 1.05 at ``maxpts=2e4`` (chapter 3).
-    ``tests/test_polytope.py`` checks the default's coverage on both sides of the switch.
+    Calibration: a standard error from ``n_rep = 8`` replicates makes ``(p - exact) / err`` a
+    :math:`t_7` variable; ``tests/test_polytope.py`` checks the default's coverage on both sides
+    of the switch, and chapter 3 bounds the calibration of scipy's bars by a chi-square test.
 
     Parameters
     ----------
@@ -86,8 +77,9 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
     cov : array-like, shape (k, k)
         Symmetric; positive definite unless ``allow_singular``.
     method : {"auto", "scipy", "polytope"}
-    rng : numpy Generator or int, default 0
-        Seeds the replicates (deterministic by default).
+    rng : numpy Generator, int or None, default 0
+        Seeds the replicates (deterministic by default; ``None``: fresh entropy, scipy's
+        convention; the global RNG is never used).
     n_rep : int
         Independent replicates (>= 2; scipy's route uses them for k >= 3).
     abseps, maxpts
@@ -139,6 +131,74 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
     return float(np.mean(reps)), float(np.std(reps, ddof=1) / np.sqrt(n_rep))
 
 
+def one_factor_orthant(mean, loadings, residual) -> float:
+    r"""Exact :math:`P(Z > 0)` for a one-factor Gaussian: a one-dimensional integral (the reference).
+
+    :math:`Z_i = \mu_i + \lambda_i W + \sqrt{\delta_i} E_i` with :math:`W, E_i` independent standard
+    normals, i.e. :math:`Z \sim \mathcal N(\mu, \operatorname{diag}(\delta) + \lambda \lambda^	op)`.
+    Given :math:`W = w` the coordinates are independent, so
+
+    .. math:: P(Z > 0) = \int arphi(w) \prod_i \Phiig((\mu_i + \lambda_i w) / \sqrt{\delta_i}ig)\, dw.
+
+    The log-integrand is concave (sum of concave terms, curvature <= -1), so the integrand is
+    unimodal with Gaussian-or-lighter tails about its peak: adaptive quadrature over
+    ``peak +- 12``, rescaled by the peak value, keeps relative accuracy for tiny probabilities
+    (four independent units at -8 standard deviations, 1.5e-61, agree with the product of their
+    Phi values to 1e-14 relative).
+
+    Parameters
+    ----------
+    mean : array-like, shape (k,)
+    loadings : array-like, shape (k,)
+        :math:`\lambda` (signs give negative correlations).
+    residual : array-like, shape (k,)
+        :math:`\delta > 0`.
+
+    Returns
+    -------
+    float
+    """
+    mean, lam, delta = (np.atleast_1d(as_float64(v, n)) for v, n in
+                        ((mean, "mean"), (loadings, "loadings"), (residual, "residual")))
+    if mean.ndim != 1 or mean.size == 0 or not np.all(np.isfinite(mean)):
+        raise ValueError(f"mean must be a finite non-empty 1-D array, got shape {mean.shape}")
+    for name, v in (("loadings", lam), ("residual", delta)):
+        if v.shape != mean.shape or not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} must be a finite array of shape {mean.shape}, got {v.shape}")
+    if np.any(delta <= 0):
+        raise ValueError(f"residual must be > 0, got min {delta.min()!r}")
+    sd = np.sqrt(delta)
+
+    def log_f(w):
+        w = np.asarray(w, dtype=float)
+        return -w**2 / 2 + special.log_ndtr((mean + lam * w[..., None]) / sd).sum(-1)
+
+    grid = np.linspace(-40, 40, 8001)
+    peak = grid[np.argmax(log_f(grid))]
+    top = float(log_f(peak))
+    value, _ = integrate.quad(lambda w: np.exp(log_f(w) - top), peak - 12, peak + 12, epsabs=0,
+                              epsrel=1e-13, limit=400, points=[peak])
+    return float(value * np.exp(top) / np.sqrt(2 * np.pi))
+
+
+def equicorrelated_orthant(k: int, rho: float, mu: float = 0.0) -> float:
+    r"""Exact :math:`P(Z > 0)` for :math:`Z \sim \mathcal N(\mu \mathbf 1, (1 - 
+ho) I + 
+ho \mathbf 1 \mathbf 1^	op)`.
+
+    The one-factor case :math:`\lambda_i = \sqrt
+ho`, :math:`\delta_i = 1 - 
+ho` of
+    :func:`one_factor_orthant`; at :math:`\mu = 0` it is :math:`1 / (k + 1)` for
+    :math:`
+ho = 1/2`. ``rho`` in [0, 1), ``k >= 1``.
+    """
+    k = integer(k, "k", minimum=1)
+    rho = real(rho, "rho", low=0.0, low_inclusive=True, high=1.0, high_inclusive=False)
+    mu = real(mu, "mu")
+    return one_factor_orthant(np.full(k, mu), np.full(k, np.sqrt(rho)), np.full(k, 1 - rho))
+
+
 def _ndtr_diff(lo, hi):
     """Phi(hi) - Phi(lo) without cancellation in the upper tail, clipped at 0."""
     upper_tail = lo > 0
@@ -187,6 +247,21 @@ def _bounds(lower_rows, c_rows, partial):
     return lo, hi
 
 
+def _truncated_normal_quantile(lo, hi, w):
+    """Quantile ``w`` of the standard normal restricted to [lo, hi], accurate in both tails.
+
+    Above 0 the interval is mapped through the upper tail (Phi(-x)), so an interval such as
+    [8, 9] keeps its relative precision; through Phi itself 1 - Phi(8) rounds to 1e-16 steps and
+    the sampled variable (and every later bound) would be wrong, as would rare-event estimates."""
+    upper = lo > 0
+    with np.errstate(invalid="ignore"):
+        t_lo, t_hi = special.ndtr(np.where(upper, -lo, lo)), special.ndtr(np.where(upper, -hi, hi))
+        # lower side: Phi(lo) + w (Phi(hi) - Phi(lo)); upper side: Phi(-lo) - w (Phi(-lo) - Phi(-hi))
+        u = np.where(upper, t_lo - w * (t_lo - t_hi), t_lo + w * (t_hi - t_lo))
+        q = special.ndtri(np.clip(u, 1e-300, 1 - 1e-16))
+    return np.where(upper, -q, q)
+
+
 @functools.lru_cache(maxsize=64)
 def _sobol(dim, n_points):
     """A fixed scrambled Sobol' point set in [0, 1)^dim (read-only)."""
@@ -213,8 +288,7 @@ def _qmc_probability(lower, c, last, n_points, n_rep, rng):
         lo, hi = _bounds(lower[rows, j], c[:, None, rows], partial)
         weight *= _ndtr_diff(lo, hi)
         if j < n_var - 1:
-            a_lo, a_hi = special.ndtr(lo), special.ndtr(hi)
-            v[:, :, j] = special.ndtri(np.clip(a_lo + w[:, j] * (a_hi - a_lo), 1e-300, 1 - 1e-16))
+            v[:, :, j] = _truncated_normal_quantile(lo, hi, w[:, j])
     estimates = weight.reshape(len(c), n_rep, n_points).mean(-1)
     return estimates.mean(1), estimates.std(1, ddof=1) / np.sqrt(n_rep)
 
@@ -276,7 +350,8 @@ def _quadrature_2d(lower, c, last):
     return p, err
 
 
-def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=8, rng=0):
+def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=8, rng=0, scale=None,
+                      offset_scale=None):
     r"""Polytope probability in standard coordinates: :math:`P(a u + c > 0)` for :math:`u \sim \mathcal N(0, I_r)`.
 
     The core of :func:`polytope_probability` (which maps :math:`x = \mu + C u` to this form), for
@@ -288,12 +363,22 @@ def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=
     c : ndarray, shape (k,) or (B, k)
         Offsets; a batch shares ``a``.
     closed : array-like of bool, shape (k,), optional
-        Rows that are ``>= 0`` instead of ``> 0``. The distinction matters only for rows with
-        ``a_i = 0`` (a constant), which decide feasibility directly: an open row needs
-        ``c_i > 0``, a closed row ``c_i >= 0`` (a constant within ``1e-12 max(1, |c|)`` of 0 counts
-        as 0).
+        Rows that are ``>= 0`` instead of ``> 0``. The distinction matters only for rows that are
+        constant (below), which decide feasibility directly: an open row needs ``c_i > 0``, a
+        closed row ``c_i >= 0``.
     method, n_points, n_rep, rng
         As in :func:`polytope_probability`.
+    scale : array-like, shape (k,), optional
+        Magnitude of the operands that produced each row of ``a`` (e.g. ``|G_i| |C|`` for
+        ``a = G C``; see ``operand_scale``). Constancy is judged relative to each row's own scale,
+        never against an absolute threshold, so the answer does not depend on the units: row ``i``
+        is constant when :math:`|a_i| \le 10^{-10} \max(\text{scale}_i, \min_b |c_{bi}|)`.
+        The second term is exact whatever ``scale``: then :math:`\Phi(c_i / |a_i|)` is 0 or 1 to
+        rounding. The first catches rounding noise of rows that are 0 in exact arithmetic.
+        Default: only the second term (``a`` taken as exact).
+    offset_scale : array-like, shape (k,) or (B, k), optional
+        Magnitude of the operands of ``c`` (e.g. ``|G_i| |mu| + |h_i|``); a constant row's offset
+        within ``1e-12`` of it counts as 0 (a cancellation). Default: offsets taken as exact.
 
     Returns
     -------
@@ -309,8 +394,10 @@ def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=
     if closed.shape != (a.shape[0],):
         raise ValueError(f"closed must be a bool mask of shape ({a.shape[0]},), got {closed.shape}")
     norms = np.linalg.norm(a, axis=1)
-    zero = norms <= TOL * max(norms.max(initial=0.0), 1.0)
-    tol = 1e-12 * np.maximum(1.0, np.abs(c).max(axis=1, initial=0.0, keepdims=True))
+    row_scale = np.zeros(a.shape[0]) if scale is None else np.broadcast_to(scale, norms.shape)
+    # relative to each row's own scale: operand noise, or an offset that decides the row outright
+    zero = norms <= TOL * np.maximum(row_scale, np.abs(c).min(axis=0, initial=np.inf))
+    tol = 0.0 if offset_scale is None else 1e-12 * np.broadcast_to(offset_scale, c.shape)[:, zero]
     constant = c[:, zero]
     feasible = np.all(np.where(closed[zero], constant >= -tol, constant > tol), axis=1).astype(float)
     a, c = a[~zero] / norms[~zero, None], c[:, ~zero] / norms[~zero]
@@ -370,8 +457,9 @@ def polytope_probability(G, h, mean, cov, *, closed=None, method: str = "auto", 
         Sobol' points per replicate (a power of 2) for ``qmc``.
     n_rep : int
         Scrambled replicates for ``qmc`` (>= 2); the error is their standard error.
-    rng : numpy Generator or int, default 0
-        Randomises the QMC replicates; the default makes results reproducible.
+    rng : numpy Generator, int or None, default 0
+        Randomises the QMC replicates; the default makes results reproducible (``None``: fresh
+        entropy, scipy's convention; the global RNG is never used).
 
     Returns
     -------
@@ -386,6 +474,8 @@ def polytope_probability(G, h, mean, cov, *, closed=None, method: str = "auto", 
     if h.shape[-1:] != G.shape[:1] or h.ndim not in (1, 2) or not np.all(np.isfinite(h)):
         raise ValueError(f"h must have shape ({G.shape[0]},) or (B, {G.shape[0]}) to match G, got {h.shape}")
     factor = cov_factor(cov)
+    offset_scale = np.abs(G) @ np.abs(mean) + np.abs(np.atleast_2d(h))
     p, err = standard_polytope(G @ factor, np.atleast_2d(G @ mean + h), closed=closed, method=method,
-                                n_points=n_points, n_rep=n_rep, rng=rng)
+                               n_points=n_points, n_rep=n_rep, rng=rng, scale=operand_scale(G, factor),
+                               offset_scale=offset_scale)
     return (p[0], err[0]) if h.ndim == 1 else (p, err)

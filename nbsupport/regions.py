@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from scipy import optimize
 
-from ._orthant_common import as_float64, as_layers, cov_factor
+from ._orthant_common import as_float64, as_layers, cov_factor, finite_result
 from ._validate import real
 
-__all__ = ["mlp_layers", "region", "network_patterns", "standardised", "pattern_codes", "AffineMaps", "affine_maps",
+__all__ = ["mlp_layers", "region", "region_rows", "RegionRows", "network_patterns", "standardised",
+           "standardised_with_magnitudes", "pattern_codes", "AffineMaps", "affine_maps",
            "output_range", "jacobian_singular_values"]
 
 def mlp_layers(model: torch.nn.Module) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -78,22 +79,78 @@ def region(weights, biases, pattern) -> tuple[np.ndarray, np.ndarray, np.ndarray
         On the region the network is :math:`x \mapsto J x + c`.
     """
     ws, bs = as_layers(weights, biases)
+    rows = region_rows(ws, bs, pattern)
+    return rows.G, rows.h, rows.J, rows.c
+
+
+class RegionRows(NamedTuple):
+    """A region's rows and affine map (as :func:`region`) with the magnitudes of their operands.
+
+    ``G_scale`` (M,), ``J_scale`` (d_out,): norms of the rows of the products taken in absolute
+    values (``|W_l| |A_{l-1}|``); ``h_scale`` (M,), ``c_scale`` (d_out,): the same for the
+    offsets. A row is constant when it is small relative to its own scale (rounding noise of an
+    exact 0), never against an absolute threshold, so decisions do not depend on units."""
+
+    G: np.ndarray
+    h: np.ndarray
+    J: np.ndarray
+    c: np.ndarray
+    G_scale: np.ndarray
+    h_scale: np.ndarray
+    J_scale: np.ndarray
+    c_scale: np.ndarray
+
+
+def region_rows(ws, bs, pattern, magnitudes=None) -> RegionRows:
+    """:func:`region` for validated float64 layers, with operand magnitudes (see :class:`RegionRows`).
+
+    ``magnitudes``: optional ``(|W_1| |C|, |W_1| |mu| + |b_1|)`` of a network standardised by
+    :func:`standardised_with_magnitudes` (default: the first layer's own absolute values)."""
     parts = _split(pattern, ws)
-    A, c = None, None  # the identity map of the input
-    G, h = [], []
-    for w, b, a in zip(ws[:-1], bs[:-1], parts):
-        z_A, z_c = (w, b) if A is None else (w @ A, w @ c + b)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, by name
+        return _region_rows(ws, bs, parts, magnitudes)
+
+
+def _region_rows(ws, bs, parts, magnitudes):
+    A = c = A_mag = c_mag = None  # the identity map of the input
+    G, h, G_mag, h_mag = [], [], [], []
+    for l, (w, b, a) in enumerate(zip(ws[:-1], bs[:-1], parts)):
+        if A is None:
+            z_A, z_c = w, b
+            z_Am, z_cm = (np.abs(w), np.abs(b)) if magnitudes is None else magnitudes
+        else:
+            z_A, z_c = w @ A, w @ c + b
+            z_Am, z_cm = np.abs(w) @ A_mag, np.abs(w) @ c_mag + np.abs(b)
         s = np.where(a, 1.0, -1.0)
         G.append(s[:, None] * z_A)
         h.append(s * z_c)
-        A, c = a[:, None] * z_A, a * z_c
-    return np.concatenate(G), np.concatenate(h), ws[-1] @ A, ws[-1] @ c + bs[-1]
+        G_mag.append(np.linalg.norm(z_Am, axis=1))
+        h_mag.append(z_cm)
+        A, c, A_mag, c_mag = a[:, None] * z_A, a * z_c, a[:, None] * z_Am, a * z_cm
+    J, c_out = ws[-1] @ A, ws[-1] @ c + bs[-1]
+    rows = RegionRows(np.concatenate(G), np.concatenate(h), J, c_out, np.concatenate(G_mag),
+                      np.concatenate(h_mag), np.linalg.norm(np.abs(ws[-1]) @ A_mag, axis=1),
+                      np.abs(ws[-1]) @ c_mag + np.abs(bs[-1]))
+    finite_result(rows.G_scale, "weights", "the region's rows")
+    finite_result(rows.J_scale, "weights", "the region's affine map")
+    return rows
 
 
 def standardised(ws, bs, mean, cov):
     """The network in the coordinates u of x = mean + C u, u ~ N(0, I_r): first layer W C, W mean + b."""
+    ws_u, bs_u, _ = standardised_with_magnitudes(ws, bs, mean, cov)
+    return ws_u, bs_u
+
+
+def standardised_with_magnitudes(ws, bs, mean, cov):
+    """:func:`standardised` plus the first layer's operand magnitudes ``(|W| |C|, |W| |mean| + |b|)``."""
     factor = cov_factor(cov)
-    return [ws[0] @ factor] + ws[1:], [ws[0] @ mean + bs[0]] + bs[1:]
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, by name
+        w0, b0 = ws[0] @ factor, ws[0] @ mean + bs[0]
+        magnitudes = (np.abs(ws[0]) @ np.abs(factor), np.abs(ws[0]) @ np.abs(mean) + np.abs(bs[0]))
+    finite_result(magnitudes[0], "weights", "weights[0] times the covariance factor")
+    finite_result(magnitudes[1], "biases", "weights[0] @ mean + biases[0]")
+    return [w0] + ws[1:], [b0] + bs[1:], magnitudes
 
 
 def network_patterns(weights, biases, x) -> np.ndarray:

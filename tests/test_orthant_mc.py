@@ -35,3 +35,18 @@ def test_mc_jacobian_on_the_model_device():
     cpu = mc_jacobian_singular_values(net, mean, cov, n=50, seed=8)
     gpu = mc_jacobian_singular_values(net.cuda(), mean, cov, n=50, seed=8)
     np.testing.assert_allclose(gpu, cpu, atol=1e-10)
+
+
+def test_seed_follows_the_rng_rule():
+    """seed: int (reproducible), Generator (its stream), None (fresh entropy); numpy's global RNG is
+    neither used nor advanced; negative or non-integer seeds are refused by name."""
+    w, b, mean, cov = np.eye(2), np.zeros(2), np.zeros(2), np.eye(2)
+    np.random.seed(1)
+    state = np.random.get_state()[1].copy()
+    by_int = mc_pattern_pmf(w, b, mean, cov, n=1000, seed=7)
+    assert np.array_equal(by_int, mc_pattern_pmf(w, b, mean, cov, n=1000, seed=np.random.default_rng(7)))
+    fresh = [mc_pattern_pmf(w, b, mean, cov, n=1000, seed=None) for _ in range(2)]
+    assert not np.array_equal(*fresh) and np.array_equal(np.random.get_state()[1], state)
+    for bad in (-1, 0.5, "a"):
+        with pytest.raises(ValueError, match="seed"):
+            mc_pattern_pmf(w, b, mean, cov, n=10, seed=bad)

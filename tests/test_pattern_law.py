@@ -301,3 +301,143 @@ def test_pattern_pmf_passes_the_orthant_route_and_its_options_on():
         pattern_pmf(weight, bias, mean, cov, method="orthant", n_points=1024)
     with pytest.raises(ValueError, match="orthant_method"):
         pattern_pmf(weight, bias, mean, cov, method="polytope", orthant_method="scipy")
+
+
+def _scaled(ws, bs, mean, cov, s):
+    """The same patterns at another scale: x -> s x (mean s mu, cov s^2 Sigma) with the first-layer
+    bias s b_1, so every pre-activation of every layer is multiplied by s... for layer 1, and the
+    deeper layers see s h_1: their biases are scaled too. Patterns are then identical draw by draw."""
+    return [w.copy() for w in ws], [s * b for b in bs], s * mean, s**2 * cov
+
+
+@pytest.mark.parametrize("s", [1e-11, 1e4])
+def test_pattern_pmf_does_not_depend_on_the_scale(s):
+    """cov 1e-22 I (s = 1e-11) or 1e8 I (s = 1e4): the same PMF as at scale 1 (exact 2-D quadrature,
+    itself checked against Monte Carlo above), on both routes; Monte Carlo at the scaled input agrees."""
+    rng = np.random.default_rng(8)
+    w, b = rng.standard_normal((5, 2)), 0.5 * rng.standard_normal(5)
+    mean, cov = np.array([0.2, -0.1]), np.array([[1.0, 0.3], [0.3, 0.7]])
+    reference = pattern_pmf(w, b, mean, cov)
+    scaled = pattern_pmf(w, s * b, s * mean, s**2 * cov)
+    assert np.max(np.abs(scaled - reference)) < 1e-12
+    n = 200_000
+    assert np.all(_within(scaled, mc_pattern_pmf(w, s * b, s * mean, s**2 * cov, n=n, seed=2), n))
+    w3, b3 = w[:3], b[:3]  # m = d + 1 = 3 on a 2-D input is singular; m = 2 takes the orthant route
+    for weight, bias in ((w3, b3), (w[:2], b[:2])):
+        p1, e1 = pattern_pmf(weight, bias, mean, cov, return_err=True)
+        ps, es = pattern_pmf(weight, s * bias, s * mean, s**2 * cov, return_err=True)
+        assert np.all(np.abs(ps - p1) <= Z * (e1 + es) + 1e-12)
+
+
+@pytest.mark.parametrize("s", [1e-11, 1e4])
+def test_support_search_does_not_depend_on_the_scale(s):
+    """The whole network at another scale (inputs and every bias times s): the same regions and
+    probabilities as at scale 1, and against Monte Carlo drawn at that scale every pattern seen is
+    found with binomial agreement (the search once found 1 region of mass 1 where there were 14)."""
+    _, ws, bs = _network((2, 6, 5, 1), seed=1)
+    mean, cov = _gaussian(2, seed=12)
+    reference = support_search(ws, bs, mean, cov, eps=0.0)
+    args = _scaled(ws, bs, mean, cov, s)
+    sup = support_search(*args, eps=0.0)
+    assert len(reference.probs) > 10 and sup.codes == reference.codes
+    assert np.max(np.abs(sup.probs - reference.probs)) < 1e-12
+    _compare_with_monte_carlo(*args, sup, n=200_000, seed=3)
+    # output CDF and class probabilities scale with the output: thresholds times s
+    t = np.array([-0.5, 0.0, 0.4])
+    np.testing.assert_allclose(output_cdf(*args, s * t, sup)[0], output_cdf(ws, bs, mean, cov, t, reference)[0],
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("s", [1e-11, 1e8])
+def test_support_search_with_a_rescaled_first_layer(s):
+    """Scaling the first layer's weights and bias by s changes no pattern of that layer, and the
+    second layer then sees s h_1 beside its own bias: against Monte Carlo on that network (the
+    search once found 1 region where Monte Carlo saw 29)."""
+    _, ws, bs = _network((2, 6, 5, 1), seed=3)
+    ws[0], bs[0] = s * ws[0], s * bs[0]
+    ws[1] = ws[1] / s  # the layer-2 pre-activations are then those of the original network
+    mean, cov = _gaussian(2, seed=5)
+    sup = support_search(ws, bs, mean, cov, eps=0.0)
+    assert len(sup.probs) > 10
+    _compare_with_monte_carlo(ws, bs, mean, cov, sup, n=200_000, seed=4)
+
+
+def test_non_finite_and_empty_input_is_refused_by_name():
+    _, ws, bs = _network((2, 4, 3, 1), seed=0)
+    mean, cov = np.zeros(2), np.eye(2)
+    for l in range(3):
+        bad = [w.copy() for w in ws]
+        bad[l][0, 0] = np.nan
+        with pytest.raises(ValueError, match=rf"weights\[{l}\] must be finite"):
+            support_search(bad, bs, mean, cov)
+        bad_b = [b.copy() for b in bs]
+        bad_b[l][0] = np.inf
+        with pytest.raises(ValueError, match=rf"biases\[{l}\] must be finite"):
+            support_search(ws, bad_b, mean, cov)
+    with pytest.raises(ValueError, match="weight must be finite"):
+        pattern_pmf([[np.nan, 1.0]], [0.0], mean, cov)
+    with pytest.raises(ValueError, match="bias must be finite"):
+        pattern_pmf([[1.0, 1.0]], [-np.inf], mean, cov)
+    with pytest.raises(ValueError, match="mean"):
+        pattern_pmf([[1.0, 1.0]], [0.0], [np.nan, 0.0], cov)
+    with pytest.raises(ValueError, match="cov"):
+        support_search(ws, bs, mean, [[1.0, np.inf], [np.inf, 1.0]])
+    with pytest.raises(ValueError, match="weight must have shape"):  # m = 0
+        pattern_pmf(np.zeros((0, 2)), np.zeros(0), mean, cov)
+    with pytest.raises(ValueError, match=r"weights\[1\] must be a non-empty"):
+        support_search([ws[0], np.zeros((0, 4)), np.zeros((1, 0))], [bs[0], np.zeros(0), bs[2]], mean, cov)
+    sup = support_search(ws, bs, mean, cov, eps=0.0)
+    with pytest.raises(ValueError, match="thresholds"):
+        output_cdf(ws, bs, mean, cov, [], sup)
+    with pytest.raises(ValueError, match="support"):
+        output_cdf(ws, bs, mean, cov, [0.0], sup._replace(patterns=sup.patterns[:, :3]))
+    # finite weights whose products overflow: refused, not "1 region of mass 1" with warnings
+    huge = [1e200 * w for w in ws]
+    with pytest.raises(ValueError, match="weights too large"):
+        support_search(huge, bs, mean, cov)
+
+
+def test_pattern_pmf_auto_cost_is_proportional_from_12_units():
+    """m >= 12 units (non-singular, d = 12): "auto" takes the polytope route at its own n_points
+    (1024 per replicate), the same numbers as asking for it, not orthant_probability's 2**16 points
+    per pattern. Its PMF sums to 1 and matches the independent-unit product (W = I)."""
+    m = 12
+    mean = np.linspace(-0.5, 0.5, m)
+    auto, err = pattern_pmf(np.eye(m), np.zeros(m), mean, np.eye(m), return_err=True, n_points=256, n_rep=2)
+    chosen = pattern_pmf(np.eye(m), np.zeros(m), mean, np.eye(m), method="polytope", n_points=256, n_rep=2)
+    assert np.array_equal(auto, chosen)
+    on = special.ndtr(mean)
+    codes = np.arange(2**m)
+    bits = (codes[:, None] >> np.arange(m)) & 1
+    exact = np.prod(np.where(bits, on, 1 - on), axis=1)
+    assert np.all(np.abs(auto - exact) <= Z * err + 1e-12)
+    with pytest.raises(ValueError, match="n_points"):  # the orthant route's option is not taken here
+        pattern_pmf(np.eye(m), np.zeros(m), mean, np.eye(m), abseps=1e-5)
+
+
+def test_output_cdf_and_merged_mixture_check_their_mass():
+    """A CDF above the support's mass, or a merged mixture support short of 1 - eps, warns."""
+    _, ws, bs = _network((2, 4, 3, 1), seed=0)
+    mean, cov = np.zeros(2), np.eye(2)
+    sup = support_search(ws, bs, mean, cov, eps=0.0)
+    # every region twice, probabilities halved: the listed mass is 1 but the CDF reaches 2
+    inflated = sup._replace(patterns=np.repeat(sup.patterns, 2, axis=0), probs=np.repeat(sup.probs, 2) / 2,
+                            errors=np.repeat(sup.errors, 2) / 2)
+    with pytest.warns(MassWarning, match="output_cdf"):
+        output_cdf(ws, bs, mean, cov, [1e3], inflated)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MassWarning)
+        output_cdf(ws, bs, mean, cov, [-1.0, 0.0, 1e3], sup)
+    with pytest.warns(MassWarning, match="merged"):
+        mixture_support_search(ws, bs, [0.5, 0.5], [mean, mean + 1], [cov, cov], eps=0.0, max_regions=2)
+
+
+def test_support_codes_are_exact_beyond_63_units():
+    """Support.codes is pattern_codes (one implementation), exact for any width: a loop over bits
+    with Python ints is the reference (the old numpy-int shift overflowed past 63 units)."""
+    from nbsupport.orthant import Support
+    bits = np.random.default_rng(0).random((4, 70)) < 0.5
+    sup = Support(bits, np.zeros(4), np.zeros(4), 0)
+    assert sup.codes == [sum(1 << int(i) for i in np.flatnonzero(row)) for row in bits]
+    assert Support(np.zeros((0, 5), bool), np.zeros(0), np.zeros(0), 0).codes == []

@@ -11,7 +11,7 @@ import pytest
 from scipy import integrate, special, stats
 
 from nbsupport.orthant import orthant_probability, polytope_probability, support_search
-from nbsupport.polytope import ORTHANT_POLYTOPE_FROM
+from nbsupport.polytope import ORTHANT_POLYTOPE_FROM, equicorrelated_orthant, one_factor_orthant
 from orthant_reference import Z, _gaussian, _network, _owen_bivariate, _within
 
 
@@ -48,11 +48,28 @@ def test_orthant_4d_against_monte_carlo():
     assert _within(p, (x > 0).all(1).mean(), n, err)
 
 
-def _equicorrelated_orthant(k, rho, mu):
-    """Exact P(Z > 0) for Z ~ N(mu 1, (1 - rho) I + rho 1 1^T), rho in [0, 1): with Z_i = mu + sqrt(rho) W +
-    sqrt(1 - rho) E_i it is the 1-D integral of phi(w) Phi((mu + sqrt(rho) w) / sqrt(1 - rho))^k."""
-    f = lambda w: special.ndtr((mu + np.sqrt(rho) * w) / np.sqrt(1 - rho)) ** k * np.exp(-w**2 / 2) / np.sqrt(2 * np.pi)
-    return integrate.quad(f, -12, 12, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+def test_one_factor_orthant_against_closed_forms_and_monte_carlo():
+    """The 1-D integral reference against what is known without it: rho = 1/2 gives 1 / (k + 1);
+    k = 2, 3 the arcsine formulas (Sheppard; Childs' trivariate); rho = 0 a product of Phi values
+    (also in the far tail, 1e-61, to 1e-12 relative); a heterogeneous one-factor covariance with
+    signed loadings against 400 000 draws."""
+    for k in (1, 2, 5, 12, 30):
+        assert equicorrelated_orthant(k, 0.5) == pytest.approx(1 / (k + 1), abs=1e-13)
+    for rho in (0.1, 0.7, 0.95):
+        assert equicorrelated_orthant(2, rho) == pytest.approx(0.25 + math.asin(rho) / (2 * math.pi), abs=1e-13)
+        assert equicorrelated_orthant(3, rho) == pytest.approx(1 / 8 + 3 * math.asin(rho) / (4 * math.pi), abs=1e-13)
+    mean = np.array([-8.0, -7.5, -8.5, -8.0])
+    assert one_factor_orthant(mean, np.zeros(4), np.ones(4)) == pytest.approx(np.prod(special.ndtr(mean)), rel=1e-12)
+    lam, delta, mu = np.array([0.9, -0.4, 0.6, 0.2, -0.8]), np.array([0.5, 1.0, 0.3, 2.0, 0.4]), np.full(5, 0.3)
+    cov = np.diag(delta) + np.outer(lam, lam)
+    exact = one_factor_orthant(mu, lam, delta)
+    n = 400_000
+    x = np.random.default_rng(11).multivariate_normal(mu, cov, size=n)
+    assert _within(exact, (x > 0).all(1).mean(), n)
+    with pytest.raises(ValueError, match="residual"):
+        one_factor_orthant(mu, lam, -delta)
+    with pytest.raises(ValueError, match="rho"):
+        equicorrelated_orthant(3, 1.0)
 
 
 @pytest.mark.parametrize("k, route", [(5, "scipy"), (ORTHANT_POLYTOPE_FROM, "polytope")])
@@ -74,7 +91,7 @@ def test_orthant_default_route_and_its_coverage(k, route):
             assert orthant_probability(mean, cov, method=route, rng=seed) == (p, err)
             assert orthant_probability(mean, cov, method=other, rng=seed)[0] != p
         assert err > 0
-        misses += abs(p - _equicorrelated_orthant(k, rho, mu)) > t * err
+        misses += abs(p - equicorrelated_orthant(k, rho, mu)) > t * err
     allowed = int(stats.binom.isf(1e-3, len(cases), 0.05))
     assert misses <= allowed, (misses, allowed)
 
@@ -233,7 +250,9 @@ def test_quadrature_route_on_thin_strips_and_extreme_correlation():
         assert abs(p - reference) <= max(5 * err, 1e-9), (G, h, p, err, reference)
 
 
-def test_defaults_are_deterministic_and_none_is_refused():
+def test_defaults_are_deterministic_and_none_is_fresh_entropy():
+    """rng: int or Generator, default 0 (reproducible); None is fresh entropy (scipy's convention),
+    which changes the QMC replicates but neither uses nor advances numpy's global RNG."""
     mean, cov = _gaussian(4, seed=21)
     g, h = np.random.default_rng(0).standard_normal((5, 4)), np.ones(5)
     assert polytope_probability(g, h, mean, cov) == polytope_probability(g, h, mean, cov)
@@ -241,5 +260,68 @@ def test_defaults_are_deterministic_and_none_is_refused():
     _, ws, bs = _network((4, 5, 1), seed=0)
     a, b = support_search(ws, bs, mean, cov, eps=0.0), support_search(ws, bs, mean, cov, eps=0.0)
     assert np.array_equal(a.probs, b.probs) and np.array_equal(a.errors, b.errors)
+    np.random.seed(5)
+    state = np.random.get_state()[1].copy()
+    fresh = [polytope_probability(g, h, mean, cov, rng=None)[0] for _ in range(2)]
+    assert fresh[0] != fresh[1] and np.array_equal(np.random.get_state()[1], state)
+    p0, e0 = polytope_probability(g, h, mean, cov)
+    assert abs(fresh[0] - p0) <= Z * np.sqrt(2) * e0
+    generator = np.random.default_rng(3)
+    assert polytope_probability(g, h, mean, cov, rng=generator) != polytope_probability(g, h, mean, cov, rng=generator)
     with pytest.raises(ValueError, match="rng"):
-        polytope_probability(g, h, mean, cov, rng=None)
+        polytope_probability(g, h, mean, cov, rng=-1)
+    with pytest.raises(ValueError, match="rng"):
+        polytope_probability(g, h, mean, cov, rng="a")
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e8])
+def test_results_do_not_depend_on_the_scale(scale):
+    """Orthant and polytope probabilities are scale-invariant; constancy of a row must be judged
+    relative to its own scale. Scale-free references: a half-space is 1/2; the equicorrelated
+    orthant with rho = 1/2 is 1 / (k + 1) exactly, at d = 3 (scipy) and d = 12 (polytope route);
+    a 2-D polytope equals the same polytope at scale 1 by quadrature (exact to 1e-13)."""
+    s = np.sqrt(scale)
+    for row in ([[s, 0.0]], [[s, s]]):
+        assert polytope_probability(row, [0.0], np.zeros(2), np.eye(2))[0] == pytest.approx(0.5, abs=1e-15)
+        assert polytope_probability([[1.0, 0.0]], [0.0], np.zeros(2), scale * np.eye(2))[0] == pytest.approx(0.5)
+    R = 0.5 * np.eye(12) + 0.5
+    for k in (3, ORTHANT_POLYTOPE_FROM):
+        p, err = orthant_probability(np.zeros(k), scale * R[:k, :k], rng=0)
+        assert err > 0 and abs(p - 1 / (k + 1)) <= Z * err
+    rng = np.random.default_rng(4)
+    G, h = rng.standard_normal((6, 2)), 1.0 + np.abs(rng.standard_normal(6))
+    mean, cov = _gaussian(2, seed=3)
+    p1, e1 = polytope_probability(G, h, mean, cov)
+    assert p1 > 0.01 and e1 < 1e-12
+    # x -> s x: G x + h > 0 at scale 1 is the same event as G (s x) / s + h > 0 with mean s mu, cov s^2 cov
+    ps, es = polytope_probability(G, s * h, s * mean, scale * cov)
+    assert abs(ps - p1) < 1e-12 and es < 1e-12
+    ps, _ = polytope_probability(G / s, h, s * mean, scale * cov)
+    assert abs(ps - p1) < 1e-12
+
+
+def test_rounding_noise_rows_stay_constant():
+    """A row orthogonal to the range of a singular covariance is constant; G C then holds rounding
+    noise (~1e-17), which must be judged against the operands' scale, not treated as a half-space:
+    cov = v v^T, v = (1, 1) / sqrt 2, row (1, -1) has G x = 0 for every draw. Its constant decides."""
+    v = np.array([1.0, 1.0]) / np.sqrt(2)
+    cov = np.outer(v, v) * 3.0
+    for sc in (1e-20, 1.0, 1e10):
+        row = sc * np.array([[1.0, -1.0]])
+        # a closed row with constant 0 holds everywhere, an open one nowhere
+        assert polytope_probability(row, [0.0], np.zeros(2), cov, closed=[True])[0] == 1.0
+        assert polytope_probability(row, [0.0], np.zeros(2), cov)[0] == 0.0
+        p, _ = polytope_probability(np.vstack([row, [[sc, sc]]]), [0.0, 0.0], np.zeros(2), cov, closed=[True, False])
+        assert p == pytest.approx(0.5, abs=1e-15)
+
+
+def test_rare_events_keep_relative_accuracy_in_the_upper_tail():
+    """Equicorrelated (rho = 1/2, k = 5) orthants down to 2.5e-41 (mean -10): the QMC route's
+    estimate is within 5 of its errors of the exact 1-D integral, and those errors stay a few
+    per cent of the value. Before the upper-tail fix of the sampling step (Phi(lo) rounded to 1
+    for lo > 8) the estimate at mean -10 was 0 +- 1e-50 and at -8 off by 36 % with 0.2 % errors."""
+    cov = 0.5 * np.eye(5) + 0.5
+    for mu in (-6.0, -8.0, -10.0):
+        exact = equicorrelated_orthant(5, 0.5, mu)
+        p, err = orthant_probability(np.full(5, mu), cov, method="polytope", n_points=1024, rng=0)
+        assert abs(p - exact) <= Z * err and err < 0.1 * exact, (mu, p, err, exact)

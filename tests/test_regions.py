@@ -10,6 +10,7 @@ import torch
 from nbsupport.models import mlp
 from nbsupport.orthant import (affine_maps, jacobian_singular_values, mc_jacobian_singular_values, mc_network,
                                mlp_layers, network_patterns, output_range, pattern_codes, region, support_search)
+from nbsupport.regions import region_rows
 from orthant_reference import _gaussian, _network
 
 
@@ -119,3 +120,24 @@ def test_output_range_against_vertex_enumeration():
     assert np.isnan(output_range([[1.0, 0.0], [-1.0, 0.0]], [-2.0, 1.0], [1.0, 0.0])[0])
     with pytest.raises(ValueError, match="direction"):
         output_range(np.eye(2), np.zeros(2), np.zeros(3))
+
+
+def test_region_rows_operand_scales_bound_the_rows_and_follow_the_units():
+    """The operand magnitudes of region_rows bound their rows (|W A| <= |W| |A| entrywise, so the
+    row norms too), equal them for the first layer, and scale with the network: multiplying the
+    first layer's weights and bias by s multiplies every row and every scale by s."""
+    _, ws, bs = _network((3, 5, 4, 2), seed=2)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        bits = rng.random(9) < 0.5
+        rows = region_rows(ws, bs, bits)
+        G, h, J, c = region(ws, bs, bits)
+        assert np.array_equal(rows.G, G) and np.array_equal(rows.J, J)
+        assert np.all(np.linalg.norm(G, axis=1) <= rows.G_scale * (1 + 1e-12))
+        assert np.all(np.abs(h) <= rows.h_scale * (1 + 1e-12))
+        assert np.all(np.linalg.norm(J, axis=1) <= rows.J_scale * (1 + 1e-12))
+        np.testing.assert_allclose(rows.G_scale[:5], np.linalg.norm(ws[0], axis=1))
+        for s in (1e-11, 1e8):
+            scaled = region_rows([s * ws[0], *ws[1:]], [s * bs[0], *bs[1:]], bits)
+            np.testing.assert_allclose(scaled.G_scale[:5], s * rows.G_scale[:5], rtol=1e-12)
+            np.testing.assert_allclose(scaled.G[:5], s * rows.G[:5], rtol=1e-12)
