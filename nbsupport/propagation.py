@@ -28,7 +28,7 @@ from ._validate import integer, real
 
 __all__ = ["ACTIVATIONS", "SAMPLERS", "CRITICAL_A", "kernel_recursion", "relu_expectation",
            "relu_correlation_map", "relu_coactivation", "empirical_kernels", "preactivations",
-           "preactivation_moments", "kernel_correlation", "kernel_summary", "KernelSummary",
+           "preactivation_moments", "linear_kernels_wishart", "kernel_correlation", "kernel_summary", "KernelSummary",
            "kernel_ratio_moments", "kernel_log_ratio_moments", "excess_kurtosis_theory",
            "excess_kurtosis_estimate", "excess_kurtosis_from_moments", "gradient_norms",
            "gradient_norm_theory", "fit_decay", "DecayFit", "fit_next_order", "NextOrderFit"]
@@ -309,6 +309,68 @@ def preactivation_moments(x: torch.Tensor, depth: int, width: int, C_W: float, C
         for j, k in enumerate(orders):
             out[j, layer] = (z**k).mean(-1)
     return out
+
+
+def linear_kernels_wishart(G0: torch.Tensor, depth: int, width: int, C_W: float = 1.0, *,
+                           n_networks: int = 100, rng=0) -> torch.Tensor:
+    r"""Per-network kernels of zero-bias linear networks, drawn exactly as Wishart products.
+
+    Given layer :math:`l - 1`, one network's empirical kernel of :math:`p` inputs is
+    :math:`K^{(l)} = \frac{C_W}{n} L S L^\top` with :math:`L L^\top = K^{(l-1)}` (Cholesky) and
+    :math:`S \sim \mathrm{Wishart}_p(n, I)`, drawn by the Bartlett decomposition (a lower
+    triangle of standard normals below a diagonal of :math:`\sqrt{\chi^2_{n - i}}`). The law is
+    the same as :func:`empirical_kernels` with ``per_network=True`` for a linear network, at a
+    cost of :math:`p \times p` per layer and network instead of :math:`n \times p`.
+
+    Parameters
+    ----------
+    G0 : Tensor, shape (p, p)
+        The inputs' kernel, symmetric positive definite; converted to float64.
+    depth : int
+        Number of layers, >= 0.
+    width : int
+        Neurons per layer, >= p (a full-rank Wishart draw).
+    C_W : float
+        Weight variance, >= 0.
+    n_networks : int
+        Independent networks, >= 1.
+    rng : int, torch.Generator or numpy.random.Generator
+        As in :func:`empirical_kernels`.
+
+    Returns
+    -------
+    Tensor, float64, shape (depth + 1, n_networks, p, p)
+        Entry 0 is ``G0`` for every network.
+    """
+    depth, C_W, _ = _check_common(depth, C_W, 0.0, "linear")
+    if not (isinstance(G0, torch.Tensor) and G0.ndim == 2 and G0.shape[0] == G0.shape[1]):
+        raise ValueError(f"G0 must be a square (p, p) tensor, got shape {tuple(getattr(G0, 'shape', ()))}")
+    G0 = G0.to(torch.float64)
+    p = G0.shape[0]
+    width = integer(width, "width", minimum=max(p, 1))
+    n_networks = integer(n_networks, "n_networks", minimum=1)
+    if not torch.allclose(G0, G0.T, rtol=1e-10, atol=1e-12) or torch.linalg.cholesky_ex(G0).info:
+        raise ValueError("G0 must be symmetric positive definite")
+    generator = _generator(rng, G0.device)
+    kernel = G0.expand(n_networks, p, p).clone()
+    kernels = [kernel]
+    dof = width - torch.arange(p, dtype=torch.float64, device=G0.device)
+    lower = torch.tril(torch.ones(p, p, dtype=torch.bool, device=G0.device), -1)
+    # the chi-square diagonal from a numpy generator seeded by this one (torch's gamma
+    # sampler takes no generator), so the draw depends on ``rng`` alone
+    chi2_rng = np.random.default_rng(
+        int(torch.randint(0, 2**62, (1,), generator=generator, device=G0.device)))
+    for _ in range(depth):
+        A = torch.randn(n_networks, p, p, dtype=torch.float64, device=G0.device,
+                        generator=generator) * lower
+        chi2 = torch.as_tensor(chi2_rng.chisquare(dof.cpu().numpy(), (n_networks, p)),
+                               dtype=torch.float64, device=G0.device)
+        A = A + torch.diag_embed(chi2.sqrt())
+        L = torch.linalg.cholesky(kernel)
+        LA = L @ A
+        kernel = C_W / width * LA @ LA.transpose(-1, -2)
+        kernels.append(kernel)
+    return torch.stack(kernels)
 
 
 def kernel_correlation(kernels: torch.Tensor) -> torch.Tensor:

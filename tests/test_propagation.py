@@ -12,7 +12,8 @@ from nbsupport.propagation import (SAMPLERS, empirical_kernels, excess_kurtosis_
                                    fit_decay, gradient_norms, kernel_correlation, kernel_log_ratio_moments,
                                    kernel_ratio_moments, CRITICAL_A, excess_kurtosis_from_moments, fit_next_order,
                                    gradient_norm_theory, preactivation_moments, relu_coactivation,
-                                   kernel_recursion, kernel_summary, preactivations, relu_correlation_map,
+                                   kernel_recursion, kernel_summary, linear_kernels_wishart, preactivations,
+                                   relu_correlation_map,
                                    relu_expectation)
 
 K_SIGMA = 4.5  # Monte Carlo checks: |estimate - truth| < K_SIGMA standard errors (Chebyshev: < 5 % each)
@@ -483,3 +484,53 @@ def test_fit_next_order_recovers_a_synthetic_law_and_the_recursion():
         assert law.log_coefficient == pytest.approx(3 * CRITICAL_A / 4, rel=0.03)  # O(ln l / l) terms left
     bare = fit_next_order(torch.arange(500, 5001), (CRITICAL_A / 2 * torch.arange(500, 5001.0)) ** -2.0)
     assert abs(bare.log_coefficient) < 1e-6  # null: the pure l^-2 law has no ln l term
+
+
+def test_linear_kernels_wishart_mean_and_variance_laws():
+    """Mean C_W^l G0 (exact at any width) and Var(K_aa) / G_aa^2 = (1 + 2/n)^l - 1."""
+    G0 = torch.tensor([[1.0, 0.3], [0.3, 2.0]], dtype=torch.float64)
+    depth, width, C_W, n = 6, 8, 1.3, 40_000
+    K = linear_kernels_wishart(G0, depth, width, C_W, n_networks=n, rng=3)
+    assert K.shape == (depth + 1, n, 2, 2)
+    assert torch.equal(K[0, 0], G0)
+    for layer in (1, depth):
+        mean, se = K[layer].mean(0), K[layer].std(0) / math.sqrt(n)
+        assert ((mean - C_W**layer * G0).abs() < K_SIGMA * se).all()
+        rel = K[layer, :, 1, 1] / (C_W**layer * G0[1, 1])
+        v = rel.var().item()
+        exact = (1 + 2 / width) ** layer - 1
+        # se of a sample variance from the fourth central moment of the draws
+        se_v = math.sqrt(((rel - rel.mean()) ** 4).mean().item() - v * v) / math.sqrt(n)
+        assert abs(v - exact) < K_SIGMA * se_v
+        # null: the infinite-width value 0 and the linearised 2 l / n are rejected
+        assert v > K_SIGMA * se_v
+    assert abs(v - 2 * depth / width) > K_SIGMA * se_v
+
+
+def test_linear_kernels_wishart_matches_drawn_networks():
+    """The per-network correlation has the same spread as in networks drawn unit by unit."""
+    x = _inputs(2, 30, rng=4)
+    depth, width, n = 12, 8, 4000
+    drawn = empirical_kernels(x, depth, width, 1.0, n_networks=n, rng=5, sampler="gaussian",
+                              per_network=True)[:, -1]
+    wishart = linear_kernels_wishart(_g0(x), depth, width, n_networks=n, rng=6)[-1]
+    c_drawn = kernel_correlation(drawn)[:, 0, 1].numpy()
+    c_wish = kernel_correlation(wishart)[:, 0, 1].numpy()
+    # two-sample Kolmogorov-Smirnov: same law
+    assert stats.ks_2samp(c_drawn, c_wish).pvalue > 1e-3
+    # null: a Wishart product of width 2 * width spreads visibly less
+    wider = linear_kernels_wishart(_g0(x), depth, 2 * width, n_networks=n, rng=7)[-1]
+    assert stats.ks_2samp(c_drawn, kernel_correlation(wider)[:, 0, 1].numpy()).pvalue < 1e-6
+
+
+def test_linear_kernels_wishart_rng_and_validation():
+    G0 = torch.eye(3, dtype=torch.float64)
+    a = linear_kernels_wishart(G0, 3, 5, n_networks=4, rng=1)
+    assert torch.equal(a, linear_kernels_wishart(G0, 3, 5, n_networks=4, rng=1))
+    assert not torch.equal(a, linear_kernels_wishart(G0, 3, 5, n_networks=4, rng=2))
+    with pytest.raises(ValueError, match="width"):
+        linear_kernels_wishart(G0, 3, 2)
+    with pytest.raises(ValueError, match="G0"):
+        linear_kernels_wishart(torch.tensor([[1.0, 2.0], [2.0, 1.0]]), 3, 5)
+    with pytest.raises(ValueError, match="n_networks"):
+        linear_kernels_wishart(G0, 3, 5, n_networks=0)
