@@ -56,8 +56,9 @@ def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tens
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
-        tracked = x.detach().requires_grad_().clone()  # only what depends on x requires grad
-        with route_calls(model, record, strict=False, exclusive=False), torch.enable_grad():
+        with (route_calls(model, record, strict=False, exclusive=False), torch.inference_mode(False),
+              torch.enable_grad()):
+            tracked = x.detach().clone().requires_grad_()  # only what depends on x requires grad
             checked_forward(model, tracked)
     finally:
         with torch.no_grad():
