@@ -38,7 +38,7 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     :math:`P(A = a) = P(S z > 0)` with :math:`z = Wx + b` and :math:`S = \diag(2a - 1)`: an orthant
     probability of :math:`\mathcal N(S(W\mu + b), S W \Sigma W^\top S)`. When that covariance is
     non-singular (``m <= d`` and full rank) and ``m`` is below
-    :data:`~nbsupport.polytope.ORTHANT_POLYTOPE_FROM` (12), ``method="auto"`` uses scipy's route
+    ``ORTHANT_POLYTOPE_FROM`` (12), ``method="auto"`` uses scipy's route
     of :func:`orthant_probability`; otherwise (``m > d``: the covariance has rank at most ``d`` and
     many patterns are impossible; or ``m >= 12``) it integrates over the input-space polytope of
     Lemma 1 with :func:`polytope_probability` (``n_points`` Sobol' points per replicate, default

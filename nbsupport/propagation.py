@@ -762,7 +762,8 @@ def fit_decay(layers, values) -> DecayFit:
     return DecayFit(exponent, power_rms, rate, exponential_rms, coef[0].item(), inverse_square_rms)
 
 
-#: The critical ReLU correlation map near c = 1: :math:`\epsilon' = \epsilon - a\,\epsilon^{3/2} + O(\epsilon^{5/2})`.
+#: The coefficient ``a`` of the critical ReLU correlation map near c = 1,
+#: :math:`\epsilon' = \epsilon - a\,\epsilon^{3/2} + O(\epsilon^{5/2})`.
 CRITICAL_A = 2 * math.sqrt(2) / (3 * math.pi)
 
 
