@@ -21,7 +21,8 @@ import numpy as np
 from scipy import integrate, special
 from scipy.stats import multivariate_normal, qmc
 
-from ._orthant_common import TOL, as_float64, as_gaussian, as_generator, cov_factor, operand_scale
+from ._orthant_common import (TOL, as_float64, as_gaussian, as_generator, cov_factor, operand_scale, row_exponents,
+                              row_norms)
 from ._validate import integer, real
 
 __all__ = ["orthant_probability", "polytope_probability", "standard_polytope", "one_factor_orthant",
@@ -393,7 +394,7 @@ def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=
     closed = np.zeros(a.shape[0], bool) if closed is None else np.asarray(closed, dtype=bool)
     if closed.shape != (a.shape[0],):
         raise ValueError(f"closed must be a bool mask of shape ({a.shape[0]},), got {closed.shape}")
-    norms = np.linalg.norm(a, axis=1)
+    norms = row_norms(a)
     row_scale = np.zeros(a.shape[0]) if scale is None else np.broadcast_to(scale, norms.shape)
     # relative to each row's own scale: operand noise, or an offset that decides the row outright
     zero = norms <= TOL * np.maximum(row_scale, np.abs(c).min(axis=0, initial=np.inf))
@@ -471,8 +472,13 @@ def polytope_probability(G, h, mean, cov, *, closed=None, method: str = "auto", 
     h = as_float64(h, "h")
     if G.ndim != 2 or G.shape[1] != mean.size or not np.all(np.isfinite(G)):
         raise ValueError(f"G must be a finite (k, {mean.size}) array to match mean, got shape {G.shape}")
-    if h.shape[-1:] != G.shape[:1] or h.ndim not in (1, 2) or not np.all(np.isfinite(h)):
+    if h.shape[-1:] != G.shape[:1] or h.ndim not in (1, 2):
         raise ValueError(f"h must have shape ({G.shape[0]},) or (B, {G.shape[0]}) to match G, got {h.shape}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError(f"h must be finite, got {h.ravel()[np.flatnonzero(~np.isfinite(h))[0]]}")
+    # each row G_i x + h_i > 0 divided by a power of 2 (exact, same event): no overflow or underflow later
+    shift = row_exponents(np.maximum(np.abs(G).max(axis=1), np.abs(np.atleast_2d(h)).max(axis=0)))
+    G, h = np.ldexp(G, -shift[:, None]), np.ldexp(h, -shift)
     factor = cov_factor(cov)
     offset_scale = np.abs(G) @ np.abs(mean) + np.abs(np.atleast_2d(h))
     p, err = standard_polytope(G @ factor, np.atleast_2d(G @ mean + h), closed=closed, method=method,

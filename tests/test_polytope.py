@@ -5,6 +5,7 @@ Bounds and seeds: see ``orthant_reference``."""
 
 import math
 from itertools import product
+import warnings
 
 import numpy as np
 import pytest
@@ -325,3 +326,40 @@ def test_rare_events_keep_relative_accuracy_in_the_upper_tail():
         exact = equicorrelated_orthant(5, 0.5, mu)
         p, err = orthant_probability(np.full(5, mu), cov, method="polytope", n_points=1024, rng=0)
         assert abs(p - exact) <= Z * err and err < 0.1 * exact, (mu, p, err, exact)
+
+
+# --- review fixes: ill-conditioned covariance and extreme scales (against scipy / closed forms) ---
+
+def _rotation(theta):
+    return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+
+
+@pytest.mark.parametrize("small", [1e-11, 1e-14])
+@pytest.mark.parametrize("theta", [0.0, 0.7])
+def test_ill_conditioned_cov_matches_scipy(small, theta):
+    from scipy.stats import multivariate_normal
+    R = _rotation(theta)
+    cov = R @ np.diag([1.0, small]) @ R.T
+    cov = (cov + cov.T) / 2
+    G = np.array([[0.0, 1.0]]) @ R.T  # the small direction
+    for h in (0.0, 0.5 * np.sqrt(small)):
+        p, _ = polytope_probability(G, [h], [0.0, 0.0], cov)
+        # P(g.x + h > 0) with g.x ~ N(0, small): Phi(h / sqrt(small)); scipy on the 1-D variance
+        ref = 1 - multivariate_normal.cdf(-h, 0.0, G @ cov @ G.T)
+        # a rotated cov's entries are rounded at eps: its small variance is known only to ~eps / small
+        tol = 1e-6 + (0.0 if theta == 0 else 50 * np.finfo(float).eps / small)
+        assert abs(p - ref) < tol, (small, theta, h, p, ref)
+
+
+@pytest.mark.parametrize("s", [1e-200, 1e-160, 1e155, 1e160, 1e200])
+def test_extreme_row_scales_are_scale_free(s):
+    from scipy.special import ndtr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        p, _ = polytope_probability([[s, s]], [s], [0.0, 0.0], np.eye(2))
+    assert abs(p - ndtr(1 / np.sqrt(2))) < 1e-12  # s (x1 + x2 + 1) > 0 <=> N(0, 2) > -1
+
+
+def test_infinite_h_is_blamed_as_not_finite():
+    with pytest.raises(ValueError, match="h must be finite"):
+        polytope_probability([[1.0]], [np.inf], [0.0], [[1.0]])
