@@ -305,6 +305,9 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         raise ValueError(f"eps must be in [0, 1), got {eps!r}")
     max_regions = integer(max_regions, "max_regions", minimum=1)
     check_options(options, POLYTOPE_OPTIONS, "support_search")
+    if not np.any(cov):
+        raise ValueError("cov must not be all zero (a point mass has one pattern, "
+                         "network_patterns(weights, biases, mean[None]), with probability 1)")
     ws_u, bs_u, magnitudes = standardised_with_magnitudes(ws, bs, mean, cov)
     r = ws_u[0].shape[1]
     rng = as_generator(rng)

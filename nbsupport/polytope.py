@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import integrate, special
+from scipy import integrate, optimize, special
 from scipy.stats import multivariate_normal, qmc
 
 from ._orthant_common import (TOL, as_float64, as_gaussian, as_generator, cov_factor, operand_scale, row_exponents,
@@ -174,12 +174,27 @@ def one_factor_orthant(mean, loadings, residual) -> float:
         w = np.asarray(w, dtype=float)
         return -w**2 / 2 + special.log_ndtr((mean + lam * w[..., None]) / sd).sum(-1)
 
-    grid = np.linspace(-40, 40, 8001)
-    peak = grid[np.argmax(log_f(grid))]
+    # the peak lies within 40 of where some unit crosses its mean (w = -mu_i / lambda_i): search that
+    # range on a grid, then refine inside the bracketing grid cell (log_f is concave: unimodal)
+    moving = lam != 0
+    reach = 40.0 + (np.abs(mean[moving] / lam[moving]).max() if moving.any() else 0.0)
+    if not np.isfinite(reach) or reach > 1e150:
+        raise ValueError("mean too large relative to loadings: |mean_i / loadings_i| must be <= 1e150")
+    grid = np.linspace(-reach, reach, 8001)
+    with np.errstate(over="ignore"):
+        values = log_f(grid)
+    i = int(np.argmax(values))
+    if not np.isfinite(values[i]):
+        return 0.0  # the integrand underflows everywhere: the probability is below float64's range
+    step = grid[1] - grid[0]
+    peak = optimize.minimize_scalar(lambda w: -log_f(w), bounds=(grid[i] - step, grid[i] + step),
+                                    method="bounded", options={"xatol": 1e-10 * max(1.0, step)}).x
+    peak = peak if log_f(peak) >= values[i] else grid[i]
     top = float(log_f(peak))
     value, _ = integrate.quad(lambda w: np.exp(log_f(w) - top), peak - 12, peak + 12, epsabs=0,
                               epsrel=1e-13, limit=400, points=[peak])
-    return float(value * np.exp(top) / np.sqrt(2 * np.pi))
+    log_p = np.log(value) + top - 0.5 * np.log(2 * np.pi) if value > 0 else -np.inf
+    return float(np.exp(log_p))
 
 
 def equicorrelated_orthant(k: int, rho: float, mu: float = 0.0) -> float:

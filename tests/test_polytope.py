@@ -363,3 +363,20 @@ def test_extreme_row_scales_are_scale_free(s):
 def test_infinite_h_is_blamed_as_not_finite():
     with pytest.raises(ValueError, match="h must be finite"):
         polytope_probability([[1.0]], [np.inf], [0.0], [[1.0]])
+
+
+def test_one_factor_orthant_far_means_finite_and_right():
+    # Z = (30, -30) + W + E: a one-dimensional integral done directly (peak at w = 15)
+    f = lambda w: np.exp(-w * w / 2 + special.log_ndtr(30 + w) + special.log_ndtr(w - 30)) / np.sqrt(2 * np.pi)
+    ref = integrate.quad(f, 0, 40, epsabs=0, epsrel=1e-12, points=[15], limit=200)[0]
+    assert abs(one_factor_orthant([30.0, -30.0], [1.0, 1.0], [1.0, 1.0]) / ref - 1) < 1e-9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        # true value ~ exp(-250000): below float64, so exactly 0 (was NaN with overflow warnings)
+        assert one_factor_orthant([1e3, -1e3], [1.0, 1.0], [1.0, 1.0]) == 0.0
+
+
+def test_support_search_zero_cov_blames_cov():
+    ws, bs = [np.eye(2), np.ones((1, 2))], [np.zeros(2), np.zeros(1)]
+    with pytest.raises(ValueError, match="^cov must not be all zero"):
+        support_search(ws, bs, [0.0, 0.0], np.zeros((2, 2)))
