@@ -13,7 +13,7 @@ from ._validate import integer
 
 __all__ = ["TOL", "as_float64", "as_generator", "as_gaussian", "cov_factor", "as_layers", "as_first_layer",
            "MassWarning", "check_mass", "POLYTOPE_OPTIONS", "check_options", "finite_result",
-           "operand_scale"]
+           "operand_scale", "row_norms", "row_exponents"]
 
 #: Relative size below which an eigenvalue, a row norm or a pivot counts as zero.
 TOL = 1e-10
@@ -65,10 +65,36 @@ def as_gaussian(mean, cov, name_mean="mean", name_cov="cov"):
 
 
 def cov_factor(cov):
-    """A factor C (d, r) with C C^T = cov, r the numerical rank."""
-    values, vectors = np.linalg.eigh(cov)
-    keep = values > TOL * max(values[-1], 0.0)
-    return vectors[:, keep] * np.sqrt(values[keep])
+    """A factor C (d, r) with C C^T = cov, r the numerical rank.
+
+    Only eigenvalues at the level of rounding noise (<= d * eps * largest) are dropped: a small but
+    genuine variance (e.g. 1e-11 or 1e-14 of the largest) is kept, so the result does not depend on
+    the scale of one direction. The matrix is scaled by a power of 2 first (exact), so that its
+    eigen-decomposition neither overflows nor underflows."""
+    top = np.abs(cov).max(initial=0.0)
+    if top == 0.0:
+        return np.zeros((cov.shape[0], 0))
+    shift = 2 * (int(np.frexp(top)[1]) // 2)  # even: the square root scales back exactly
+    values, vectors = np.linalg.eigh(np.ldexp(cov, -shift))
+    keep = values > cov.shape[0] * np.finfo(float).eps * max(values[-1], 0.0)
+    return vectors[:, keep] * np.ldexp(np.sqrt(values[keep]), shift // 2)
+
+
+def row_norms(x):
+    """Euclidean norms of the rows of ``x`` (k, n) without overflow or underflow: each row is divided
+    by its largest absolute entry before squaring (scale-free, correct from 1e-300 to 1e300)."""
+    x = np.asarray(x, dtype=np.float64)
+    top = np.abs(x).max(axis=-1, initial=0.0)
+    safe = np.where(top > 0, top, 1.0)
+    return top * np.sqrt(((x / safe[..., None]) ** 2).sum(axis=-1))
+
+
+def row_exponents(top):
+    """Power-of-2 exponents e (k,) with 2**-e * top in [0.5, 1) (0 where top is 0): dividing a half-space
+    row ``G_i x + h_i > 0`` by 2**e_i is exact and leaves the event unchanged, so the rows can be brought
+    to unit magnitude before any product is formed (no overflow at 1e200, no underflow at 1e-200)."""
+    top = np.asarray(top, dtype=np.float64)
+    return np.where(top > 0, np.frexp(np.where(top > 0, top, 1.0))[1], 0)
 
 
 def operand_scale(G, factor):
@@ -77,7 +103,7 @@ def operand_scale(G, factor):
     A row of ``G @ factor`` that is 0 in exact arithmetic (G_i orthogonal to the range of a singular
     covariance) comes out as rounding noise of about 1e-16 times this scale; a row is judged
     constant relative to it (scale-free: the same decision at any scale of ``G`` or ``cov``)."""
-    return np.linalg.norm(np.abs(G) @ np.abs(factor), axis=1)
+    return row_norms(np.abs(G) @ np.abs(factor))
 
 
 def as_layers(weights, biases):

@@ -13,7 +13,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ._orthant_common import (POLYTOPE_OPTIONS, TOL, MassWarning, as_first_layer, as_float64, as_gaussian,
-                              as_generator, as_layers, check_mass, check_options, cov_factor, operand_scale)
+                              as_generator, as_layers, check_mass, check_options, cov_factor, operand_scale,
+                              row_exponents)
 from ._validate import integer, real
 from .polytope import ORTHANT_POLYTOPE_FROM, orthant_probability, standard_polytope
 from .regions import network_patterns, pattern_codes, region_rows, standardised_with_magnitudes
@@ -80,6 +81,9 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     if m > MAX_FULL_PMF_UNITS:
         raise ValueError(f"weight has m = {m} units: a full PMF has 2**m entries, limit m <= {MAX_FULL_PMF_UNITS}; "
                          "use support_search for the most probable patterns")
+    # unit i scaled by a power of 2 (exact; its pattern bit is unchanged): no overflow or underflow later
+    shift = row_exponents(np.maximum(np.abs(weight).max(axis=1), np.abs(bias)))
+    weight, bias = np.ldexp(weight, -shift[:, None]), np.ldexp(bias, -shift)
     cov_z = weight @ cov @ weight.T
     values = np.linalg.eigvalsh(cov_z)
     nonsingular = values[0] > TOL * max(values[-1], 0.0)
@@ -301,6 +305,9 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         raise ValueError(f"eps must be in [0, 1), got {eps!r}")
     max_regions = integer(max_regions, "max_regions", minimum=1)
     check_options(options, POLYTOPE_OPTIONS, "support_search")
+    if not np.any(cov):
+        raise ValueError("cov must not be all zero (a point mass has one pattern, "
+                         "network_patterns(weights, biases, mean[None]), with probability 1)")
     ws_u, bs_u, magnitudes = standardised_with_magnitudes(ws, bs, mean, cov)
     r = ws_u[0].shape[1]
     rng = as_generator(rng)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import integrate, special
+from scipy import integrate, optimize, special
 from scipy.stats import multivariate_normal, qmc
 
-from ._orthant_common import TOL, as_float64, as_gaussian, as_generator, cov_factor, operand_scale
+from ._orthant_common import (TOL, as_float64, as_gaussian, as_generator, cov_factor, operand_scale, row_exponents,
+                              row_norms)
 from ._validate import integer, real
 
 __all__ = ["orthant_probability", "polytope_probability", "standard_polytope", "one_factor_orthant",
@@ -173,12 +174,27 @@ def one_factor_orthant(mean, loadings, residual) -> float:
         w = np.asarray(w, dtype=float)
         return -w**2 / 2 + special.log_ndtr((mean + lam * w[..., None]) / sd).sum(-1)
 
-    grid = np.linspace(-40, 40, 8001)
-    peak = grid[np.argmax(log_f(grid))]
+    # the peak lies within 40 of where some unit crosses its mean (w = -mu_i / lambda_i): search that
+    # range on a grid, then refine inside the bracketing grid cell (log_f is concave: unimodal)
+    moving = lam != 0
+    reach = 40.0 + (np.abs(mean[moving] / lam[moving]).max() if moving.any() else 0.0)
+    if not np.isfinite(reach) or reach > 1e150:
+        raise ValueError("mean too large relative to loadings: |mean_i / loadings_i| must be <= 1e150")
+    grid = np.linspace(-reach, reach, 8001)
+    with np.errstate(over="ignore"):
+        values = log_f(grid)
+    i = int(np.argmax(values))
+    if not np.isfinite(values[i]):
+        return 0.0  # the integrand underflows everywhere: the probability is below float64's range
+    step = grid[1] - grid[0]
+    peak = optimize.minimize_scalar(lambda w: -log_f(w), bounds=(grid[i] - step, grid[i] + step),
+                                    method="bounded", options={"xatol": 1e-10 * max(1.0, step)}).x
+    peak = peak if log_f(peak) >= values[i] else grid[i]
     top = float(log_f(peak))
     value, _ = integrate.quad(lambda w: np.exp(log_f(w) - top), peak - 12, peak + 12, epsabs=0,
                               epsrel=1e-13, limit=400, points=[peak])
-    return float(value * np.exp(top) / np.sqrt(2 * np.pi))
+    log_p = np.log(value) + top - 0.5 * np.log(2 * np.pi) if value > 0 else -np.inf
+    return float(np.exp(log_p))
 
 
 def equicorrelated_orthant(k: int, rho: float, mu: float = 0.0) -> float:
@@ -393,7 +409,7 @@ def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=
     closed = np.zeros(a.shape[0], bool) if closed is None else np.asarray(closed, dtype=bool)
     if closed.shape != (a.shape[0],):
         raise ValueError(f"closed must be a bool mask of shape ({a.shape[0]},), got {closed.shape}")
-    norms = np.linalg.norm(a, axis=1)
+    norms = row_norms(a)
     row_scale = np.zeros(a.shape[0]) if scale is None else np.broadcast_to(scale, norms.shape)
     # relative to each row's own scale: operand noise, or an offset that decides the row outright
     zero = norms <= TOL * np.maximum(row_scale, np.abs(c).min(axis=0, initial=np.inf))
@@ -471,8 +487,13 @@ def polytope_probability(G, h, mean, cov, *, closed=None, method: str = "auto", 
     h = as_float64(h, "h")
     if G.ndim != 2 or G.shape[1] != mean.size or not np.all(np.isfinite(G)):
         raise ValueError(f"G must be a finite (k, {mean.size}) array to match mean, got shape {G.shape}")
-    if h.shape[-1:] != G.shape[:1] or h.ndim not in (1, 2) or not np.all(np.isfinite(h)):
+    if h.shape[-1:] != G.shape[:1] or h.ndim not in (1, 2):
         raise ValueError(f"h must have shape ({G.shape[0]},) or (B, {G.shape[0]}) to match G, got {h.shape}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError(f"h must be finite, got {h.ravel()[np.flatnonzero(~np.isfinite(h))[0]]}")
+    # each row G_i x + h_i > 0 divided by a power of 2 (exact, same event): no overflow or underflow later
+    shift = row_exponents(np.maximum(np.abs(G).max(axis=1), np.abs(np.atleast_2d(h)).max(axis=0)))
+    G, h = np.ldexp(G, -shift[:, None]), np.ldexp(h, -shift)
     factor = cov_factor(cov)
     offset_scale = np.abs(G) @ np.abs(mean) + np.abs(np.atleast_2d(h))
     p, err = standard_polytope(G @ factor, np.atleast_2d(G @ mean + h), closed=closed, method=method,

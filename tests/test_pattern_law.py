@@ -5,6 +5,7 @@ convention (off is z <= 0) on zero-bias and dead-layer networks.
 Bounds and seeds: see ``orthant_reference``."""
 
 from itertools import product
+import warnings
 
 import numpy as np
 import pytest
@@ -441,3 +442,31 @@ def test_support_codes_are_exact_beyond_63_units():
     sup = Support(bits, np.zeros(4), np.zeros(4), 0)
     assert sup.codes == [sum(1 << int(i) for i in np.flatnonzero(row)) for row in bits]
     assert Support(np.zeros((0, 5), bool), np.zeros(0), np.zeros(0), 0).codes == []
+
+
+# --- review fixes: ill-conditioned covariance and extreme scales ---
+
+@pytest.mark.parametrize("small", [1e-11, 1e-14])
+@pytest.mark.parametrize("theta", [0.0, 0.7])
+def test_pattern_pmf_ill_conditioned_cov(small, theta):
+    R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    cov = R @ np.diag([1.0, small]) @ R.T
+    cov = (cov + cov.T) / 2
+    W = np.array([[0.0, 1.0], [1.0, 0.0]]) @ R.T  # the two principal directions: independent signs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MassWarning)
+        pmf = pattern_pmf(W, [0.0, 0.0], [0.0, 0.0], cov)
+    np.testing.assert_allclose(pmf, 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize("s", [1e-200, 1e155, 1e200])
+def test_pattern_pmf_extreme_scales(s):
+    from scipy.special import ndtr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        pmf = pattern_pmf(np.diag([s, s]), [s, 0.0], [0.0, 0.0], np.eye(2))
+        iso = pattern_pmf(s * np.eye(2), [0.0, 0.0], [0.0, 0.0], np.eye(2))
+    on0 = ndtr(1.0)  # unit 0 on: s (x0 + 1) > 0
+    ref = np.array([(1 - on0) * 0.5, on0 * 0.5, (1 - on0) * 0.5, on0 * 0.5])
+    np.testing.assert_allclose(pmf, ref, atol=1e-9)
+    np.testing.assert_allclose(iso, 0.25, atol=1e-9)

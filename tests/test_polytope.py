@@ -5,6 +5,7 @@ Bounds and seeds: see ``orthant_reference``."""
 
 import math
 from itertools import product
+import warnings
 
 import numpy as np
 import pytest
@@ -325,3 +326,57 @@ def test_rare_events_keep_relative_accuracy_in_the_upper_tail():
         exact = equicorrelated_orthant(5, 0.5, mu)
         p, err = orthant_probability(np.full(5, mu), cov, method="polytope", n_points=1024, rng=0)
         assert abs(p - exact) <= Z * err and err < 0.1 * exact, (mu, p, err, exact)
+
+
+# --- review fixes: ill-conditioned covariance and extreme scales (against scipy / closed forms) ---
+
+def _rotation(theta):
+    return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+
+
+@pytest.mark.parametrize("small", [1e-11, 1e-14])
+@pytest.mark.parametrize("theta", [0.0, 0.7])
+def test_ill_conditioned_cov_matches_scipy(small, theta):
+    from scipy.stats import multivariate_normal
+    R = _rotation(theta)
+    cov = R @ np.diag([1.0, small]) @ R.T
+    cov = (cov + cov.T) / 2
+    G = np.array([[0.0, 1.0]]) @ R.T  # the small direction
+    for h in (0.0, 0.5 * np.sqrt(small)):
+        p, _ = polytope_probability(G, [h], [0.0, 0.0], cov)
+        # P(g.x + h > 0) with g.x ~ N(0, small): Phi(h / sqrt(small)); scipy on the 1-D variance
+        ref = 1 - multivariate_normal.cdf(-h, 0.0, G @ cov @ G.T)
+        # a rotated cov's entries are rounded at eps: its small variance is known only to ~eps / small
+        tol = 1e-6 + (0.0 if theta == 0 else 50 * np.finfo(float).eps / small)
+        assert abs(p - ref) < tol, (small, theta, h, p, ref)
+
+
+@pytest.mark.parametrize("s", [1e-200, 1e-160, 1e155, 1e160, 1e200])
+def test_extreme_row_scales_are_scale_free(s):
+    from scipy.special import ndtr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        p, _ = polytope_probability([[s, s]], [s], [0.0, 0.0], np.eye(2))
+    assert abs(p - ndtr(1 / np.sqrt(2))) < 1e-12  # s (x1 + x2 + 1) > 0 <=> N(0, 2) > -1
+
+
+def test_infinite_h_is_blamed_as_not_finite():
+    with pytest.raises(ValueError, match="h must be finite"):
+        polytope_probability([[1.0]], [np.inf], [0.0], [[1.0]])
+
+
+def test_one_factor_orthant_far_means_finite_and_right():
+    # Z = (30, -30) + W + E: a one-dimensional integral done directly (peak at w = 15)
+    f = lambda w: np.exp(-w * w / 2 + special.log_ndtr(30 + w) + special.log_ndtr(w - 30)) / np.sqrt(2 * np.pi)
+    ref = integrate.quad(f, 0, 40, epsabs=0, epsrel=1e-12, points=[15], limit=200)[0]
+    assert abs(one_factor_orthant([30.0, -30.0], [1.0, 1.0], [1.0, 1.0]) / ref - 1) < 1e-9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        # true value ~ exp(-250000): below float64, so exactly 0 (was NaN with overflow warnings)
+        assert one_factor_orthant([1e3, -1e3], [1.0, 1.0], [1.0, 1.0]) == 0.0
+
+
+def test_support_search_zero_cov_blames_cov():
+    ws, bs = [np.eye(2), np.ones((1, 2))], [np.zeros(2), np.zeros(1)]
+    with pytest.raises(ValueError, match="^cov must not be all zero"):
+        support_search(ws, bs, [0.0, 0.0], np.zeros((2, 2)))
