@@ -136,10 +136,10 @@ def one_factor_orthant(mean, loadings, residual) -> float:
     r"""Exact :math:`P(Z > 0)` for a one-factor Gaussian: a one-dimensional integral (the reference).
 
     :math:`Z_i = \mu_i + \lambda_i W + \sqrt{\delta_i} E_i` with :math:`W, E_i` independent standard
-    normals, i.e. :math:`Z \sim \mathcal N(\mu, \operatorname{diag}(\delta) + \lambda \lambda^	op)`.
+    normals, i.e. :math:`Z \sim \mathcal N(\mu, \operatorname{diag}(\delta) + \lambda \lambda^\top)`.
     Given :math:`W = w` the coordinates are independent, so
 
-    .. math:: P(Z > 0) = \int arphi(w) \prod_i \Phiig((\mu_i + \lambda_i w) / \sqrt{\delta_i}ig)\, dw.
+    .. math:: P(Z > 0) = \int \varphi(w) \prod_i \Phi\big((\mu_i + \lambda_i w) / \sqrt{\delta_i}\big)\, dw.
 
     The log-integrand is concave (sum of concave terms, curvature <= -1), so the integrand is
     unimodal with Gaussian-or-lighter tails about its peak: adaptive quadrature over
@@ -198,16 +198,11 @@ def one_factor_orthant(mean, loadings, residual) -> float:
 
 
 def equicorrelated_orthant(k: int, rho: float, mu: float = 0.0) -> float:
-    r"""Exact :math:`P(Z > 0)` for :math:`Z \sim \mathcal N(\mu \mathbf 1, (1 - 
-ho) I + 
-ho \mathbf 1 \mathbf 1^	op)`.
+    r"""Exact :math:`P(Z > 0)` for :math:`Z \sim \mathcal N(\mu \mathbf 1, (1 - \rho) I + \rho \mathbf 1 \mathbf 1^\top)`.
 
-    The one-factor case :math:`\lambda_i = \sqrt
-ho`, :math:`\delta_i = 1 - 
-ho` of
+    The one-factor case :math:`\lambda_i = \sqrt\rho`, :math:`\delta_i = 1 - \rho` of
     :func:`one_factor_orthant`; at :math:`\mu = 0` it is :math:`1 / (k + 1)` for
-    :math:`
-ho = 1/2`. ``rho`` in [0, 1), ``k >= 1``.
+    :math:`\rho = 1/2`. ``rho`` in [0, 1), ``k >= 1``.
     """
     k = integer(k, "k", minimum=1)
     rho = real(rho, "rho", low=0.0, low_inclusive=True, high=1.0, high_inclusive=False)
