@@ -206,15 +206,19 @@ def _inside_fence(lines: list[str], j: int) -> bool:
     return bool(depth)
 
 
+def _python(source: str) -> str:
+    """The cell's source with IPython magic and shell lines blanked (line numbers kept)."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
 def _parse(source: str) -> ast.Module:
-    """The cell's syntax tree; IPython magic and shell lines become blank lines (numbers kept)."""
-    return ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line
-                               for line in source.splitlines()))
+    """The cell's syntax tree (magics blanked)."""
+    return ast.parse(_python(source))
 
 
 def _comments(source: str) -> dict[int, str]:
     """Line number -> the text of the ``#`` comment on that line."""
-    text = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    text = _python(source)
     out = {}
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
