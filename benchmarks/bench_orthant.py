@@ -32,7 +32,7 @@ from scipy import stats
 from nbsupport.data import make_moons
 from nbsupport.models import mlp, train
 from nbsupport.orthant import mc_network_pmf, mlp_layers, orthant_probability, pattern_pmf, support_search
-from nbsupport.polytope import ORTHANT_POLYTOPE_FROM, ORTHANT_POLYTOPE_POINTS, equicorrelated_orthant
+from nbsupport.orthant.polytope import ORTHANT_POLYTOPE_FROM, ORTHANT_POLYTOPE_POINTS, equicorrelated_orthant
 from nbsupport.seeding import seed_everything
 
 

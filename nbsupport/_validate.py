@@ -2,6 +2,12 @@
 
 Every check accepts what a reader naturally passes (a Python number, a NumPy scalar, a 0-d tensor
 or array) and raises ``ValueError`` naming the argument and saying what was expected otherwise.
+
+Randomness has one rule in the whole package (DESIGN.md): an ``rng`` argument that is an int seed
+>= 0 or a generator, numpy's or torch's. :func:`numpy_rng` and :func:`torch_rng` turn it into the
+generator a function needs; a generator of the other library gives one seed drawn from it (so it
+advances). ``None`` is refused: no function draws fresh entropy or touches a global RNG silently,
+so every result is reproducible.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair"]
+__all__ = ["real", "integer", "pair", "numpy_rng", "torch_rng"]
 
 
 def _scalar(value):
@@ -92,3 +98,36 @@ def pair(value, name: str, *, minimum: int | None = None) -> tuple[int, int]:
         return integer(value[0], name, minimum=minimum), integer(value[1], name, minimum=minimum)
     number = integer(value, name, minimum=minimum)
     return number, number
+
+
+def _seed(rng, name: str) -> int:
+    """An int seed >= 0 from an int, or one drawn from a numpy or torch generator (advancing it)."""
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(0, 2**63 - 1))
+    if isinstance(rng, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=rng, device=rng.device))
+    try:
+        return integer(rng, name, minimum=0)
+    except ValueError:
+        raise ValueError(f"{name} must be an int seed >= 0, a numpy.random.Generator or a "
+                         f"torch.Generator (no global or fresh randomness), got {rng!r}") from None
+
+
+def numpy_rng(rng, name: str = "rng") -> np.random.Generator:
+    """A ``numpy.random.Generator`` from ``rng``: a numpy Generator is used as is (and advanced),
+    an int seeds a fresh one, a torch Generator gives one seed."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(_seed(rng, name))
+
+
+def torch_rng(rng, device=None, name: str = "rng") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` (default CPU) from ``rng``: a torch Generator on that
+    device type is used as is (and advanced), an int seeds a fresh one, a numpy Generator gives one
+    seed."""
+    device = torch.device("cpu" if device is None else device)
+    if isinstance(rng, torch.Generator):
+        if torch.device(rng.device).type != device.type:
+            raise ValueError(f"{name} must be a generator on {device}, got one on {rng.device}")
+        return rng
+    return torch.Generator(device=device).manual_seed(_seed(rng, name))

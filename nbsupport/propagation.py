@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._validate import integer, real
+from ._validate import integer, real, torch_rng
 
 __all__ = ["ACTIVATIONS", "SAMPLERS", "CRITICAL_A", "kernel_recursion", "relu_expectation",
            "relu_correlation_map", "relu_coactivation", "empirical_kernels", "preactivations",
@@ -41,28 +41,6 @@ ACTIVATIONS = ("linear", "relu")
 #: (``"gaussian"``), or through a weight matrix of random signs :math:`\pm\sqrt{C_W / n}` and biases
 #: :math:`\pm\sqrt{C_b}` (``"rademacher"``, same mean and variance, not Gaussian).
 SAMPLERS = ("conditional", "gaussian", "rademacher")
-
-
-def _generator(rng, device) -> torch.Generator:
-    """A torch generator on ``device`` from ``rng``, the module's one source of randomness.
-
-    ``rng`` is an int seed >= 0 (a fresh generator: the same seed gives the same networks), a
-    ``torch.Generator`` on ``device`` (used and advanced), or a ``numpy.random.Generator`` (one
-    seed is drawn from it, so it advances), following scipy's ``rng`` convention. ``None`` is
-    refused: the global RNG is never used."""
-    if isinstance(rng, torch.Generator):
-        if torch.device(rng.device).type != torch.device(device).type:
-            raise ValueError(f"rng must be a generator on {device}, got one on {rng.device}")
-        return rng
-    if isinstance(rng, np.random.Generator):
-        seed = int(rng.integers(0, 2**63 - 1))
-    else:
-        try:
-            seed = integer(rng, "rng", minimum=0)
-        except ValueError:
-            raise ValueError(f"rng must be an int seed >= 0, a torch.Generator or a numpy Generator "
-                             f"(the global RNG is never used), got {rng!r}") from None
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _check_common(depth, C_W, C_b, activation) -> tuple[int, float, float]:
@@ -206,7 +184,7 @@ def _check_mc(x, width, n_networks, sampler="conditional", rng=0):
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite")
     width, n_networks = _check_width(width), integer(n_networks, "n_networks", minimum=1)
-    return width, n_networks, _generator(rng, x.device)
+    return width, n_networks, torch_rng(rng, x.device)
 
 
 def empirical_kernels(x: torch.Tensor, depth: int, width: int, C_W: float, C_b: float = 0.0,
@@ -351,7 +329,7 @@ def linear_kernels_wishart(G0: torch.Tensor, depth: int, width: int, C_W: float 
     n_networks = integer(n_networks, "n_networks", minimum=1)
     if not torch.allclose(G0, G0.T, rtol=1e-10, atol=1e-12) or torch.linalg.cholesky_ex(G0).info:
         raise ValueError("G0 must be symmetric positive definite")
-    generator = _generator(rng, G0.device)
+    generator = torch_rng(rng, G0.device)
     kernel = G0.expand(n_networks, p, p).clone()
     kernels = [kernel]
     dof = width - torch.arange(p, dtype=torch.float64, device=G0.device)

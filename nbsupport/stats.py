@@ -26,7 +26,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 from scipy import stats as _st
 
-from ._validate import integer, real
+from ._validate import integer, numpy_rng, real
 
 __all__ = ["Interval", "Equivalence", "Verdict", "hierarchical_bootstrap", "permutation_pvalue",
            "holm", "equivalence", "verdict", "LABELS"]
@@ -87,12 +87,6 @@ def _as_table(values, name: str = "values") -> np.ndarray:
     return table
 
 
-def _generator(rng) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    return np.random.default_rng(integer(rng, "rng", minimum=0))
-
-
 def _check_items(items: str) -> str:
     if items not in ("shared", "nested"):
         raise ValueError(f"items must be 'shared' or 'nested', got {items!r}")
@@ -145,7 +139,7 @@ def _studentised(values, statistic, n_boot, rng, items) -> tuple[float, float, i
     if not np.isfinite(estimate):
         raise ValueError(f"statistic must return a finite number, got {estimate}")
     S, N = table.shape
-    reps = _replicates(table, statistic, n_boot, _generator(rng), items)
+    reps = _replicates(table, statistic, n_boot, numpy_rng(rng), items)
     # A resample of S units has (S - 1) / S of their variance; with one unit, the items are the units.
     n = S if S > 1 else N
     se = float(reps.std(ddof=1) * np.sqrt(n / (n - 1)))
@@ -167,7 +161,7 @@ def hierarchical_bootstrap(values, statistic: Callable | None = None, n_boot: in
         Bootstrap replicates, >= 100.
     level : float
         Two-sided coverage, in (0, 1).
-    rng : int or numpy.random.Generator
+    rng : int, numpy.random.Generator or torch.Generator
         Source of the resampling.
     items : {"shared", "nested"}
         ``"shared"``: every unit was measured on the same items (crossed design; one item draw

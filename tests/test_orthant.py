@@ -8,12 +8,12 @@ from nbsupport.orthant import (MassWarning, affine_maps, mc_pattern_pmf, orthant
 
 def test_orthant_reexports_the_split_modules():
     """nbsupport.orthant keeps every public name (DESIGN.md's and the chapter's) as the very objects of
-    the modules that define them: polytope, regions, pattern_law, orthant_mc."""
+    the modules that define them: polytope, regions, pattern_law, mc."""
     import nbsupport.orthant as orthant
-    from nbsupport import orthant_mc, pattern_law, polytope, regions
+    from nbsupport.orthant import mc, pattern_law, polytope, regions
 
     homes = {}
-    for module in (polytope, regions, pattern_law, orthant_mc):
+    for module in (polytope, regions, pattern_law, mc):
         for name in module.__all__:
             homes.setdefault(name, getattr(module, name))
     for name in ("orthant_probability", "pattern_pmf", "mc_pattern_pmf", "polytope_probability", "support_search",

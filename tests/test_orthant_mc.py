@@ -1,4 +1,4 @@
-"""``nbsupport.orthant_mc``: the Monte Carlo references against exact products, their own chunked
+"""``nbsupport.orthant.mc``: the Monte Carlo references against exact products, their own chunked
 counting and torch's Jacobians, on the model's device.
 
 Bounds and seeds: see ``orthant_reference``."""
@@ -38,15 +38,16 @@ def test_mc_jacobian_on_the_model_device():
 
 
 def test_seed_follows_the_rng_rule():
-    """seed: int (reproducible), Generator (its stream), None (fresh entropy); numpy's global RNG is
-    neither used nor advanced; negative or non-integer seeds are refused by name."""
+    """seed: int (reproducible), Generator (its stream); numpy's global RNG is neither used nor
+    advanced; None (fresh entropy), negative or non-integer seeds are refused by name."""
     w, b, mean, cov = np.eye(2), np.zeros(2), np.zeros(2), np.eye(2)
     np.random.seed(1)
     state = np.random.get_state()[1].copy()
     by_int = mc_pattern_pmf(w, b, mean, cov, n=1000, seed=7)
     assert np.array_equal(by_int, mc_pattern_pmf(w, b, mean, cov, n=1000, seed=np.random.default_rng(7)))
-    fresh = [mc_pattern_pmf(w, b, mean, cov, n=1000, seed=None) for _ in range(2)]
-    assert not np.array_equal(*fresh) and np.array_equal(np.random.get_state()[1], state)
-    for bad in (-1, 0.5, "a"):
+    generator = np.random.default_rng(7)
+    streamed = [mc_pattern_pmf(w, b, mean, cov, n=1000, seed=generator) for _ in range(2)]
+    assert not np.array_equal(*streamed) and np.array_equal(np.random.get_state()[1], state)
+    for bad in (-1, 0.5, "a", None):
         with pytest.raises(ValueError, match="seed"):
             mc_pattern_pmf(w, b, mean, cov, n=10, seed=bad)

@@ -1,4 +1,4 @@
-"""``nbsupport.pattern_law``: pattern PMFs, support search, output CDFs, class probabilities and
+"""``nbsupport.orthant.pattern_law``: pattern PMFs, support search, output CDFs, class probabilities and
 mixtures against Monte Carlo with binomial / DKW bounds and exact products; the boundary
 convention (off is z <= 0) on zero-bias and dead-layer networks.
 

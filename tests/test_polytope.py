@@ -1,4 +1,4 @@
-"""``nbsupport.polytope``: orthant and polytope probabilities against closed forms (1-3 D), exact
+"""``nbsupport.orthant.polytope``: orthant and polytope probabilities against closed forms (1-3 D), exact
 quadrature, scipy and Monte Carlo with explicit bounds.
 
 Bounds and seeds: see ``orthant_reference``."""
@@ -12,7 +12,7 @@ import pytest
 from scipy import integrate, special, stats
 
 from nbsupport.orthant import orthant_probability, polytope_probability, support_search
-from nbsupport.polytope import ORTHANT_POLYTOPE_FROM, equicorrelated_orthant, one_factor_orthant
+from nbsupport.orthant.polytope import ORTHANT_POLYTOPE_FROM, equicorrelated_orthant, one_factor_orthant
 from orthant_reference import Z, _gaussian, _network, _owen_bivariate, _within
 
 
@@ -252,8 +252,8 @@ def test_quadrature_route_on_thin_strips_and_extreme_correlation():
 
 
 def test_defaults_are_deterministic_and_none_is_fresh_entropy():
-    """rng: int or Generator, default 0 (reproducible); None is fresh entropy (scipy's convention),
-    which changes the QMC replicates but neither uses nor advances numpy's global RNG."""
+    """rng: int or Generator, default 0 (reproducible); a generator's stream changes the QMC
+    replicates but neither uses nor advances numpy's global RNG; None (fresh entropy) is refused."""
     mean, cov = _gaussian(4, seed=21)
     g, h = np.random.default_rng(0).standard_normal((5, 4)), np.ones(5)
     assert polytope_probability(g, h, mean, cov) == polytope_probability(g, h, mean, cov)
@@ -263,7 +263,8 @@ def test_defaults_are_deterministic_and_none_is_fresh_entropy():
     assert np.array_equal(a.probs, b.probs) and np.array_equal(a.errors, b.errors)
     np.random.seed(5)
     state = np.random.get_state()[1].copy()
-    fresh = [polytope_probability(g, h, mean, cov, rng=None)[0] for _ in range(2)]
+    stream = np.random.default_rng(11)
+    fresh = [polytope_probability(g, h, mean, cov, rng=stream)[0] for _ in range(2)]
     assert fresh[0] != fresh[1] and np.array_equal(np.random.get_state()[1], state)
     p0, e0 = polytope_probability(g, h, mean, cov)
     assert abs(fresh[0] - p0) <= Z * np.sqrt(2) * e0
@@ -271,8 +272,9 @@ def test_defaults_are_deterministic_and_none_is_fresh_entropy():
     assert polytope_probability(g, h, mean, cov, rng=generator) != polytope_probability(g, h, mean, cov, rng=generator)
     with pytest.raises(ValueError, match="rng"):
         polytope_probability(g, h, mean, cov, rng=-1)
-    with pytest.raises(ValueError, match="rng"):
-        polytope_probability(g, h, mean, cov, rng="a")
+    for bad in ("a", None):
+        with pytest.raises(ValueError, match="rng"):
+            polytope_probability(g, h, mean, cov, rng=bad)
 
 
 @pytest.mark.parametrize("scale", [1e-22, 1e8])

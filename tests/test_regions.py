@@ -1,4 +1,4 @@
-"""``nbsupport.regions``: Lemma 1 regions and affine maps against torch, pattern codes against a loop,
+"""``nbsupport.orthant.regions``: Lemma 1 regions and affine maps against torch, pattern codes against a loop,
 affine-map grouping against pairwise comparison, LP ranges against vertex enumeration.
 
 Bounds and seeds: see ``orthant_reference``."""
@@ -10,7 +10,7 @@ import torch
 from nbsupport.models import mlp
 from nbsupport.orthant import (affine_maps, jacobian_singular_values, mc_jacobian_singular_values, mc_network,
                                mlp_layers, network_patterns, output_range, pattern_codes, region, support_search)
-from nbsupport.regions import region_rows
+from nbsupport.orthant.regions import region_rows
 from orthant_reference import _gaussian, _network
 
 

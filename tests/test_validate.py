@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbsupport._validate import integer, pair, real
+from nbsupport._validate import integer, numpy_rng, pair, real, torch_rng
 
 
 @pytest.mark.parametrize("value", [0.5, 1, np.float64(0.5), np.float32(0.5), np.int64(2), torch.tensor(0.5),
@@ -45,3 +45,37 @@ def test_pair():
     assert pair((2, np.int64(3)), "kernel_size") == (2, 3)
     with pytest.raises(ValueError, match="kernel_size must be an integer or a pair"):
         pair((1, 2, 3), "kernel_size")
+
+
+def test_numpy_rng_and_torch_rng_follow_one_rule():
+    """An int seeds a fresh generator (same int, same stream), a generator of the right library is
+    used as is, one of the other library gives one seed (and advances); None, negative, float and
+    bool seeds are refused by name; the global RNGs are never touched."""
+    np.random.seed(1)
+    torch.manual_seed(1)
+    np_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
+    assert numpy_rng(5).random() == np.random.default_rng(5).random()
+    assert torch.equal(torch.rand(3, generator=torch_rng(5)),
+                       torch.rand(3, generator=torch.Generator().manual_seed(5)))
+    g, t = np.random.default_rng(2), torch.Generator().manual_seed(2)
+    assert numpy_rng(g) is g and torch_rng(t) is t
+    a, b = torch_rng(np.random.default_rng(9)), torch_rng(np.random.default_rng(9))
+    assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+    before = t.get_state().clone()
+    numpy_rng(t)
+    assert not torch.equal(before, t.get_state())  # the torch generator advanced
+    assert numpy_rng(torch.Generator().manual_seed(4)).random() == \
+        numpy_rng(torch.Generator().manual_seed(4)).random()
+    for bad in (None, -1, 0.5, True, "a"):
+        with pytest.raises(ValueError, match="seed"):
+            numpy_rng(bad, "seed")
+        with pytest.raises(ValueError, match="rng"):
+            torch_rng(bad)
+    assert np.array_equal(np.random.get_state()[1], np_state)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device type")
+def test_torch_rng_refuses_a_generator_on_another_device():
+    with pytest.raises(ValueError, match="rng"):
+        torch_rng(torch.Generator(), "cuda")

@@ -1,8 +1,8 @@
 r"""The law of the activation pattern under a Gaussian (or Gaussian-mixture) input, and what follows
 from it: the first-layer PMF, a sample-free support search over regions, output CDFs and class
 probabilities :cite:p:`chaudhari2025relu`. Every probability is a sum of
-``nbsupport.polytope.polytope_probability`` values over the regions of
-``nbsupport.regions``; every function that returns a mass checks it (:class:`MassWarning`).
+``nbsupport.orthant.polytope.polytope_probability`` values over the regions of
+``nbsupport.orthant.regions``; every function that returns a mass checks it (:class:`MassWarning`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ._orthant_common import (POLYTOPE_OPTIONS, TOL, MassWarning, as_first_layer, as_float64, as_gaussian,
-                              as_generator, as_layers, check_mass, check_options, cov_factor, operand_scale,
+from ._common import (POLYTOPE_OPTIONS, TOL, MassWarning, as_first_layer, as_float64, as_gaussian,
+                              as_layers, check_mass, check_options, cov_factor, operand_scale,
                               row_exponents)
-from ._validate import integer, real
+from .._validate import integer, numpy_rng, real
 from .polytope import ORTHANT_POLYTOPE_FROM, orthant_probability, standard_polytope
 from .regions import network_patterns, pattern_codes, region_rows, standardised_with_magnitudes
 
@@ -56,7 +56,7 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     method : {"auto", "orthant", "polytope"}
     return_err : bool
         Also return the standard errors.
-    rng : numpy Generator, int or None, default 0
+    rng : int, numpy or torch Generator, default 0
         Deterministic by default; pass another seed or a Generator for independent runs
         (``None``: fresh entropy; the global RNG is never used).
     **options
@@ -94,7 +94,7 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     check_options(options, ("n_rep", "abseps", "maxpts", "n_points", "orthant_method") if method == "orthant"
                   else ("n_rep", "n_points"), f"pattern_pmf(method={method!r})")
     signs = _signs(m)
-    rng = as_generator(rng)
+    rng = numpy_rng(rng)
     if method == "orthant":
         if not nonsingular:
             raise ValueError("method='orthant' needs a non-singular covariance of W x (m <= d, full rank); "
@@ -146,7 +146,7 @@ def mixture_pattern_pmf(weight, bias, weights, means, covs, *, return_err: bool 
     pmf : ndarray, shape (2**m,); err as well with ``return_err``
     """
     weights = _mixture(weights, means, covs)
-    rng = as_generator(rng)
+    rng = numpy_rng(rng)
     parts = [pattern_pmf(weight, bias, mu, cov, return_err=True, rng=child, **options)
              for mu, cov, child in zip(means, covs, rng.spawn(len(weights)))]
     pmf = sum(w * p for w, (p, _) in zip(weights, parts))
@@ -278,7 +278,7 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
         Mass that may stay unfound, in [0, 1). With ``eps = 0`` every region with positive
         computed probability is found.
     max_regions : int
-    rng : numpy Generator, int or None, default 0
+    rng : int, numpy or torch Generator, default 0
         Randomises the QMC integrals and, when needed, the fallback starting draws (deterministic
         by default; ``None``: fresh entropy).
     **options
@@ -310,7 +310,7 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
                          "network_patterns(weights, biases, mean[None]), with probability 1)")
     ws_u, bs_u, magnitudes = standardised_with_magnitudes(ws, bs, mean, cov)
     r = ws_u[0].shape[1]
-    rng = as_generator(rng)
+    rng = numpy_rng(rng)
     seen, heap = set(), []
     counter = {"evaluated": 0, "tie": 0}
 
@@ -389,7 +389,7 @@ def mixture_support_search(weights, biases, mix_weights, means, covs, *, eps: fl
     """
     mix_weights = _mixture(mix_weights, means, covs, name="mix_weights")
     check_options(options, POLYTOPE_OPTIONS, "mixture_support_search")
-    rng = as_generator(rng)
+    rng = numpy_rng(rng)
     components = [support_search(weights, biases, mu, cov, eps=eps, max_regions=max_regions, rng=child, **options)
                   for mu, cov, child in zip(means, covs, rng.spawn(len(mix_weights)))]
     merged: dict[tuple, list[float]] = {}
@@ -447,7 +447,7 @@ def output_cdf(weights, biases, mean, cov, thresholds, support: Support, *, outp
         raise ValueError(f"output must be an int in [0, {ws[-1].shape[0]}), got {output!r}")
     check_options(options, POLYTOPE_OPTIONS, "output_cdf")
     ws_u, bs_u, magnitudes = standardised_with_magnitudes(ws, bs, mean, cov)
-    rng = as_generator(rng)
+    rng = numpy_rng(rng)
     total, var = np.zeros(len(t)), np.zeros(len(t))
     for bits in support.patterns:
         rows = region_rows(ws_u, bs_u, bits, magnitudes)
@@ -491,7 +491,7 @@ def mixture_output_cdf(weights, biases, mix_weights, means, covs, thresholds, co
     if len(components) != len(mix_weights):
         raise ValueError(f"components must hold one Support per mixture component ({len(mix_weights)}), "
                          f"got {len(components)}")
-    rng = as_generator(rng)
+    rng = numpy_rng(rng)
     parts = [output_cdf(weights, biases, mu, cov, thresholds, sup, output=output, rng=child, **options)
              for mu, cov, sup, child in zip(means, covs, components, rng.spawn(len(mix_weights)))]
     return sum(pi * c for pi, (c, _) in zip(mix_weights, parts)), sum(pi * e for pi, (_, e) in zip(mix_weights, parts))
@@ -525,7 +525,7 @@ def class_probabilities(weights, biases, mean, cov, support: Support, *, rng=0,
     check_options(options, POLYTOPE_OPTIONS, "class_probabilities")
     _check_support(support, ws)
     ws_u, bs_u, magnitudes = standardised_with_magnitudes(ws, bs, mean, cov)
-    rng = as_generator(rng)
+    rng = numpy_rng(rng)
     n_out = ws[-1].shape[0]
     total, var = np.zeros(n_out), np.zeros(n_out)
     for bits in support.patterns:

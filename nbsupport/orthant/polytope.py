@@ -21,9 +21,9 @@ import numpy as np
 from scipy import integrate, optimize, special
 from scipy.stats import multivariate_normal, qmc
 
-from ._orthant_common import (TOL, as_float64, as_gaussian, as_generator, cov_factor, operand_scale, row_exponents,
+from ._common import (TOL, as_float64, as_gaussian, cov_factor, operand_scale, row_exponents,
                               row_norms)
-from ._validate import integer, real
+from .._validate import integer, numpy_rng, real
 
 __all__ = ["orthant_probability", "polytope_probability", "standard_polytope", "one_factor_orthant",
            "equicorrelated_orthant", "ORTHANT_POLYTOPE_FROM", "ORTHANT_POLYTOPE_POINTS"]
@@ -78,7 +78,7 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
     cov : array-like, shape (k, k)
         Symmetric; positive definite unless ``allow_singular``.
     method : {"auto", "scipy", "polytope"}
-    rng : numpy Generator, int or None, default 0
+    rng : int, numpy or torch Generator, default 0
         Seeds the replicates (deterministic by default; ``None``: fresh entropy, scipy's
         convention; the global RNG is never used).
     n_rep : int
@@ -120,7 +120,7 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
     abseps = 1e-5 if abseps is None else real(abseps, "abseps", low=0.0, low_inclusive=True)
     if maxpts is not None:
         maxpts = integer(maxpts, "maxpts", minimum=1)
-    rng = as_generator(rng)
+    rng = numpy_rng(rng)
     if k == 1:
         return float(special.ndtr(mean[0] / np.sqrt(cov[0, 0]))), 0.0
     upper, lower = np.full(k, np.inf), np.zeros(k)
@@ -432,7 +432,7 @@ def standard_polytope(a, c, *, closed=None, method="auto", n_points=1024, n_rep=
     elif method == "quadrature":
         p, err = _quadrature_2d(lower, c, last)
     else:
-        p, err = _qmc_probability(lower, c, last, n_points, n_rep, as_generator(rng))
+        p, err = _qmc_probability(lower, c, last, n_points, n_rep, numpy_rng(rng))
     return p * feasible, err * feasible
 
 
@@ -468,7 +468,7 @@ def polytope_probability(G, h, mean, cov, *, closed=None, method: str = "auto", 
         Sobol' points per replicate (a power of 2) for ``qmc``.
     n_rep : int
         Scrambled replicates for ``qmc`` (>= 2); the error is their standard error.
-    rng : numpy Generator, int or None, default 0
+    rng : int, numpy or torch Generator, default 0
         Randomises the QMC replicates; the default makes results reproducible (``None``: fresh
         entropy, scipy's convention; the global RNG is never used).
 

@@ -1,13 +1,13 @@
 """Monte Carlo references for the orthant chapter: patterns, outputs and Jacobian spectra of a network
-under Gaussian inputs, from a fixed seed (the independent check of ``nbsupport.pattern_law``)."""
+under Gaussian inputs, from a fixed seed (the independent check of ``nbsupport.orthant.pattern_law``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ._orthant_common import as_first_layer, as_gaussian, as_generator, as_layers, cov_factor
-from ._validate import integer
+from ._common import as_first_layer, as_gaussian, as_layers, cov_factor
+from .._validate import integer, numpy_rng
 from .pattern_law import MAX_FULL_PMF_UNITS
 from .regions import network_patterns, pattern_codes
 
@@ -25,15 +25,6 @@ def _check_n(n):
     return integer(n, "n", minimum=1)
 
 
-def _generator(seed):
-    """The draws' generator: ``seed`` follows the package's ``rng`` rule (int, Generator, or None
-    for fresh entropy); the name ``seed`` is kept from DESIGN.md's signatures."""
-    try:
-        return as_generator(seed)
-    except ValueError:
-        raise ValueError(f"seed must be an int >= 0, a numpy Generator or None, got {seed!r}") from None
-
-
 def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
     r"""Monte Carlo estimate of :func:`pattern_pmf`: frequencies of :math:`\1(Wx + b > 0)` over ``n`` draws.
 
@@ -43,7 +34,7 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
         As in :func:`pattern_pmf`.
     n : int
         Number of samples (drawn in chunks of 10**6).
-    seed : int, numpy Generator or None
+    seed : int, numpy or torch Generator
 
     Returns
     -------
@@ -54,7 +45,7 @@ def mc_pattern_pmf(weight, bias, mean, cov, n: int, seed: int) -> np.ndarray:
     m = weight.shape[0]
     if m > MAX_FULL_PMF_UNITS:
         raise ValueError(f"weight has m = {m} units, limit m <= {MAX_FULL_PMF_UNITS} for a full PMF")
-    n, rng = _check_n(n), _generator(seed)
+    n, rng = _check_n(n), numpy_rng(seed, "seed")
     counts = np.zeros(2**m)
     for x in _sample(mean, cov, n, rng):
         counts += np.bincount(pattern_codes((x @ weight.T + bias) > 0), minlength=2**m)
@@ -72,7 +63,7 @@ def mc_network(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.ndarra
     """
     ws, bs = as_layers(weights, biases)
     mean, cov = as_gaussian(mean, cov)
-    n, rng = _check_n(n), _generator(seed)
+    n, rng = _check_n(n), numpy_rng(seed, "seed")
     x = np.concatenate(list(_sample(mean, cov, n, rng)))
     h = x
     for w, b in zip(ws[:-1], bs[:-1]):
@@ -88,7 +79,7 @@ def mc_network_pmf(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.nd
     weights, biases, mean, cov
         As in :func:`support_search`; at most 62 hidden units (codes are int64).
     n : int
-    seed : int, numpy Generator or None
+    seed : int, numpy or torch Generator
         The same draws as :func:`mc_network` with the same seed.
 
     Returns
@@ -100,7 +91,7 @@ def mc_network_pmf(weights, biases, mean, cov, n: int, seed: int) -> tuple[np.nd
     """
     ws, bs = as_layers(weights, biases)
     mean, cov = as_gaussian(mean, cov)
-    n, rng = _check_n(n), _generator(seed)
+    n, rng = _check_n(n), numpy_rng(seed, "seed")
     n_units = sum(w.shape[0] for w in ws[:-1])
     if n_units > 62:
         raise ValueError(f"weights have {n_units} hidden units; codes need <= 62 (use mc_network)")
@@ -123,14 +114,14 @@ def mc_jacobian_singular_values(model: torch.nn.Module, mean, cov, n: int, seed:
         moved there; the result comes back to the CPU as numpy).
     mean, cov : array-like
     n : int
-    seed : int, numpy Generator or None
+    seed : int, numpy or torch Generator
 
     Returns
     -------
     ndarray, shape (n, min(d_out, d))
     """
     mean, cov = as_gaussian(mean, cov)
-    n, rng = _check_n(n), _generator(seed)
+    n, rng = _check_n(n), numpy_rng(seed, "seed")
     params = {k: v.detach().double() for k, v in model.named_parameters()}
     device = next(iter(params.values())).device if params else torch.device("cpu")
     # the draws are made in numpy (the same as mc_network's) and moved explicitly to the model's device

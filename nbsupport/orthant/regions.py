@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from scipy import optimize
 
-from ._orthant_common import as_float64, as_layers, cov_factor, finite_result
-from ._validate import real
+from ._common import as_float64, as_layers, cov_factor, finite_result
+from .._validate import real
 
 __all__ = ["mlp_layers", "region", "region_rows", "RegionRows", "network_patterns", "standardised",
            "standardised_with_magnitudes", "pattern_codes", "AffineMaps", "affine_maps",

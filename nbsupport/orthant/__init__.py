@@ -27,7 +27,7 @@ which decides the units whose pre-activation is constant on a region; a pattern'
 Networks are given as lists ``weights = [W_1, ..., W_L]``, ``biases = [b_1, ..., b_L]`` (numpy
 arrays, ``W_l`` of shape ``(m_l, m_{l-1})``), ReLU after every layer but the last; see
 :func:`mlp_layers`. Errors (``err``) are one standard error of the estimate. Randomness follows
-one rule (scipy's ``rng``): an int seed or a numpy Generator, ``None`` for fresh entropy; the
+the package's one rule (``nbsupport._validate.numpy_rng``): an int seed or a generator; the
 global RNG is never used. Every function defaults to ``rng=0`` (the Monte Carlo references call
 the same argument ``seed``, DESIGN.md's name, and require it), so results are reproducible.
 
@@ -35,14 +35,14 @@ Constancy of a row (a pre-activation that does not vary over a region) is judged
 that row's own scale, the magnitudes of the operands that produced it, never against an absolute
 threshold: every result is the same at any scale of the input or the weights.
 
-The code lives in four modules, one idea each: ``nbsupport.polytope`` (Gaussian polytope
-probabilities), ``nbsupport.regions`` (regions, affine maps, Jacobians), ``nbsupport.pattern_law``
-(PMF, support search, CDFs, mixtures) and ``nbsupport.orthant_mc`` (Monte Carlo references);
-this module re-exports their public names.
+The package has four modules, one idea each: ``polytope`` (Gaussian polytope probabilities),
+``regions`` (regions, affine maps, Jacobians), ``pattern_law`` (PMF, support search, CDFs,
+mixtures) and ``mc`` (Monte Carlo references); ``nbsupport.orthant`` itself exports their public
+names.
 """
 
-from ._orthant_common import MassWarning
-from .orthant_mc import mc_jacobian_singular_values, mc_network, mc_network_pmf, mc_pattern_pmf
+from ._common import MassWarning
+from .mc import mc_jacobian_singular_values, mc_network, mc_network_pmf, mc_pattern_pmf
 from .pattern_law import (MAX_FULL_PMF_UNITS as _MAX_FULL_PMF_UNITS, Support, class_probabilities, mixture_output_cdf, mixture_pattern_pmf,
                           mixture_support_search, output_cdf, pattern_pmf, support_search)
 from .polytope import ORTHANT_POLYTOPE_FROM as _FROM, ORTHANT_POLYTOPE_POINTS as _POINTS, orthant_probability, polytope_probability
@@ -51,11 +51,11 @@ from .regions import (AffineMaps, affine_maps, jacobian_singular_values, mlp_lay
                       pattern_codes, region)
 
 #: Largest first layer for which :func:`pattern_pmf` enumerates all ``2**m`` patterns (defined in
-#: ``nbsupport.pattern_law``; restated here so the API page documents it).
+#: ``nbsupport.orthant.pattern_law``; restated here so the API page documents it).
 MAX_FULL_PMF_UNITS = _MAX_FULL_PMF_UNITS
 
 #: From this dimension on, :func:`orthant_probability` (``method="auto"``) takes the polytope route
-#: (defined in ``nbsupport.polytope``).
+#: (defined in ``nbsupport.orthant.polytope``).
 ORTHANT_POLYTOPE_FROM = _FROM
 
 #: Sobol' points per replicate of the polytope route of :func:`orthant_probability`.

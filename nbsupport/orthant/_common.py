@@ -1,6 +1,6 @@
-"""Shared argument handling of the orthant modules (``nbsupport.polytope``, ``nbsupport.regions``,
-``nbsupport.pattern_law``, ``nbsupport.orthant_mc``): Gaussian and network arguments, generators,
-and the mass check. Scalars go through ``nbsupport._validate``."""
+"""Shared argument handling of the modules of ``nbsupport.orthant`` (polytope, regions,
+pattern_law, mc): Gaussian and network arguments and the mass check. Scalars go through
+``nbsupport._validate``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-from ._validate import integer
-
-__all__ = ["TOL", "as_float64", "as_generator", "as_gaussian", "cov_factor", "as_layers", "as_first_layer",
+__all__ = ["TOL", "as_float64", "as_gaussian", "cov_factor", "as_layers", "as_first_layer",
            "MassWarning", "check_mass", "POLYTOPE_OPTIONS", "check_options", "finite_result",
            "operand_scale", "row_norms", "row_exponents"]
 
@@ -27,23 +25,6 @@ def as_float64(value, name):
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} must be a real array, got {type(value).__name__}: {error}") from None
-
-
-def as_generator(rng):
-    """A numpy Generator from ``rng``, scipy's convention: a Generator (used as is), an int seed
-    (numpy integers and 0-d tensors included) or ``None`` (fresh OS entropy, not reproducible).
-
-    The global RNG is never used or advanced. Every entry point defaults to ``rng=0``, so results
-    are reproducible unless a caller asks otherwise."""
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, np.random.Generator):
-        return rng
-    try:
-        return np.random.default_rng(integer(rng, "rng", minimum=0))
-    except ValueError:
-        raise ValueError(f"rng must be a numpy Generator, an int seed >= 0 or None (fresh entropy), "
-                         f"got {rng!r}") from None
 
 
 def as_gaussian(mean, cov, name_mean="mean", name_cov="cov"):
