@@ -15,11 +15,12 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from ._validate import integer
 from .intercept import route_calls
 from .saliency import check_input, checked_forward
 
 __all__ = ["activation_patterns", "relu_inputs", "gate_patterns", "path_correlation", "group_by_pattern",
-           "pack_patterns", "Groups", "local_affine_maps"]
+           "pack_patterns", "unpack_codes", "Groups", "local_affine_maps"]
 
 #: Bits per packed word: 63, so that every word is a non-negative int64 and signed order is code order.
 WORD_BITS = 63
@@ -179,6 +180,34 @@ def pack_patterns(gates: torch.Tensor) -> torch.Tensor:
     for start in range(0, n, _PACK_ROWS):  # row blocks: the byte buffers stay in cache
         out[start: start + _PACK_ROWS] = _pack_block(gates[start: start + _PACK_ROWS], n_words)
     return out
+
+
+def unpack_codes(codes: torch.Tensor, m: int) -> torch.Tensor:
+    """The patterns of ``m`` units with the given codes, the inverse of :func:`pack_patterns`.
+
+    Parameters
+    ----------
+    codes : Tensor, integer, shape (N,)
+        Codes :math:`\\sum_i a_i 2^i` in ``[0, 2**m)``.
+    m : int
+        Number of units, at most 62 (a code fits one non-negative int64).
+
+    Returns
+    -------
+    Tensor, bool, shape (N, m)
+        Row ``k`` has unit ``i`` on when bit ``i`` of ``codes[k]`` is set.
+    """
+    m = integer(m, "m", minimum=0)
+    if m > WORD_BITS - 1:
+        raise ValueError(f"m must be at most {WORD_BITS - 1} (one int64 code), got {m}")
+    if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.ndim != 1:
+        raise ValueError(f"codes must be a 1-D integer tensor, got {codes!r:.60}")
+    codes = codes.to(torch.int64)
+    if len(codes) and (codes.min() < 0 or codes.max() >= 2**m):
+        raise ValueError(f"codes must lie in [0, 2**{m}), got values in "
+                         f"[{int(codes.min())}, {int(codes.max())}]")
+    shifts = torch.arange(m, device=codes.device)
+    return ((codes[:, None] >> shifts) & 1).bool()
 
 
 # Rows packed at a time by :func:`pack_patterns` (its buffers take 64 bytes per row and word).

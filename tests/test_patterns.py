@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nbsupport.models import mlp, small_resnet, vgg_cnn
-from nbsupport.patterns import activation_patterns, group_by_pattern, pack_patterns, relu_inputs
+from nbsupport.patterns import activation_patterns, group_by_pattern, pack_patterns, relu_inputs, unpack_codes
 
 
 def _reference_groups(gates):
@@ -374,3 +374,22 @@ def test_a_relu_of_a_parameter_is_not_a_gate(batch):
     assert [tuple(g.shape) for g in gates] == [(batch, 4)]
     assert torch.equal(gates[0], model.linear(x) > 0)
     assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+
+
+@pytest.mark.parametrize("m", [0, 1, 7, 8, 9, 62])
+def test_unpack_codes_inverts_pack_patterns_and_matches_a_loop(m):
+    """unpack_codes against a bit-by-bit loop, and pack_patterns(unpack_codes(c)) == c."""
+    codes = torch.tensor([0, 2**m - 1, *torch.randint(0, 2**m, (20,), generator=torch.Generator().manual_seed(m)).tolist()]
+                         if m else [0])
+    bits = unpack_codes(codes, m)
+    loop = torch.tensor([[(int(c) >> i) & 1 == 1 for i in range(m)] for c in codes], dtype=torch.bool).reshape(len(codes), m)
+    assert torch.equal(bits, loop)
+    assert torch.equal(pack_patterns(bits)[:, 0], codes)
+
+
+def test_unpack_codes_refuses_bad_input_by_name():
+    for codes, m, name in [(torch.tensor([4]), 2, "codes"), (torch.tensor([-1]), 2, "codes"),
+                           (torch.tensor([0.5]), 2, "codes"), (torch.tensor([0]), 63, "m"),
+                           (torch.tensor([0]), -1, "m"), ([0], 2, "codes")]:
+        with pytest.raises(ValueError, match=name):
+            unpack_codes(codes, m)

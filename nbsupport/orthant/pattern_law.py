@@ -11,11 +11,13 @@ import heapq
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import torch
 
 from ._common import (POLYTOPE_OPTIONS, TOL, MassWarning, as_first_layer, as_float64, as_gaussian,
                               as_layers, check_mass, check_options, cov_factor, operand_scale,
                               row_exponents)
 from .._validate import integer, numpy_rng, real
+from ..patterns import unpack_codes
 from .polytope import ORTHANT_POLYTOPE_FROM, orthant_probability, standard_polytope
 from .regions import network_patterns, pattern_codes, region_rows, standardised_with_magnitudes
 
@@ -28,8 +30,7 @@ MAX_FULL_PMF_UNITS = 20
 
 def _signs(m):
     """(2**m, m) matrix of +-1: row ``code`` has +1 at the bits of ``code``."""
-    bits = (np.arange(2**m)[:, None] >> np.arange(m)) & 1
-    return 2.0 * bits - 1.0
+    return 2.0 * unpack_codes(torch.arange(2**m), m).numpy() - 1.0
 
 
 def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bool = False, rng=0,

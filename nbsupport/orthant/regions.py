@@ -17,6 +17,7 @@ from scipy import optimize
 
 from ._common import as_float64, as_layers, cov_factor, finite_result
 from .._validate import real
+from ..patterns import WORD_BITS, pack_patterns
 
 __all__ = ["mlp_layers", "region", "region_rows", "RegionRows", "network_patterns", "standardised",
            "standardised_with_magnitudes", "pattern_codes", "AffineMaps", "affine_maps",
@@ -181,13 +182,13 @@ def pattern_codes(patterns) -> np.ndarray:
     bits = np.asarray(patterns.detach().cpu() if isinstance(patterns, torch.Tensor) else patterns)
     if bits.ndim not in (1, 2) or (bits.size and not np.isin(bits, (0, 1)).all()):
         raise ValueError(f"patterns must be a 1-D or 2-D array of bools / 0-1 values, got shape {bits.shape}")
-    bits = bits.astype(bool)
     single = bits.ndim == 1
-    bits = np.atleast_2d(bits)
-    if bits.shape[1] <= 62:
-        codes = bits.astype(np.int64) @ (np.int64(1) << np.arange(bits.shape[1], dtype=np.int64))
-    else:
-        codes = np.array([sum(1 << int(i) for i in np.flatnonzero(row)) for row in bits] + [None], dtype=object)[:-1]
+    words = pack_patterns(torch.from_numpy(np.atleast_2d(bits).astype(bool))).numpy()
+    if bits.shape[-1] <= 62:
+        codes = words[:, 0]
+    else:  # word j holds bits 63 j ... 63 j + 62: Python ints of any width
+        codes = np.array([sum(int(w) << (WORD_BITS * j) for j, w in enumerate(row)) for row in words]
+                         + [None], dtype=object)[:-1]
     return codes[0] if single else codes
 
 
