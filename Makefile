@@ -5,7 +5,6 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
-FMNIST := /usr/share/datasets/fashion-mnist
 # Extra pip options for the first install, e.g. a CPU-only torch index (README, "PyTorch").
 PIP_EXTRA ?=
 
@@ -33,8 +32,9 @@ stamp: data
 	$(PY) tests/book_cache.py --stamp
 
 data: install  # Debian's package is installed when missing (as root), else the command is printed
-	[ -d $(FMNIST) ] || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist)
-	[ -d $(FMNIST) ] || [ "$$(id -u)" = 0 ] || echo "Fashion-MNIST: not root, so run: sudo apt-get install dataset-fashion-mnist" >&2
+	fmnist=$$($(PY) -m nbsupport.data --system-dir); \
+	[ -d "$$fmnist" ] || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist); \
+	[ -d "$$fmnist" ] || [ "$$(id -u)" = 0 ] || echo "Fashion-MNIST: not root, so run: sudo apt-get install dataset-fashion-mnist" >&2
 	$(PY) -m nbsupport.data
 
 sync: install

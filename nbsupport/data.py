@@ -223,4 +223,9 @@ def make_moons(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 
 if __name__ == "__main__":  # ``python -m nbsupport.data``: fill the cache (used by ``make data``)
-    print(f"Fashion-MNIST ready in {prepare_fashion_mnist()}")
+    import sys
+
+    if sys.argv[1:] == ["--system-dir"]:  # where Debian's package puts the files (``make data`` asks)
+        print(DEBIAN_FASHION_MNIST)
+    else:
+        print(f"Fashion-MNIST ready in {prepare_fashion_mnist()}")
