@@ -49,6 +49,7 @@ def smoke_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_smoke_run_writes_a_valid_result(script, smoke_run):
     if script not in CONVERTED:
         pytest.skip(f"{script.name} does not write a result file yet (no _timing.Report)")
@@ -102,6 +103,7 @@ def test_performance_page_prose_and_cells():
     assert "book/performance" in (ROOT / "_toc.yml").read_text()
 
 
+@pytest.mark.slow
 def test_performance_page_executes_on_the_committed_results():
     jupytext = pytest.importorskip("jupytext")
     nbclient = pytest.importorskip("nbclient")

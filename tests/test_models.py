@@ -65,6 +65,7 @@ def test_evaluate_matches_a_manual_count():
     assert net.training  # mode restored
 
 
+@pytest.mark.slow
 def test_train_learns_checkpoints_and_is_deterministic(tmp_path):
     x, y = _blobs()
     net = _net()
@@ -174,6 +175,7 @@ def test_cache_key_sees_referenced_names_and_globals():
     assert callable_key(nn.CrossEntropyLoss()) == callable_key(nn.CrossEntropyLoss())
 
 
+@pytest.mark.slow
 def test_cache_key_is_the_same_in_another_process():
     """No memory address (e.g. of a nested code object) may enter the key."""
     import subprocess
@@ -244,6 +246,7 @@ def _seeded_net(seed):
     return mlp([2, 8, 2])
 
 
+@pytest.mark.slow
 def test_train_seeds_equals_separate_train_calls(tmp_path):
     """Reference: one train() call per seed, by hand, with the same initial weights."""
     from nbsupport.models import train_seeds
@@ -473,6 +476,7 @@ def test_cache_key_sees_forward_code(tmp_path):
     assert config_hash(Before(), [x, y]) == key_a  # a itself was trained in place since
 
 
+@pytest.mark.slow
 def test_config_hash_is_the_same_in_another_process():
     """Regression: Conv2d's __init__ holds a frozenset constant ({'same', 'valid'}) whose repr order
     follows the process's string hashing, so the CNNs' keys changed from process to process. The two

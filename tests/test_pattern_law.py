@@ -398,6 +398,7 @@ def test_non_finite_and_empty_input_is_refused_by_name():
         support_search(huge, bs, mean, cov)
 
 
+@pytest.mark.slow
 def test_pattern_pmf_auto_cost_is_proportional_from_12_units():
     """m >= 12 units (non-singular, d = 12): "auto" takes the polytope route at its own n_points
     (1024 per replicate), the same numbers as asking for it, not orthant_probability's 2**16 points

@@ -74,6 +74,7 @@ def test_one_factor_orthant_against_closed_forms_and_monte_carlo():
 
 
 @pytest.mark.parametrize("k, route", [(5, "scipy"), (ORTHANT_POLYTOPE_FROM, "polytope")])
+@pytest.mark.slow
 def test_orthant_default_route_and_its_coverage(k, route):
     """The default takes scipy below ORTHANT_POLYTOPE_FROM dimensions and the polytope route from it on,
     and its reported errors cover exact values at the rate they claim.

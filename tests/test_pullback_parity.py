@@ -148,6 +148,7 @@ def test_pullback_equals_the_module_swap_of_listings_1_and_2(name):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+@pytest.mark.slow
 def test_zero_padding_of_listing_2_changes_the_pullback_and_is_reproduced(name):
     model = _build(name)
     x, target = _inputs()
