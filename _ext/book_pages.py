@@ -234,6 +234,21 @@ def _bibtex_styles():
         default_label_style = "book_author_year"
         default_sorting_style = "book_author_year"
 
+    # The text's year is the bibliography label's year, so "Smith, 2020a" reads the same in both
+    # (sphinxcontrib-bibtex's year node reads the bare year field; its reference styles look the
+    # name up in their modules when a template is built, so those names are replaced).
+    from sphinxcontrib.bibtex.style.referencing import basic_author_year, extra_year
+    from sphinxcontrib.bibtex.style.template import year as field_year
+
+    @node
+    def labelled_year(children, data):
+        assert not children
+        label = getattr(data.get("formatted_entry"), "label", "") or ""
+        _, sep, tail = label.rpartition(", ")
+        return Text(tail) if sep and tail[:4].isdigit() else field_year.format_data(data)
+
+    basic_author_year.year = extra_year.year = labelled_year
+
     register_pybtex("pybtex.style.labels", "book_author_year", AuthorYearLabels, force=True)
     register_pybtex("pybtex.style.sorting", "book_author_year", AuthorYearSorting, force=True)
     register_pybtex("pybtex.style.formatting", "book_author_year", AuthorYearStyle, force=True)

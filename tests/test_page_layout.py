@@ -228,3 +228,11 @@ def test_bibliography_labels_are_author_year_and_sources_without_authors_use_sho
     # sorted by label: Moura, Smith..., then the unsigned note
     order = [entry.key for entry in style.format_entries(bib.entries.values())]
     assert order == ["f", "a", "b", "c", "d", "e"]
+    # the text's year is the label's year: "Smith, 2020a" in the text as in the bibliography
+    from sphinxcontrib.bibtex.style.referencing import basic_author_year, extra_year
+
+    for formatted in style.format_entries(bib.entries.values()):
+        data = {"entry": bib.entries[formatted.key], "formatted_entry": formatted}
+        for module in (basic_author_year, extra_year):
+            shown = module.year.format_data(data).render_as("text")
+            assert shown == formatted.label.rpartition(", ")[2], (formatted.key, shown)
