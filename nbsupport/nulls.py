@@ -285,14 +285,22 @@ def random_grouping_null_gram(gram: torch.Tensor, inverse: torch.Tensor, n_perm:
     flat = kc.reshape(-1)
     n = len(kc)
     out = torch.empty(n_perm, dtype=torch.float64)
-    for t, sigma in enumerate(_stratum_shuffles(strata, n_perm, generator)):
+    step = max(1, _PAIR_ELEMENTS // len(a))                         # draws gathered at once
+    shuffles = _stratum_shuffles(strata, n_perm, generator)
+    for start in range(0, n_perm, step):
+        sigma = torch.stack([next(shuffles) for _ in range(min(step, n_perm - start))])
         # row i takes the label of row sigma[i]: group k holds the rows i with sigma[i] in k,
         # i.e. the rows sigma^{-1}[order[k's positions]]
         inv_sigma = torch.empty_like(sigma)
-        inv_sigma[sigma] = torch.arange(n)
-        rows = inv_sigma[order]
-        out[t] = (flat.index_select(0, rows[a] * n + rows[b]) * weight).sum() / total
+        inv_sigma.scatter_(1, sigma, torch.arange(n).expand_as(sigma))
+        rows = inv_sigma[:, order]
+        pairs = flat[rows[:, a] * n + rows[:, b]]                   # (draws, pairs in groups)
+        out[start:start + len(sigma)] = (pairs @ weight) / total
     return out
+
+
+#: Entries gathered per batch of draws in :func:`random_grouping_null_gram` (32 MB in float64).
+_PAIR_ELEMENTS = 2**22
 
 
 class LargeGroups(NamedTuple):

@@ -246,3 +246,15 @@ def test_top_fraction_null_in_chunks_is_the_same(monkeypatch):
     monkeypatch.setattr(nl, "_SUBSET_ELEMENTS", 2 * 20 * 20)     # two draws per batch
     torch.testing.assert_close(nl.random_subset_top_fraction(gram, 20, 2, n_draws=7, rng=4), whole,
                                rtol=1e-12, atol=0)
+
+
+def test_gram_null_in_batches_is_the_same(monkeypatch):
+    """Draws gathered several at a time give exactly the draws gathered one at a time."""
+    import nbsupport.nulls as nl
+    values, inverse = _data(n=90, d=5, groups=6, seed=11)
+    strata = torch.randint(0, 3, (90,), generator=torch.Generator().manual_seed(1))
+    gram = values @ values.T
+    batched = nl.random_grouping_null_gram(gram, inverse, 9, strata=strata, rng=2)
+    monkeypatch.setattr(nl, "_PAIR_ELEMENTS", 1)                     # one draw per batch
+    torch.testing.assert_close(nl.random_grouping_null_gram(gram, inverse, 9, strata=strata, rng=2),
+                               batched, rtol=1e-12, atol=0)
