@@ -264,6 +264,9 @@ def decompose_gram_variance(gram: torch.Tensor, inverse: torch.Tensor, ddof: int
 #: Up to this size the top eigenspace comes from a dense ``eigh``; above it from subspace iteration.
 DENSE_SUBSPACE_MAX = 256
 
+#: :func:`random_subset_largest_angles` forms the (N, N) Gram matrix of all rows up to this N.
+_GRAM_ROWS_MAX = 8192
+
 
 def _top_of_psd(matrix: torch.Tensor, k: int, tol: float = 1e-11, max_iter: int = 2000) -> torch.Tensor:
     """Orthonormal (s, k) basis of the top-``k`` eigenspace of a symmetric PSD (s, s) float64 matrix.
@@ -452,10 +455,23 @@ def random_subset_largest_angles(values: torch.Tensor, size: int, ks, n_draws: i
     reference = _reference_subspace(x, k_max, None)       # ascending: the top k are the last k
     generator = torch_generator(rng)
     out = torch.empty(n_draws, len(ks), dtype=torch.float64, device=x.device)
+    # subsets narrower than d are decomposed through their Gram matrix, a block of one
+    # (N, N) Gram matrix of all rows formed once (when that is small enough)
+    centred_all = x - x.mean(0)
+    gram = centred_all @ centred_all.T if size < d and n <= _GRAM_ROWS_MAX else None
     for t in range(n_draws):
         rows = torch.randperm(n, generator=generator, device=generator.device)[:size].to(x.device)
-        subset = x[rows]
-        top = _top_subspace(subset - subset.mean(0), k_max)
+        if gram is None:
+            subset = x[rows]
+            top = _top_subspace(subset - subset.mean(0), k_max)
+        else:
+            block = gram[rows[:, None], rows[None, :]]
+            row_mean = block.mean(1)
+            centred = block - row_mean[:, None] - row_mean[None, :] + block.mean()
+            # eigenvectors of the doubly centred Gram matrix are orthogonal to the ones
+            # vector, so X_c^T u needs no subset mean
+            top = centred_all[rows].T @ _top_of_psd(centred, k_max)
+            top = top / torch.linalg.vector_norm(top, dim=0, keepdim=True)
         for j, k in enumerate(ks):
             out[t, j] = _angles(top[:, -k:], reference[:, -k:]).max()
     return out.to(values.dtype)

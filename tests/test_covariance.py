@@ -305,3 +305,25 @@ def test_largest_angles_at_several_k_equal_separate_calls():
         random_subset_largest_angles(values, 4, [2, 4])
     with pytest.raises(ValueError, match="ks"):
         random_subset_largest_angles(values, 40, 2)
+
+
+@pytest.mark.parametrize("size", [30, 70])
+def test_largest_angles_through_the_gram_matrix_of_all_rows(monkeypatch, size):
+    """Subsets narrower than d go through a block of the Gram matrix of all rows; the angles are
+    those of the explicit subset covariances (principal_angles of torch.cov), draw by draw, on the
+    dense and on the subspace-iteration route."""
+    import nbsupport.covariance as cov
+    g = torch.Generator().manual_seed(21)
+    values = torch.randn(300, 90, generator=g, dtype=torch.float64) * torch.linspace(4, 0.2, 90, dtype=torch.float64)
+    values += 5.0                                                           # centring happens inside
+    monkeypatch.setattr(cov, "DENSE_SUBSPACE_MAX", 40)                      # size 70: subspace iteration
+    draws = cov.random_subset_largest_angles(values, size, [1, 3], n_draws=4, rng=7)
+    generator = torch.Generator().manual_seed(7)
+    for t in range(4):
+        rows = torch.randperm(300, generator=generator)[:size]
+        for j, k in enumerate([1, 3]):
+            expected = cov.principal_angles(torch.cov(values[rows].T), torch.cov(values.T), k).max()
+            assert abs(draws[t, j].item() - expected.item()) < 1e-8
+    monkeypatch.setattr(cov, "_GRAM_ROWS_MAX", 10)                          # the per-subset route
+    torch.testing.assert_close(cov.random_subset_largest_angles(values, size, [1, 3], n_draws=4, rng=7), draws,
+                               rtol=0, atol=1e-8)
