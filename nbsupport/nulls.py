@@ -69,9 +69,19 @@ def _check_gram(gram) -> torch.Tensor:
         raise ValueError(f"gram must be a square floating (N, N) tensor, got shape "
                          f"{tuple(getattr(gram, 'shape', ()))}")
     k = gram.to(torch.float64)
-    if not bool(torch.isfinite(k).all()) or not torch.allclose(k, k.T, rtol=1e-10, atol=1e-12):
+    if not bool(torch.isfinite(k).all()) or not _symmetric(k):
         raise ValueError("gram must be finite and symmetric")
     return k
+
+
+def _symmetric(k: torch.Tensor) -> bool:
+    """Whether ``(K - K^T) v`` vanishes, to rounding, for a fixed random vector ``v``.
+
+    A non-symmetric ``K`` fails this with probability 1 over ``v`` (a Freivalds-type test), at the
+    price of three matrix-vector products instead of reading ``K`` in transposed order."""
+    v = torch.rand(len(k), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(k.device)
+    difference = k @ v - v @ k
+    return bool((difference.abs() <= 1e-10 * (k.abs() @ v) + 1e-12).all())
 
 
 def _check_labels(labels, n: int, name: str) -> torch.Tensor:
@@ -287,15 +297,15 @@ def random_grouping_null_gram(gram: torch.Tensor, inverse: torch.Tensor, n_perm:
     out = torch.empty(n_perm, dtype=torch.float64)
     step = max(1, _PAIR_ELEMENTS // len(a))                         # draws gathered at once
     shuffles = _stratum_shuffles(strata, n_perm, generator)
-    for start in range(0, n_perm, step):
-        sigma = torch.stack([next(shuffles) for _ in range(min(step, n_perm - start))])
+    for first in range(0, n_perm, step):
+        sigma = torch.stack([next(shuffles) for _ in range(min(step, n_perm - first))])
         # row i takes the label of row sigma[i]: group k holds the rows i with sigma[i] in k,
         # i.e. the rows sigma^{-1}[order[k's positions]]
         inv_sigma = torch.empty_like(sigma)
         inv_sigma.scatter_(1, sigma, torch.arange(n).expand_as(sigma))
         rows = inv_sigma[:, order]
         pairs = flat[rows[:, a] * n + rows[:, b]]                   # (draws, pairs in groups)
-        out[start:start + len(sigma)] = (pairs @ weight) / total
+        out[first:first + len(sigma)] = (pairs @ weight) / total
     return out
 
 

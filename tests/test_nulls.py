@@ -126,6 +126,10 @@ def test_same_rng_same_draws_and_bad_input():
              (lambda: random_grouping_null(values, inverse, 3, rng=None), "rng must"),
              (lambda: random_grouping_null(values, inverse, 3, rng=-1), "rng must"),
              (lambda: random_grouping_null_gram(values, inverse, 3), "gram must"),
+             (lambda: random_grouping_null_gram(values @ values.T + torch.triu(torch.ones(50, 50), 1) * 1e-6,
+                                                inverse, 3), "symmetric"),
+             (lambda: between_share_gram(torch.tensor([[1.0, 2.0], [2.0 + 1e-6, 1.0]], dtype=torch.float64),
+                                         inverse[:2]), "symmetric"),
              (lambda: random_grouping_share([1]), "at least 2"),
              (lambda: torch_generator(True), "rng must")]
     for call, match in cases:
