@@ -15,11 +15,8 @@ Dividing by :math:`N` gives the population form :math:`\\hat\\Sigma = \\sum_k \\
 sample form :math:`(N-1) S = \\sum_k (n_k - 1) S_k + \\sum_k n_k (\\mu_k - \\mu)(\\mu_k - \\mu)^\\top`.
 All computations run in float64; results come back on the input's device, in its floating dtype.
 
-A between-region share only means something beside its chance level. Grouping the same N rows at
-random into groups of the same sizes :math:`n_1, \\dots, n_G` gives, in expectation, the share
-:math:`(G-1)/(N-1)` of the total trace whatever the data (:func:`random_grouping_share`); a few random
-permutations give its spread (:func:`random_grouping_null`, :func:`random_grouping_null_gram`).
-Principal angles between a group's top eigenspace and the global one have a sampling-noise floor of
+A between-region share only means something beside its chance level and other nulls: those live
+in :mod:`nbsupport.nulls`. Principal angles between a group's top eigenspace and the global one have a sampling-noise floor of
 their own: that of a random subset of the same size (:func:`random_subset_angles`).
 """
 
@@ -30,10 +27,11 @@ from typing import NamedTuple
 import torch
 
 from ._validate import integer
+from .nulls import torch_generator
 
 __all__ = ["group_moments", "decompose_covariance", "decompose_variance", "principal_angles", "GroupMoments",
-           "CovarianceSplit", "random_grouping_share", "random_grouping_null", "random_grouping_null_gram",
-           "random_subset_angles", "group_angles", "decompose_gram_variance"]
+           "CovarianceSplit", "random_subset_angles", "group_angles", "decompose_gram_variance",
+           "spectral_gaps", "trace_carriers", "random_subset_largest_angles"]
 
 #: Elements of the (rows, d, d) outer-product buffer in :func:`group_moments` (256 MB in float64).
 _CHUNK_ELEMENTS = 2**25
@@ -266,6 +264,9 @@ def decompose_gram_variance(gram: torch.Tensor, inverse: torch.Tensor, ddof: int
 #: Up to this size the top eigenspace comes from a dense ``eigh``; above it from subspace iteration.
 DENSE_SUBSPACE_MAX = 256
 
+#: :func:`random_subset_largest_angles` forms the (N, N) Gram matrix of all rows up to this N.
+_GRAM_ROWS_MAX = 8192
+
 
 def _top_of_psd(matrix: torch.Tensor, k: int, tol: float = 1e-11, max_iter: int = 2000) -> torch.Tensor:
     """Orthonormal (s, k) basis of the top-``k`` eigenspace of a symmetric PSD (s, s) float64 matrix.
@@ -352,158 +353,6 @@ def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.
     return _angles(*tops).to(cov_a.dtype)
 
 
-def _check_counts(counts, n: int | None = None) -> torch.Tensor:
-    """Validate group sizes; return the positive ones as a long tensor."""
-    if isinstance(counts, torch.Tensor):
-        if counts.ndim != 1 or counts.dtype.is_floating_point or counts.dtype.is_complex or counts.dtype == torch.bool:
-            raise ValueError(f"counts must be a 1-D integer tensor, got {counts.dtype} of shape {tuple(counts.shape)}")
-        counts = counts.long()
-    else:
-        try:
-            counts = torch.as_tensor(list(counts), dtype=torch.long)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"counts must be a sequence of group sizes, got {counts!r}") from None
-    if len(counts) == 0 or bool((counts < 0).any()):
-        raise ValueError(f"counts must be non-empty and >= 0, got {counts.tolist()}")
-    counts = counts[counts > 0]
-    total = int(counts.sum())
-    if total < 2:
-        raise ValueError(f"counts must add up to at least 2 rows, got {total}")
-    if n is not None and total != n:
-        raise ValueError(f"counts add up to {total} but there are {n} rows")
-    return counts
-
-
-def random_grouping_share(counts) -> float:
-    r"""Expected between-group share of the total trace when N rows are grouped at random.
-
-    For any data, a grouping drawn uniformly among those with group sizes :math:`n_1, \dots, n_G`
-    (:math:`G` non-empty groups, :math:`\sum_k n_k = N`) has
-
-    .. math::
-
-        \E\left[\frac{\tr(\text{between})}{\tr(\text{total})}\right] = \frac{G - 1}{N - 1}.
-
-    Proof: the mean of a uniform random subset of size :math:`n_k` has
-    :math:`\E\|\mu_k - \mu\|^2 = \frac{s^2}{n_k} \frac{N - n_k}{N - 1}` with
-    :math:`s^2 = \frac1N \sum_i \|v_i - \mu\|^2` (sampling without replacement), so
-    :math:`\E \sum_k n_k \|\mu_k - \mu\|^2 = s^2 \sum_k \frac{N - n_k}{N - 1} = N s^2 \frac{G - 1}{N - 1}`,
-    and the total trace :math:`N s^2` does not depend on the grouping. The normalisation (ddof)
-    cancels in the share.
-
-    Parameters
-    ----------
-    counts : sequence of int or Tensor, integer, shape (G,)
-        Group sizes; zeros (empty groups) are ignored.
-
-    Returns
-    -------
-    float
-        :math:`(G - 1) / (N - 1)`.
-    """
-    counts = _check_counts(counts)
-    return (len(counts) - 1) / (int(counts.sum()) - 1)
-
-
-def _generator(generator) -> torch.Generator:
-    if generator is None:
-        return torch.Generator().manual_seed(0)
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
-
-
-def _random_labels(counts: torch.Tensor, n_perm: int, generator: torch.Generator, device) -> list[torch.Tensor]:
-    """``n_perm`` uniform random groupings with the given sizes, as label vectors on ``device``."""
-    n_perm = integer(n_perm, "n_perm", minimum=1)
-    labels = torch.repeat_interleave(torch.arange(len(counts), device=device), counts.to(device))
-    return [labels[torch.randperm(len(labels), generator=generator, device=generator.device).to(device)]
-            for _ in range(n_perm)]
-
-
-def random_grouping_null(values: torch.Tensor, counts, n_perm: int = 20,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""Between-group shares of :math:`\tr \Cov` for random groupings with the given group sizes.
-
-    The permutation null of a between-region share: the rows of ``values`` are shuffled into groups
-    of sizes ``counts`` ``n_perm`` times, and each time
-    :math:`\tr(\text{between}) / \tr(\text{total})` of :func:`decompose_variance` is recorded. Its
-    expectation is :func:`random_grouping_share`; the draws give the spread.
-
-    Parameters
-    ----------
-    values : Tensor, shape (N, d)
-        Any floating dtype (computed in float64).
-    counts : sequence of int or Tensor, integer, shape (G,)
-        Group sizes adding up to N (for instance ``group_by_pattern(gates).counts``).
-    n_perm : int
-        Number of random groupings.
-    generator : torch.Generator, optional
-        Source of the permutations; ``None`` uses a fresh generator seeded with 0 (deterministic).
-
-    Returns
-    -------
-    Tensor, shape (n_perm,)
-        Shares in [0, 1], in the dtype and on the device of ``values``.
-    """
-    if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
-        raise ValueError(f"values must be a floating tensor of shape (N, d), got "
-                         f"{getattr(values, 'dtype', type(values).__name__)} of shape {tuple(getattr(values, 'shape', ()))}")
-    counts = _check_counts(counts, len(values)).to(values.device)
-    centred = values.to(torch.float64)
-    centred = centred - centred.mean(dim=0)
-    total = centred.pow(2).sum()
-    if not bool(torch.isfinite(total)) or float(total) == 0:
-        raise ValueError("values must be finite and not all equal (zero total variance)")
-    shares = []
-    for labels in _random_labels(counts, n_perm, _generator(generator), values.device):
-        sums = torch.zeros(len(counts), values.shape[1], dtype=torch.float64, device=values.device)
-        sums.index_add_(0, labels, centred)
-        shares.append((sums.pow(2).sum(1) / counts).sum() / total)
-    return torch.stack(shares).to(values.dtype)
-
-
-def random_grouping_null_gram(gram: torch.Tensor, counts, n_perm: int = 20,
-                              generator: torch.Generator | None = None) -> torch.Tensor:
-    r""":func:`random_grouping_null` for rows known only through their Gram matrix :math:`K = V V^\top`.
-
-    With the centred Gram matrix :math:`K_c = H K H` (:math:`H = I - \mathbf{1}\mathbf{1}^\top/N`),
-    the between trace of a grouping is :math:`\sum_k \frac{1}{n_k} \sum_{i, j \in k} (K_c)_{ij}` and
-    the total is :math:`\tr K_c`: :math:`O(N^2)` per grouping, whatever the width of the rows (for
-    per-sample gradients, :func:`nbsupport.pergrad.gradient_gram`). With the same generator state it
-    draws the same groupings as :func:`random_grouping_null`.
-
-    Parameters
-    ----------
-    gram : Tensor, shape (N, N)
-        Symmetric Gram matrix of the rows (computed in float64).
-    counts, n_perm, generator
-        As in :func:`random_grouping_null`.
-
-    Returns
-    -------
-    Tensor, shape (n_perm,)
-        In the dtype and on the device of ``gram``.
-    """
-    if not (isinstance(gram, torch.Tensor) and gram.ndim == 2 and gram.shape[0] == gram.shape[1]
-            and gram.dtype.is_floating_point):
-        raise ValueError(f"gram must be a square floating (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
-    counts = _check_counts(counts, len(gram)).to(gram.device)
-    k = gram.to(torch.float64)
-    row_mean = k.mean(1)
-    centred = k - row_mean[:, None] - row_mean[None, :] + k.mean()
-    total = torch.trace(centred)
-    if not bool(torch.isfinite(centred).all()) or float(total) <= 0:
-        raise ValueError("gram must be finite with a positive centred trace")
-    columns = torch.arange(len(gram), device=gram.device)
-    shares = []
-    for labels in _random_labels(counts, n_perm, _generator(generator), gram.device):
-        rows = torch.zeros(len(counts), len(gram), dtype=torch.float64, device=gram.device)
-        rows.index_add_(0, labels, centred)                      # rows[k, j] = sum_{i in k} Kc_ij
-        shares.append((rows[labels, columns] / counts[labels]).sum() / total)
-    return torch.stack(shares).to(gram.dtype)
-
-
 def _reference_subspace(x: torch.Tensor, k: int, reference: torch.Tensor | None) -> torch.Tensor:
     d = x.shape[1]
     if reference is None:
@@ -517,8 +366,7 @@ def _reference_subspace(x: torch.Tensor, k: int, reference: torch.Tensor | None)
     return torch.linalg.eigh(reference.to(torch.float64))[1][:, -k:]
 
 
-def random_subset_angles(values: torch.Tensor, size: int, k: int, n_draws: int = 20,
-                         generator: torch.Generator | None = None,
+def random_subset_angles(values: torch.Tensor, size: int, k: int, n_draws: int = 100, rng=0,
                          reference: torch.Tensor | None = None) -> torch.Tensor:
     r"""Sampling-noise floor of principal angles: random subsets against the whole.
 
@@ -536,8 +384,8 @@ def random_subset_angles(values: torch.Tensor, size: int, k: int, n_draws: int =
     k : int
         Dimension of the compared eigenspaces, ``1 <= k <= d``.
     n_draws : int
-    generator : torch.Generator, optional
-        ``None`` uses a fresh generator seeded with 0.
+    rng : int or Generator
+        An int seeds a fresh ``torch.Generator``; a generator is used (and advanced) as given.
     reference : Tensor, shape (d, d), optional
         Symmetric matrix whose top-``k`` eigenspace is the reference.
 
@@ -556,13 +404,140 @@ def random_subset_angles(values: torch.Tensor, size: int, k: int, n_draws: int =
         raise ValueError(f"size must be an integer in ({k}, {n}], got {size!r}")
     x = values.to(torch.float64)
     top_ref = _reference_subspace(x, k, reference)
-    generator = _generator(generator)
+    generator = torch_generator(rng)
     out = []
     for _ in range(n_draws):
         rows = torch.randperm(n, generator=generator, device=generator.device)[:size].to(x.device)
         subset = x[rows]
         out.append(_angles(_top_subspace(subset - subset.mean(0), k), top_ref))
     return torch.stack(out).to(values.dtype)
+
+
+def random_subset_largest_angles(values: torch.Tensor, size: int, ks, n_draws: int = 100, rng=0
+                                 ) -> torch.Tensor:
+    r"""The largest principal angle of random subsets, at several subspace dimensions at once.
+
+    As :func:`random_subset_angles` (the same subsets for the same ``rng``), but each subset's
+    top eigenspace is computed once, at ``max(ks)``, and its leading ``k`` directions compared
+    with the global top-``k`` subspace for every ``k`` in ``ks``: the noise floor of a group's
+    largest angle at each ``k`` for the price of one.
+
+    Parameters
+    ----------
+    values : Tensor, shape (N, d)
+    size : int
+        Rows per subset, ``max(ks) < size <= N``.
+    ks : sequence of int
+        Subspace dimensions, each in ``[1, d]``.
+    n_draws : int
+    rng : int or Generator
+
+    Returns
+    -------
+    Tensor, shape (n_draws, len(ks))
+        Largest angles in radians, in the dtype and on the device of ``values``.
+    """
+    if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
+        raise ValueError(f"values must be a floating tensor of shape (N, d), got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} of shape {tuple(getattr(values, 'shape', ()))}")
+    n, d = values.shape
+    try:
+        ks = [_check_k(k, d) for k in ks]
+    except TypeError:
+        raise ValueError(f"ks must be a sequence of integers in [1, {d}], got {ks!r}") from None
+    if not ks:
+        raise ValueError("ks must name at least one dimension")
+    size, n_draws = integer(size, "size"), integer(n_draws, "n_draws", minimum=1)
+    k_max = max(ks)
+    if not k_max < size <= n:
+        raise ValueError(f"size must be an integer in ({k_max}, {n}], got {size!r}")
+    x = values.to(torch.float64)
+    reference = _reference_subspace(x, k_max, None)       # ascending: the top k are the last k
+    generator = torch_generator(rng)
+    out = torch.empty(n_draws, len(ks), dtype=torch.float64, device=x.device)
+    # subsets narrower than d are decomposed through their Gram matrix, a block of one
+    # (N, N) Gram matrix of all rows formed once (when that is small enough)
+    centred_all = x - x.mean(0)
+    gram = centred_all @ centred_all.T if size < d and n <= _GRAM_ROWS_MAX else None
+    for t in range(n_draws):
+        rows = torch.randperm(n, generator=generator, device=generator.device)[:size].to(x.device)
+        if gram is None:
+            subset = x[rows]
+            top = _top_subspace(subset - subset.mean(0), k_max)
+        else:
+            block = gram[rows[:, None], rows[None, :]]
+            row_mean = block.mean(1)
+            centred = block - row_mean[:, None] - row_mean[None, :] + block.mean()
+            # eigenvectors of the doubly centred Gram matrix are orthogonal to the ones
+            # vector, so X_c^T u needs no subset mean
+            top = centred_all[rows].T @ _top_of_psd(centred, k_max)
+            top = top / torch.linalg.vector_norm(top, dim=0, keepdim=True)
+        for j, k in enumerate(ks):
+            out[t, j] = _angles(top[:, -k:], reference[:, -k:]).max()
+    return out.to(values.dtype)
+
+
+def spectral_gaps(values: torch.Tensor, k_max: int = 10) -> torch.Tensor:
+    r"""Ratios :math:`\lambda_{k+1} / \lambda_k` of the covariance eigenvalues, for k = 1..k_max.
+
+    A top-``k`` eigenspace is well defined by a sample only where this ratio is small: where it
+    is close to 1, a subsample swaps directions in and out of the top ``k`` and principal angles
+    against it are large for any subset. Choose ``k`` at the smallest ratio.
+
+    Parameters
+    ----------
+    values : Tensor, shape (N, d)
+    k_max : int
+        ``1 <= k_max < d``.
+
+    Returns
+    -------
+    Tensor, float64, shape (k_max,)
+        Entry ``k - 1`` is :math:`\lambda_{k+1} / \lambda_k` (descending eigenvalues of the
+        covariance of the rows), on the device of ``values``.
+    """
+    if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
+        raise ValueError(f"values must be a floating tensor of shape (N, d), got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} of shape {tuple(getattr(values, 'shape', ()))}")
+    k_max = integer(k_max, "k_max", minimum=1)
+    if k_max >= min(values.shape):
+        raise ValueError(f"k_max must be an integer in [1, {min(values.shape) - 1}], got {k_max!r}")
+    x = values.to(torch.float64)
+    x = x - x.mean(0)
+    small = x @ x.T if len(x) < x.shape[1] else x.T @ x
+    eig = torch.linalg.eigvalsh(small).flip(0)[:k_max + 1]
+    if bool((eig[:k_max] <= 0).any()):
+        raise ValueError(f"the covariance has fewer than k_max={k_max} positive eigenvalues")
+    return eig[1:] / eig[:-1]
+
+
+def trace_carriers(gram: torch.Tensor) -> torch.Tensor:
+    r"""Each row's share of :math:`\tr \Cov`: :math:`\|v_i - \bar v\|^2 / \sum_j \|v_j - \bar v\|^2`.
+
+    From the Gram matrix :math:`K = V V^\top` (the diagonal of the centred Gram matrix). The
+    effective number of rows carrying the trace is :math:`1 / \sum_i w_i^2` for these shares
+    :math:`w_i` (Kish's effective sample size): a between share, and any permutation null of it,
+    rests on about that many rows.
+
+    Parameters
+    ----------
+    gram : Tensor, shape (N, N)
+
+    Returns
+    -------
+    Tensor, float64, shape (N,)
+        Non-negative, adding up to 1, on the device of ``gram``.
+    """
+    if not (isinstance(gram, torch.Tensor) and gram.ndim == 2 and gram.shape[0] == gram.shape[1]
+            and gram.dtype.is_floating_point):
+        raise ValueError(f"gram must be a square floating (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
+    k = gram.to(torch.float64)
+    row_mean = k.mean(1)
+    diag = torch.diagonal(k) - 2 * row_mean + k.mean()
+    total = diag.sum()
+    if not bool(torch.isfinite(total)) or float(total) <= 0:
+        raise ValueError("gram must be finite with a positive centred trace")
+    return diag.clamp(min=0) / diag.clamp(min=0).sum()
 
 
 def group_angles(values: torch.Tensor, inverse: torch.Tensor, groups: torch.Tensor, k: int,

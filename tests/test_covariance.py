@@ -152,83 +152,6 @@ def test_principal_angles_against_a_rotation():
         principal_angles(base, base[:4, :4], k=1)
 
 
-# ---------------------------------------------------------------- random-grouping null
-
-
-def _share(values, labels):
-    """Between share of the trace, by a plain numpy loop over groups."""
-    v = np.asarray(values, dtype=np.float64)
-    mu = v.mean(0)
-    between = sum((labels == k).sum() * np.sum((v[labels == k].mean(0) - mu) ** 2) for k in np.unique(labels))
-    return between / np.sum((v - mu) ** 2)
-
-
-def test_random_grouping_share_is_the_exact_mean_over_all_groupings():
-    import itertools
-    from nbsupport.covariance import random_grouping_share
-    g = np.random.default_rng(0)
-    values = g.standard_normal((7, 3)) * [1.0, 5.0, 0.1] + g.standard_normal(3)
-    counts = [3, 2, 1, 1]
-    base = np.repeat(np.arange(len(counts)), counts)
-    shares = [_share(values, base[list(p)]) for p in itertools.permutations(range(7))]  # all 5040 orderings
-    assert np.mean(shares) == pytest.approx(random_grouping_share(counts), rel=1e-12)
-    assert random_grouping_share(counts) == pytest.approx(3 / 6)
-    assert abs(np.mean(shares) - len(counts) / len(values)) > 0.05   # not G / N
-    assert random_grouping_share([0, 7, 0]) == 0.0 and random_grouping_share([1] * 7) == 1.0
-
-
-def test_random_grouping_null_matches_the_closed_form_within_monte_carlo_error():
-    from nbsupport.covariance import random_grouping_null, random_grouping_share
-    values, _ = _data(n=400, d=5, groups=3, seed=7)
-    counts = torch.tensor([200, 100, 50, 20, 10, 10, 5, 3, 1, 1])
-    shares = random_grouping_null(values, counts, n_perm=400, generator=torch.Generator().manual_seed(1))
-    assert shares.shape == (400,) and bool(((shares >= 0) & (shares <= 1)).all())
-    expected = random_grouping_share(counts)
-    assert abs(shares.mean().item() - expected) < 4 * shares.std().item() / 400 ** 0.5
-    assert shares.std().item() > 0
-    # every draw is the between share of some grouping with these sizes: check one by the loop
-    labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    perm = torch.randperm(400, generator=torch.Generator().manual_seed(2))
-    first = random_grouping_null(values, counts, n_perm=1, generator=torch.Generator().manual_seed(2))
-    assert first.item() == pytest.approx(_share(values.numpy(), labels[perm].numpy()), rel=1e-12)
-    # the observed grouping of _data (shifted group means) is far above its null
-    _, inverse = _data(n=400, d=5, groups=3, seed=7)
-    split = decompose_variance(values, inverse)
-    observed = (split.between / split.total).item()
-    null = random_grouping_null(values, torch.bincount(inverse), n_perm=50)
-    assert observed > null.mean().item() + 10 * null.std().item()
-
-
-def test_random_grouping_null_gram_agrees_with_the_rows():
-    from nbsupport.covariance import random_grouping_null, random_grouping_null_gram
-    values, _ = _data(n=120, d=8, seed=8)
-    counts = [60, 30, 20, 5, 5]
-    a = random_grouping_null(values, counts, n_perm=10, generator=torch.Generator().manual_seed(3))
-    b = random_grouping_null_gram(values @ values.T, counts, n_perm=10, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    shifted = values + 100.0                                      # centring happens inside
-    torch.testing.assert_close(random_grouping_null_gram(shifted @ shifted.T, counts, 10, torch.Generator().manual_seed(3)),
-                               b, rtol=1e-8, atol=1e-10)
-    assert random_grouping_null(values, [120], 3).abs().max() < 1e-12          # one group: nothing between
-    torch.testing.assert_close(random_grouping_null_gram(values @ values.T, [1] * 120, 3),
-                               torch.ones(3, dtype=torch.float64))              # singletons: all between
-
-
-@pytest.mark.parametrize("call, match", [
-    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, [10, 9], 3), "counts add up"),
-    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, [10, 10], 0), "n_perm"),
-    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, [10, -1, 11], 3), "counts"),
-    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, torch.tensor([10.0, 10.0]), 3), "counts"),
-    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null(v, [10, 10], 3, generator=0), "generator"),
-    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_null_gram(v, [10, 10], 3), "gram"),
-    (lambda v: __import__("nbsupport.covariance").covariance.random_grouping_share([1]), "at least 2"),
-])
-def test_random_grouping_bad_input(call, match):
-    values, _ = _data(n=20)
-    with pytest.raises(ValueError, match=match):
-        call(values)
-
-
 # ---------------------------------------------------------------- sampling-noise floor of principal angles
 
 
@@ -239,7 +162,7 @@ def test_random_subset_angles_isotropic_law():
     g = torch.Generator().manual_seed(4)
     values = torch.randn(20_000, 2, generator=g, dtype=torch.float64)
     reference = torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64))
-    angles = random_subset_angles(values, 30, k=1, n_draws=600, generator=g, reference=reference)[:, 0]
+    angles = random_subset_angles(values, 30, k=1, n_draws=600, rng=g, reference=reference)[:, 0]
     sd = np.pi / (4 * 3 ** 0.5)
     assert abs(angles.mean().item() - np.pi / 4) < 4 * sd / 600 ** 0.5
     assert abs(angles.std().item() - sd) < 0.1 * sd
@@ -256,7 +179,7 @@ def test_random_subset_angles_shrink_with_the_subset_and_match_a_loop():
     assert random_subset_angles(values, 4000, k=3, n_draws=2).abs().max() < 1e-7   # the whole sample
     # one draw against the explicit covariances and principal_angles
     rows = torch.randperm(4000, generator=torch.Generator().manual_seed(6))[:100]
-    draw = random_subset_angles(values, 100, k=3, n_draws=1, generator=torch.Generator().manual_seed(6))[0]
+    draw = random_subset_angles(values, 100, k=3, n_draws=1, rng=6)[0]
     torch.testing.assert_close(draw, principal_angles(torch.cov(values[rows].T), torch.cov(values.T), 3),
                                rtol=0, atol=1e-8)
 
@@ -306,15 +229,11 @@ def test_results_keep_device_and_dtype(monkeypatch, device, dtype):
     import nbsupport.covariance as cov
     values, inverse = _data(n=200, d=4, groups=3, seed=12)
     values, inverse = values.to(device=device, dtype=dtype), inverse.to(device)
-    counts = torch.bincount(inverse)
-    gen = torch.Generator(device=device).manual_seed(0) if device != "cpu" else torch.Generator().manual_seed(0)
     _forbid_host_round_trips(monkeypatch)
     outputs = [*cov.decompose_covariance(values, inverse), *cov.decompose_variance(values, inverse),
                *cov.group_moments(values, inverse)[2:5],
                cov.principal_angles(torch.cov(values.T), torch.cov(values[:100].T), 2),
-               cov.random_grouping_null(values, counts, 3, gen),
-               cov.random_grouping_null_gram(values @ values.T, counts, 3, gen),
-               cov.random_subset_angles(values, 50, 2, 3, gen),
+               cov.random_subset_angles(values, 50, 2, 3, 0),
                cov.group_angles(values, inverse, torch.tensor([0, 1], device=device), 2),
                *cov.decompose_gram_variance(values @ values.T, inverse)]
     for out in outputs:
@@ -339,6 +258,72 @@ def test_numpy_and_tensor_scalars_accepted_bools_refused():
                        (lambda: decompose_variance(values, inverse, ddof=np.bool_(False)), "ddof"),
                        (lambda: principal_angles(cov, cov, True), "k"),
                        (lambda: random_subset_angles(values, 50.0, 2), "size"),
-                       (lambda: random_subset_angles(values, 50, 2, n_draws=True), "n_draws")):
+                       (lambda: random_subset_angles(values, 50, 2, n_draws=True), "n_draws"),
+                       (lambda: random_subset_angles(values, 50, 2, rng=None), "rng")):
         with pytest.raises(ValueError, match=rf"\b{word} must"):  # the argument named, not any letter
             call()
+
+
+# ---------------------------------------------------------------- spectral gaps and trace carriers
+
+
+def test_spectral_gaps_match_numpy_and_find_the_planted_gap():
+    from nbsupport.covariance import spectral_gaps
+    g = torch.Generator().manual_seed(13)
+    scales = torch.tensor([5.0, 4.5, 1.0, 0.9, 0.8, 0.7], dtype=torch.float64)
+    values = torch.randn(3000, 6, generator=g, dtype=torch.float64) * scales
+    eig = np.linalg.eigvalsh(np.cov(values.numpy(), rowvar=False))[::-1]
+    np.testing.assert_allclose(spectral_gaps(values, 5).numpy(), eig[1:] / eig[:-1], rtol=1e-10)
+    assert int(spectral_gaps(values, 5).argmin()) + 1 == 2                # the planted gap after 2
+    wide = values[:4]                                                     # n < d: the Gram route
+    small = np.linalg.eigvalsh(np.cov(wide.numpy(), rowvar=False))[::-1][:3]
+    np.testing.assert_allclose(spectral_gaps(wide, 2).numpy(), small[1:] / small[:-1], rtol=1e-8)
+    with pytest.raises(ValueError, match="k_max"):
+        spectral_gaps(values, 6)
+
+
+def test_trace_carriers_are_each_rows_squared_distance_to_the_mean():
+    from nbsupport.covariance import trace_carriers
+    values, _ = _data(n=50, d=3)
+    v = values.numpy()
+    d2 = ((v - v.mean(0)) ** 2).sum(1)
+    np.testing.assert_allclose(trace_carriers(values @ values.T).numpy(), d2 / d2.sum(), rtol=1e-9, atol=1e-15)
+    with pytest.raises(ValueError, match="gram"):
+        trace_carriers(torch.ones(3, 3, dtype=torch.float64))
+
+
+def test_largest_angles_at_several_k_equal_separate_calls():
+    from nbsupport.covariance import random_subset_angles, random_subset_largest_angles
+    g = torch.Generator().manual_seed(14)
+    scales = torch.tensor([6.0, 5.0, 2.0, 1.9, 1.0, 0.9, 0.8, 0.7], dtype=torch.float64)
+    values = torch.randn(600, 8, generator=g, dtype=torch.float64) * scales
+    both = random_subset_largest_angles(values, 40, [2, 4], n_draws=5, rng=3)
+    for j, k in enumerate([2, 4]):
+        single = random_subset_angles(values, 40, k, n_draws=5, rng=3).amax(1)
+        torch.testing.assert_close(both[:, j], single, rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="size"):
+        random_subset_largest_angles(values, 4, [2, 4])
+    with pytest.raises(ValueError, match="ks"):
+        random_subset_largest_angles(values, 40, 2)
+
+
+@pytest.mark.parametrize("size", [30, 70])
+def test_largest_angles_through_the_gram_matrix_of_all_rows(monkeypatch, size):
+    """Subsets narrower than d go through a block of the Gram matrix of all rows; the angles are
+    those of the explicit subset covariances (principal_angles of torch.cov), draw by draw, on the
+    dense and on the subspace-iteration route."""
+    import nbsupport.covariance as cov
+    g = torch.Generator().manual_seed(21)
+    values = torch.randn(300, 90, generator=g, dtype=torch.float64) * torch.linspace(4, 0.2, 90, dtype=torch.float64)
+    values += 5.0                                                           # centring happens inside
+    monkeypatch.setattr(cov, "DENSE_SUBSPACE_MAX", 40)                      # size 70: subspace iteration
+    draws = cov.random_subset_largest_angles(values, size, [1, 3], n_draws=4, rng=7)
+    generator = torch.Generator().manual_seed(7)
+    for t in range(4):
+        rows = torch.randperm(300, generator=generator)[:size]
+        for j, k in enumerate([1, 3]):
+            expected = cov.principal_angles(torch.cov(values[rows].T), torch.cov(values.T), k).max()
+            assert abs(draws[t, j].item() - expected.item()) < 1e-8
+    monkeypatch.setattr(cov, "_GRAM_ROWS_MAX", 10)                          # the per-subset route
+    torch.testing.assert_close(cov.random_subset_largest_angles(values, size, [1, 3], n_draws=4, rng=7), draws,
+                               rtol=0, atol=1e-8)
