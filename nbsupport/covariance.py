@@ -26,8 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import integer
-from .nulls import torch_generator
+from ._validate import integer, torch_rng
 
 __all__ = ["group_moments", "decompose_covariance", "decompose_variance", "principal_angles", "GroupMoments",
            "CovarianceSplit", "random_subset_angles", "group_angles", "decompose_gram_variance",
@@ -404,7 +403,7 @@ def random_subset_angles(values: torch.Tensor, size: int, k: int, n_draws: int =
         raise ValueError(f"size must be an integer in ({k}, {n}], got {size!r}")
     x = values.to(torch.float64)
     top_ref = _reference_subspace(x, k, reference)
-    generator = torch_generator(rng)
+    generator = torch_rng(rng)
     out = []
     for _ in range(n_draws):
         rows = torch.randperm(n, generator=generator, device=generator.device)[:size].to(x.device)
@@ -453,7 +452,7 @@ def random_subset_largest_angles(values: torch.Tensor, size: int, ks, n_draws: i
         raise ValueError(f"size must be an integer in ({k_max}, {n}], got {size!r}")
     x = values.to(torch.float64)
     reference = _reference_subspace(x, k_max, None)       # ascending: the top k are the last k
-    generator = torch_generator(rng)
+    generator = torch_rng(rng)
     out = torch.empty(n_draws, len(ks), dtype=torch.float64, device=x.device)
     # subsets narrower than d are decomposed through their Gram matrix, a block of one
     # (N, N) Gram matrix of all rows formed once (when that is small enough)

@@ -30,27 +30,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._validate import integer
+from ._validate import integer, torch_rng
 
-__all__ = ["torch_generator", "random_grouping_share", "random_grouping_null", "random_grouping_null_gram",
+__all__ = ["random_grouping_share", "random_grouping_null", "random_grouping_null_gram",
            "between_share", "between_share_gram", "large_groups", "LargeGroups", "cosine_gram", "hyperplane_partition",
            "kmeans_partition", "random_subset_top_fraction", "top_fraction_gram"]
-
-
-def torch_generator(rng) -> torch.Generator:
-    """The book's one way in for randomness: an int seed or a generator, as a ``torch.Generator``.
-
-    An int (Python, NumPy or 0-d tensor, >= 0) seeds a fresh CPU generator; a ``torch.Generator``
-    is used as given (and advanced); a NumPy ``Generator`` draws the seed of a fresh one. ``None``
-    is refused: the global RNG is never used silently.
-    """
-    if isinstance(rng, torch.Generator):
-        return rng
-    if isinstance(rng, np.random.Generator):
-        return torch.Generator().manual_seed(int(rng.integers(2**62)))
-    if isinstance(rng, (bool, np.bool_)) or rng is None:
-        raise ValueError(f"rng must be an int seed or a Generator, got {rng!r}")
-    return torch.Generator().manual_seed(integer(rng, "rng", minimum=0))
 
 
 def _check_rows(values, name: str = "values") -> torch.Tensor:
@@ -172,7 +156,7 @@ def _prepare(inverse, strata, n: int, n_perm, rng):
     else:
         strata = _dense(_check_labels(strata, n, "strata").cpu())[0]
     n_perm = integer(n_perm, "n_perm", minimum=1)
-    return labels.cpu(), counts.cpu(), strata.cpu(), n_perm, torch_generator(rng)
+    return labels.cpu(), counts.cpu(), strata.cpu(), n_perm, torch_rng(rng)
 
 
 def between_share(values: torch.Tensor, inverse: torch.Tensor) -> float:
@@ -412,7 +396,7 @@ def hyperplane_partition(values: torch.Tensor, n_groups: int, rng=0, max_planes:
     x = _check_rows(values).cpu()
     n_groups = _check_n_groups(n_groups, len(x))
     max_planes = integer(max_planes, "max_planes", minimum=1)
-    generator = torch_generator(rng)
+    generator = torch_rng(rng)
     labels = torch.zeros(len(x), dtype=torch.long)
     count = 1
     for _ in range(max_planes):
@@ -463,7 +447,7 @@ def kmeans_partition(values: torch.Tensor, n_groups: int, rng=0, n_iter: int = 1
     x = _check_rows(values).cpu()
     n_groups = _check_n_groups(n_groups, len(x))
     n_iter = integer(n_iter, "n_iter", minimum=1)
-    generator = torch_generator(rng)
+    generator = torch_rng(rng)
     sq = x.pow(2).sum(1)
 
     def distances(centres):
@@ -533,7 +517,7 @@ def random_subset_top_fraction(gram: torch.Tensor, size: int, k: int, n_draws: i
     size, n_draws = integer(size, "size"), integer(n_draws, "n_draws", minimum=1)
     if not k < size <= len(kk):
         raise ValueError(f"size must be an integer in ({k}, {len(kk)}], got {size!r}")
-    generator = torch_generator(rng)
+    generator = torch_rng(rng)
     subsets = torch.stack([torch.randperm(len(kk), generator=generator)[:size] for _ in range(n_draws)])
     out = torch.empty(n_draws, dtype=torch.float64)
     step = max(1, _SUBSET_ELEMENTS // (size * size))              # draws per batched eigvalsh

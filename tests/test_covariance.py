@@ -155,6 +155,7 @@ def test_principal_angles_against_a_rotation():
 # ---------------------------------------------------------------- sampling-noise floor of principal angles
 
 
+@pytest.mark.slow
 def test_random_subset_angles_isotropic_law():
     """Isotropic Gaussian rows in the plane: the top eigenvector of a subset is uniform in angle, so
     its angle to a fixed axis is uniform on [0, pi/2] (mean pi/4, sd pi/(4 sqrt 3))."""

@@ -8,7 +8,7 @@ import torch
 
 from nbsupport.nulls import (between_share, between_share_gram, cosine_gram, hyperplane_partition, kmeans_partition,
                              large_groups, random_grouping_null, random_grouping_null_gram, random_grouping_share,
-                             random_subset_top_fraction, top_fraction_gram, torch_generator)
+                             random_subset_top_fraction, top_fraction_gram)
 
 
 def _data(n=500, d=4, groups=7, seed=0):
@@ -131,7 +131,7 @@ def test_same_rng_same_draws_and_bad_input():
              (lambda: between_share_gram(torch.tensor([[1.0, 2.0], [2.0 + 1e-6, 1.0]], dtype=torch.float64),
                                          inverse[:2]), "symmetric"),
              (lambda: random_grouping_share([1]), "at least 2"),
-             (lambda: torch_generator(True), "rng must")]
+             (lambda: random_grouping_null(values, inverse, 3, rng=True), "rng must")]
     for call, match in cases:
         with pytest.raises(ValueError, match=match):
             call()
