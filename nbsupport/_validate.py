@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair", "numpy_rng", "torch_rng"]
+__all__ = ["real", "integer", "pair", "rows", "labels", "numpy_rng", "torch_rng"]
 
 
 def _scalar(value):
@@ -99,6 +99,35 @@ def pair(value, name: str, *, minimum: int | None = None) -> tuple[int, int]:
     number = integer(value, name, minimum=minimum)
     return number, number
 
+
+def rows(values, name: str = "values") -> torch.Tensor:
+    """A finite floating tensor of shape (N, d), returned in float64 on its device."""
+    if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating tensor of shape (N, d), got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} of shape "
+                         f"{tuple(getattr(values, 'shape', ()))}")
+    values = values.to(torch.float64)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    return values
+
+
+def labels(values, n: int, name: str = "inverse", device=None) -> torch.Tensor:
+    """A 1-D integer tensor of ``n`` indices >= 0 (a group or class per row), returned as long.
+
+    With ``device``, the tensor must be on that device (no silent copies between devices)."""
+    if (not isinstance(values, torch.Tensor) or values.ndim != 1 or values.dtype.is_floating_point
+            or values.dtype == torch.bool or values.is_complex()):
+        raise ValueError(f"{name} must be a 1-D integer tensor of length {n}, got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} of shape "
+                         f"{tuple(getattr(values, 'shape', ()))}")
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries but there are {n} rows")
+    if device is not None and values.device != torch.device(device):
+        raise ValueError(f"{name} is on {values.device} but the rows on {device}")
+    if bool((values < 0).any()):
+        raise ValueError(f"{name} must hold indices >= 0")
+    return values.long()
 
 def _seed(rng, name: str) -> int:
     """An int seed >= 0 from an int, or one drawn from a numpy or torch generator (advancing it)."""

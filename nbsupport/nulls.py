@@ -31,20 +31,11 @@ import numpy as np
 import torch
 
 from ._validate import integer, torch_rng
+from ._validate import labels as check_labels, rows as check_rows
 
 __all__ = ["random_grouping_share", "random_grouping_null", "random_grouping_null_gram",
            "between_share", "between_share_gram", "large_groups", "LargeGroups", "cosine_gram", "hyperplane_partition",
            "kmeans_partition", "random_subset_top_fraction", "top_fraction_gram"]
-
-
-def _check_rows(values, name: str = "values") -> torch.Tensor:
-    if not isinstance(values, torch.Tensor) or values.ndim != 2 or not values.dtype.is_floating_point:
-        raise ValueError(f"{name} must be a floating tensor of shape (N, d), got "
-                         f"{getattr(values, 'dtype', type(values).__name__)} of shape "
-                         f"{tuple(getattr(values, 'shape', ()))}")
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError(f"{name} must be finite (found NaN or inf)")
-    return values.to(torch.float64)
 
 
 def _check_gram(gram) -> torch.Tensor:
@@ -66,19 +57,6 @@ def _symmetric(k: torch.Tensor) -> bool:
     v = torch.rand(len(k), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(k.device)
     difference = k @ v - v @ k
     return bool((difference.abs() <= 1e-10 * (k.abs() @ v) + 1e-12).all())
-
-
-def _check_labels(labels, n: int, name: str) -> torch.Tensor:
-    if (not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.dtype.is_floating_point
-            or labels.dtype == torch.bool or labels.is_complex()):
-        raise ValueError(f"{name} must be a 1-D integer tensor of length {n}, got "
-                         f"{getattr(labels, 'dtype', type(labels).__name__)} of shape "
-                         f"{tuple(getattr(labels, 'shape', ()))}")
-    if len(labels) != n:
-        raise ValueError(f"{name} has {len(labels)} entries but there are {n} rows")
-    if bool((labels < 0).any()):
-        raise ValueError(f"{name} must hold indices >= 0")
-    return labels.long()
 
 
 def _dense(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,12 +127,12 @@ def _stratum_shuffles(strata: torch.Tensor, n_perm: int, generator: torch.Genera
 
 
 def _prepare(inverse, strata, n: int, n_perm, rng):
-    inverse = _check_labels(inverse, n, "inverse")
+    inverse = check_labels(inverse, n, "inverse")
     labels, counts = _dense(inverse)
     if strata is None:
         strata = torch.zeros(n, dtype=torch.long)
     else:
-        strata = _dense(_check_labels(strata, n, "strata").cpu())[0]
+        strata = _dense(check_labels(strata, n, "strata").cpu())[0]
     n_perm = integer(n_perm, "n_perm", minimum=1)
     return labels.cpu(), counts.cpu(), strata.cpu(), n_perm, torch_rng(rng)
 
@@ -171,8 +149,8 @@ def between_share(values: torch.Tensor, inverse: torch.Tensor) -> float:
     -------
     float
     """
-    x = _check_rows(values).cpu()
-    labels, counts = _dense(_check_labels(inverse, len(x), "inverse").cpu())
+    x = check_rows(values).cpu()
+    labels, counts = _dense(check_labels(inverse, len(x), "inverse").cpu())
     centred = x - x.mean(0)
     total = float(centred.pow(2).sum())
     if total <= 0:
@@ -194,7 +172,7 @@ def between_share_gram(gram: torch.Tensor, inverse: torch.Tensor) -> float:
     float
     """
     kc = _centred_gram(_check_gram(gram).cpu())
-    labels, counts = _dense(_check_labels(inverse, len(kc), "inverse").cpu())
+    labels, counts = _dense(check_labels(inverse, len(kc), "inverse").cpu())
     total = float(torch.trace(kc))
     if total <= 0:
         raise ValueError("gram must have a positive centred trace")
@@ -227,7 +205,7 @@ def random_grouping_null(values: torch.Tensor, inverse: torch.Tensor, n_perm: in
     -------
     Tensor, float64, shape (n_perm,)
     """
-    x = _check_rows(values).cpu()
+    x = check_rows(values).cpu()
     labels, counts, strata, n_perm, generator = _prepare(inverse, strata, len(x), n_perm, rng)
     centred = x - x.mean(0)
     total = centred.pow(2).sum()
@@ -332,7 +310,7 @@ def large_groups(inverse: torch.Tensor, min_count: int) -> LargeGroups:
     """
     if not isinstance(inverse, torch.Tensor):
         raise ValueError(f"inverse must be a 1-D integer tensor, got {type(inverse).__name__}")
-    inverse = _check_labels(inverse, len(inverse), "inverse")
+    inverse = check_labels(inverse, len(inverse), "inverse")
     min_count = integer(min_count, "min_count", minimum=1)
     counts = torch.bincount(inverse)
     rows = torch.nonzero(counts[inverse] >= min_count).squeeze(1)
@@ -393,7 +371,7 @@ def hyperplane_partition(values: torch.Tensor, n_groups: int, rng=0, max_planes:
     Tensor, long, shape (N,)
         Group of every row, groups numbered 0..n_groups-1, on the device of ``values``.
     """
-    x = _check_rows(values).cpu()
+    x = check_rows(values).cpu()
     n_groups = _check_n_groups(n_groups, len(x))
     max_planes = integer(max_planes, "max_planes", minimum=1)
     generator = torch_rng(rng)
@@ -444,7 +422,7 @@ def kmeans_partition(values: torch.Tensor, n_groups: int, rng=0, n_iter: int = 1
     Tensor, long, shape (N,)
         Cluster of every row, numbered 0..n_groups-1, on the device of ``values``.
     """
-    x = _check_rows(values).cpu()
+    x = check_rows(values).cpu()
     n_groups = _check_n_groups(n_groups, len(x))
     n_iter = integer(n_iter, "n_iter", minimum=1)
     generator = torch_rng(rng)
