@@ -47,6 +47,34 @@ def test_sample_gates_frequencies():
         sample_gates(probs, 0)
 
 
+def test_sample_gates_is_an_independent_bernoulli_law_against_a_chi_square_reference():
+    """The draws (uniform noise compared with p, not torch.bernoulli) have the law of independent
+    Bernoulli(p) gates: the joint frequencies of two gates and of two successive draws of one gate
+    match the product law by Pearson's chi-square (scipy's quantile, 3 degrees of freedom), the
+    endpoints p = 0 and p = 1 are exact, and float32 probabilities give float32 gates."""
+    from scipy import stats
+    probs = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    n = 40_000
+    draws = sample_gates(probs, n, rng=11)
+    critical = stats.chi2.ppf(1 - 1e-4, df=3)           # a true law fails once in 10 000 runs
+
+    def chi_square(a, b, pa, pb):
+        observed = np.array([[((a == i) & (b == j)).sum() for j in (0, 1)] for i in (0, 1)])
+        expected = len(a) * np.outer([1 - pa, pa], [1 - pb, pb])
+        return ((observed - expected) ** 2 / expected).sum()
+
+    two_units = draws.numpy()
+    assert chi_square(two_units[:, 0], two_units[:, 1], 0.3, 0.8) < critical
+    one_unit = two_units[:, 0]
+    assert chi_square(one_unit[:-1], one_unit[1:], 0.3, 0.3) < critical        # draws independent
+    # the same statistic rejects a dependent pair (the null: a gate against itself)
+    assert chi_square(one_unit, one_unit, 0.3, 0.3) > critical
+    ends = sample_gates(torch.tensor([0.0, 1.0]), 5000, rng=2)
+    assert ends[:, 0].sum() == 0 and ends[:, 1].sum() == 5000
+    single = sample_gates(torch.full((3,), 0.5, dtype=torch.float32), 4, rng=0)
+    assert single.dtype == torch.float32 and single.shape == (4, 3)
+
+
 def test_gated_forward_hard_gates_is_the_relu_network():
     net, x, _ = _net((3, 6, 5, 2))
     torch.testing.assert_close(gated_forward(net, x, lambda l, z: (z > 0).to(z.dtype)), net(x))
