@@ -29,7 +29,7 @@ module re-exports their public names.
 
 from .gating_core import (MAX_EXACT_UNITS, MonteCarloEstimate, PatternLogProbs, all_patterns,
                           as_torch_generator, effective_sample_size, gated_forward,
-                          importance_log_weights, log_marginal_likelihood, mean_gate_log_likelihood,
+                          importance_log_weights, importance_relative_variance, log_marginal_likelihood, mean_gate_log_likelihood,
                           pareto_khat, pattern_log_probs, posterior_marginals, sample_gates,
                           sampled_gate_grads, soft_gates, train_latent_gates)
 from .gating_information import (GateInformation, PatternMoments, eigenvector_angles, gate_information,
@@ -43,6 +43,6 @@ __all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "patte
            "train_latent_gates", "eigenvector_angles", "bernoulli_kl", "elbo", "GatePosterior",
            "elbo_surrogate", "fit_variational", "gate_information", "gate_information_sampled", "GateInformation", "plugin_entropy",
            "pattern_moments", "PatternMoments", "sampled_gate_grads", "MAX_EXACT_UNITS",
-           "as_torch_generator", "importance_log_weights", "effective_sample_size", "pareto_khat",
+           "as_torch_generator", "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",
            "ESTIMATORS", "exact_logit_gradient", "logit_gradient_estimates",
            "optimal_factorised_posterior"]

@@ -25,7 +25,7 @@ from ._validate import integer, real
 __all__ = [
     "MAX_EXACT_UNITS", "soft_gates", "sample_gates", "gated_forward", "all_patterns",
     "PatternLogProbs", "pattern_log_probs", "MonteCarloEstimate", "log_marginal_likelihood",
-    "importance_log_weights", "effective_sample_size", "pareto_khat",
+    "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",
     "posterior_marginals", "mean_gate_log_likelihood", "sampled_gate_grads", "train_latent_gates",
     "as_torch_generator",
 ]
@@ -401,6 +401,52 @@ def importance_log_weights(model: nn.Sequential, x: torch.Tensor, y: torch.Tenso
                                    as_torch_generator(rng, z.device))
 
 
+def importance_relative_variance(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float,
+                                 proposal: torch.Tensor) -> torch.Tensor:
+    r"""Exact relative variance of the importance weights, :math:`\Var_q(w) / \E_q[w]^2`, by enumeration.
+
+    With :math:`p(a) = P(y \mid x, a) P(a \mid x)` and :math:`P = \sum_a p(a) = \E_q[w]`,
+
+    .. math::
+
+        \frac{\Var_q(w)}{P^2} = \frac{1}{P^2} \sum_a \frac{p(a)^2}{q(a)} - 1
+        = \chi^2\big(P(\cdot \mid x, y) \,\Vert\, q\big),
+
+    the chi-square divergence of the proposal from the posterior. It fixes everything a sampled
+    diagnostic estimates: with S draws the relative standard error of the estimate of P is about
+    :math:`\sqrt{\chi^2 / S}` and Kish's effective sample size about :math:`S / (1 + \chi^2)`
+    (:func:`effective_sample_size`). Exact where :func:`pareto_khat` is undefined (discrete weights).
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)`` with ``m <= 16``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+    proposal : Tensor, shape (N, m)
+        Gate probabilities of the factorised Bernoulli proposal, strictly inside (0, 1) (a gate of
+        probability 0 or 1 leaves patterns undrawn and the variance can be infinite).
+
+    Returns
+    -------
+    Tensor, shape (N,)
+        :math:`\chi^2 \ge 0` per sample.
+    """
+    lp = pattern_log_probs(model, x, y, tau)
+    m = lp.log_lik.shape[1].bit_length() - 1
+    if not (isinstance(proposal, torch.Tensor) and proposal.shape == (len(x), m)
+            and bool(((proposal > 0) & (proposal < 1)).all())):
+        raise ValueError(f"proposal must be a tensor of gate probabilities strictly inside (0, 1) of "
+                         f"shape {(len(x), m)}, got {proposal if proposal is None else tuple(proposal.shape)}")
+    q = proposal.detach().to(lp.log_lik.dtype)
+    patterns = all_patterns(m, dtype=q.dtype, device=q.device)
+    log_q = q.log() @ patterns.T + (-q).log1p() @ (1 - patterns).T                   # (N, 2**m)
+    log_p = lp.log_lik + lp.log_prior
+    log_second = torch.logsumexp(2 * log_p - log_q, dim=1) - 2 * torch.logsumexp(log_p, dim=1)
+    return torch.expm1(log_second).clamp(min=0)
+
+
 def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
     r"""Kish's effective sample size :math:`(\sum_s w_s)^2 / \sum_s w_s^2` per column.
 
@@ -454,8 +500,12 @@ def pareto_khat(log_weights: torch.Tensor) -> np.ndarray:
     Returns
     -------
     numpy.ndarray of float64, shape (N,) (or a 0-d array for 1-D input)
-        ``inf`` where fewer than 5 weights lie above the cut-off (e.g. all weights equal: the
-        tail cannot be fitted).
+        ``nan`` (undefined) where the tail cannot be fitted: the :math:`M + 1` largest weights hold
+        a tie, or all weights are 0. The fit assumes a continuous law of the weights, under which
+        ties have probability 0; weights of a discrete latent variable (e.g. a gate pattern, one
+        weight value per pattern) repeat exactly whenever a pattern is drawn twice, and a
+        generalised-Pareto shape fitted to such a tail says nothing about its variance (there,
+        compute the weights' moments exactly, :func:`importance_relative_variance`).
     """
     values = (log_weights.detach().cpu().double().numpy() if isinstance(log_weights, torch.Tensor)
               else np.asarray(log_weights, dtype=np.float64))
@@ -468,12 +518,14 @@ def pareto_khat(log_weights: torch.Tensor) -> np.ndarray:
     out = np.empty(values.shape[1])
     for j, column in enumerate(values.T):
         if not np.isfinite(column.max()):
-            out[j] = np.inf
+            out[j] = np.nan
             continue
         column = np.sort(column - column.max())
-        cutoff = max(column[-tail - 1], np.log(np.finfo(float).tiny))
-        above = column[column > cutoff]
-        out[j] = np.inf if len(above) <= 4 else _gpd_fit(np.exp(above) - np.exp(cutoff))
+        top = column[-tail - 1:]
+        if np.any(np.diff(top) == 0) or top[0] < np.log(np.finfo(float).tiny):
+            out[j] = np.nan                                # tied (discrete) or underflowing tail
+            continue
+        out[j] = _gpd_fit(np.exp(column[-tail:]) - np.exp(top[0]))
     return out[0] if single else out
 
 
