@@ -34,7 +34,7 @@ def test_build_execution_has_no_errors(md):
 
 # Chapters 1 and 2 still display pandas Stylers (address-bearing reprs); their reworks (issue 22,
 # in main's history as reverted drafts) use nbsupport.report.show_table.
-STYLER_CHAPTERS = {"01_conditional_covariance", "02_bayesian_soft_gating"}
+STYLER_CHAPTERS = {"01_conditional_covariance"}
 
 
 @pytest.mark.parametrize("md", [pytest.param(p, marks=pytest.mark.xfail(
