@@ -18,12 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._validate import real
+import numpy as np
+
+from ._validate import integer, real
 
 __all__ = [
     "MAX_EXACT_UNITS", "soft_gates", "sample_gates", "gated_forward", "all_patterns",
     "PatternLogProbs", "pattern_log_probs", "MonteCarloEstimate", "log_marginal_likelihood",
+    "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",
     "posterior_marginals", "mean_gate_log_likelihood", "sampled_gate_grads", "train_latent_gates",
+    "as_torch_generator",
 ]
 
 
@@ -34,6 +38,31 @@ MAX_EXACT_UNITS = 16
 
 def _check_tau(tau) -> None:
     real(tau, "tau", low=0)
+
+
+def as_torch_generator(rng=0, device=None, generator=None) -> torch.Generator:
+    """The one randomness convention of the gating functions: an ``rng`` argument.
+
+    ``rng`` is an int seed >= 0 (a fresh ``torch.Generator`` seeded with it on ``device``: the same
+    draws on every call), a ``torch.Generator`` (used and advanced in place, on its own device) or a
+    ``numpy.random.Generator`` (one 63-bit seed is drawn from it). ``None`` is refused: the global
+    random state is never read or advanced. ``generator``, the older keyword of DESIGN.md, is
+    accepted as an alias for a ``torch.Generator`` passed as ``rng``.
+    """
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        return generator
+    if isinstance(rng, torch.Generator):
+        return rng
+    if isinstance(rng, np.random.Generator):
+        rng = int(rng.integers(2**63 - 1))
+    try:
+        seed = integer(rng, "rng", minimum=0)
+    except ValueError:
+        raise ValueError("rng must be an int seed >= 0, a torch.Generator or a numpy Generator "
+                         f"(the global random state is never used), got {rng!r}") from None
+    return torch.Generator(device=device if device is not None else "cpu").manual_seed(seed)
 
 
 def soft_gates(z: torch.Tensor, tau: float) -> torch.Tensor:
@@ -50,8 +79,9 @@ def soft_gates(z: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.sigmoid(z / tau)
 
 
-def sample_gates(probs: torch.Tensor, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Independent Bernoulli gates.
+def sample_gates(probs: torch.Tensor, n_samples: int, generator: torch.Generator | None = None,
+                 rng=0) -> torch.Tensor:
+    r"""Independent Bernoulli gates.
 
     Parameters
     ----------
@@ -60,19 +90,23 @@ def sample_gates(probs: torch.Tensor, n_samples: int, generator: torch.Generator
     n_samples : int
         Number of draws, >= 1.
     generator : torch.Generator, optional
-        For reproducible draws.
+        Alias of a generator passed as ``rng`` (DESIGN.md's name).
+    rng : int, torch.Generator or numpy.random.Generator
+        Source of the uniform noise :math:`u`, gate = :math:`\mathbf{1}(u < p)`
+        (:func:`as_torch_generator`; default seed 0). The global random state is never used; the
+        noise is drawn on the generator's device and moved to ``probs``'.
 
     Returns
     -------
     Tensor, shape (n_samples, ...)
         0/1 values in the dtype of ``probs``.
     """
-    if not (isinstance(n_samples, int) and n_samples >= 1):
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    if not bool(((probs >= 0) & (probs <= 1)).all()):
-        raise ValueError("probs must lie in [0, 1]")
-    expanded = probs.expand(n_samples, *probs.shape)
-    return torch.bernoulli(expanded, generator=generator).to(probs.dtype)
+    n_samples = integer(n_samples, "n_samples", minimum=1)
+    if not (isinstance(probs, torch.Tensor) and bool(((probs >= 0) & (probs <= 1)).all())):
+        raise ValueError("probs must be a tensor of probabilities in [0, 1]")
+    gen = as_torch_generator(rng, probs.device, generator)
+    u = torch.rand((n_samples, *probs.shape), generator=gen, dtype=probs.dtype, device=gen.device)
+    return (u.to(probs.device) < probs).to(probs.dtype)      # the source's rand < p, any device
 
 
 GateSpec = Sequence[torch.Tensor] | Callable[[int, torch.Tensor], torch.Tensor]
@@ -253,7 +287,7 @@ class MonteCarloEstimate(NamedTuple):
 def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float,
                             method: str = "exact", n_samples: int = 1000,
                             generator: torch.Generator | None = None, chunk: int = 2**18,
-                            proposal: torch.Tensor | None = None):
+                            proposal: torch.Tensor | None = None, rng=0):
     r""":math:`\log \sum_a P(y \mid x, a) P(a \mid x)` for a one-hidden-layer classifier with random gates.
 
     Parameters
@@ -275,7 +309,10 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
     n_samples : int
         Draws for ``"mc"`` and ``"is"``, >= 2.
     generator : torch.Generator, optional
-        For ``"mc"`` and ``"is"``.
+        Alias of a generator passed as ``rng``.
+    rng : int, torch.Generator or numpy.random.Generator
+        Source of the draws for ``"mc"`` and ``"is"`` (:func:`as_torch_generator`, default seed 0;
+        the global random state is never used).
     proposal : Tensor, shape (N, m), optional
         Gate probabilities of the proposal, for ``"is"`` (required there). The estimate is consistent
         only if :math:`q(a) > 0` wherever :math:`P(a \mid x) > 0`, i.e. every entry strictly inside
@@ -307,28 +344,189 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
             joint = ((low + prior_low) + (high + prior_high)).sub_(log_products)      # (rows, L, H)
             out.append(torch.logsumexp(joint.flatten(1), dim=1))
         return torch.cat(out)
+    if method not in ("mc", "is"):
+        raise ValueError(f"method must be 'exact', 'mc' or 'is', got {method!r}")
+    n_samples = integer(n_samples, "n_samples", minimum=2)
+    gen = as_torch_generator(rng, z.device, generator)
     if method == "mc":
-        if not (isinstance(n_samples, int) and n_samples >= 2):
-            raise ValueError(f"n_samples must be an int >= 2 for method='mc', got {n_samples!r}")
-        gates = sample_gates(soft_gates(z, tau).detach(), n_samples, generator)   # (S, N, m)
-        log_lik = _log_lik_sampled(second, z, y, gates)
-        return _log_mean_exp(log_lik)
-    if method == "is":
-        if not (isinstance(n_samples, int) and n_samples >= 2):
-            raise ValueError(f"n_samples must be an int >= 2 for method='is', got {n_samples!r}")
-        if not (isinstance(proposal, torch.Tensor) and proposal.shape == z.shape
-                and bool(((proposal >= 0) & (proposal <= 1)).all())):
-            raise ValueError(f"proposal must be a tensor of gate probabilities in [0, 1] of shape {tuple(z.shape)}, "
-                             f"got {proposal if proposal is None else tuple(proposal.shape)}")
-        q = proposal.detach().to(z.dtype)
-        gates = sample_gates(q, n_samples, generator)                                  # (S, N, m)
-        log_lik = _log_lik_sampled(second, z, y, gates)
-        on, logit_q = gates.bool(), torch.logit(q)                                     # logit(0) = -inf: exact
-        log_prior = torch.where(on, F.logsigmoid(z / tau), F.logsigmoid(-z / tau)).sum(2)
-        log_q = torch.where(on, F.logsigmoid(logit_q), F.logsigmoid(-logit_q)).sum(2)
-        log_ratio = log_prior - log_q
-        return _log_mean_exp(log_lik + log_ratio)
-    raise ValueError(f"method must be 'exact', 'mc' or 'is', got {method!r}")
+        gates = sample_gates(soft_gates(z, tau).detach(), n_samples, rng=gen)       # (S, N, m)
+        return _log_mean_exp(_log_lik_sampled(second, z, y, gates))
+    return _log_mean_exp(_importance_log_weights(second, z, y, tau, proposal, n_samples, gen))
+
+
+def _importance_log_weights(second, z, y, tau, proposal, n_samples, gen) -> torch.Tensor:
+    """log P(y | x, a) + log P(a | x) - log q(a) for ``n_samples`` draws a ~ q: (S, N)."""
+    if not (isinstance(proposal, torch.Tensor) and proposal.shape == z.shape
+            and bool(((proposal >= 0) & (proposal <= 1)).all())):
+        raise ValueError(f"proposal must be a tensor of gate probabilities in [0, 1] of shape "
+                         f"{tuple(z.shape)}, got {proposal if proposal is None else tuple(proposal.shape)}")
+    q = proposal.detach().to(z.dtype)
+    gates = sample_gates(q, n_samples, rng=gen)                                      # (S, N, m)
+    log_lik = _log_lik_sampled(second, z, y, gates)
+    on, logit_q = gates.bool(), torch.logit(q)                                       # logit(0) = -inf: exact
+    log_prior = torch.where(on, F.logsigmoid(z / tau), F.logsigmoid(-z / tau)).sum(2)
+    log_q = torch.where(on, F.logsigmoid(logit_q), F.logsigmoid(-logit_q)).sum(2)
+    return log_lik + log_prior - log_q
+
+
+def importance_log_weights(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float,
+                           proposal: torch.Tensor, n_samples: int = 1000, rng=0) -> torch.Tensor:
+    r"""Log importance weights :math:`\log w(a) = \log P(y \mid x, a) + \log P(a \mid x) - \log q(a)`.
+
+    The draws behind ``log_marginal_likelihood(..., method="is")`` (the same ``rng`` gives the same
+    draws), for diagnostics: :func:`effective_sample_size`, :func:`pareto_khat`.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+    proposal : Tensor, shape (N, m)
+        Gate probabilities of the factorised Bernoulli proposal :math:`q(a)`.
+    n_samples : int
+        Draws per sample, >= 2.
+    rng : int, torch.Generator or numpy.random.Generator
+
+    Returns
+    -------
+    Tensor, shape (n_samples, N)
+    """
+    _check_tau(tau)
+    first, second = _check_one_hidden(model, x, y)
+    z = first(x)
+    n_samples = integer(n_samples, "n_samples", minimum=2)
+    return _importance_log_weights(second, z, y, tau, proposal, n_samples,
+                                   as_torch_generator(rng, z.device))
+
+
+def importance_relative_variance(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float,
+                                 proposal: torch.Tensor) -> torch.Tensor:
+    r"""Exact relative variance of the importance weights, :math:`\Var_q(w) / \E_q[w]^2`, by enumeration.
+
+    With :math:`p(a) = P(y \mid x, a) P(a \mid x)` and :math:`P = \sum_a p(a) = \E_q[w]`,
+
+    .. math::
+
+        \frac{\Var_q(w)}{P^2} = \frac{1}{P^2} \sum_a \frac{p(a)^2}{q(a)} - 1
+        = \chi^2\big(P(\cdot \mid x, y) \,\Vert\, q\big),
+
+    the chi-square divergence of the proposal from the posterior. It fixes everything a sampled
+    diagnostic estimates: with S draws the relative standard error of the estimate of P is about
+    :math:`\sqrt{\chi^2 / S}` and Kish's effective sample size about :math:`S / (1 + \chi^2)`
+    (:func:`effective_sample_size`). Exact where :func:`pareto_khat` is undefined (discrete weights).
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)`` with ``m <= 16``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+    proposal : Tensor, shape (N, m)
+        Gate probabilities of the factorised Bernoulli proposal, strictly inside (0, 1) (a gate of
+        probability 0 or 1 leaves patterns undrawn and the variance can be infinite).
+
+    Returns
+    -------
+    Tensor, shape (N,)
+        :math:`\chi^2 \ge 0` per sample.
+    """
+    lp = pattern_log_probs(model, x, y, tau)
+    m = lp.log_lik.shape[1].bit_length() - 1
+    if not (isinstance(proposal, torch.Tensor) and proposal.shape == (len(x), m)
+            and bool(((proposal > 0) & (proposal < 1)).all())):
+        raise ValueError(f"proposal must be a tensor of gate probabilities strictly inside (0, 1) of "
+                         f"shape {(len(x), m)}, got {proposal if proposal is None else tuple(proposal.shape)}")
+    q = proposal.detach().to(lp.log_lik.dtype)
+    patterns = all_patterns(m, dtype=q.dtype, device=q.device)
+    log_q = q.log() @ patterns.T + (-q).log1p() @ (1 - patterns).T                   # (N, 2**m)
+    log_p = lp.log_lik + lp.log_prior
+    log_second = torch.logsumexp(2 * log_p - log_q, dim=1) - 2 * torch.logsumexp(log_p, dim=1)
+    return torch.expm1(log_second).clamp(min=0)
+
+
+def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
+    r"""Kish's effective sample size :math:`(\sum_s w_s)^2 / \sum_s w_s^2` per column.
+
+    Parameters
+    ----------
+    log_weights : Tensor, shape (S, N)
+        Log importance weights, draws along axis 0.
+
+    Returns
+    -------
+    Tensor, shape (N,)
+        In [1, S].
+    """
+    if not (isinstance(log_weights, torch.Tensor) and log_weights.ndim == 2 and len(log_weights) >= 1):
+        raise ValueError("log_weights must be a tensor of shape (S, N)")
+    w = (log_weights - log_weights.max(0).values).exp()
+    return w.sum(0).pow(2) / w.pow(2).sum(0)
+
+
+def _gpd_fit(exceedances: np.ndarray) -> float:
+    """Shape k of a generalised Pareto law fitted to sorted positive exceedances.
+
+    Zhang & Stephens (2009)'s empirical-Bayes estimate with the weakly informative prior of
+    Vehtari et al. (2024), shrinking k towards 1/2 with the weight of 10 observations."""
+    n = len(exceedances)
+    m_est = 30 + int(n**0.5)
+    b = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1, dtype=float) - 0.5))
+    b = b / (3 * exceedances[int(n / 4 + 0.5) - 1]) + 1 / exceedances[-1]
+    k = np.log1p(-b[:, None] * exceedances).mean(axis=1)
+    profile = n * (np.log(-b / k) - k - 1)
+    weights = 1 / np.exp(profile - profile[:, None]).sum(axis=1)
+    keep = weights >= 10 * np.finfo(float).eps
+    b, weights = b[keep], weights[keep] / weights[keep].sum()
+    k_post = np.log1p(-(b * weights).sum() * exceedances).mean()
+    return (n * k_post + 10 * 0.5) / (n + 10)
+
+
+def pareto_khat(log_weights: torch.Tensor) -> np.ndarray:
+    r"""Pareto :math:`\hat k` of importance weights (PSIS diagnostic), per column.
+
+    The largest :math:`M = \lceil\min(S/5, 3\sqrt S)\rceil` weights are fitted by a generalised
+    Pareto law above the next one; its shape :math:`\hat k` says how heavy the weights' tail is
+    :cite:p:`yao2018yes`: below 0.5 the plain importance-sampling estimate has finite variance and
+    is reliable, 0.5-0.7 usable with care, above 0.7 unreliable whatever the number of draws.
+
+    Parameters
+    ----------
+    log_weights : Tensor or array, shape (S,) or (S, N)
+        Log importance weights, draws along axis 0, S >= 10.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N,) (or a 0-d array for 1-D input)
+        ``nan`` (undefined) where the tail cannot be fitted: the :math:`M + 1` largest weights hold
+        a tie, or all weights are 0. The fit assumes a continuous law of the weights, under which
+        ties have probability 0; weights of a discrete latent variable (e.g. a gate pattern, one
+        weight value per pattern) repeat exactly whenever a pattern is drawn twice, and a
+        generalised-Pareto shape fitted to such a tail says nothing about its variance (there,
+        compute the weights' moments exactly, :func:`importance_relative_variance`).
+    """
+    values = (log_weights.detach().cpu().double().numpy() if isinstance(log_weights, torch.Tensor)
+              else np.asarray(log_weights, dtype=np.float64))
+    if values.ndim not in (1, 2) or len(values) < 10 or not np.all(np.isfinite(values) | (values == -np.inf)):
+        raise ValueError("log_weights must have shape (S,) or (S, N) with S >= 10, finite or -inf")
+    single = values.ndim == 1
+    values = values.reshape(len(values), -1)
+    n = len(values)
+    tail = int(np.ceil(min(0.2 * n, 3 * np.sqrt(n))))
+    out = np.empty(values.shape[1])
+    for j, column in enumerate(values.T):
+        if not np.isfinite(column.max()):
+            out[j] = np.nan
+            continue
+        column = np.sort(column - column.max())
+        top = column[-tail - 1:]
+        if np.any(np.diff(top) == 0) or top[0] < np.log(np.finfo(float).tiny):
+            out[j] = np.nan                                # tied (discrete) or underflowing tail
+            continue
+        out[j] = _gpd_fit(np.exp(column[-tail:]) - np.exp(top[0]))
+    return out[0] if single else out
 
 
 def _log_mean_exp(log_values: torch.Tensor) -> MonteCarloEstimate:
@@ -403,7 +601,7 @@ class _GatedNet(nn.Module):
 
 
 def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, n_draws: int,
-                       seed: int = 0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       rng=0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-sample gradients :math:`\nabla_\theta \log P(y \mid x, a)` with freshly sampled gates.
 
     Every (draw, sample) pair draws its own gates :math:`a_l \sim \text{Bernoulli}(\sigma(z_l/\tau))`
@@ -423,10 +621,11 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     tau : float
     n_draws : int
         Gate draws per sample.
-    seed : int
-        Seeds a fresh ``torch.Generator`` when ``generator`` is not given.
+    rng : int, torch.Generator or numpy.random.Generator
+        Source of the uniform noise (:func:`as_torch_generator`, default seed 0; a generator is
+        advanced by the call); on any device, the noise is moved to ``x``'s.
     generator : torch.Generator, optional
-        Source of the uniform noise (advanced by the call); on any device, the noise is moved to ``x``'s.
+        Alias of a generator passed as ``rng``.
 
     Returns
     -------
@@ -436,14 +635,10 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
         The sampled gates of all hidden layers, concatenated (``m_total`` the sum of the hidden widths).
     """
     _check_tau(tau)
-    if not (isinstance(n_draws, int) and n_draws >= 1):
-        raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}")
+    n_draws = integer(n_draws, "n_draws", minimum=1)
     if x.ndim != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must have shape (N, d) and y shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if generator is None:
-        if not (isinstance(seed, int) and seed >= 0):
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        generator = torch.Generator(device=x.device).manual_seed(seed)
+    generator = as_torch_generator(rng, x.device, generator)
     gated_net = _GatedNet(model)
     widths = [module.out_features for i, module in enumerate(model[:-1])
               if isinstance(module, nn.Linear) and isinstance(model[i + 1], nn.ReLU)]
@@ -472,7 +667,7 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
 
 def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, epochs: int,
                        lr: float = 1e-2, batch_size: int = 100,
-                       generator: torch.Generator | None = None) -> list[float]:
+                       generator: torch.Generator | None = None, rng=0) -> list[float]:
     r"""Train the latent-gate classifier on its own objective, the exact marginal likelihood.
 
     Minimises :math:`-\frac1B \sum_{i \in \text{batch}} \log \sum_a P(y_i \mid x_i, a) P(a \mid x_i)`
@@ -494,7 +689,10 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     batch_size : int
         In [1, N].
     generator : torch.Generator, optional
-        Shuffles the minibatches (default: a generator seeded with 0), so the global random state is untouched.
+        Alias of a generator passed as ``rng``.
+    rng : int, torch.Generator or numpy.random.Generator
+        Shuffles the minibatches (:func:`as_torch_generator`, default seed 0); the global random
+        state is untouched.
 
     Returns
     -------
@@ -503,13 +701,12 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     """
     _check_tau(tau)
     _check_one_hidden(model, x, y)
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if not (isinstance(batch_size, int) and 1 <= batch_size <= len(x)):
+    epochs = integer(epochs, "epochs", minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    if batch_size > len(x):
         raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
     real(lr, "lr", low=0)
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
+    generator = as_torch_generator(rng, None, generator)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
     for _ in range(epochs):

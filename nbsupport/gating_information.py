@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import torch
 
-from .gating_core import _check_tau, _log_prior, all_patterns, sample_gates, soft_gates
+from ._validate import integer
+from .gating_core import _check_tau, _log_prior, all_patterns, as_torch_generator, sample_gates, soft_gates
 
 __all__ = [
     "GateInformation", "gate_information", "plugin_entropy", "PatternMoments", "pattern_moments",
@@ -190,7 +191,8 @@ def eigenvector_angles(cov: torch.Tensor, reference: torch.Tensor | None = None)
 
 
 def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_samples: int,
-                             estimator: str = "density", generator: torch.Generator | None = None) -> GateInformation:
+                             estimator: str = "density", generator: torch.Generator | None = None,
+                             rng=0) -> GateInformation:
     r"""Sampling estimates of :func:`gate_information` for layers too wide to enumerate.
 
     Draws ``n_samples`` pairs (x, a): x uniform over the rows, a from its gates. :math:`H(A \mid X)`
@@ -211,6 +213,9 @@ def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_sam
         >= 2.
     estimator : {"density", "plugin"}
     generator : torch.Generator, optional
+        Alias of a generator passed as ``rng``.
+    rng : int, torch.Generator or numpy.random.Generator
+        Source of the draws (default seed 0); the global random state is never used.
 
     Returns
     -------
@@ -218,14 +223,14 @@ def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_sam
     """
     _check_tau(tau)
     _check_z_y(z, y)
-    if not (isinstance(n_samples, int) and n_samples >= 2):
-        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    n_samples = integer(n_samples, "n_samples", minimum=2)
     if estimator not in ("density", "plugin"):
         raise ValueError(f"estimator must be 'density' or 'plugin', got {estimator!r}")
     z = z.detach().to(torch.float64)
     on = soft_gates(z, tau)
-    rows = torch.randint(len(z), (n_samples,), generator=generator, device=z.device)
-    gates = sample_gates(on[rows], 1, generator)[0]                         # (n, m)
+    gen = as_torch_generator(rng, z.device, generator)
+    rows = torch.randint(len(z), (n_samples,), generator=gen, device=gen.device).to(z.device)
+    gates = sample_gates(on[rows], 1, rng=gen)[0]                           # (n, m)
     labels = y[rows]
     h_a_x = _conditional_entropy(on).item()
     if estimator == "plugin":

@@ -9,11 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validate import real
-from .gating_core import (_check_one_hidden, _check_tau, _log_lik_all, _log_lik_sampled,
-                          all_patterns, log_marginal_likelihood, sample_gates)
+from ._validate import integer, real
+from .gating_core import (_check_one_hidden, _check_tau, _log_lik_all, all_patterns,
+                          as_torch_generator, log_marginal_likelihood, pattern_log_probs,
+                          posterior_marginals)
 
-__all__ = ["bernoulli_kl", "elbo", "GatePosterior", "elbo_surrogate", "fit_variational"]
+__all__ = ["bernoulli_kl", "elbo", "GatePosterior", "elbo_surrogate", "fit_variational",
+           "ESTIMATORS", "logit_gradient_estimates", "exact_logit_gradient",
+           "optimal_factorised_posterior"]
+
+#: Sampled gradient estimators of :math:`\E_q[\log P(y \mid x, A)]` known to :func:`elbo_surrogate`.
+ESTIMATORS = ("reinforce", "disarm", "concrete")
 
 
 def bernoulli_kl(q: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
@@ -94,20 +100,68 @@ class GatePosterior(nn.Module):
         return self.net(x)
 
 
+def _log_lik_gates(second: nn.Linear, z: torch.Tensor, y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """log P(y | x, a) for gates (..., N, m) of any values, hard or relaxed: (..., N)."""
+    logp = F.log_softmax(second(z * gates), dim=-1)
+    return logp.gather(-1, y.view(-1, 1).expand(*logp.shape[:-1], 1)).squeeze(-1)
+
+
+def _sampled_term(second, z, y, q_logits, n_samples, estimator, relaxation, gen) -> torch.Tensor:
+    r"""Surrogate of :math:`\E_q[\log P(y \mid x, A)]` for logits (..., N, m): value and gradient, (..., N)."""
+    shape = (n_samples, *q_logits.shape)
+    u = torch.rand(shape, generator=gen, dtype=z.dtype, device=gen.device).to(z.device)
+    probs = torch.sigmoid(q_logits)
+    if estimator == "reinforce":
+        gates = (u < probs.detach()).to(z.dtype)                                      # (S, ..., N, m)
+        f = _log_lik_gates(second, z, y, gates)                                       # (S, ..., N)
+        log_q = (gates * F.logsigmoid(q_logits) + (1 - gates) * F.logsigmoid(-q_logits)).sum(-1)
+        baseline = (f.sum(0, keepdim=True) - f) / (n_samples - 1)                     # leave-one-out
+        return (f + (f - baseline).detach() * (log_q - log_q.detach())).mean(0)
+    if estimator == "disarm":
+        half = u[: n_samples // 2]
+        gates = (half < probs.detach()).to(z.dtype)
+        twins = (1 - half < probs.detach()).to(z.dtype)                               # antithetic draws
+        f, f_twin = _log_lik_gates(second, z, y, gates), _log_lik_gates(second, z, y, twins)
+        sign = 1 - 2 * twins                                                           # (-1)^{b~}
+        g = 0.5 * (f - f_twin).unsqueeze(-1) * sign * (gates != twins) * torch.sigmoid(q_logits.abs())
+        value = 0.5 * (f + f_twin)
+        return (value + (g.detach() * (q_logits - q_logits.detach())).sum(-1)).mean(0)
+    gates = torch.sigmoid((q_logits + torch.logit(u, eps=1e-12)) / relaxation)       # concrete
+    return _log_lik_gates(second, z, y, gates).mean(0)
+
+
+def _check_estimator(estimator, n_samples, relaxation) -> int:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    n_samples = integer(n_samples, "n_samples", minimum=2)
+    if estimator == "disarm" and n_samples % 2:
+        raise ValueError(f"n_samples must be even for estimator='disarm' (antithetic pairs), got {n_samples}")
+    real(relaxation, "relaxation", low=0)
+    return n_samples
+
+
 def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_logits: torch.Tensor,
                    n_samples: int = 8, estimator: str = "reinforce", relaxation: float = 0.5,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, rng=0) -> torch.Tensor:
     r"""A sampled objective whose gradient estimates that of the :func:`elbo`.
 
     The KL term is exact; only :math:`\E_q[\log P(y \mid x, A)]` is sampled, with ``n_samples`` draws.
 
     * ``"reinforce"`` (score function): :math:`\nabla_\phi \E_q[f] = \E_q[(f - b)\nabla_\phi \log q(a)]`
-      with the leave-one-out baseline b (mean of the other draws) :cite:p:`williams1992simple`.
-      Unbiased; the value returned is an unbiased estimate of the ELBO.
+      with the leave-one-out baseline b (mean of the other draws)
+      :cite:p:`williams1992simple,kool2019buy`. Unbiased; the value returned is an unbiased
+      estimate of the ELBO.
+    * ``"disarm"``: ``n_samples / 2`` antithetic pairs :math:`b = \mathbf{1}(u < q)`,
+      :math:`\tilde b = \mathbf{1}(1 - u < q)` and, for the logits :math:`\phi`,
+      :math:`\tfrac12 (f(b) - f(\tilde b)) (-1)^{\tilde b_i} \mathbf{1}(b_i \ne \tilde b_i)
+      \sigma(|\phi_i|)` :cite:p:`yin2019arm,dong2020disarm`. Unbiased.
     * ``"concrete"``: relaxed Bernoulli gates
-      :math:`\sigma((\ell + \log u - \log(1 - u))/\lambda)` with temperature ``relaxation``
+      :math:`\sigma((\phi + \log u - \log(1 - u))/\lambda)` with temperature ``relaxation``
       :cite:p:`maddison2017concrete,jang2017categorical`, plugged into the network as soft gates
       :math:`a \odot z`. Low variance but biased: the network never sees such gates at test time.
+
+    The model's parameters get the pathwise gradient of :math:`f` at the drawn gates (for
+    ``"concrete"`` at the relaxed ones).
 
     Parameters
     ----------
@@ -120,11 +174,15 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
     q_logits : Tensor, shape (N, m)
         Logits of the factorised Bernoulli q (differentiable, e.g. from :class:`GatePosterior`).
     n_samples : int
-        Draws per sample, >= 2.
-    estimator : {"reinforce", "concrete"}
+        Draws per sample, >= 2 (even for ``"disarm"``).
+    estimator : {"reinforce", "disarm", "concrete"}
     relaxation : float
         Temperature of the concrete relaxation, > 0.
     generator : torch.Generator, optional
+        Alias of a generator passed as ``rng``.
+    rng : int, torch.Generator or numpy.random.Generator
+        Source of the uniform noise (:func:`~nbsupport.gating_core.as_torch_generator`, default seed
+        0); the global random state is never used.
 
     Returns
     -------
@@ -136,29 +194,149 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
     z = first(x)
     if q_logits.shape != z.shape:
         raise ValueError(f"q_logits must have shape {tuple(z.shape)}, got {tuple(q_logits.shape)}")
-    if not (isinstance(n_samples, int) and n_samples >= 2):
-        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    n_samples = _check_estimator(estimator, n_samples, relaxation)
+    gen = as_torch_generator(rng, z.device, generator)
     kl = bernoulli_kl(torch.sigmoid(q_logits), z / tau)
-    if estimator == "reinforce":
-        gates = sample_gates(torch.sigmoid(q_logits).detach(), n_samples, generator)      # (S, N, m)
-        f = _log_lik_sampled(second, z, y, gates)                                        # (S, N)
-        log_q = (gates * F.logsigmoid(q_logits) + (1 - gates) * F.logsigmoid(-q_logits)).sum(2)
-        baseline = (f.sum(0, keepdim=True) - f) / (n_samples - 1)
-        score = (f - baseline).detach() * (log_q - log_q.detach())                        # value 0, gradient REINFORCE
-        return (f + score).mean(0) - kl
-    if estimator == "concrete":
-        real(relaxation, "relaxation", low=0)
-        u = torch.rand((n_samples, *z.shape), generator=generator, dtype=z.dtype, device=z.device)
-        gates = torch.sigmoid((q_logits + torch.logit(u, eps=1e-12)) / relaxation)
-        f = _log_lik_sampled(second, z, y, gates)
-        return f.mean(0) - kl
-    raise ValueError(f"estimator must be 'reinforce' or 'concrete', got {estimator!r}")
+    return _sampled_term(second, z, y, q_logits, n_samples, estimator, relaxation, gen) - kl
+
+
+def exact_logit_gradient(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
+                         q_logits: torch.Tensor) -> torch.Tensor:
+    r"""Exact :math:`\nabla_\phi \E_{q_\phi}[\log P(y \mid x, A)]` per sample, by enumeration.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)`` with ``m <= 16``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    q_logits : Tensor, shape (N, m)
+        Logits of the factorised Bernoulli q.
+
+    Returns
+    -------
+    Tensor, shape (N, m)
+    """
+    first, second = _check_one_hidden(model, x, y)
+    with torch.no_grad():
+        log_lik = _log_lik_all(second, first(x), y)                                   # (N, 2**m)
+    if q_logits.shape != (len(x), log_lik.shape[1].bit_length() - 1):
+        raise ValueError(f"q_logits must have shape {(len(x), log_lik.shape[1].bit_length() - 1)}, "
+                         f"got {tuple(q_logits.shape)}")
+    phi = q_logits.detach().clone().requires_grad_(True)
+    patterns = all_patterns(phi.shape[1], dtype=phi.dtype, device=phi.device)
+    log_q = F.logsigmoid(phi) @ patterns.T + F.logsigmoid(-phi) @ (1 - patterns).T
+    return torch.autograd.grad((log_q.exp() * log_lik).sum(), phi)[0]
+
+
+def logit_gradient_estimates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
+                             q_logits: torch.Tensor, estimator: str = "reinforce", n_samples: int = 8,
+                             n_repeats: int = 100, relaxation: float = 0.5, rng=0) -> torch.Tensor:
+    r"""``n_repeats`` independent estimates of :math:`\nabla_\phi \E_{q_\phi}[\log P(y \mid x, A)]`.
+
+    Each estimate is the gradient of :func:`elbo_surrogate`'s sampled term with ``n_samples`` draws
+    per sample, as a training step would see it; compare with :func:`exact_logit_gradient` for the
+    bias and variance of an estimator.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear, ReLU, Linear``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    q_logits : Tensor, shape (N, m)
+    estimator : {"reinforce", "disarm", "concrete"}
+    n_samples : int
+        Draws per estimate (function evaluations: DisARM uses ``n_samples / 2`` pairs).
+    n_repeats : int
+        Independent estimates, >= 1.
+    relaxation : float
+        Concrete temperature.
+    rng : int, torch.Generator or numpy.random.Generator
+
+    Returns
+    -------
+    Tensor, shape (n_repeats, N, m)
+    """
+    first, second = _check_one_hidden(model, x, y)
+    n_samples = _check_estimator(estimator, n_samples, relaxation)
+    n_repeats = integer(n_repeats, "n_repeats", minimum=1)
+    with torch.no_grad():
+        z = first(x)
+    if q_logits.shape != z.shape:
+        raise ValueError(f"q_logits must have shape {tuple(z.shape)}, got {tuple(q_logits.shape)}")
+    gen = as_torch_generator(rng, z.device)
+    phi = q_logits.detach().expand(n_repeats, *z.shape).clone().requires_grad_(True)
+    term = _sampled_term(second, z, y, phi, n_samples, estimator, relaxation, gen)  # (R, N)
+    return torch.autograd.grad(term.sum(), phi)[0]
+
+
+def optimal_factorised_posterior(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float,
+                                 init: torch.Tensor | None = None, max_sweeps: int = 500,
+                                 tol: float = 1e-10) -> torch.Tensor:
+    r"""Per-point ELBO optimum over factorised Bernoulli :math:`q(a)`, by coordinate ascent (CAVI).
+
+    The ELBO of a factorised q is :math:`\E_q[\log P(y, A \mid x)] + H(q)`; holding all units but
+    one fixed, its maximiser is :math:`\operatorname{logit} q_i = \E_{q_{-i}}[\log P(y, A \mid x)
+    \mid a_i = 1] - \E_{q_{-i}}[\,\cdot \mid a_i = 0]`, computed exactly over all :math:`2^m`
+    patterns. Sweeps over the units never lower the ELBO; they stop when no probability moves by
+    more than ``tol``. The result, per point, is the best q of the family reachable from ``init``
+    (a local optimum in general): against it, the gap of an amortised q splits into the
+    approximation gap (of the family) and the amortisation gap (of the shared encoder)
+    :cite:p:`cremer2018inference`.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)`` with ``m <= 16``.
+    x : Tensor, shape (N, d)
+    y : Tensor, shape (N,)
+    tau : float
+    init : Tensor, shape (N, m), optional
+        Starting probabilities; default the exact posterior marginals (:func:`posterior_marginals`).
+    max_sweeps : int
+    tol : float
+
+    Returns
+    -------
+    Tensor, shape (N, m)
+        Probabilities of q.
+    """
+    _check_tau(tau)
+    max_sweeps = integer(max_sweeps, "max_sweeps", minimum=1)
+    real(tol, "tol", low=0)
+    with torch.no_grad():
+        lp = pattern_log_probs(model, x, y, tau)
+        joint = lp.log_lik + lp.log_prior                                              # (N, 2**m)
+        m = joint.shape[1].bit_length() - 1
+        q = posterior_marginals(model, x, y, tau) if init is None else init.detach().to(joint.dtype)
+        if q.shape != (len(x), m) or not bool(((q >= 0) & (q <= 1)).all()):
+            raise ValueError(f"init must hold probabilities of shape {(len(x), m)}")
+        q = q.clone()
+        patterns = all_patterns(m, dtype=joint.dtype, device=joint.device)
+        on = patterns.bool()
+        floor = torch.finfo(joint.dtype).min / (4 * m)
+        for _ in range(max_sweeps):
+            moved = 0.0
+            for i in range(m):
+                others = torch.arange(m, device=q.device) != i
+                log_q = (q[:, others].log().clamp(min=floor) @ patterns[:, others].T
+                         + (1 - q[:, others]).log().clamp(min=floor) @ (1 - patterns[:, others]).T)
+                w = log_q.exp()                                                        # (N, 2**m)
+                expect_on = (w * joint)[:, on[:, i]].sum(1)
+                expect_off = (w * joint)[:, ~on[:, i]].sum(1)
+                new = torch.sigmoid(expect_on - expect_off)
+                moved = max(moved, (new - q[:, i]).abs().max().item())
+                q[:, i] = new
+            if moved <= tol:
+                break
+    return q
 
 
 def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Tensor, y: torch.Tensor, tau: float,
                     steps: int, lr: float = 1e-2, batch_size: int = 100, estimator: str = "reinforce",
                     n_samples: int = 8, relaxation: float = 0.5, train_model: bool = True,
-                    seed: int = 0, schedule: str = "constant") -> dict[str, list[float]]:
+                    rng=0, schedule: str = "constant", record: bool = True) -> dict[str, list[float]]:
     r"""Maximise the ELBO with Adam over q's parameters (and the model's, if ``train_model``).
 
     Each step draws a minibatch, records its **exact** ELBO and exact :math:`\log P(y \mid x)` (by
@@ -176,7 +354,7 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     tau : float
     steps, batch_size : int
     lr : float
-    estimator : {"reinforce", "concrete", "exact"}
+    estimator : {"reinforce", "disarm", "concrete", "exact"}
         A gradient estimator of :func:`elbo_surrogate`, or ``"exact"``: the gradient of the enumerated
         :func:`elbo` (no sampling noise; separates optimisation from estimator noise).
     n_samples : int
@@ -184,11 +362,14 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     relaxation : float
         Temperature of the concrete relaxation (``estimator="concrete"`` only).
     train_model : bool
-    seed : int
-        Seeds minibatches and gate draws (a local ``torch.Generator``; the global state is untouched).
+    rng : int, torch.Generator or numpy.random.Generator
+        Source of the minibatches and gate draws (default seed 0); the global state is untouched.
     schedule : {"constant", "cosine"}
         Learning rate held at ``lr``, or decayed from ``lr`` to 0 along a half cosine over the steps
         (so the final iterates average out the estimator's noise).
+    record : bool
+        Record the exact ELBO and log marginal of every minibatch (two enumerations per step);
+        ``False`` skips them (the lists stay empty) when only the fitted q is wanted.
 
     Returns
     -------
@@ -197,28 +378,30 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     """
     if not (isinstance(steps, int) and steps >= 1 and isinstance(batch_size, int) and 1 <= batch_size <= len(x)):
         raise ValueError(f"steps must be >= 1 and batch_size in [1, {len(x)}], got {steps!r} and {batch_size!r}")
-    if estimator not in ("reinforce", "concrete", "exact"):
-        raise ValueError(f"estimator must be 'reinforce', 'concrete' or 'exact', got {estimator!r}")
+    if estimator not in (*ESTIMATORS, "exact"):
+        raise ValueError(f"estimator must be one of {(*ESTIMATORS, 'exact')}, got {estimator!r}")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    generator = as_torch_generator(rng, x.device)
     params = list(posterior.parameters()) + (list(model.parameters()) if train_model else [])
     optimiser = torch.optim.Adam(params, lr=lr)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps) if schedule == "cosine"
                  else None)
     history: dict[str, list[float]] = {"elbo": [], "log_marginal": [], "surrogate": []}
     for _ in range(steps):
-        batch = torch.randperm(len(x), generator=generator, device=x.device)[:batch_size]
+        batch = torch.randperm(len(x), generator=generator, device=generator.device)[:batch_size].to(x.device)
         xb, yb = x[batch], y[batch]
         logits = posterior(xb, yb)
-        with torch.no_grad():
-            history["elbo"].append(elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean().item())
-            history["log_marginal"].append(log_marginal_likelihood(model, xb, yb, tau).mean().item())
+        if record:
+            with torch.no_grad():
+                history["elbo"].append(elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean().item())
+                history["log_marginal"].append(
+                    log_marginal_likelihood(model, xb, yb, tau).mean().item())
         if estimator == "exact":
             objective = elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean()
         else:
             objective = elbo_surrogate(model, xb, yb, tau, logits, n_samples, estimator, relaxation,
-                                       generator=generator).mean()
+                                       rng=generator).mean()
         optimiser.zero_grad()
         (-objective).backward()
         optimiser.step()

@@ -1,8 +1,10 @@
 """nbsupport.gating against brute-force pattern loops, Monte Carlo bounds and the tau -> 0 limit."""
 
 import itertools
+from copy import deepcopy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,34 @@ def test_sample_gates_frequencies():
         sample_gates(torch.tensor([1.5]), 3)
     with pytest.raises(ValueError, match="n_samples"):
         sample_gates(probs, 0)
+
+
+def test_sample_gates_is_an_independent_bernoulli_law_against_a_chi_square_reference():
+    """The draws (uniform noise compared with p, not torch.bernoulli) have the law of independent
+    Bernoulli(p) gates: the joint frequencies of two gates and of two successive draws of one gate
+    match the product law by Pearson's chi-square (scipy's quantile, 3 degrees of freedom), the
+    endpoints p = 0 and p = 1 are exact, and float32 probabilities give float32 gates."""
+    from scipy import stats
+    probs = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    n = 40_000
+    draws = sample_gates(probs, n, rng=11)
+    critical = stats.chi2.ppf(1 - 1e-4, df=3)           # a true law fails once in 10 000 runs
+
+    def chi_square(a, b, pa, pb):
+        observed = np.array([[((a == i) & (b == j)).sum() for j in (0, 1)] for i in (0, 1)])
+        expected = len(a) * np.outer([1 - pa, pa], [1 - pb, pb])
+        return ((observed - expected) ** 2 / expected).sum()
+
+    two_units = draws.numpy()
+    assert chi_square(two_units[:, 0], two_units[:, 1], 0.3, 0.8) < critical
+    one_unit = two_units[:, 0]
+    assert chi_square(one_unit[:-1], one_unit[1:], 0.3, 0.3) < critical        # draws independent
+    # the same statistic rejects a dependent pair (the null: a gate against itself)
+    assert chi_square(one_unit, one_unit, 0.3, 0.3) > critical
+    ends = sample_gates(torch.tensor([0.0, 1.0]), 5000, rng=2)
+    assert ends[:, 0].sum() == 0 and ends[:, 1].sum() == 5000
+    single = sample_gates(torch.full((3,), 0.5, dtype=torch.float32), 4, rng=0)
+    assert single.dtype == torch.float32 and single.shape == (4, 3)
 
 
 def test_gated_forward_hard_gates_is_the_relu_network():
@@ -492,13 +522,13 @@ def test_gate_posterior_sees_the_label_only_when_asked():
 def test_sampled_gate_grads_match_autograd_with_the_drawn_gates():
     from nbsupport.gating import sampled_gate_grads
     net, x, y = _net((3, 5, 4, 3), n=6, seed=11)
-    grads, gates = sampled_gate_grads(net, x, y, 0.5, n_draws=3, seed=1)
+    grads, gates = sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=1)
     assert grads.shape == (3, 6, sum(p.numel() for p in net.parameters())) and gates.shape == (3, 6, 9)
-    again = sampled_gate_grads(net, x, y, 0.5, n_draws=3, seed=1)
+    again = sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=1)
     assert torch.equal(again[0], grads) and torch.equal(again[1], gates)
     explicit = sampled_gate_grads(net, x, y, 0.5, n_draws=3, generator=torch.Generator().manual_seed(1))
     assert torch.equal(explicit[1], gates)                              # seed = a fresh generator with that seed
-    assert not torch.equal(sampled_gate_grads(net, x, y, 0.5, n_draws=3, seed=2)[1], gates)
+    assert not torch.equal(sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=2)[1], gates)
     for draw, i in [(0, 0), (2, 5), (1, 3)]:
         net.zero_grad()
         hidden = gates[draw, i:i + 1].double()
@@ -511,7 +541,7 @@ def test_sampled_gate_grads_match_autograd_with_the_drawn_gates():
 def test_sampled_gate_grads_draw_first_layer_gates_with_the_right_frequency():
     from nbsupport.gating import sampled_gate_grads
     net, x, y = _net((3, 4, 2), n=5, seed=12)
-    _, gates = sampled_gate_grads(net, x, y, 0.8, n_draws=4000, seed=2)
+    _, gates = sampled_gate_grads(net, x, y, 0.8, n_draws=4000, rng=2)
     probs = soft_gates(net[0](x), 0.8).detach()
     se = (probs * (1 - probs) / 4000).sqrt()
     assert bool(((gates.double().mean(0) - probs).abs() < 5 * se + 1e-12).all())
@@ -526,7 +556,7 @@ def test_fit_variational_approaches_the_posterior_and_keeps_the_bound():
     torch.manual_seed(0)
     q = GatePosterior(2, 4, n_classes=2).double()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    history = fit_variational(net, q, x, y, 0.5, steps=150, lr=3e-2, batch_size=64, train_model=False, seed=0)
+    history = fit_variational(net, q, x, y, 0.5, steps=150, lr=3e-2, batch_size=64, train_model=False, rng=0)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())   # model untouched
     gaps = torch.tensor(history["log_marginal"]) - torch.tensor(history["elbo"])
     assert bool((gaps >= -1e-12).all())
@@ -546,14 +576,24 @@ def _global_rng_states():
     not torch.cuda.is_available(), reason="needs CUDA"))])
 def test_sampling_functions_leave_the_global_random_state_untouched(device):
     """CPU and (where present) every CUDA generator: explicit generators only, nothing reseeded."""
-    from nbsupport.gating import GatePosterior, fit_variational, sampled_gate_grads, train_latent_gates
+    from nbsupport.gating import (ESTIMATORS, GatePosterior, elbo_surrogate, fit_variational,
+                                  gate_information_sampled, logit_gradient_estimates,
+                                  sampled_gate_grads, train_latent_gates)
     net, x, y = _net((3, 5, 4, 3), n=6, seed=11)
     net, x, y = net.to(device), x.to(device), y.to(device)
     torch.manual_seed(123)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(456)
     before = _global_rng_states()
-    sampled_gate_grads(net, x, y, 0.5, n_draws=3, seed=1)
+    sample_gates(torch.full((4,), 0.5, dtype=torch.float64, device=device), 3)
+    log_marginal_likelihood(net[:3], x, y, 0.5, method="mc", n_samples=10)
+    elbo_surrogate(net[:3], x, y, 0.5, torch.zeros(6, 5, dtype=torch.float64, device=device))
+    gate_information_sampled(net[0](x), y, 0.5, 20)
+    for estimator in ESTIMATORS:
+        logit_gradient_estimates(net[:3], x, y, torch.zeros(6, 5, dtype=torch.float64, device=device),
+                                 estimator, n_samples=4, n_repeats=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, _global_rng_states()))
+    sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=1)
     sampled_gate_grads(net, x, y, 0.5, n_draws=3, generator=torch.Generator(device=device).manual_seed(3))
     one, x1, y1 = _net((3, 4, 3), n=8, seed=12)
     one, x1, y1 = one.to(device), x1.to(device), y1.to(device)
@@ -561,7 +601,7 @@ def test_sampling_functions_leave_the_global_random_state_untouched(device):
                             generator=torch.Generator(device=device).manual_seed(0))
     q = GatePosterior(3, 4, n_classes=3).double().to(device)
     before_q = _global_rng_states()
-    fit_variational(one, q, x1, y1, 0.5, steps=2, batch_size=4, seed=0)
+    fit_variational(one, q, x1, y1, 0.5, steps=2, batch_size=4, rng=0)
     train_latent_gates(one, x1, y1, 0.5, epochs=1, batch_size=4)
     after = _global_rng_states()
     assert all(torch.equal(a, b) for a, b in zip(before_q, after)) and len(before_q) == len(after)
@@ -579,7 +619,7 @@ def test_sampled_gate_grads_generator_advances_and_deeper_gates_follow_earlier_o
     # must then follow sigma(b2 / tau), whatever x is
     with torch.no_grad():
         net[0].bias.fill_(-1e6)
-    _, gates = sampled_gate_grads(net, x, y, 0.5, n_draws=4000, seed=3)
+    _, gates = sampled_gate_grads(net, x, y, 0.5, n_draws=4000, rng=3)
     assert not gates[..., :5].any()
     probs = torch.sigmoid(net[2].bias.detach() / 0.5)
     se = (probs * (1 - probs) / (4000 * 6)).sqrt()
@@ -741,7 +781,7 @@ def test_fit_variational_exact_gradient_with_cosine_schedule_and_bad_options():
     torch.manual_seed(0)
     q = GatePosterior(2, 4, n_classes=2).double()
     history = fit_variational(net, q, x, y, 0.5, steps=200, lr=3e-2, batch_size=64, train_model=False,
-                              estimator="exact", schedule="cosine", seed=0)
+                              estimator="exact", schedule="cosine", rng=0)
     with torch.no_grad():
         exact = log_marginal_likelihood(net, x, y, 0.5)
         prior_gap = (exact - elbo(net, x, y, 0.5, soft_gates(net[0](x), 0.5))).mean()
@@ -761,3 +801,296 @@ def test_numpy_and_tensor_scalars_are_real_temperatures():
         assert torch.equal(log_marginal_likelihood(net, x, y, tau), reference)
     with pytest.raises(ValueError, match="tau must be a finite real number > 0"):
         log_marginal_likelihood(net, x, y, True)
+
+
+# --- one randomness convention (issue 25) -------------------------------------------------------
+
+def _sampling_calls(net, x, y):
+    """Every sampling function of the package, as f(rng) -> a tensor of its draws or results."""
+    from nbsupport.gating import (elbo_surrogate, gate_information_sampled, importance_log_weights,
+                                  logit_gradient_estimates, sampled_gate_grads, train_latent_gates)
+    z = net[0](x).detach()
+    logits = torch.zeros_like(z)
+
+    def trained(rng):
+        copy = deepcopy(net)                                              # no fresh initialisation
+        return torch.tensor(train_latent_gates(copy, x, y, 0.5, epochs=2, batch_size=3, rng=rng))
+
+    return {
+        "sample_gates": lambda rng: sample_gates(soft_gates(z, 0.5), 5, rng=rng),
+        "mc": lambda rng: log_marginal_likelihood(net, x, y, 0.5, "mc", 20, rng=rng).estimate,
+        "is": lambda rng: importance_log_weights(net, x, y, 0.5, torch.full_like(z, 0.5), 20, rng=rng),
+        "elbo_surrogate": lambda rng: elbo_surrogate(net, x, y, 0.5, logits, rng=rng),
+        "gate_information_sampled": lambda rng: torch.tensor(
+            gate_information_sampled(z, y, 0.5, 50, rng=rng).H_A),
+        "logit_gradient_estimates": lambda rng: logit_gradient_estimates(
+            net, x, y, logits, "disarm", 4, 3, rng=rng),
+        "sampled_gate_grads": lambda rng: sampled_gate_grads(net, x, y, 0.5, 3, rng=rng)[0],
+        "train_latent_gates": trained,
+    }
+
+
+def test_every_sampling_function_takes_rng_as_int_or_generator_and_never_the_global_state():
+    net, x, y = _net((3, 5, 4), n=7, seed=21)
+    for name, call in _sampling_calls(net, x, y).items():
+        torch.manual_seed(99)
+        before = torch.random.get_rng_state()
+        same = call(4), call(4)
+        assert torch.equal(*same), name                                   # an int seed: reproducible
+        assert not torch.equal(call(4), call(5)), name                    # ... and it matters
+        g = torch.Generator().manual_seed(4)
+        assert torch.equal(call(g), same[0]), name                        # int k = Generator seeded k
+        assert not torch.equal(call(g), same[0]), name                    # the generator advanced
+        assert torch.equal(call(np.random.default_rng(1)), call(np.random.default_rng(1))), name
+        assert torch.equal(torch.random.get_rng_state(), before), name    # global state untouched
+        for bad in (None, -1, 1.5, "0"):
+            with pytest.raises(ValueError, match="rng"):
+                call(bad)
+
+
+def test_generator_keyword_is_an_alias_of_rng():
+    net, x, y = _net((3, 5, 4), n=7, seed=22)
+    a = log_marginal_likelihood(net, x, y, 0.5, "mc", 20, generator=torch.Generator().manual_seed(3))
+    b = log_marginal_likelihood(net, x, y, 0.5, "mc", 20, rng=3)
+    assert torch.equal(a.estimate, b.estimate)
+    with pytest.raises(ValueError, match="generator"):
+        sample_gates(torch.tensor([0.5]), 2, generator=3)
+    assert sample_gates(torch.tensor([0.5]), np.int64(3)).shape == (3, 1)   # numpy counts accepted
+    with pytest.raises(ValueError, match="n_samples"):
+        sample_gates(torch.tensor([0.5]), True)
+
+
+# --- importance-sampling diagnostics ---------------------------------------------------------
+
+def test_effective_sample_size_against_a_loop():
+    from nbsupport.gating import effective_sample_size
+    log_w = torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
+    for j in range(4):
+        w = [math.exp(v) for v in log_w[:, j].tolist()]
+        assert abs(effective_sample_size(log_w)[j].item() - sum(w) ** 2 / sum(v * v for v in w)) < 1e-9
+    assert torch.allclose(effective_sample_size(torch.zeros(30, 2)), torch.full((2,), 30.0))
+    one_big = torch.zeros(30, 1, dtype=torch.float64)
+    one_big[0] = 800.0                                                    # no overflow
+    assert abs(effective_sample_size(one_big).item() - 1) < 1e-12
+
+
+@pytest.mark.parametrize("k", [0.2, 0.5, 0.8])
+def test_pareto_khat_recovers_the_tail_shape_of_generalised_pareto_weights(k):
+    """Weights drawn from a generalised Pareto law of shape k: the fitted k-hat is within the
+    sampling spread of the estimate (about (1 + k) / sqrt(M) for M = 3 sqrt(S) tail points), and
+    agrees with scipy's maximum-likelihood fit of the same tail (a different estimator)."""
+    from scipy import stats
+
+    from nbsupport.gating import pareto_khat
+    S, reps = 10_000, 8
+    rng = np.random.default_rng(int(10 * k))
+    weights = stats.genpareto(c=k).rvs(size=(S, reps), random_state=rng) + 1e-3
+    khat = pareto_khat(np.log(weights))
+    tail = int(np.ceil(3 * np.sqrt(S)))
+    spread = (1 + k) / np.sqrt(tail)
+    assert abs(khat.mean() - k) < 3 * spread / np.sqrt(reps) + 0.05      # 0.05: the prior's pull to 1/2
+    column = np.sort(np.log(weights[:, 0]))
+    cut = np.exp(column[-tail - 1])
+    mle = stats.genpareto.fit(np.exp(column[-tail:]) - cut, floc=0)[0]
+    assert abs(khat[0] - mle) < 2 * spread
+
+
+def test_pareto_khat_light_tails_constant_weights_and_bad_input():
+    from nbsupport.gating import pareto_khat
+    rng = np.random.default_rng(0)
+    bounded = np.log(rng.uniform(size=(4000, 3)))                        # bounded weights: k < 0
+    assert (pareto_khat(bounded) < 0).all()
+    assert np.isnan(pareto_khat(np.zeros(100)))                          # no tail to fit
+    assert np.isnan(pareto_khat(np.full(100, -np.inf)))                  # all weights 0
+    # a discrete law (weights of 6 patterns): the tail ties, so k-hat is undefined, while the same
+    # number of continuous draws gives a finite k-hat
+    discrete = np.log(rng.choice([1.0, 2.0, 3.0, 5.0, 8.0, 40.0], size=(2000, 2)))
+    assert np.isnan(pareto_khat(discrete)).all()
+    assert np.isfinite(pareto_khat(np.log(rng.uniform(size=(2000, 2))))).all()
+    assert pareto_khat(torch.zeros(100, 2)).shape == (2,)
+    with pytest.raises(ValueError, match="log_weights"):
+        pareto_khat(np.zeros(5))
+    with pytest.raises(ValueError, match="log_weights"):
+        pareto_khat(np.full(20, np.nan))
+
+
+def test_importance_log_weights_are_the_draws_behind_method_is():
+    from nbsupport.gating import importance_log_weights
+    net, x, y = _net((3, 5, 4), n=6, seed=23)
+    q = torch.full((6, 5), 0.3, dtype=torch.float64)
+    log_w = importance_log_weights(net, x, y, 0.7, q, 40, rng=2)
+    est = log_marginal_likelihood(net, x, y, 0.7, "is", 40, proposal=q, rng=2)
+    torch.testing.assert_close(torch.logsumexp(log_w, 0) - math.log(40), est.estimate)
+    # one draw by hand: log P(y | x, a) + log P(a | x) - log q(a)
+    a = sample_gates(q, 40, rng=2)[0, 0]
+    z = net[0](x[0])
+    p_on = torch.sigmoid(z / 0.7)
+    by_hand = (torch.log_softmax(net[2](a * z), 0)[y[0]] + (a * p_on.log() + (1 - a) * (1 - p_on).log()).sum()
+               - (a * math.log(0.3) + (1 - a) * math.log(0.7)).sum())
+    assert abs(log_w[0, 0].item() - by_hand.item()) < 1e-10
+
+
+def test_importance_relative_variance_against_a_pattern_loop_and_sampled_weights():
+    """chi^2 = sum_a p(a)^2 / q(a) / P^2 - 1 by a plain loop over patterns (probabilities multiplied
+    unit by unit); the sample variance of 200 000 drawn weights agrees within its Monte Carlo spread;
+    0 when q is the exact posterior of a one-unit layer (the posterior is then factorised)."""
+    from nbsupport.gating import importance_log_weights, importance_relative_variance
+    net, x, y = _net((3, 4, 3), n=5, seed=31)
+    q = torch.sigmoid(torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    got = importance_relative_variance(net, x, y, 0.6, q)
+    z = net[0](x)
+    for i in range(len(x)):
+        terms, total = [], 0.0
+        for bits in itertools.product([0.0, 1.0], repeat=4):
+            prior = proposal = 1.0
+            for zi, qi, ai in zip(z[i].tolist(), q[i].tolist(), bits):
+                p_on = 1 / (1 + math.exp(-zi / 0.6))
+                prior *= p_on if ai else 1 - p_on
+                proposal *= qi if ai else 1 - qi
+            lik = torch.softmax(net[2](torch.tensor(bits, dtype=torch.float64) * z[i]), 0)[y[i]].item()
+            terms.append((prior * lik) ** 2 / proposal)
+            total += prior * lik
+        assert abs(got[i].item() - (sum(terms) / total**2 - 1)) < 1e-10
+    w = importance_log_weights(net, x, y, 0.6, q, 200_000, rng=3).exp()
+    sampled = w.var(0) / w.mean(0) ** 2
+    fourth = ((w - w.mean(0)) ** 4).mean(0) / w.mean(0) ** 4                  # spread of a variance
+    assert ((sampled - got).abs() <= 5 * (fourth / 200_000).sqrt() + 1e-12).all()
+    one, x1, y1 = _net((2, 1, 2), n=4, seed=32)
+    from nbsupport.gating import posterior_marginals
+    exact_q = posterior_marginals(one, x1, y1, 0.8)
+    assert (importance_relative_variance(one, x1, y1, 0.8, exact_q) < 1e-12).all()
+    assert (got > 1e-3).all()                                  # a random proposal is not the posterior
+    with pytest.raises(ValueError, match="proposal"):
+        importance_relative_variance(net, x, y, 0.6, torch.zeros(5, 4, dtype=torch.float64))
+
+
+# --- gradient estimators of E_q[log P(y | x, A)] against enumeration -------------------------
+
+def test_exact_logit_gradient_against_finite_differences():
+    from nbsupport.gating import exact_logit_gradient
+    net, x, y = _net((3, 4, 3), n=3, seed=24)
+    phi = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def value(phi):
+        return elbo(net, x, y, 1.0, torch.sigmoid(phi)) + bernoulli_kl(torch.sigmoid(phi), net[0](x) / 1.0)
+
+    grad = exact_logit_gradient(net, x, y, phi)
+    for i in range(3):
+        for j in range(4):
+            step = torch.zeros_like(phi)
+            step[i, j] = 1e-6
+            fd = (value(phi + step)[i] - value(phi - step)[i]).item() / 2e-6
+            assert abs(fd - grad[i, j].item()) < 1e-6
+
+
+@pytest.mark.parametrize("estimator", ["reinforce", "disarm"])
+def test_unbiased_logit_gradient_estimators_average_to_the_exact_gradient(estimator):
+    """Mean of 4000 estimates within 4 standard errors of the exact gradient, entry by entry."""
+    from nbsupport.gating import exact_logit_gradient, logit_gradient_estimates
+    net, x, y = _net((3, 4, 3), n=4, seed=25)
+    phi = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    draws = logit_gradient_estimates(net, x, y, phi, estimator, n_samples=4, n_repeats=4000, rng=1)
+    exact = exact_logit_gradient(net, x, y, phi)
+    se = draws.std(0) / math.sqrt(len(draws))
+    assert bool(((draws.mean(0) - exact).abs() <= 4 * se + 1e-12).all())
+    assert bool((se > 0).any())
+
+
+def test_disarm_is_exact_for_one_unit_and_concrete_is_biased():
+    """With m = 1, DisARM's pair either agrees (estimate 0) or differs, when it returns
+    f(1) - f(0) times sigma(|phi|) / 2 / P(differ); its average is then exactly the gradient q(1-q)(f(1) - f(0))
+    up to sampling; concrete at lambda = 1 is off by far more than its standard error."""
+    from nbsupport.gating import exact_logit_gradient, logit_gradient_estimates
+    net, x, y = _net((3, 1, 3), n=5, seed=26)
+    phi = torch.tensor([[0.3], [-1.0], [2.0], [0.0], [-0.2]], dtype=torch.float64)
+    z = net[0](x)
+    f1 = torch.log_softmax(net[2](z), 1).gather(1, y.view(-1, 1)).squeeze(1)
+    f0 = torch.log_softmax(net[2](0 * z), 1).gather(1, y.view(-1, 1)).squeeze(1)
+    q = torch.sigmoid(phi[:, 0])
+    exact = exact_logit_gradient(net, x, y, phi)[:, 0]
+    torch.testing.assert_close(exact, q * (1 - q) * (f1 - f0))
+    disarm = logit_gradient_estimates(net, x, y, phi, "disarm", 2, 20_000, rng=3)[..., 0]
+    values = set((disarm / (f1 - f0)).flatten().round(decimals=9).tolist())
+    assert len(values) <= 1 + 5                         # 0 or one value per point
+    assert bool(((disarm.mean(0) - exact).abs() < 4 * disarm.std(0) / math.sqrt(20_000) + 1e-12).all())
+    concrete = logit_gradient_estimates(net, x, y, phi, "concrete", 2, 20_000, relaxation=1.0, rng=3)[..., 0]
+    assert bool(((concrete.mean(0) - exact).abs() > 4 * concrete.std(0) / math.sqrt(20_000)).any())
+
+
+def test_disarm_surrogate_in_elbo_surrogate_and_fit_variational():
+    from nbsupport.gating import GatePosterior, elbo_surrogate, exact_logit_gradient, fit_variational
+    net, x, y = _net((3, 4, 3), n=5, seed=27)
+    phi = torch.zeros(5, 4, dtype=torch.float64, requires_grad=True)
+    total = torch.zeros(5, 4, dtype=torch.float64)
+    for r in range(3000):
+        value = elbo_surrogate(net, x, y, 0.5, phi, 2, "disarm", rng=r).sum()
+        total += torch.autograd.grad(value, phi)[0]
+    kl_grad = torch.autograd.grad(bernoulli_kl(torch.sigmoid(phi), net[0](x).detach() / 0.5).sum(), phi)[0]
+    torch.testing.assert_close(total / 3000 + kl_grad, exact_logit_gradient(net, x, y, phi), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="n_samples"):
+        elbo_surrogate(net, x, y, 0.5, phi, 3, "disarm")
+    q = GatePosterior(3, 4, n_classes=3).double()
+    h = fit_variational(net, q, x, y, 0.5, steps=3, batch_size=5, estimator="disarm", n_samples=4)
+    assert len(h["elbo"]) == 3
+
+
+# --- the factorised family's per-point optimum -----------------------------------------------
+
+def test_optimal_factorised_posterior_climbs_and_is_stationary():
+    from nbsupport.gating import exact_logit_gradient, optimal_factorised_posterior, posterior_marginals
+    net, x, y = _net((3, 6, 4), n=8, seed=28)
+    tau = 0.7
+    prior = soft_gates(net[0](x), tau).detach()
+    values = [elbo(net, x, y, tau, prior)]
+    for sweeps in (1, 2, 5, 50):
+        values.append(elbo(net, x, y, tau, optimal_factorised_posterior(net, x, y, tau, init=prior,
+                                                                           max_sweeps=sweeps)))
+    for before, after in zip(values[:-1], values[1:]):
+        assert bool((after >= before - 1e-12).all())                    # coordinate ascent never descends
+    best = optimal_factorised_posterior(net, x, y, tau)
+    logits = torch.logit(best)
+    grad = exact_logit_gradient(net, x, y, logits) - torch.autograd.grad(
+        bernoulli_kl(torch.sigmoid(logits.requires_grad_()), net[0](x).detach() / tau).sum(), logits)[0]
+    assert grad.abs().max() < 1e-7                                      # a stationary point of the ELBO
+    marg = posterior_marginals(net, x, y, tau)
+    assert bool((elbo(net, x, y, tau, best) >= elbo(net, x, y, tau, marg) - 1e-12).all())
+    assert bool((elbo(net, x, y, tau, best) <= log_marginal_likelihood(net, x, y, tau) + 1e-12).all())
+
+
+def test_optimal_factorised_posterior_is_the_posterior_when_the_family_contains_it():
+    """One unit: every posterior is factorised, so the optimum closes the gap; and it is at least
+    as good as a long exact-gradient Adam run on free per-point logits (an independent optimiser)."""
+    from nbsupport.gating import optimal_factorised_posterior, posterior_marginals
+    net, x, y = _net((3, 1, 3), n=6, seed=29)
+    best = optimal_factorised_posterior(net, x, y, 0.4)
+    torch.testing.assert_close(best, posterior_marginals(net, x, y, 0.4))
+    gap = log_marginal_likelihood(net, x, y, 0.4) - elbo(net, x, y, 0.4, best)
+    assert gap.abs().max() < 1e-10
+    net, x, y = _net((3, 5, 3), n=6, seed=30)
+    logits = torch.zeros(6, 5, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(1500):
+        loss = -elbo(net, x, y, 0.4, torch.sigmoid(logits)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    adam = elbo(net, x, y, 0.4, torch.sigmoid(logits)).detach()
+    cavi = elbo(net, x, y, 0.4, optimal_factorised_posterior(net, x, y, 0.4))
+    assert bool((cavi >= adam - 1e-6).all())
+    with pytest.raises(ValueError, match="init"):
+        optimal_factorised_posterior(net, x, y, 0.4, init=torch.zeros(6, 4, dtype=torch.float64))
+
+
+def test_fit_variational_without_records_fits_the_same_posterior():
+    """record=False skips the exact evaluations only: same draws, same fitted q."""
+    from nbsupport.gating import GatePosterior, fit_variational
+    net, x, y = _net((3, 4, 3), n=12, seed=31)
+    fitted = []
+    for record in (True, False):
+        torch.manual_seed(0)
+        q = GatePosterior(3, 4, n_classes=3).double()
+        history = fit_variational(deepcopy(net), q, x, y, 0.5, steps=5, batch_size=6, rng=2,
+                                  record=record)
+        assert len(history["elbo"]) == (5 if record else 0) and len(history["surrogate"]) == 5
+        fitted.append(torch.cat([p.detach().reshape(-1) for p in q.parameters()]))
+    assert torch.equal(*fitted)

@@ -32,14 +32,7 @@ def test_build_execution_has_no_errors(md):
     assert error_outputs(nb) == []
 
 
-# Chapters 1 and 2 still display pandas Stylers (address-bearing reprs); their reworks (issue 22,
-# in main's history as reverted drafts) use nbsupport.report.show_table.
-STYLER_CHAPTERS = {"02_bayesian_soft_gating"}
-
-
-@pytest.mark.parametrize("md", [pytest.param(p, marks=pytest.mark.xfail(
-    strict=True, reason="still shows pandas Stylers (issue 22)")) if p.stem in STYLER_CHAPTERS else p
-    for p in CHAPTERS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
 def test_build_outputs_hold_nothing_run_dependent(md):
     """A text output with an object's address or a random table id differs in every build, so the
     two-executions comparison could not tell a changed number from it (issue 25)."""
