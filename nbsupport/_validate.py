@@ -150,10 +150,15 @@ def numpy_rng(rng, name: str = "rng") -> np.random.Generator:
     return np.random.default_rng(_seed(rng, name))
 
 
-def torch_rng(rng, device=None, name: str = "rng") -> torch.Generator:
+def torch_rng(rng, device=None, name: str = "rng", generator=None) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` (default CPU) from ``rng``: a torch Generator on that
     device type is used as is (and advanced), an int seeds a fresh one, a numpy Generator gives one
-    seed."""
+    seed. ``generator``, when given, must be a ``torch.Generator`` and takes the place of ``rng``
+    (DESIGN.md's older keyword, kept by the functions that name it)."""
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
+        rng, name = generator, "generator"
     device = torch.device("cpu" if device is None else device)
     if isinstance(rng, torch.Generator):
         if torch.device(rng.device).type != device.type:

@@ -16,7 +16,8 @@ import torch
 from ._validate import integer, torch_rng
 from ._validate import labels as check_labels, rows as check_rows
 
-__all__ = ["principal_angles", "random_subset_angles", "random_subset_largest_angles", "group_angles", "spectral_gaps", "trace_carriers"]
+__all__ = ["basis_angles", "principal_angles", "random_subset_angles", "random_subset_largest_angles",
+           "group_angles", "spectral_gaps", "trace_carriers"]
 
 #: Up to this size the top eigenspace comes from a dense ``eigh``; above it from subspace iteration.
 DENSE_SUBSPACE_MAX = 256
@@ -44,7 +45,7 @@ def _top_of_psd(matrix: torch.Tensor, k: int, tol: float = 1e-11, max_iter: int 
         if step % 5 == 4:
             ritz = torch.linalg.eigh(q.T @ matrix @ q)[1]
             top = q @ ritz[:, -k:]
-            if previous is not None and float(_angles(top, previous).max()) < tol:
+            if previous is not None and float(basis_angles(top, previous).max()) < tol:
                 return top
             previous = top
     return torch.linalg.eigh(matrix)[1][:, -k:]
@@ -62,10 +63,21 @@ def _top_subspace(centred: torch.Tensor, k: int) -> torch.Tensor:
     return basis / torch.linalg.vector_norm(basis, dim=0, keepdim=True)
 
 
-def _angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
-    """Principal angles between the spans of two orthonormal (d, k) bases, ascending (as scipy's
+def basis_angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
+    """Principal angles between the spans of orthonormal bases, ascending (as scipy's
     ``subspace_angles``: arccos of the singular values of ``A^T B``, arcsin of those of
-    ``B - A A^T B`` for angles below 45 degrees, where the cosine loses precision)."""
+    ``B - A A^T B`` for angles below 45 degrees, where the cosine loses precision).
+
+    Parameters
+    ----------
+    basis_a, basis_b : Tensor, shape (..., d, k)
+        Orthonormal columns; leading dimensions broadcast.
+
+    Returns
+    -------
+    Tensor, shape (..., k)
+        Angles in radians.
+    """
     cross = basis_a.transpose(-2, -1) @ basis_b
     cosines = torch.linalg.svdvals(cross)                                   # descending: angles ascending
     sines = torch.linalg.svdvals(basis_b - basis_a @ cross).flip(-1)        # ascending, same order
@@ -107,7 +119,7 @@ def principal_angles(cov_a: torch.Tensor, cov_b: torch.Tensor, k: int) -> torch.
         raise ValueError("cov_a and cov_b must be symmetric")
     k = _check_k(k, cov_a.shape[0])
     tops = [torch.linalg.eigh(c.to(torch.float64))[1][:, -k:] for c in (cov_a, cov_b)]
-    return _angles(*tops).to(cov_a.dtype)
+    return basis_angles(*tops).to(cov_a.dtype)
 
 
 def _reference_subspace(x: torch.Tensor, k: int, reference: torch.Tensor | None) -> torch.Tensor:
@@ -166,7 +178,7 @@ def random_subset_angles(values: torch.Tensor, size: int, k: int, n_draws: int =
     for _ in range(n_draws):
         rows = torch.randperm(n, generator=generator, device=generator.device)[:size].to(x.device)
         subset = x[rows]
-        out.append(_angles(_top_subspace(subset - subset.mean(0), k), top_ref))
+        out.append(basis_angles(_top_subspace(subset - subset.mean(0), k), top_ref))
     return torch.stack(out).to(values.dtype)
 
 
@@ -230,7 +242,7 @@ def random_subset_largest_angles(values: torch.Tensor, size: int, ks, n_draws: i
             top = centred_all[rows].T @ _top_of_psd(centred, k_max)
             top = top / torch.linalg.vector_norm(top, dim=0, keepdim=True)
         for j, k in enumerate(ks):
-            out[t, j] = _angles(top[:, -k:], reference[:, -k:]).max()
+            out[t, j] = basis_angles(top[:, -k:], reference[:, -k:]).max()
     return out.to(values.dtype)
 
 
@@ -335,5 +347,5 @@ def group_angles(values: torch.Tensor, inverse: torch.Tensor, groups: torch.Tens
     out = []
     for g in groups.tolist():
         rows = x[inverse == g]
-        out.append(_angles(_top_subspace(rows - rows.mean(0), k), top_ref))
+        out.append(basis_angles(_top_subspace(rows - rows.mean(0), k), top_ref))
     return torch.stack(out).to(dtype)

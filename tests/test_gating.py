@@ -687,6 +687,7 @@ def test_importance_sampling_with_the_prior_as_proposal_is_plain_monte_carlo():
     torch.testing.assert_close(weighted.stderr, plain.stderr, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_importance_sampling_is_unbiased_for_the_likelihood_with_a_far_proposal():
     """With q = 1/2 for every gate (far from prior and posterior), the mean weight over 200 independent
     runs estimates P(y | x) without bias: within 5 standard errors of the run-to-run spread."""
@@ -773,6 +774,7 @@ def test_train_latent_gates_raises_the_marginal_likelihood():
         train_latent_gates(net, x, y, 0.3, epochs=1, batch_size=0)
 
 
+@pytest.mark.slow
 def test_fit_variational_exact_gradient_with_cosine_schedule_and_bad_options():
     """The exact-gradient fit with a cosine-decayed rate reaches (close to) the best factorised q(a | x, y):
     its final gap is below that of q = prior, computed independently by enumeration."""

@@ -71,6 +71,9 @@ def test_numpy_rng_and_torch_rng_follow_one_rule():
             numpy_rng(bad, "seed")
         with pytest.raises(ValueError, match="rng"):
             torch_rng(bad)
+    assert torch_rng(7, generator=t) is t  # generator= (DESIGN.md's keyword) takes rng's place
+    with pytest.raises(ValueError, match="generator"):
+        torch_rng(0, generator=3)
     assert np.array_equal(np.random.get_state()[1], np_state)
     assert torch.equal(torch.get_rng_state(), torch_state)
 

@@ -20,49 +20,18 @@ from torch.func import functional_call, grad, vmap
 
 import numpy as np
 
-from ._validate import integer, real
+from .._validate import integer, real, torch_rng
 
 __all__ = [
     "MAX_EXACT_UNITS", "soft_gates", "sample_gates", "gated_forward", "all_patterns",
     "PatternLogProbs", "pattern_log_probs", "MonteCarloEstimate", "log_marginal_likelihood",
     "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",
     "posterior_marginals", "mean_gate_log_likelihood", "sampled_gate_grads", "train_latent_gates",
-    "as_torch_generator",
 ]
 
 
 #: Largest hidden width for exact enumeration (2**16 = 65 536 patterns).
 MAX_EXACT_UNITS = 16
-
-
-
-def _check_tau(tau) -> None:
-    real(tau, "tau", low=0)
-
-
-def as_torch_generator(rng=0, device=None, generator=None) -> torch.Generator:
-    """The one randomness convention of the gating functions: an ``rng`` argument.
-
-    ``rng`` is an int seed >= 0 (a fresh ``torch.Generator`` seeded with it on ``device``: the same
-    draws on every call), a ``torch.Generator`` (used and advanced in place, on its own device) or a
-    ``numpy.random.Generator`` (one 63-bit seed is drawn from it). ``None`` is refused: the global
-    random state is never read or advanced. ``generator``, the older keyword of DESIGN.md, is
-    accepted as an alias for a ``torch.Generator`` passed as ``rng``.
-    """
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        return generator
-    if isinstance(rng, torch.Generator):
-        return rng
-    if isinstance(rng, np.random.Generator):
-        rng = int(rng.integers(2**63 - 1))
-    try:
-        seed = integer(rng, "rng", minimum=0)
-    except ValueError:
-        raise ValueError("rng must be an int seed >= 0, a torch.Generator or a numpy Generator "
-                         f"(the global random state is never used), got {rng!r}") from None
-    return torch.Generator(device=device if device is not None else "cpu").manual_seed(seed)
 
 
 def soft_gates(z: torch.Tensor, tau: float) -> torch.Tensor:
@@ -75,7 +44,7 @@ def soft_gates(z: torch.Tensor, tau: float) -> torch.Tensor:
     tau : float
         Temperature, > 0; :math:`\tau \to 0` gives the hard gate :math:`\mathbf{1}(z > 0)` (and 1/2 at 0).
     """
-    _check_tau(tau)
+    real(tau, "tau", low=0)
     return torch.sigmoid(z / tau)
 
 
@@ -93,7 +62,7 @@ def sample_gates(probs: torch.Tensor, n_samples: int, generator: torch.Generator
         Alias of a generator passed as ``rng`` (DESIGN.md's name).
     rng : int, torch.Generator or numpy.random.Generator
         Source of the uniform noise :math:`u`, gate = :math:`\mathbf{1}(u < p)`
-        (:func:`as_torch_generator`; default seed 0). The global random state is never used; the
+        (``nbsupport._validate.torch_rng``; default seed 0). The global random state is never used; the
         noise is drawn on the generator's device and moved to ``probs``'.
 
     Returns
@@ -104,7 +73,7 @@ def sample_gates(probs: torch.Tensor, n_samples: int, generator: torch.Generator
     n_samples = integer(n_samples, "n_samples", minimum=1)
     if not (isinstance(probs, torch.Tensor) and bool(((probs >= 0) & (probs <= 1)).all())):
         raise ValueError("probs must be a tensor of probabilities in [0, 1]")
-    gen = as_torch_generator(rng, probs.device, generator)
+    gen = torch_rng(rng, probs.device, generator=generator)
     u = torch.rand((n_samples, *probs.shape), generator=gen, dtype=probs.dtype, device=gen.device)
     return (u.to(probs.device) < probs).to(probs.dtype)      # the source's rand < p, any device
 
@@ -149,7 +118,7 @@ def gated_forward(model: nn.Sequential, x: torch.Tensor, gates: GateSpec) -> tor
     return h
 
 
-def _check_one_hidden(model, x, y) -> tuple[nn.Linear, nn.Linear]:
+def check_one_hidden(model, x, y) -> tuple[nn.Linear, nn.Linear]:
     if not (isinstance(model, nn.Sequential) and len(model) == 3 and isinstance(model[0], nn.Linear)
             and isinstance(model[1], nn.ReLU) and isinstance(model[2], nn.Linear)):
         raise ValueError("model must be nn.Sequential(Linear, ReLU, Linear)")
@@ -166,7 +135,7 @@ def all_patterns(m: int, dtype=torch.float64, device=None) -> torch.Tensor:
     return ((codes.unsqueeze(1) >> torch.arange(m, device=device)) & 1).to(dtype)
 
 
-def _log_prior(z: torch.Tensor, patterns: torch.Tensor, tau: float) -> torch.Tensor:
+def log_prior(z: torch.Tensor, patterns: torch.Tensor, tau: float) -> torch.Tensor:
     """log P(a | x) for every sample and pattern: (N, 2**m)."""
     return F.logsigmoid(z / tau) @ patterns.T + F.logsigmoid(-z / tau) @ (1 - patterns).T
 
@@ -182,7 +151,7 @@ def _half_patterns(m: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     return low, high
 
 
-def _log_prior_halves(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def log_prior_halves(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """log P(a | x) on the (low code, high code) grid, as its two terms: (N, L, 1) + (N, 1, H).
 
     The prior factorises over units, so no (N, 2**m) matrix product is needed."""
@@ -231,13 +200,13 @@ def _log_lik_parts(second: nn.Linear, z: torch.Tensor, y: torch.Tensor):
     return low, high, log_products
 
 
-def _log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def log_lik_all(second: nn.Linear, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """log P(y | x, a) for every sample and every pattern, in code order: (N, 2**m)."""
     low, high, log_products = _log_lik_parts(second, z, y)
     return (low + high - log_products).transpose(1, 2).reshape(len(z), -1)   # code l + L h at index h L + l
 
 
-def _log_lik_sampled(second: nn.Linear, z: torch.Tensor, y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+def log_lik_sampled(second: nn.Linear, z: torch.Tensor, y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """log P(y | x, a) for gates (S, N, m) of any values, hard or relaxed: (S, N)."""
     logits = second(z * gates)
     return F.log_softmax(logits, dim=2).gather(2, y.view(1, -1, 1).expand(len(gates), -1, 1)).squeeze(2)
@@ -270,11 +239,11 @@ def pattern_log_probs(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ta
     -------
     PatternLogProbs
     """
-    _check_tau(tau)
-    first, second = _check_one_hidden(model, x, y)
+    real(tau, "tau", low=0)
+    first, second = check_one_hidden(model, x, y)
     z = first(x)
     patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
-    return PatternLogProbs(_log_lik_all(second, z, y), _log_prior(z, patterns, tau))
+    return PatternLogProbs(log_lik_all(second, z, y), log_prior(z, patterns, tau))
 
 
 class MonteCarloEstimate(NamedTuple):
@@ -311,7 +280,7 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
     generator : torch.Generator, optional
         Alias of a generator passed as ``rng``.
     rng : int, torch.Generator or numpy.random.Generator
-        Source of the draws for ``"mc"`` and ``"is"`` (:func:`as_torch_generator`, default seed 0;
+        Source of the draws for ``"mc"`` and ``"is"`` (``nbsupport._validate.torch_rng``, default seed 0;
         the global random state is never used).
     proposal : Tensor, shape (N, m), optional
         Gate probabilities of the proposal, for ``"is"`` (required there). The estimate is consistent
@@ -331,8 +300,8 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
         :math:`O(1/S)`). The standard error is exactly 0 when all draws give the same value, e.g. when
         every draw is the same pattern: it then says nothing about patterns never drawn.
     """
-    _check_tau(tau)
-    first, second = _check_one_hidden(model, x, y)
+    real(tau, "tau", low=0)
+    first, second = check_one_hidden(model, x, y)
     z = first(x)
     if method == "exact":
         rows = max(1, chunk // 2 ** z.shape[1])
@@ -340,17 +309,17 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
         for start in range(0, len(x), rows):
             zc, yc = z[start:start + rows], y[start:start + rows]
             low, high, log_products = _log_lik_parts(second, zc, yc)
-            prior_low, prior_high = _log_prior_halves(zc, tau)
+            prior_low, prior_high = log_prior_halves(zc, tau)
             joint = ((low + prior_low) + (high + prior_high)).sub_(log_products)      # (rows, L, H)
             out.append(torch.logsumexp(joint.flatten(1), dim=1))
         return torch.cat(out)
     if method not in ("mc", "is"):
         raise ValueError(f"method must be 'exact', 'mc' or 'is', got {method!r}")
     n_samples = integer(n_samples, "n_samples", minimum=2)
-    gen = as_torch_generator(rng, z.device, generator)
+    gen = torch_rng(rng, z.device, generator=generator)
     if method == "mc":
         gates = sample_gates(soft_gates(z, tau).detach(), n_samples, rng=gen)       # (S, N, m)
-        return _log_mean_exp(_log_lik_sampled(second, z, y, gates))
+        return _log_mean_exp(log_lik_sampled(second, z, y, gates))
     return _log_mean_exp(_importance_log_weights(second, z, y, tau, proposal, n_samples, gen))
 
 
@@ -362,7 +331,7 @@ def _importance_log_weights(second, z, y, tau, proposal, n_samples, gen) -> torc
                          f"{tuple(z.shape)}, got {proposal if proposal is None else tuple(proposal.shape)}")
     q = proposal.detach().to(z.dtype)
     gates = sample_gates(q, n_samples, rng=gen)                                      # (S, N, m)
-    log_lik = _log_lik_sampled(second, z, y, gates)
+    log_lik = log_lik_sampled(second, z, y, gates)
     on, logit_q = gates.bool(), torch.logit(q)                                       # logit(0) = -inf: exact
     log_prior = torch.where(on, F.logsigmoid(z / tau), F.logsigmoid(-z / tau)).sum(2)
     log_q = torch.where(on, F.logsigmoid(logit_q), F.logsigmoid(-logit_q)).sum(2)
@@ -393,12 +362,12 @@ def importance_log_weights(model: nn.Sequential, x: torch.Tensor, y: torch.Tenso
     -------
     Tensor, shape (n_samples, N)
     """
-    _check_tau(tau)
-    first, second = _check_one_hidden(model, x, y)
+    real(tau, "tau", low=0)
+    first, second = check_one_hidden(model, x, y)
     z = first(x)
     n_samples = integer(n_samples, "n_samples", minimum=2)
     return _importance_log_weights(second, z, y, tau, proposal, n_samples,
-                                   as_torch_generator(rng, z.device))
+                                   torch_rng(rng, z.device))
 
 
 def importance_relative_variance(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float,
@@ -582,7 +551,7 @@ def mean_gate_log_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Ten
     -------
     Tensor, shape (N,)
     """
-    _check_tau(tau)
+    real(tau, "tau", low=0)
     if x.ndim != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must have shape (N, d) and y shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
     logits = gated_forward(model, x, lambda layer, z: soft_gates(z, tau))
@@ -622,7 +591,7 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     n_draws : int
         Gate draws per sample.
     rng : int, torch.Generator or numpy.random.Generator
-        Source of the uniform noise (:func:`as_torch_generator`, default seed 0; a generator is
+        Source of the uniform noise (``nbsupport._validate.torch_rng``, default seed 0; a generator is
         advanced by the call); on any device, the noise is moved to ``x``'s.
     generator : torch.Generator, optional
         Alias of a generator passed as ``rng``.
@@ -634,11 +603,11 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     gates : Tensor, bool, shape (n_draws, N, m_total)
         The sampled gates of all hidden layers, concatenated (``m_total`` the sum of the hidden widths).
     """
-    _check_tau(tau)
+    real(tau, "tau", low=0)
     n_draws = integer(n_draws, "n_draws", minimum=1)
     if x.ndim != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must have shape (N, d) and y shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    generator = as_torch_generator(rng, x.device, generator)
+    generator = torch_rng(rng, x.device, generator=generator)
     gated_net = _GatedNet(model)
     widths = [module.out_features for i, module in enumerate(model[:-1])
               if isinstance(module, nn.Linear) and isinstance(model[i + 1], nn.ReLU)]
@@ -691,7 +660,7 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     generator : torch.Generator, optional
         Alias of a generator passed as ``rng``.
     rng : int, torch.Generator or numpy.random.Generator
-        Shuffles the minibatches (:func:`as_torch_generator`, default seed 0); the global random
+        Shuffles the minibatches (``nbsupport._validate.torch_rng``, default seed 0); the global random
         state is untouched.
 
     Returns
@@ -699,14 +668,14 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     list of float
         The mean training objective (negative log marginal likelihood, nats) of every epoch.
     """
-    _check_tau(tau)
-    _check_one_hidden(model, x, y)
+    real(tau, "tau", low=0)
+    check_one_hidden(model, x, y)
     epochs = integer(epochs, "epochs", minimum=1)
     batch_size = integer(batch_size, "batch_size", minimum=1)
     if batch_size > len(x):
         raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
     real(lr, "lr", low=0)
-    generator = as_torch_generator(rng, None, generator)
+    generator = torch_rng(rng, None, generator=generator)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
     for _ in range(epochs):

@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validate import integer, real
-from .gating_core import (_check_one_hidden, _check_tau, _log_lik_all, all_patterns,
-                          as_torch_generator, log_marginal_likelihood, pattern_log_probs,
-                          posterior_marginals)
+from .._validate import integer, real, torch_rng
+from .core import (all_patterns, check_one_hidden, log_lik_all, log_marginal_likelihood,
+                   pattern_log_probs, posterior_marginals)
 
 __all__ = ["bernoulli_kl", "elbo", "GatePosterior", "elbo_surrogate", "fit_variational",
            "ESTIMATORS", "logit_gradient_estimates", "exact_logit_gradient",
@@ -60,15 +59,15 @@ def elbo(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_p
     -------
     Tensor, shape (N,)
     """
-    _check_tau(tau)
-    first, second = _check_one_hidden(model, x, y)
+    real(tau, "tau", low=0)
+    first, second = check_one_hidden(model, x, y)
     z = first(x)
     if q_probs.shape != z.shape or not bool(((q_probs >= 0) & (q_probs <= 1)).all()):
         raise ValueError(f"q_probs must have shape {tuple(z.shape)} with values in [0, 1]")
     patterns = all_patterns(z.shape[1], dtype=z.dtype, device=z.device)
     floor = torch.finfo(z.dtype).min / (4 * z.shape[1])  # log 0, finite so that 0 * log 0 = 0 in the sums
     log_q = q_probs.log().clamp(min=floor) @ patterns.T + (1 - q_probs).log().clamp(min=floor) @ (1 - patterns).T
-    expected = (log_q.exp() * _log_lik_all(second, z, y)).sum(1)
+    expected = (log_q.exp() * log_lik_all(second, z, y)).sum(1)
     return expected - bernoulli_kl(q_probs, z / tau)
 
 
@@ -181,7 +180,7 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
     generator : torch.Generator, optional
         Alias of a generator passed as ``rng``.
     rng : int, torch.Generator or numpy.random.Generator
-        Source of the uniform noise (:func:`~nbsupport.gating_core.as_torch_generator`, default seed
+        Source of the uniform noise (``nbsupport._validate.torch_rng``, default seed
         0); the global random state is never used.
 
     Returns
@@ -189,13 +188,13 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
     Tensor, shape (N,)
         Differentiable in the model's and q's parameters.
     """
-    _check_tau(tau)
-    first, second = _check_one_hidden(model, x, y)
+    real(tau, "tau", low=0)
+    first, second = check_one_hidden(model, x, y)
     z = first(x)
     if q_logits.shape != z.shape:
         raise ValueError(f"q_logits must have shape {tuple(z.shape)}, got {tuple(q_logits.shape)}")
     n_samples = _check_estimator(estimator, n_samples, relaxation)
-    gen = as_torch_generator(rng, z.device, generator)
+    gen = torch_rng(rng, z.device, generator=generator)
     kl = bernoulli_kl(torch.sigmoid(q_logits), z / tau)
     return _sampled_term(second, z, y, q_logits, n_samples, estimator, relaxation, gen) - kl
 
@@ -217,9 +216,9 @@ def exact_logit_gradient(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
     -------
     Tensor, shape (N, m)
     """
-    first, second = _check_one_hidden(model, x, y)
+    first, second = check_one_hidden(model, x, y)
     with torch.no_grad():
-        log_lik = _log_lik_all(second, first(x), y)                                   # (N, 2**m)
+        log_lik = log_lik_all(second, first(x), y)                                   # (N, 2**m)
     if q_logits.shape != (len(x), log_lik.shape[1].bit_length() - 1):
         raise ValueError(f"q_logits must have shape {(len(x), log_lik.shape[1].bit_length() - 1)}, "
                          f"got {tuple(q_logits.shape)}")
@@ -258,14 +257,14 @@ def logit_gradient_estimates(model: nn.Sequential, x: torch.Tensor, y: torch.Ten
     -------
     Tensor, shape (n_repeats, N, m)
     """
-    first, second = _check_one_hidden(model, x, y)
+    first, second = check_one_hidden(model, x, y)
     n_samples = _check_estimator(estimator, n_samples, relaxation)
     n_repeats = integer(n_repeats, "n_repeats", minimum=1)
     with torch.no_grad():
         z = first(x)
     if q_logits.shape != z.shape:
         raise ValueError(f"q_logits must have shape {tuple(z.shape)}, got {tuple(q_logits.shape)}")
-    gen = as_torch_generator(rng, z.device)
+    gen = torch_rng(rng, z.device)
     phi = q_logits.detach().expand(n_repeats, *z.shape).clone().requires_grad_(True)
     term = _sampled_term(second, z, y, phi, n_samples, estimator, relaxation, gen)  # (R, N)
     return torch.autograd.grad(term.sum(), phi)[0]
@@ -302,7 +301,7 @@ def optimal_factorised_posterior(model: nn.Sequential, x: torch.Tensor, y: torch
     Tensor, shape (N, m)
         Probabilities of q.
     """
-    _check_tau(tau)
+    real(tau, "tau", low=0)
     max_sweeps = integer(max_sweeps, "max_sweeps", minimum=1)
     real(tol, "tol", low=0)
     with torch.no_grad():
@@ -382,7 +381,7 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
         raise ValueError(f"estimator must be one of {(*ESTIMATORS, 'exact')}, got {estimator!r}")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    generator = as_torch_generator(rng, x.device)
+    generator = torch_rng(rng, x.device)
     params = list(posterior.parameters()) + (list(model.parameters()) if train_model else [])
     optimiser = torch.optim.Adam(params, lr=lr)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps) if schedule == "cosine"

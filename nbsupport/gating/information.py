@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import integer
-from .gating_core import _check_tau, _log_prior, all_patterns, as_torch_generator, sample_gates, soft_gates
+from .._validate import integer, real, torch_rng
+from ..subspaces import basis_angles
+from .core import all_patterns, log_prior, sample_gates, soft_gates
 
 __all__ = [
     "GateInformation", "gate_information", "plugin_entropy", "PatternMoments", "pattern_moments",
@@ -65,11 +66,11 @@ def gate_information(z: torch.Tensor, y: torch.Tensor, tau: float) -> GateInform
     GateInformation
         ``I_AX = H_A - H_A_given_X`` and ``I_AY = H_A - H_A_given_Y``, in nats.
     """
-    _check_tau(tau)
+    real(tau, "tau", low=0)
     _check_z_y(z, y)
     z = z.detach().to(torch.float64)
     patterns = all_patterns(z.shape[1], device=z.device)
-    conditional = _log_prior(z, patterns, tau).exp()                        # P(a | x): (N, 2**m)
+    conditional = log_prior(z, patterns, tau).exp()                        # P(a | x): (N, 2**m)
     h_a = _entropy(conditional.mean(0))
     on = soft_gates(z, tau)
     h_a_x = _conditional_entropy(on)
@@ -136,7 +137,7 @@ def pattern_moments(x: torch.Tensor, z: torch.Tensor, tau: float, patterns: torc
     -------
     PatternMoments
     """
-    _check_tau(tau)
+    real(tau, "tau", low=0)
     if not (isinstance(x, torch.Tensor) and isinstance(z, torch.Tensor) and x.ndim == 2 and z.ndim == 2
             and len(x) == len(z)):
         raise ValueError(f"x and z must have shapes (N, d) and (N, m), got {tuple(getattr(x, 'shape', ()))} "
@@ -146,7 +147,7 @@ def pattern_moments(x: torch.Tensor, z: torch.Tensor, tau: float, patterns: torc
         patterns = all_patterns(z.shape[1], device=z.device)
     elif not (patterns.ndim == 2 and patterns.shape[1] == z.shape[1] and bool(((patterns == 0) | (patterns == 1)).all())):
         raise ValueError(f"patterns must be 0/1 of shape (P, {z.shape[1]}), got {tuple(patterns.shape)}")
-    log_conditional = _log_prior(z, patterns.to(torch.float64), tau).T     # log P(a | x_i): (P, N)
+    log_conditional = log_prior(z, patterns.to(torch.float64), tau).T     # log P(a | x_i): (P, N)
     prob = (torch.logsumexp(log_conditional, dim=1) - math.log(len(x))).exp()
     weights = torch.softmax(log_conditional, dim=1)                         # P(x_i | a), finite even if P(a) underflows
     centre = x.mean(0)
@@ -159,7 +160,8 @@ def pattern_moments(x: torch.Tensor, z: torch.Tensor, tau: float, patterns: torc
 def eigenvector_angles(cov: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     r"""Angles (radians, in [0, pi/2]) between the leading eigenvectors of covariance matrices.
 
-    The leading eigenvector is defined up to sign, so the angle is :math:`\arccos |u^\top v|`. It is
+    The leading eigenvector is defined up to sign, so the angle is :math:`\arccos |u^\top v|`
+    (computed as :func:`nbsupport.subspaces.basis_angles` does, precise also near 0). It is
     ill-defined when the two largest eigenvalues (nearly) coincide; callers should weigh such matrices
     down or look at the eigenvalue gap.
 
@@ -186,8 +188,8 @@ def eigenvector_angles(cov: torch.Tensor, reference: torch.Tensor | None = None)
     else:
         raise ValueError(f"reference must be a tensor of shape {tuple(cov.shape[1:])}, "
                          f"got {tuple(getattr(reference, 'shape', ()))}")
-    cosine = (top @ other.T).abs().clamp(max=1)
-    return torch.arccos(cosine) if reference is None else torch.arccos(cosine[:, 0])
+    angles = basis_angles(top[:, None, :, None], other[None, :, :, None])[..., 0]  # (P, Q)
+    return angles if reference is None else angles[:, 0]
 
 
 def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_samples: int,
@@ -221,14 +223,14 @@ def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_sam
     -------
     GateInformation
     """
-    _check_tau(tau)
+    real(tau, "tau", low=0)
     _check_z_y(z, y)
     n_samples = integer(n_samples, "n_samples", minimum=2)
     if estimator not in ("density", "plugin"):
         raise ValueError(f"estimator must be 'density' or 'plugin', got {estimator!r}")
     z = z.detach().to(torch.float64)
     on = soft_gates(z, tau)
-    gen = as_torch_generator(rng, z.device, generator)
+    gen = torch_rng(rng, z.device, generator=generator)
     rows = torch.randint(len(z), (n_samples,), generator=gen, device=gen.device).to(z.device)
     gates = sample_gates(on[rows], 1, rng=gen)[0]                           # (n, m)
     labels = y[rows]
@@ -239,7 +241,7 @@ def gate_information_sampled(z: torch.Tensor, y: torch.Tensor, tau: float, n_sam
         h_a_y = sum((labels == c).double().mean().item() * plugin_entropy(codes[labels == c])
                     for c in torch.unique(labels))
     else:
-        log_cond = _log_prior(z, gates, tau).T                              # log P(a_s | x_i): (n, N)
+        log_cond = log_prior(z, gates, tau).T                              # log P(a_s | x_i): (n, N)
         h_a = -(torch.logsumexp(log_cond, dim=1) - math.log(len(z))).mean().item()
         same_class = labels.unsqueeze(1) == y.unsqueeze(0)                  # (n, N)
         log_class = torch.logsumexp(log_cond.masked_fill(~same_class, -torch.inf), dim=1) - same_class.sum(1).log()

@@ -17,24 +17,23 @@ information the gates carry about X and Y, exactly and by sampling; and per-samp
 sampled gates for the split of gradient variance.
 
 Randomness comes in one way: every sampling function takes ``rng`` (an int seed, default 0, or a
-``torch.Generator``, advanced in place; see :func:`as_torch_generator`) and never reads or advances
-the global random state. ``generator=`` is kept as an alias.
+generator, advanced in place: the package's rule, ``nbsupport._validate.torch_rng``) and never
+reads or advances the global random state. ``generator=`` is kept as an alias.
 
-The code lives in three modules: ``nbsupport.gating_core`` (gates, the exact, Monte Carlo and
-importance-sampling likelihoods, posterior marginals, sampled-gate gradients, training on the marginal
-likelihood), ``nbsupport.gating_variational`` (ELBO, gradient estimators, fitting) and
-``nbsupport.gating_information`` (information in the gates, region moments, eigenvector angles); this
-module re-exports their public names.
+The package has three modules: ``core`` (gates, the exact, Monte Carlo and importance-sampling
+likelihoods, posterior marginals, sampled-gate gradients, training on the marginal likelihood),
+``variational`` (ELBO, gradient estimators, fitting) and ``information`` (information in the
+gates, region moments, eigenvector angles); ``nbsupport.gating`` exports their public names.
 """
 
-from .gating_core import (MAX_EXACT_UNITS, MonteCarloEstimate, PatternLogProbs, all_patterns,
-                          as_torch_generator, effective_sample_size, gated_forward,
+from .core import (MAX_EXACT_UNITS, MonteCarloEstimate, PatternLogProbs, all_patterns,
+                          effective_sample_size, gated_forward,
                           importance_log_weights, importance_relative_variance, log_marginal_likelihood, mean_gate_log_likelihood,
                           pareto_khat, pattern_log_probs, posterior_marginals, sample_gates,
                           sampled_gate_grads, soft_gates, train_latent_gates)
-from .gating_information import (GateInformation, PatternMoments, eigenvector_angles, gate_information,
+from .information import (GateInformation, PatternMoments, eigenvector_angles, gate_information,
                                  gate_information_sampled, pattern_moments, plugin_entropy)
-from .gating_variational import (ESTIMATORS, GatePosterior, bernoulli_kl, elbo, elbo_surrogate,
+from .variational import (ESTIMATORS, GatePosterior, bernoulli_kl, elbo, elbo_surrogate,
                                  exact_logit_gradient, fit_variational, logit_gradient_estimates,
                                  optimal_factorised_posterior)
 
@@ -43,6 +42,6 @@ __all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "patte
            "train_latent_gates", "eigenvector_angles", "bernoulli_kl", "elbo", "GatePosterior",
            "elbo_surrogate", "fit_variational", "gate_information", "gate_information_sampled", "GateInformation", "plugin_entropy",
            "pattern_moments", "PatternMoments", "sampled_gate_grads", "MAX_EXACT_UNITS",
-           "as_torch_generator", "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",
+           "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",
            "ESTIMATORS", "exact_logit_gradient", "logit_gradient_estimates",
            "optimal_factorised_posterior"]
