@@ -280,11 +280,11 @@ class LargeGroups(NamedTuple):
 
     Attributes
     ----------
-    rows : Tensor, long, shape (N',)
-        Indices of the kept rows, ascending.
-    inverse : Tensor, long, shape (N',)
-        Their groups, renumbered 0..G'-1.
-    counts : Tensor, long, shape (G',)
+    rows : Tensor, long, shape (M,)
+        Indices of the kept rows (M of the N), ascending.
+    inverse : Tensor, long, shape (M,)
+        Their groups, renumbered 0..K-1 (K kept groups).
+    counts : Tensor, long, shape (K,)
     """
 
     rows: torch.Tensor
