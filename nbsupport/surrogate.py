@@ -147,8 +147,11 @@ def check_eval_mode(model: nn.Module) -> nn.Module:
     Raises
     ------
     ValueError
-        Naming the first such layer and the fix, ``model.eval()``.
+        If ``model`` is not an ``nn.Module``, or naming the first such layer and the fix,
+        ``model.eval()``.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     for name, module in model.named_modules():
         if module.training and isinstance(module, _MODE_DEPENDENT):
             raise ValueError(f"model is in training mode (its {type(module).__name__} layer {name or 'model'!r} "
