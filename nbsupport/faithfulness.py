@@ -296,7 +296,8 @@ class RoadCurves(NamedTuple):
 
 @torch.no_grad()
 def road(model: nn.Module, x: torch.Tensor, target, attribution: torch.Tensor,
-         fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), noise_std: float = 0.01, rng=0) -> RoadCurves:
+         fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), noise_std: float = 0.01, rng=0,
+         tol: float = 1e-8) -> RoadCurves:
     r"""ROAD :cite:p:`rong2022consistent`: remove pixels by noisy linear imputation, both orders.
 
     Removing pixels by a constant lets the model see *where* pixels were removed (the mask's shape
@@ -318,6 +319,9 @@ def road(model: nn.Module, x: torch.Tensor, target, attribution: torch.Tensor,
         >= 0.
     rng : int or torch.Generator
         Seeds the imputation noise (the same noise for every map: paired comparisons).
+    tol : float
+        Relative residual at which :func:`linear_imputation` stops; an error of that relative size
+        in the filled values is harmless once it is far below ``noise_std``.
 
     Returns
     -------
@@ -328,6 +332,7 @@ def road(model: nn.Module, x: torch.Tensor, target, attribution: torch.Tensor,
     if not fractions:
         raise ValueError("fractions must hold at least one fraction")
     noise_std = real(noise_std, "noise_std", low=0, low_inclusive=True)
+    tol = real(tol, "tol", low=0)
     n, c, h, w = x.shape
     target_idx = check_target(target, n, _n_classes(model, x), device=x.device)
     rank = _pixel_rank(attribution).reshape(n, 1, h, w)
@@ -340,7 +345,7 @@ def road(model: nn.Module, x: torch.Tensor, target, attribution: torch.Tensor,
         k = round(f * h * w)
         masks += [rank < k, rank >= h * w - k]
     removed = torch.cat(masks)  # (2F N, 1, H, W)
-    filled = linear_imputation(x.repeat(2 * len(fractions), 1, 1, 1), removed, tol=1e-8)
+    filled = linear_imputation(x.repeat(2 * len(fractions), 1, 1, 1), removed, tol=tol)
     eps = torch.cat([e for e in noise for _ in range(2)])
     filled = torch.where(removed, filled + eps, x.repeat(2 * len(fractions), 1, 1, 1))
     probs = model(filled).softmax(1).gather(1, target_idx.repeat(2 * len(fractions))[:, None])[:, 0]
@@ -571,7 +576,7 @@ MAP_TYPES = ("gradient", "path", "score")
 
 def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[str, Attribution], *,
                      map_types: dict[str, str] | None = None, baselines: dict | None = None,
-                     n_steps: int = 10, road_fractions=None, noise_std: float = 0.1,
+                     n_steps: int = 10, road_fractions=None, road_tol: float = 1e-8, noise_std: float = 0.1,
                      infidelity_samples: int = 16, radius: float = 0.02, sensitivity_samples: int = 4,
                      randomise_layers: int = 2, order: str = "definition",
                      calibration: torch.Tensor | None = None, sensitivity_for=None,
@@ -585,7 +590,8 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
       (``map_types``);
     * ``"ROAD"``: the symmetric :func:`road` score of ``a`` times ``x`` for gradient-type maps (the
       contribution against a black image), of ``a`` otherwise (only when ``road_fractions`` is given);
-    * ``"infidelity"`` (:func:`infidelity`, raw ``a``); ``"max-sensitivity"``
+    * ``"infidelity"`` (:func:`infidelity`, raw ``a``; skipped when ``infidelity_samples`` is 0);
+      ``"max-sensitivity"``
       (:func:`max_sensitivity`); ``"randomisation Spearman"``: :func:`rank_correlation` of ``a``
       with the same method's map on :func:`~nbsupport.randomisation.randomise_top_layers`
       ``(model, randomise_layers, seed, order, calibration)``.
@@ -606,6 +612,8 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
         Deletion/insertion baselines by name; default ``{"zero": 0.0}``.
     n_steps, infidelity_samples, sensitivity_samples, randomise_layers : int
     road_fractions : sequence of float, optional
+    road_tol : float
+        The imputation tolerance of :func:`road`.
     noise_std, radius : float
     order : {"definition", "graph"}
         Which layers count as the top ones (:func:`~nbsupport.randomisation.randomise_top_layers`).
@@ -650,9 +658,10 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
             row[f"insertion AUC ({base_name})"] = curve_auc(curves.fractions, curves.insertion)
         if road_fractions is not None:
             score = contribution(a, x, 0.0) if kind == "gradient" else a
-            row["ROAD"] = road(model, x, target, score, fractions=road_fractions, rng=seed).score
-        row["infidelity"] = infidelity(model, x, target, a, noise_std=noise_std, n_samples=infidelity_samples,
-                                       seed=seed).to(x.device)
+            row["ROAD"] = road(model, x, target, score, fractions=road_fractions, rng=seed, tol=road_tol).score
+        if infidelity_samples != 0:
+            row["infidelity"] = infidelity(model, x, target, a, noise_std=noise_std, n_samples=infidelity_samples,
+                                           seed=seed).to(x.device)
         if sensitivity_for is not None and name not in sensitivity_for:
             results[name] = row
             continue

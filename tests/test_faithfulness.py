@@ -192,6 +192,10 @@ def test_evaluate_methods_equals_the_metrics_called_one_by_one():
                             infidelity_samples=5, sensitivity_samples=3, sensitivity_for={"gradient"}, seed=3)
     assert "max-sensitivity" in only["gradient"] and "max-sensitivity" not in only["IG"]
     torch.testing.assert_close(only["IG"]["deletion AUC (blur)"], got["IG"]["deletion AUC (blur)"])
+    bare = evaluate_methods(cnn, x, target, methods, map_types=types, baselines=baselines, n_steps=4,
+                            infidelity_samples=0, sensitivity_samples=3, seed=3)
+    assert "infidelity" not in bare["IG"] and "infidelity" in got["IG"]
+    torch.testing.assert_close(bare["IG"]["deletion AUC (blur)"], got["IG"]["deletion AUC (blur)"])
 
 
 def test_metrics_print_nothing_to_stderr_in_a_notebook_kernel():
@@ -296,8 +300,14 @@ def test_road_matches_a_loop_and_orders():
                     p = float(cnn(image[None]).softmax(1)[0, target[i]])
                 assert math.isclose(float(getattr(got, name)[i, j]), p, rel_tol=1e-6), (name, i, j)
     torch.testing.assert_close(got.score, (got.lerf - got.morf).mean(1))
+    # a looser imputation tolerance moves the probabilities by far less than the noise does
+    loose = road(cnn, x, target, a, fractions=fractions, noise_std=0.05, rng=2, tol=1e-5)
+    assert float((loose.morf - got.morf).abs().max()) < 1e-4
+    assert float((loose.lerf - got.lerf).abs().max()) < 1e-4
     with pytest.raises(ValueError, match="fractions"):
         road(cnn, x, target, a, fractions=(1.0,))
+    with pytest.raises(ValueError, match="tol"):
+        road(cnn, x, target, a, fractions=fractions, tol=0.0)
 
 
 def test_explained_share_is_one_minus_normalised_infidelity():
