@@ -19,10 +19,12 @@ The excitation rules (:mod:`nbsupport.surrogate`), guided backpropagation
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -41,6 +43,26 @@ _UNSUPPORTED = {F.relu6, F.threshold, torch.threshold, torch.threshold_, F.thres
 _POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
 
+_CHECKPOINT_FILE = torch.utils.checkpoint.__file__
+
+
+def _inside_checkpoint() -> bool:
+    """Whether the current call runs inside ``torch.utils.checkpoint`` (forward or recomputation).
+
+    Activation checkpointing recomputes the forward pass during the backward pass, when the
+    routing is no longer active for calls made outside a submodule's forward: a functional ReLU
+    there would be recomputed vanilla and its output read by the routed rule as the
+    pre-activation (non-reentrant checkpointing swaps saved tensors in order). Refusing is the
+    safe answer; detection walks the Python stack for checkpoint's frames.
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename == _CHECKPOINT_FILE:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _bind(args, kwargs, names):
     bound = dict(zip(names, args))
     bound.update(kwargs)
@@ -56,6 +78,12 @@ class _CallRouter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        routed = func in _RELU or func in _RELU_INPLACE or (
+            self.pool_rule is not None and (func in _MAXPOOL or func in _MAXPOOL_INDICES))
+        if routed and _inside_checkpoint():
+            raise RuntimeError("the model uses activation checkpointing (torch.utils.checkpoint): its backward "
+                               "pass recomputes the forward pass outside these rules, so ReLU and max-pool "
+                               "calls would be recomputed vanilla; run the model without checkpointing")
         if func in _RELU:
             bound = _bind(args, kwargs, ("input", "inplace"))
             return self.relu_rule(bound["input"], bool(bound.get("inplace", False)))

@@ -11,14 +11,13 @@ forward pass, functional calls included), ``nbsupport.surrogate`` (the excitatio
 :func:`~nbsupport.surrogate.surrogate_gradients`,
 :func:`~nbsupport.surrogate.excitation_pullback`), ``nbsupport.saliency`` (the vanilla
 input gradient and the attribution call shape), ``nbsupport.patterns`` (the gates of every ReLU
-call, path correlations), ``nbsupport.attribution`` (guided backpropagation beside the other
-baselines and the faithfulness metrics), ``nbsupport.ascent`` (projected gradient ascent) and
+call, path correlations), ``nbsupport.attribution`` (guided backpropagation and the other
+methods), ``nbsupport.faithfulness`` and ``nbsupport.randomisation`` (the metrics), ``nbsupport.ascent`` (projected gradient ascent) and
 ``nbsupport.imagenet`` (local ImageNet checkpoints); this module re-exports the names chapter 4
 imports from it.
 """
 
 from .ascent import projected_gradient_ascent
-from .attribution import guided_backprop
 from .imagenet import load_imagenet_checkpoint, remap_legacy_densenet_keys
 from .patterns import gate_patterns, path_correlation, relu_inputs
 from .saliency import check_target, input_gradient
@@ -29,7 +28,6 @@ __all__ = [
     "surrogate_gradients",
     "excitation_pullback",
     "input_gradient",
-    "guided_backprop",
     "gate_patterns",
     "relu_inputs",
     "path_correlation",

@@ -23,7 +23,10 @@ from .intercept import route_calls
 from .saliency import input_gradient
 from .softpool import PoolGeometry, check_padding_value, softmax_routed_max_pool2d
 
-__all__ = ["surrogate_relu", "surrogate_gradients", "excitation_pullback"]
+__all__ = ["surrogate_relu", "surrogate_gradients", "excitation_pullback", "check_eval_mode"]
+
+# modules whose forward pass differs between training and evaluation mode
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
 
 
 # z / T above which the fused kernel passes grad unchanged: sigmoid(z / T) rounds to 1 there in
@@ -134,6 +137,29 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
     return route_calls(model, relu_rule, pool_rule)
 
 
+def check_eval_mode(model: nn.Module) -> nn.Module:
+    """Refuse a model whose BatchNorm or dropout layers are in training mode.
+
+    In training mode BatchNorm normalises by the batch's statistics (so one image's map depends on
+    the others in the batch) and updates its running statistics as a side effect, and dropout makes
+    the map random. Pullbacks and gradients of a trained network are meant in evaluation mode.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` is not an ``nn.Module``, or naming the first such layer and the fix,
+        ``model.eval()``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, _MODE_DEPENDENT):
+            raise ValueError(f"model is in training mode (its {type(module).__name__} layer {name or 'model'!r} "
+                             "would use batch statistics, update its running statistics or drop units): "
+                             "call model.eval() before computing pullbacks")
+    return model
+
+
 def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: float = 0.3,
                         pool_temperature: float | None = None, pool_padding_value: float = -math.inf) -> torch.Tensor:
     r"""The excitation pullback :math:`v_\Gamma(x)` of the target logit, batched.
@@ -145,7 +171,7 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
     Parameters
     ----------
     model : nn.Module
-        Maps ``(N, ...)`` to logits ``(N, classes)``; put it in eval mode first.
+        Maps ``(N, ...)`` to logits ``(N, classes)``, in eval mode.
     x : Tensor, shape (N, ...)
     target : int or Tensor of shape (N,)
         Class indices in ``[0, classes)``.
@@ -155,6 +181,12 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
     Returns
     -------
     Tensor, shape of ``x``
+
+    Raises
+    ------
+    ValueError
+        If a BatchNorm or dropout layer of ``model`` is in training mode (:func:`check_eval_mode`).
     """
+    check_eval_mode(model)
     with surrogate_gradients(model, temperature, pool_temperature, pool_padding_value):
         return input_gradient(model, x, target)

@@ -21,13 +21,10 @@ def _pages():
     return {p.stem: p.read_text() for p in NOTEBOOKS}
 
 
-# Chapters whose rows are not yet bound to asserts of their own (issues 22-24 convert them).
-NOT_YET_BOUND = {"C003"}
-SOURCES = [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason="rows not yet bound"))
-           if s in NOT_YET_BOUND else s for s in ["C000", "C001", "C002", "C003", "C004"]]
+SOURCES = ["C000", "C001", "C002", "C003", "C004"]
 
 
-@pytest.mark.parametrize("source", ["C000", "C001", "C002", "C003", "C004"])
+@pytest.mark.parametrize("source", SOURCES)
 def test_ledger_statuses_rest_on_check_cells(source):
     problems = [p for p in ledger_problems((ROOT / "book" / "claims.md").read_text(), _pages(), bound=False)
                 if p.startswith(source)]
@@ -53,7 +50,7 @@ def test_vacuous_rewrites_of_the_chapters_fail_every_row(source):
 
 def test_every_source_has_claims():
     ids = {row.id[:4] for row in ledger_rows((ROOT / "book" / "claims.md").read_text())}
-    assert ids == {"C000", "C001", "C002", "C003", "C004"}
+    assert ids == set(SOURCES)
 
 
 @pytest.mark.parametrize("page", NOTEBOOKS, ids=lambda p: p.stem)

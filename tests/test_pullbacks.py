@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nbsupport.attribution import guided_backprop
 from nbsupport.models import mlp, small_resnet, vgg_cnn
 from nbsupport.patterns import activation_patterns
-from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, gate_patterns, guided_backprop, input_gradient,
+from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, gate_patterns, input_gradient,
                                  pool_output_size, projected_gradient_ascent, relu_inputs, softmax_pool2d,
                                  surrogate_gradients)
 
@@ -487,7 +488,7 @@ def test_pullbacks_reexports_the_split_modules():
         for name in module.__all__:
             assert name not in homes, f"{name} is defined twice"
             homes[name] = getattr(module, name)
-    chapter_4 = ("excitation_pullback", "gate_patterns", "guided_backprop", "input_gradient", "load_imagenet_checkpoint",
+    chapter_4 = ("excitation_pullback", "gate_patterns", "input_gradient", "load_imagenet_checkpoint",
                  "path_correlation", "projected_gradient_ascent", "relu_inputs", "softmax_pool2d")
     design = ("excitation_pullback", "surrogate_gradients", "SoftMaxPool2d", "projected_gradient_ascent")
     for name in chapter_4 + design + ("check_target", "pool_output_size", "remap_legacy_densenet_keys"):
@@ -541,3 +542,50 @@ def test_the_sigmoid_gate_to_the_last_bits(dtype):
     assert torch.equal(kept, torch.sigmoid(z.detach() / T))
     far = x > 40  # sigmoid(40) rounds to 1 in every dtype here; the fused kernel passes grad unchanged there
     assert bool((gate[far] == 1).all()) and bool((gate[x < -110].double() < 1e-44).all())
+
+
+def test_train_mode_is_refused_naming_the_fix():
+    net = vgg_cnn((3, 4), image_size=8).double()  # a fresh module is in training mode
+    x = _images(2, side=8)
+    with pytest.raises(ValueError, match=r"model\.eval\(\)"):
+        excitation_pullback(net, x, 0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError):
+        projected_gradient_ascent(net, x, 0, steps=1)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # running stats untouched
+    dropout = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 2)).double()
+    with pytest.raises(ValueError, match="Dropout"):
+        excitation_pullback(dropout, x, 0)
+    excitation_pullback(dropout.eval(), x, 0)
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.ReLU(), nn.Linear(5, 2)).double()  # nothing mode-dependent
+    torch.testing.assert_close(excitation_pullback(plain, x, 1, 1e-8), input_gradient(plain, x, 1))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_is_refused(reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 7), nn.Linear(7, 3)
+
+        def forward(self, x):  # a functional ReLU inside the checkpointed region, outside any submodule
+            return self.b(checkpoint(lambda t: F.relu(self.a(t)), x.flatten(1), use_reentrant=reentrant))
+
+    torch.manual_seed(0)
+    net = Checkpointed().double().eval()
+    x = torch.randn(4, 1, 2, 3, dtype=torch.float64, requires_grad=False)
+    with pytest.raises(RuntimeError, match="checkpoint"):
+        excitation_pullback(net, x, 0)
+    # the same network without checkpointing: the pullback is the soft-gated product (closed form)
+    class Plain(Checkpointed):
+        def forward(self, x):
+            return self.b(F.relu(self.a(x.flatten(1))))
+
+    plain = Plain().double().eval()
+    plain.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        z = plain.a(x.flatten(1))
+    expected = (plain.b.weight[0] * torch.sigmoid(z / 0.3)) @ plain.a.weight
+    torch.testing.assert_close(excitation_pullback(plain, x, 0).flatten(1), expected)

@@ -1,0 +1,224 @@
+r"""Model-parameter randomisation :cite:p:`adebayo2018sanity`: does a map depend on the weights?
+
+Weight layers (``nn.Linear``, ``nn.Conv2d``) are re-initialised from the top of the network down
+and the map of the randomised model compared with the trained one's. Two details decide what the
+test measures:
+
+* *order*: "from the top" means by distance from the output in the computation graph. In a
+  residual block the shortcut's 1x1 convolution reads the block's input, so it sits at the depth
+  of the block's *first* convolution, not after its second; :func:`weight_layer_depths` reads the
+  depths from a ``torch.fx`` trace, and layers at one depth are randomised together.
+* *BatchNorm statistics*: a re-initialised convolution feeds its BatchNorm inputs of another scale,
+  and stale running statistics then scale every later pre-activation (a fixed-temperature gate
+  :math:`\sigma(z/T)` hardens). :func:`recalibrate_batchnorm` re-estimates them on calibration
+  images after each randomisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.fx
+from torch import nn
+
+from ._validate import integer
+from .map_statistics import rank_correlation
+from .saliency import check_input
+
+__all__ = ["weight_layers", "weight_layer_depths", "recalibrate_batchnorm", "randomise_top_layers",
+           "cascading_randomisation"]
+
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def weight_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the ``nn.Linear`` and ``nn.Conv2d`` modules, in definition order."""
+    return [name for name, m in model.named_modules() if isinstance(m, _WEIGHT_LAYERS)]
+
+
+def weight_layer_depths(model: nn.Module) -> dict[str, int]:
+    """Depth of every weight layer in the computation graph: weight layers on the longest path from the input.
+
+    The model is traced with ``torch.fx`` (weight layers are kept as leaves); the depth of a node is
+    the largest depth of its inputs plus one if it is a weight layer. In a chain the depths are
+    1, 2, ...; a residual block's shortcut convolution gets the depth of the block's first one.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Traceable by ``torch.fx`` (no data-dependent control flow).
+
+    Returns
+    -------
+    dict of str to int
+        Qualified module name -> depth (>= 1), in definition order.
+
+    Raises
+    ------
+    ValueError
+        If the model cannot be traced or a weight layer is called more than once.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as err:  # fx raises many types for untraceable code
+        raise ValueError(f"model cannot be traced by torch.fx ({type(err).__name__}: {err}); "
+                         "use order='definition'") from err
+    modules = dict(model.named_modules())
+    depth: dict[torch.fx.Node, int] = {}
+    layer_depth: dict[str, int] = {}
+    for node in graph.nodes:
+        inputs = node.all_input_nodes
+        d = max((depth[i] for i in inputs), default=0)
+        if node.op == "call_module" and isinstance(modules.get(node.target), _WEIGHT_LAYERS):
+            if node.target in layer_depth:
+                raise ValueError(f"weight layer {node.target!r} is called more than once; use order='definition'")
+            d += 1
+            layer_depth[node.target] = d
+        depth[node] = d
+    return {name: layer_depth[name] for name in weight_layers(model) if name in layer_depth}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm layer's running mean and variance on ``x``, in place.
+
+    Running statistics are reset and accumulated as exact averages over the batches of ``x``
+    (``momentum=None``) in training mode, without gradients; affine parameters are not touched.
+    Afterwards the model is in eval mode, and with one batch its BatchNorm layers normalise by the
+    mean and the unbiased variance of their inputs over ``x``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+        Calibration inputs (held-out training images).
+    batch_size : int
+        Batches of this size (each contributes as an equal-weight average, as PyTorch does).
+
+    Returns
+    -------
+    nn.Module
+        ``model``, in eval mode.
+    """
+    check_input(x)
+    batch_size = integer(batch_size, "batch_size", minimum=2)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for batch in x.split(batch_size):
+            model(batch)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.eval()
+    return model
+
+
+def _levels(model: nn.Module, order: str) -> list[list[str]]:
+    """Weight layers grouped from the top: one group per depth (graph) or per layer (definition)."""
+    if order == "graph":
+        depths = weight_layer_depths(model)
+        return [[name for name, d in depths.items() if d == level] for level in sorted(set(depths.values()),
+                                                                                     reverse=True)]
+    if order == "definition":
+        return [[name] for name in reversed(weight_layers(model))]
+    raise ValueError(f"order must be 'graph' or 'definition', got {order!r}")
+
+
+def randomise_top_layers(model: nn.Module, n_layers: int, seed: int = 0, *, order: str = "definition",
+                         calibration: torch.Tensor | None = None) -> nn.Module:
+    r"""A copy of ``model`` whose top ``n_layers`` weight layers (or depth levels) are re-initialised.
+
+    Each re-initialised layer gets weights and bias drawn from PyTorch's default initialisation
+    law, uniform on :math:`[-1/\sqrt{\text{fan-in}}, 1/\sqrt{\text{fan-in}}]`, from a private CPU
+    ``torch.Generator`` seeded with ``seed`` (the global random state is not used or changed).
+    The original is untouched.
+
+    Parameters
+    ----------
+    model : nn.Module
+    n_layers : int
+        How many steps from the top: layers (``order="definition"``, last defined first) or depth
+        levels (``order="graph"``, :func:`weight_layer_depths`; layers at one depth together).
+    seed : int
+    order : {"definition", "graph"}
+    calibration : Tensor, optional
+        If given, BatchNorm statistics are re-estimated on it afterwards
+        (:func:`recalibrate_batchnorm`); otherwise they are left stale.
+
+    Returns
+    -------
+    nn.Module
+        The copy, on the original's device, in the original's train/eval mode (eval after
+        recalibration).
+    """
+    levels = _levels(model, order)
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= len(levels):
+        raise ValueError(f"n_layers must be an int in [1, {len(levels)}] (weight layers or depth levels), "
+                         f"got {n_layers!r}")
+    chosen = {name for level in levels[:n_layers] for name in level}
+    clone = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(clone.named_modules())
+    with torch.no_grad():
+        for name in weight_layers(clone):  # draws in definition order
+            if name not in chosen:
+                continue
+            layer = modules[name]
+            bound = 1.0 / math.sqrt(layer.weight[0].numel())
+            for param in (layer.weight, layer.bias):
+                if param is not None:
+                    draw = torch.rand(param.shape, generator=generator, dtype=torch.float64)
+                    param.copy_((2 * draw - 1) * bound)
+    if calibration is not None:
+        recalibrate_batchnorm(clone, calibration.to(next(clone.parameters()).device))
+    return clone
+
+
+def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute, seeds=(0,),
+                            absolute: bool = True, *, order: str = "definition",
+                            calibration: torch.Tensor | None = None) -> torch.Tensor:
+    """Cascading model-parameter randomisation :cite:p:`adebayo2018sanity`, from the top down.
+
+    For ``k = 1 .. K`` (``K`` layers or depth levels, see :func:`randomise_top_layers`) the top
+    ``k`` are re-initialised and the map compared with the trained model's by
+    :func:`~nbsupport.map_statistics.rank_correlation`. A map that explains the model decorrelates
+    as ``k`` grows.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+    target : int or Tensor of shape (N,)
+    attribute : callable
+    seeds : sequence of int
+        One randomisation draw per seed.
+    absolute : bool
+        Compare ``|a|`` (as in the source of the test).
+    order : {"definition", "graph"}
+    calibration : Tensor, optional
+        Recalibrate BatchNorm statistics on these images after each randomisation.
+
+    Returns
+    -------
+    Tensor, float64, shape (len(seeds), K, N), on ``x``'s device
+        Entry ``[s, k - 1, n]`` for the top ``k`` randomised with seed ``seeds[s]``.
+    """
+    check_input(x)
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    n_levels = len(_levels(model, order))
+    reference = attribute(model, x, target)
+    out = torch.empty(len(seeds), n_levels, len(x), dtype=torch.float64, device=x.device)
+    for i, seed in enumerate(seeds):
+        for k in range(1, n_levels + 1):
+            randomised = randomise_top_layers(model, k, seed=seed, order=order, calibration=calibration)
+            out[i, k - 1] = rank_correlation(reference, attribute(randomised, x, target), absolute=absolute)
+    return out

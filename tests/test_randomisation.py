@@ -1,0 +1,127 @@
+"""nbsupport.randomisation against hand-built copies, BatchNorm statistics by hand and graph depths."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nbsupport.attribution import image_map
+from nbsupport.map_statistics import rank_correlation
+from nbsupport.models import small_resnet, vgg_cnn
+from nbsupport.randomisation import (cascading_randomisation, randomise_top_layers, recalibrate_batchnorm,
+                                     weight_layer_depths, weight_layers)
+from nbsupport.saliency import input_gradient
+
+
+def _linear(c=1, side=4, k=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, k)).double().eval()
+
+
+def _images(n=4, c=1, side=4, seed=1):
+    return torch.rand(n, c, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def _seeded_cnn(seed=0, side=8):
+    """A small CNN whose weights come from a private generator (no dependence on the global RNG)."""
+    cnn = vgg_cnn((3, 4), image_size=side).double().eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in cnn.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+    return cnn
+
+
+def test_randomise_top_layers():
+    cnn = _seeded_cnn(5).float()
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    rand = randomise_top_layers(cnn, 2, seed=0)
+    assert all(torch.equal(v, cnn.state_dict()[k]) for k, v in before.items())  # original untouched
+    names = [n for n, m in cnn.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    changed = {n for n, m in rand.named_modules() if n in names and not torch.equal(m.weight, cnn.get_submodule(n).weight)}
+    assert changed == set(names[-2:]) and not rand.training
+    again = randomise_top_layers(cnn, 2, seed=0)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in rand.state_dict().items())
+    for bad in (0, len(names) + 1, True):
+        with pytest.raises(ValueError, match="n_layers"):
+            randomise_top_layers(cnn, bad)
+
+
+def test_randomise_top_layers_uses_no_global_random_state():
+    cnn = vgg_cnn((3, 4), image_size=8).eval()
+    state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    rand = randomise_top_layers(cnn, 3, seed=4)
+    assert torch.equal(state, torch.get_rng_state())
+    if cuda_state is not None:
+        assert all(torch.equal(a, b) for a, b in zip(cuda_state, torch.cuda.get_rng_state_all()))
+    # the default law of nn.Conv2d / nn.Linear: uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)]
+    for layer in [m for m in rand.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-3:]:
+        w = layer.weight.detach().double().flatten()
+        bound = 1 / math.sqrt(layer.weight[0].numel())
+        assert float(w.abs().max()) <= bound
+        n = len(w)
+        assert abs(float(w.var()) - bound**2 / 3) < 6 * bound**2 * math.sqrt(4 / 45 / n)  # Var(U^2) = 4 b^4/45
+    assert not torch.equal(rand[2].weight, randomise_top_layers(cnn, 3, seed=5)[2].weight)
+
+
+def test_cascading_randomisation_layer_by_layer():
+    cnn = _seeded_cnn(3)
+    x = _images(4, side=8, seed=12)
+    out = cascading_randomisation(cnn, x, 2, input_gradient, seeds=(0, 1))
+    n_layers = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in cnn.modules())
+    assert out.shape == (2, n_layers, 4)
+    ref = input_gradient(cnn, x, 2)
+    for s, seed in enumerate((0, 1)):
+        for k in (1, n_layers):
+            torch.testing.assert_close(out[s, k - 1],
+                                       rank_correlation(ref, input_gradient(randomise_top_layers(cnn, k, seed), x, 2)))
+    # the image map ignores the model: perfectly correlated at every depth
+    torch.testing.assert_close(cascading_randomisation(cnn, x, 2, image_map), torch.ones(1, n_layers, 4,
+                                                                                       dtype=torch.float64))
+
+
+def test_graph_depths_put_the_shortcut_beside_the_first_convolution():
+    net = small_resnet((4, 6)).eval()
+    depths = weight_layer_depths(net)
+    assert list(depths) == weight_layers(net)
+    # stem conv, block 1 (conv1, conv2), block 2 (conv1 and its 1x1 shortcut, conv2), head
+    expected = {"0.0": 1, "1.conv1": 2, "1.conv2": 3, "2.conv1": 4, "2.shortcut.0": 4, "2.conv2": 5, "4": 6}
+    assert depths == expected
+    chain = vgg_cnn((3, 4), image_size=8)
+    assert list(weight_layer_depths(chain).values()) == [1, 2, 3, 4, 5]
+    # graph order randomises block 2's conv2 (level 2 from the top) before its shortcut (level 3)
+    two = randomise_top_layers(net, 2, seed=0, order="graph")
+    three = randomise_top_layers(net, 3, seed=0, order="graph")
+    same = lambda a, b, name: torch.equal(a.get_submodule(name).weight, b.get_submodule(name).weight)  # noqa: E731
+    assert not same(two, net, "2.conv2") and same(two, net, "2.shortcut.0") and same(two, net, "2.conv1")
+    assert not same(three, net, "2.shortcut.0") and not same(three, net, "2.conv1") and same(three, net, "1.conv2")
+    with pytest.raises(ValueError, match="order"):
+        randomise_top_layers(net, 1, order="random")
+
+
+def test_recalibrate_batchnorm_uses_the_input_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 2)).double()
+    net.eval()
+    net[1].running_mean.fill_(5.0)  # stale statistics
+    x = torch.rand(40, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    recalibrate_batchnorm(net, x, batch_size=40)
+    assert not net.training and net[1].momentum == 0.1
+    with torch.no_grad():
+        z = net[0](x)
+    torch.testing.assert_close(net[1].running_mean, z.mean((0, 2, 3)))
+    torch.testing.assert_close(net[1].running_var, z.transpose(0, 1).flatten(1).var(1, unbiased=True))
+    # several batches: the equal-weight average of the per-batch statistics
+    recalibrate_batchnorm(net, x, batch_size=20)
+    with torch.no_grad():
+        means = torch.stack([net[0](b).mean((0, 2, 3)) for b in x.split(20)])
+    torch.testing.assert_close(net[1].running_mean, means.mean(0))
+    # randomise_top_layers with calibration: the randomised conv's BatchNorm follows its new outputs
+    rand = randomise_top_layers(net, 2, seed=0, calibration=x)
+    with torch.no_grad():
+        z_new = rand[0](x).mean((0, 2, 3))
+    torch.testing.assert_close(rand[1].running_mean, z_new)
+    with pytest.raises(ValueError, match="batch_size"):
+        recalibrate_batchnorm(net, x, batch_size=1)
