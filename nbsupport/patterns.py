@@ -19,7 +19,7 @@ from ._validate import integer
 from .intercept import route_calls
 from .saliency import check_input, checked_forward
 
-__all__ = ["activation_patterns", "relu_inputs", "gate_patterns", "path_correlation", "group_by_pattern",
+__all__ = ["activation_patterns", "relu_inputs", "path_correlation", "group_by_pattern",
            "pack_patterns", "unpack_codes", "Groups", "local_affine_maps"]
 
 #: Bits per packed word: 63, so that every word is a non-negative int64 and signed order is code order.
@@ -122,10 +122,6 @@ def activation_patterns(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]
     return _read_relu_calls(model, x, lambda z: z > 0)
 
 
-#: Chapter 4's name for :func:`activation_patterns`.
-gate_patterns = activation_patterns
-
-
 def path_correlation(gates_a: Sequence[torch.Tensor], gates_b: Sequence[torch.Tensor]) -> torch.Tensor:
     r"""Pearson correlation, per sample, of two rank-one path tensors :math:`\bigotimes_\ell a_\ell` and
     :math:`\bigotimes_\ell b_\ell`.
@@ -139,7 +135,7 @@ def path_correlation(gates_a: Sequence[torch.Tensor], gates_b: Sequence[torch.Te
     Parameters
     ----------
     gates_a, gates_b : sequences of Tensor, each of shape (N, m_l)
-        Gates of the same layers (bool or values in [0, 1]), e.g. from :func:`gate_patterns`.
+        Gates of the same layers (bool or values in [0, 1]), e.g. from :func:`activation_patterns`.
 
     Returns
     -------

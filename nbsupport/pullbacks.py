@@ -13,29 +13,22 @@ forward pass, functional calls included), ``nbsupport.surrogate`` (the excitatio
 input gradient and the attribution call shape), ``nbsupport.patterns`` (the gates of every ReLU
 call, path correlations), ``nbsupport.attribution`` (guided backpropagation and the other
 methods), ``nbsupport.faithfulness`` and ``nbsupport.randomisation`` (the metrics), ``nbsupport.ascent`` (projected gradient ascent) and
-``nbsupport.imagenet`` (local ImageNet checkpoints); this module re-exports the names chapter 4
-imports from it.
+``nbsupport.imagenet`` (local ImageNet checkpoints); this module exports the pullback's own names
+(DESIGN.md's) from them.
 """
 
 from .ascent import projected_gradient_ascent
 from .imagenet import load_imagenet_checkpoint, remap_legacy_densenet_keys
-from .patterns import gate_patterns, path_correlation, relu_inputs
-from .saliency import check_target, input_gradient
 from .softpool import SoftMaxPool2d, pool_output_size, softmax_pool2d
 from .surrogate import excitation_pullback, surrogate_gradients
 
 __all__ = [
     "surrogate_gradients",
     "excitation_pullback",
-    "input_gradient",
-    "gate_patterns",
-    "relu_inputs",
-    "path_correlation",
     "softmax_pool2d",
     "SoftMaxPool2d",
     "pool_output_size",
     "projected_gradient_ascent",
-    "check_target",
     "remap_legacy_densenet_keys",
     "load_imagenet_checkpoint",
 ]

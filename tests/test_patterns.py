@@ -196,7 +196,7 @@ def _resnet18():
 @pytest.mark.parametrize("arch", ["mlp", "vgg", "resnet18"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_gate_reader_matches_a_layer_by_layer_loop(arch, train):
-    """Both readers (relu_inputs and activation_patterns, alias gate_patterns) against a plain forward
+    """Both readers (relu_inputs and activation_patterns) against a plain forward
     loop on a copy, in eval mode (running statistics) and in train mode (batch statistics); the
     model's buffers and modes are untouched afterwards."""
     g = torch.Generator().manual_seed(1)
@@ -226,9 +226,6 @@ def test_the_old_readers_no_longer_diverge():
     """Before the merge, pullbacks.relu_inputs ran a train-mode BatchNorm as it was (updating its
     running statistics) and saw functional ReLUs, while patterns.activation_patterns restored the
     buffers and saw nn.ReLU modules only. Now every name reads the same gates the same way."""
-    from nbsupport.pullbacks import gate_patterns, relu_inputs as relu_inputs_pullbacks
-
-    assert gate_patterns is activation_patterns and relu_inputs_pullbacks is relu_inputs
     torch.manual_seed(0)
     model = _random_batchnorm(small_resnet((4, 6), image_size=12)).train()
     x = torch.rand(5, 1, 12, 12, generator=torch.Generator().manual_seed(2)) + 3   # far from the running mean

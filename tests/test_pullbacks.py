@@ -11,9 +11,10 @@ from torch import nn
 from nbsupport.attribution import guided_backprop
 from nbsupport.models import mlp, small_resnet, vgg_cnn
 from nbsupport.patterns import activation_patterns
-from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, gate_patterns, input_gradient,
-                                 pool_output_size, projected_gradient_ascent, relu_inputs, softmax_pool2d,
-                                 surrogate_gradients)
+from nbsupport.patterns import activation_patterns, path_correlation, relu_inputs
+from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, pool_output_size, projected_gradient_ascent,
+                                 softmax_pool2d, surrogate_gradients)
+from nbsupport.saliency import input_gradient
 
 
 def _images(n=3, c=1, side=12, seed=0):
@@ -71,7 +72,7 @@ def test_every_relu_call_path_gets_the_sigmoid_gate(call):
         with torch.no_grad():
             assert torch.equal(net(x), plain)  # forward exactly the same
     torch.testing.assert_close(excitation_pullback(net, x, 2, temperature=T), expected)
-    gates = gate_patterns(net, x)
+    gates = activation_patterns(net, x)
     assert len(gates) == 1 and torch.equal(gates[0], z > 0)
 
 
@@ -273,7 +274,7 @@ def test_small_resnet_uses_functional_relus_and_all_are_covered():
     model = _eval(small_resnet((4, 6), image_size=12))
     x = _images(3, side=12)
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    gates = gate_patterns(model, x)
+    gates = activation_patterns(model, x)
     assert len(relus) == 1 and len(gates) == 1 + 2 * 2  # stem + two ReLUs per block
     # a module-swap approach (here: hooks on nn.ReLU modules) sees only the stem
     seen = []
@@ -284,16 +285,16 @@ def test_small_resnet_uses_functional_relus_and_all_are_covered():
     assert len(seen) == 1 and torch.equal(seen[0], gates[0])
 
 
-def test_gate_patterns_match_module_hooks_on_an_mlp():
+def test_gates_and_relu_inputs_match_a_plain_forward_on_an_mlp():
     torch.manual_seed(0)
     net = mlp([5, 8, 7, 2]).double()
     x = torch.randn(20, 5, dtype=torch.float64)
-    for a, b in zip(gate_patterns(net, x), activation_patterns(net, x), strict=True):
-        assert torch.equal(a, b)
     z1 = net[0](x)
     z2 = net[2](torch.relu(z1))
     inputs = relu_inputs(net, x)
     assert len(inputs) == 2 and torch.equal(inputs[0], z1.detach()) and torch.equal(inputs[1], z2.detach())
+    gates = activation_patterns(net, x)
+    assert len(gates) == 2 and torch.equal(gates[0], z1 > 0) and torch.equal(gates[1], z2 > 0)
 
 
 def test_relu_inputs_see_functional_and_in_place_relus():
@@ -420,8 +421,6 @@ def test_models_shapes():
 def test_path_correlation_equals_the_correlation_of_the_explicit_tensor():
     import numpy as np
 
-    from nbsupport.pullbacks import path_correlation
-
     g = torch.Generator().manual_seed(0)
     widths = (5, 6, 4)
     a = [torch.rand(5, m, generator=g) > 0.5 for m in widths]
@@ -475,11 +474,12 @@ def test_temperature_may_be_a_numpy_or_tensor_scalar():
         assert torch.equal(excitation_pullback(net, x, 0, temperature), reference)
 
 
-# --- the split: nbsupport.pullbacks re-exports the modules' objects ----------------------------
+# --- the split: nbsupport.pullbacks exports the modules' objects --------------------------------
 
-def test_pullbacks_reexports_the_split_modules():
-    """Every name of nbsupport.pullbacks (DESIGN.md's and chapter 4's) is the very object of the module
-    that defines it, and the rules as functions agree with the context manager."""
+def test_pullbacks_exports_the_split_modules():
+    """Every name of nbsupport.pullbacks (DESIGN.md's) is the very object of the module that defines
+    it, and names that live elsewhere (input gradient, gates) are not re-exported under a second
+    address."""
     import nbsupport.pullbacks as pullbacks
     from nbsupport import ascent, attribution, imagenet, patterns, saliency, softpool, surrogate
 
@@ -488,11 +488,12 @@ def test_pullbacks_reexports_the_split_modules():
         for name in module.__all__:
             assert name not in homes, f"{name} is defined twice"
             homes[name] = getattr(module, name)
-    chapter_4 = ("excitation_pullback", "gate_patterns", "input_gradient", "load_imagenet_checkpoint",
-                 "path_correlation", "projected_gradient_ascent", "relu_inputs", "softmax_pool2d")
     design = ("excitation_pullback", "surrogate_gradients", "SoftMaxPool2d", "projected_gradient_ascent")
-    for name in chapter_4 + design + ("check_target", "pool_output_size", "remap_legacy_densenet_keys"):
+    for name in design + ("softmax_pool2d", "pool_output_size", "load_imagenet_checkpoint",
+                          "remap_legacy_densenet_keys"):
         assert name in pullbacks.__all__, name
+    for name in ("input_gradient", "check_target", "relu_inputs", "path_correlation", "gate_patterns"):
+        assert not hasattr(pullbacks, name), name
     for name in pullbacks.__all__:
         assert getattr(pullbacks, name) is homes[name], name
 
