@@ -1,7 +1,6 @@
 """What a reader sees, checked without a browser (issue 26).
 
-- Code lines of every notebook page fit the text column (84 characters); enabled by the lead once
-  every chapter complies (``ENFORCED``), runnable before with ``BOOK_CODE_WIDTH=1``.
+- Code lines a reader sees on every notebook page fit the text column (84 characters).
 - In the built HTML (``_build/html``, skipped without it outside CI): each chapter offers its
   executed notebook for download, no image has a hashed file name (or nothing) as its alt text,
   every page carries the build stamp, no script is included twice, the claims ledger's tally
@@ -21,33 +20,36 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 #: Characters of code the 672 px text column shows without scrolling at 1280 px.
 MAX_CODE_LINE = 84
-#: The lead switches this on when every chapter's code fits (issue 26).
-ENFORCED = False
 NOTEBOOK_PAGES = sorted(ROOT.glob("notebooks/*.md")) + [p for p in sorted((ROOT / "book").glob("*.md"))
                                                         if "```{code-cell}" in p.read_text()]
 
 
 def long_code_lines(path: Path) -> list[tuple[int, int]]:
-    """(line number in the file, length) of each code-cell line longer than MAX_CODE_LINE."""
-    found, in_code, fence, header, first = [], False, "", False, False
+    """(line number in the file, length) of each code-cell line longer than MAX_CODE_LINE, in the
+    cells a reader can see (a ``remove-input`` cell's source is not on the page)."""
+    found, in_code, fence, header, first, removed = [], False, "", False, False, False
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         stripped = line.lstrip()
         if not in_code and stripped.startswith(("```{code-cell}", "````{code-cell}")):
-            in_code, first = True, True
+            in_code, first, removed, cell = True, True, False, []
             fence = stripped[: len(stripped) - len(stripped.lstrip("`"))]
             continue
         if in_code and stripped.rstrip() == fence:
             in_code = False
+            if not removed:
+                found.extend(cell)
             continue
         if in_code and first and line.rstrip() == "---":  # a YAML options block (tags, caption)
             header, first = True, False
             continue
         first = False
-        if header:
-            header = line.rstrip() != "---"
+        if header or (in_code and line.startswith(":")):  # options: tags, caption
+            removed = removed or ("tags" in line and "remove-input" in line)
+            if header:
+                header = line.rstrip() != "---"
             continue
-        if in_code and not line.startswith(":") and len(line) > MAX_CODE_LINE:
-            found.append((number, len(line)))
+        if in_code and len(line) > MAX_CODE_LINE:
+            cell.append((number, len(line)))
     return found
 
 
@@ -57,13 +59,13 @@ def test_long_line_finder_on_a_made_up_page(tmp_path):
     page.write_text("\n".join(["# Title", long, "```{code-cell} ipython3", ":tags: [hide-input]", "",
                                "y = 1", long, "```", long, "```python", long, "```",
                                "```{code-cell} ipython3", "---", "mystnb:", "  caption: " + long, "---",
-                               long, "```"]))
-    # prose, plain code blocks and a cell's options are not code a reader sees
+                               long, "```", "```{code-cell} ipython3", ":tags: [remove-input]", long,
+                               "```", "```{code-cell} ipython3", "---", "tags: [check, remove-input]",
+                               "---", long, "```"]))
+    # prose, plain code blocks, a cell's options and removed cells are not code a reader sees
     assert long_code_lines(page) == [(7, len(long)), (18, len(long))]
 
 
-@pytest.mark.skipif(not ENFORCED and os.environ.get("BOOK_CODE_WIDTH") != "1",
-                    reason="enabled when every chapter complies (issue 26); BOOK_CODE_WIDTH=1 runs it")
 @pytest.mark.parametrize("page", NOTEBOOK_PAGES, ids=lambda p: p.name)
 def test_code_lines_fit_the_column(page):
     lines = long_code_lines(page)
