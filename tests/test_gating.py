@@ -1096,3 +1096,68 @@ def test_fit_variational_without_records_fits_the_same_posterior():
         assert len(history["elbo"]) == (5 if record else 0) and len(history["surrogate"]) == 5
         fitted.append(torch.cat([p.detach().reshape(-1) for p in q.parameters()]))
     assert torch.equal(*fitted)
+
+
+def _k_floors_ratio(e):
+    """The old rule's statistic: norm of the mean error over (RMS error / sqrt(n))."""
+    rms = np.sqrt((e ** 2).sum(1).mean())
+    return np.linalg.norm(e.mean(0)) / (rms / np.sqrt(len(e)))
+
+
+@pytest.mark.parametrize("law", ["gaussian", "centred exponential"])
+def test_bias_test_keeps_its_size_in_many_dimensions(law):
+    from nbsupport.gating import bias_test
+    rng = np.random.default_rng(0)
+    n, d, reps = 300, 100, 200
+    scales = np.linspace(0.2, 3.0, d)  # unequal variances per coordinate
+    pvalues = []
+    for r in range(reps):
+        if law == "gaussian":
+            e = rng.normal(size=(n, d)) * scales
+        else:  # mean zero but skewed: the sign flip is then only approximate
+            e = (rng.exponential(size=(n, d)) - 1.0) * scales
+        pvalues.append(bias_test(e, n_flips=200, rng=r).p)
+    pvalues = np.array(pvalues)
+    alpha = 0.05
+    # binomial bound on the rejection rate of a level-alpha test over 200 nulls
+    assert (pvalues <= alpha).mean() <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / reps)
+    # p-values roughly uniform: mean 1/2 within 4 standard errors (sd 1/sqrt(12))
+    assert abs(pvalues.mean() - 0.5) < 4 / np.sqrt(12 * reps)
+
+
+def test_bias_test_finds_a_planted_bias_the_k_floors_rule_misses():
+    from nbsupport.gating import bias_test
+    rng = np.random.default_rng(1)
+    n, d, reps = 1000, 400, 30
+    bias = rng.normal(size=d)
+    bias *= np.sqrt(0.25 * d / n) / np.linalg.norm(bias)  # n ||b||^2 / d = 1/4
+    stats, detected, ratios = [], [], []
+    for r in range(reps):
+        e = rng.normal(size=(n, d)) + bias
+        out = bias_test(e, n_flips=200, rng=r)
+        stats.append(out.squared_bias)
+        detected.append(out.p <= 0.05)
+        ratios.append(_k_floors_ratio(e))
+    # the k-floors ratio sits near sqrt(1 + 1/4): three floors never see this bias
+    assert max(ratios) < 3
+    assert np.mean(detected) >= 0.8
+    # U is unbiased for ||b||^2 (independent reference: the planted value)
+    stats = np.array(stats)
+    se = stats.std(ddof=1) / np.sqrt(reps)
+    assert abs(stats.mean() - bias @ bias) < 4 * se
+
+
+def test_bias_test_statistic_matches_a_plain_double_loop_and_refuses_bad_input():
+    from nbsupport.gating import bias_test
+    rng = np.random.default_rng(2)
+    e = rng.normal(size=(12, 5)) + 0.3
+    loop = sum(e[i] @ e[j] for i in range(12) for j in range(12) if i != j) / (12 * 11)
+    out = bias_test(torch.from_numpy(e), n_flips=200, rng=0)
+    assert abs(out.squared_bias - loop) < 1e-12
+    assert out.n_flips == 200 and 1 / 201 <= out.p <= 1
+    with pytest.raises(ValueError, match="errors"):
+        bias_test(np.zeros(5))
+    with pytest.raises(ValueError, match="errors"):
+        bias_test(np.full((3, 2), np.nan))
+    with pytest.raises(ValueError, match="n_flips"):
+        bias_test(e, n_flips=10)

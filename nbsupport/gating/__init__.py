@@ -33,7 +33,7 @@ from .core import (MAX_EXACT_UNITS, MonteCarloEstimate, PatternLogProbs, all_pat
                           sampled_gate_grads, soft_gates, train_latent_gates)
 from .information import (GateInformation, PatternMoments, eigenvector_angles, gate_information,
                                  gate_information_sampled, pattern_moments, plugin_entropy)
-from .variational import (ESTIMATORS, GatePosterior, bernoulli_kl, elbo, elbo_surrogate,
+from .variational import (ESTIMATORS, BiasTest, bias_test, GatePosterior, bernoulli_kl, elbo, elbo_surrogate,
                                  exact_logit_gradient, fit_variational, logit_gradient_estimates,
                                  optimal_factorised_posterior)
 
@@ -44,4 +44,4 @@ __all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "patte
            "pattern_moments", "PatternMoments", "sampled_gate_grads", "MAX_EXACT_UNITS",
            "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",
            "ESTIMATORS", "exact_logit_gradient", "logit_gradient_estimates",
-           "optimal_factorised_posterior"]
+           "optimal_factorised_posterior", "BiasTest", "bias_test"]
