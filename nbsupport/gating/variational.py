@@ -289,14 +289,10 @@ def bias_test(errors, n_flips: int = 1000, rng=0) -> BiasTest:
 
     .. math::
 
-        U = rac{\lVert \sum_i e_i 
-Vert^2 - \sum_i \lVert e_i 
-Vert^2}{n (n - 1)}
-          = rac{1}{n(n-1)} \sum_{i 
-e j} e_i^	op e_j,
+        U = \frac{\lVert \sum_i e_i \rVert^2 - \sum_i \lVert e_i \rVert^2}{n (n - 1)}
+          = \frac{1}{n(n-1)} \sum_{i \ne j} e_i^\top e_j,
 
-    an unbiased estimate of :math:`\lVert \E e 
-Vert^2` (the squared norm of the bias), whatever
+    an unbiased estimate of :math:`\lVert \E e \rVert^2` (the squared norm of the bias), whatever
     d. Its null distribution is drawn by flipping the sign of each estimate's error at random (exact
     when the errors are symmetric about zero under the null; a sample-size-calibrated approximation
     otherwise). Unlike a rule "the norm of the mean error exceeds k noise floors", whose null ratio
