@@ -129,6 +129,7 @@ def labels(values, n: int, name: str = "inverse", device=None) -> torch.Tensor:
         raise ValueError(f"{name} must hold indices >= 0")
     return values.long()
 
+
 def _seed(rng, name: str) -> int:
     """An int seed >= 0 from an int, or one drawn from a numpy or torch generator (advancing it)."""
     if isinstance(rng, np.random.Generator):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbsupport._validate import integer, numpy_rng, pair, real, torch_rng
+from nbsupport._validate import integer, labels, numpy_rng, pair, real, rows, torch_rng
 
 
 @pytest.mark.parametrize("value", [0.5, 1, np.float64(0.5), np.float32(0.5), np.int64(2), torch.tensor(0.5),
@@ -82,3 +82,17 @@ def test_numpy_rng_and_torch_rng_follow_one_rule():
 def test_torch_rng_refuses_a_generator_on_another_device():
     with pytest.raises(ValueError, match="rng"):
         torch_rng(torch.Generator(), "cuda")
+
+
+def test_rows_and_labels_accept_their_shapes_and_name_what_is_wrong():
+    x = torch.ones(3, 2, dtype=torch.float32)
+    assert rows(x).dtype == torch.float64 and torch.equal(rows(x), x.double())
+    assert torch.equal(labels(torch.tensor([0, 2, 1], dtype=torch.int32), 3), torch.tensor([0, 2, 1]))
+    for bad in (torch.ones(3, dtype=torch.float64), torch.ones(3, 2, dtype=torch.long), np.ones((3, 2)),
+                torch.tensor([[1.0, float("nan")]])):
+        with pytest.raises(ValueError, match="grads"):
+            rows(bad, "grads")
+    for bad, n in ((torch.tensor([0.0, 1.0]), 2), (torch.tensor([True, False]), 2), (torch.tensor([0, 1]), 3),
+                   (torch.tensor([0, -1]), 2), ([0, 1], 2)):
+        with pytest.raises(ValueError, match="strata"):
+            labels(bad, n, "strata")
