@@ -157,7 +157,7 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target, attribution: t
         Number ``S`` of steps, >= 1.
     baseline : float or Tensor broadcastable to ``x``
         What a deleted pixel becomes: a constant (for Fashion-MNIST 0 is the background), a blurred
-        copy of ``x`` (:func:`~nbsupport.attribution.gaussian_blur`), or a mean image (C, H, W).
+        copy of ``x`` (:func:`~nbsupport.map_statistics.gaussian_blur`), or a mean image (C, H, W).
 
     Returns
     -------
@@ -567,7 +567,7 @@ def dot_scores(model: nn.Module, x: torch.Tensor, attribute: Attribution, n_clas
 # The metrics table
 # ---------------------------------------------------------------------------------------------
 
-#: How a method's map enters the removal metrics: ``"gradient"`` maps are scored as their
+#: The ways a method's map enters the removal metrics. ``"gradient"`` maps are scored as their
 #: :func:`contribution` for each baseline, ``"path"`` maps (integrated gradients) are recomputed
 #: from each baseline (``attribute(model, x, target, baseline=b)``), ``"score"`` maps (random,
 #: gradient x input) rank pixels as they are.
@@ -592,7 +592,7 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
       contribution against a black image), of ``a`` otherwise (only when ``road_fractions`` is given);
     * ``"infidelity"`` (:func:`infidelity`, raw ``a``; skipped when ``infidelity_samples`` is 0);
       ``"max-sensitivity"``
-      (:func:`max_sensitivity`); ``"randomisation Spearman"``: :func:`rank_correlation` of ``a``
+      (:func:`max_sensitivity`); ``"randomisation Spearman"``: :func:`~nbsupport.map_statistics.rank_correlation` of ``a``
       with the same method's map on :func:`~nbsupport.randomisation.randomise_top_layers`
       ``(model, randomise_layers, seed, order, calibration)``.
 
