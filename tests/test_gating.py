@@ -758,6 +758,36 @@ def test_eigenvector_angles_of_rotated_matrices():
         eigenvector_angles(cov, reference=torch.zeros(3, 3))
 
 
+def test_eigenvector_angles_match_scipy_near_0_and_near_right_angles_and_in_chunks():
+    """Against scipy's subspace_angles of each pair of leading eigenvectors (numpy's eigh), for
+    random pairs, nearly parallel pairs (1e-9 rad, where an arccos of the cosine loses half its
+    digits) and nearly orthogonal ones; 2100 matrices make the function work in row chunks."""
+    import numpy as np
+    from scipy.linalg import subspace_angles
+    from nbsupport.gating import eigenvector_angles
+    g = np.random.default_rng(1)
+    base = g.standard_normal((5, 5))
+    tops, mats = [], []
+    for delta in (0.0, 1e-9, 1e-4, 0.7, math.pi / 2 - 1e-9):
+        u = np.linalg.qr(base)[0]                            # orthonormal eigenvectors
+        c, s = math.cos(delta), math.sin(delta)
+        v = u.copy()
+        v[:, 0], v[:, 1] = c * u[:, 0] + s * u[:, 1], -s * u[:, 0] + c * u[:, 1]
+        mats.append(v @ np.diag([5.0, 1, 0.5, 0.2, 0.1]) @ v.T)
+    mats += [(lambda a: a @ a.T)(g.standard_normal((5, 5))) for _ in range(4)]
+    tops = [np.linalg.eigh(m)[1][:, -1:] for m in mats]
+    ref = np.array([[subspace_angles(u, v)[0] for v in tops] for u in tops])
+    got = eigenvector_angles(torch.tensor(np.stack(mats))).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-15)
+    assert got[0, 1] == pytest.approx(1e-9, rel=1e-5)            # arccos would give 0 or ~1.5e-8
+    t = torch.linspace(0, math.pi, 2100, dtype=torch.float64)
+    rot = torch.stack([torch.stack([t.cos(), -t.sin()], 1), torch.stack([t.sin(), t.cos()], 1)], 1)
+    many = rot @ torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64)) @ rot.transpose(1, 2)
+    diff = (t[:, None] - t[None, :]).abs()
+    torch.testing.assert_close(eigenvector_angles(many), torch.minimum(diff, math.pi - diff),
+                               rtol=0, atol=1e-7)
+
+
 def test_train_latent_gates_raises_the_marginal_likelihood():
     from nbsupport.gating import train_latent_gates
     net, x, y = _net((2, 6, 2), n=80, seed=20)
@@ -772,6 +802,52 @@ def test_train_latent_gates_raises_the_marginal_likelihood():
         train_latent_gates(net, x, y, 0.3, epochs=0)
     with pytest.raises(ValueError, match="batch_size"):
         train_latent_gates(net, x, y, 0.3, epochs=1, batch_size=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_train_latent_gates_many_is_each_model_trained_alone(dtype):
+    """Five models with their own temperatures and seeds, trained together, against the same models
+    trained one by one with train_latent_gates (the reference loop): the same weights and histories
+    to rounding; N = 50 with batches of 16 leaves a short last batch."""
+    from nbsupport.gating import train_latent_gates, train_latent_gates_many
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    y = (x[:, 0] * x[:, 1] > 0).long() + (x[:, 2] > 1).long()               # 3 classes
+    starts = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        starts.append(mlp([3, 6, 3]).to(dtype))
+    taus, rngs = [0.1, 0.3, 0.3, 1.0, 3.0], [4, 0, 1, 2, torch.Generator().manual_seed(7)]
+    alone = [deepcopy(m) for m in starts]
+    ref_hist = [train_latent_gates(m, x, y, t, epochs=4, lr=3e-2, batch_size=16,
+                                   rng=r if isinstance(r, int) else torch.Generator().manual_seed(7))
+                for m, t, r in zip(alone, taus, rngs)]
+    together = [deepcopy(m) for m in starts]
+    hist = train_latent_gates_many(together, x, y, taus, epochs=4, lr=3e-2, batch_size=16, rngs=rngs)
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    for a, b in zip(alone, together):
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.array(hist), np.array(ref_hist), rtol=tol, atol=tol)
+    moved = max((p - q).abs().max().item() for a, b in zip(starts, together)
+                for p, q in zip(a.parameters(), b.parameters()))
+    assert moved > 1e-2                                                       # it did train
+    one = [deepcopy(starts[0]) for _ in range(2)]                          # one temperature for all
+    train_latent_gates_many(one, x, y, 0.3, epochs=1, batch_size=16, rngs=[0, 0])
+    for p, q in zip(one[0].parameters(), one[1].parameters()):
+        assert torch.equal(p, q)
+
+
+def test_train_latent_gates_many_refuses_bad_input_naming_it():
+    from nbsupport.gating import train_latent_gates_many
+    net, x, y = _net((2, 4, 2), n=10, seed=0)
+    other = _net((2, 5, 2), n=10, seed=1)[0]
+    for kwargs, name in [(dict(models=[]), "models"), (dict(models=[net, other]), "models"),
+                         (dict(taus=[0.3, 0.3]), "taus"), (dict(taus=-1.0), "taus"),
+                         (dict(rngs=[0, 1]), "rngs"), (dict(epochs=0), "epochs"),
+                         (dict(batch_size=11), "batch_size"), (dict(lr=0.0), "lr")]:
+        call = dict(models=[net], x=x, y=y, taus=0.3, epochs=1, batch_size=5) | kwargs
+        with pytest.raises(ValueError, match=name):
+            train_latent_gates_many(**call)
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ from .core import (MAX_EXACT_UNITS, MonteCarloEstimate, PatternLogProbs, all_pat
                           effective_sample_size, gated_forward,
                           importance_log_weights, importance_relative_variance, log_marginal_likelihood, mean_gate_log_likelihood,
                           pareto_khat, pattern_log_probs, posterior_marginals, sample_gates,
-                          sampled_gate_grads, soft_gates, train_latent_gates)
+                          sampled_gate_grads, soft_gates, train_latent_gates,
+                          train_latent_gates_many)
 from .information import (GateInformation, PatternMoments, eigenvector_angles, gate_information,
                                  gate_information_sampled, pattern_moments, plugin_entropy)
 from .variational import (ESTIMATORS, BiasTest, bias_test, GatePosterior, bernoulli_kl, elbo, elbo_surrogate,
@@ -39,7 +40,7 @@ from .variational import (ESTIMATORS, BiasTest, bias_test, GatePosterior, bernou
 
 __all__ = ["soft_gates", "sample_gates", "gated_forward", "all_patterns", "pattern_log_probs", "PatternLogProbs",
            "log_marginal_likelihood", "MonteCarloEstimate", "posterior_marginals", "mean_gate_log_likelihood",
-           "train_latent_gates", "eigenvector_angles", "bernoulli_kl", "elbo", "GatePosterior",
+           "train_latent_gates", "train_latent_gates_many", "eigenvector_angles", "bernoulli_kl", "elbo", "GatePosterior",
            "elbo_surrogate", "fit_variational", "gate_information", "gate_information_sampled", "GateInformation", "plugin_entropy",
            "pattern_moments", "PatternMoments", "sampled_gate_grads", "MAX_EXACT_UNITS",
            "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",

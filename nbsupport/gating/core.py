@@ -27,6 +27,7 @@ __all__ = [
     "PatternLogProbs", "pattern_log_probs", "MonteCarloEstimate", "log_marginal_likelihood",
     "importance_log_weights", "importance_relative_variance", "effective_sample_size", "pareto_khat",
     "posterior_marginals", "mean_gate_log_likelihood", "sampled_gate_grads", "train_latent_gates",
+    "train_latent_gates_many",
 ]
 
 
@@ -168,7 +169,15 @@ def log_prior_halves(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.T
 
 
 def _log_lik_parts(second: nn.Linear, z: torch.Tensor, y: torch.Tensor):
+    """:func:`_log_lik_parts_of` with the readout layer ``second``."""
+    return _log_lik_parts_of(second.weight.T, second.bias, z, y)
+
+
+def _log_lik_parts_of(weight_t: torch.Tensor, bias: torch.Tensor | None, z: torch.Tensor, y: torch.Tensor):
     r"""log P(y | x, a) for every sample and pattern on a (low code, high code) grid, in three terms.
+
+    ``weight_t`` is the readout's transposed weight, (m, k) or one per sample (N, m, k); ``bias`` is
+    (k,), one per sample (N, 1, k), or None.
 
     Returns ``low`` (N, L, 1), ``high`` (N, 1, H) and ``log_products`` (N, L, H) with
     :math:`\log P(y \mid x, a) = \text{low} + \text{high} - \text{log\_products}` for the pattern of code
@@ -181,10 +190,10 @@ def _log_lik_parts(second: nn.Linear, z: torch.Tensor, y: torch.Tensor):
     recomputed directly.
     """
     low_patterns, high_patterns = _half_patterns(z.shape[1], z.dtype, z.device)
-    contributions = z.unsqueeze(2) * second.weight.T                       # (N, m, k): z_i W2[:, i]
+    contributions = z.unsqueeze(2) * weight_t                              # (N, m, k): z_i W2[:, i]
     u = low_patterns @ contributions                                       # (N, L, k): codes with high bits 0
-    if second.bias is not None:
-        u = u + second.bias
+    if bias is not None:
+        u = u + bias
     v = high_patterns @ contributions                                      # (N, H, k): codes with low bits 0
     u_max, v_max = u.max(2, keepdim=True).values, v.max(2, keepdim=True).values
     products = torch.bmm((u - u_max).exp(), (v - v_max).exp().transpose(1, 2))   # (N, L, H)
@@ -689,3 +698,104 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
             total += loss.item() * len(batch)
         history.append(total / len(x))
     return history
+
+
+def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y: torch.Tensor,
+                            taus: float | Sequence[float], epochs: int, lr: float = 1e-2,
+                            batch_size: int = 100, rngs: Sequence | None = None) -> list[list[float]]:
+    r""":func:`train_latent_gates` for several models at once, one vectorised step for all of them.
+
+    Model ``k`` is trained exactly as ``train_latent_gates(models[k], x, y, taus[k], epochs, lr,
+    batch_size, rng=rngs[k])`` would train it (its own minibatch order from its own ``rng``, its own
+    Adam state), up to floating-point rounding: the parameters are stacked along a leading model
+    axis, the loss is the sum over models of each model's minibatch mean, whose gradient in model
+    ``k``'s parameters is that model's own gradient, and Adam updates every coordinate on its own.
+    The (model, sample, pattern) arrays are built in one batch, so Python and autograd overhead is
+    paid once per step instead of once per model.
+
+    Parameters
+    ----------
+    models : sequence of nn.Sequential
+        ``Linear(d, m), ReLU, Linear(m, k)`` of one shape (``m <= 16``), float64 or float32, each
+        with biases; updated in place.
+    x : Tensor, shape (N, d)
+    y : Tensor, long, shape (N,)
+    taus : float or sequence of float
+        One temperature for all models, or one per model (> 0).
+    epochs : int
+        Passes over the data, >= 1.
+    lr : float
+        Adam learning rate, > 0.
+    batch_size : int
+        In [1, N].
+    rngs : sequence, optional
+        One ``rng`` per model (int seed or generator, as :func:`train_latent_gates`); default seeds
+        ``0, 1, ...``.
+
+    Returns
+    -------
+    list of list of float
+        Per model, the mean training objective of every epoch (as :func:`train_latent_gates`).
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("models must be a non-empty sequence of networks")
+    firsts, seconds = zip(*(check_one_hidden(model, x, y) for model in models))
+    if len({(f.weight.shape, s.weight.shape) for f, s in zip(firsts, seconds)}) != 1 or any(
+            f.bias is None or s.bias is None for f, s in zip(firsts, seconds)):
+        raise ValueError("models must all have the same layer shapes, with biases")
+    n_models = len(models)
+    taus = [taus] * n_models if isinstance(taus, (int, float)) else list(taus)
+    if len(taus) != n_models:
+        raise ValueError(f"taus must be a float or one per model ({n_models}), got {len(taus)}")
+    for tau in taus:
+        real(tau, "taus", low=0)
+    epochs = integer(epochs, "epochs", minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    if batch_size > len(x):
+        raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
+    real(lr, "lr", low=0)
+    rngs = list(range(n_models)) if rngs is None else list(rngs)
+    if len(rngs) != n_models:
+        raise ValueError(f"rngs must have one entry per model ({n_models}), got {len(rngs)}")
+    generators = [torch_rng(r, None) for r in rngs]
+    with torch.no_grad():
+        stacked = [torch.stack([layer.weight.detach() for layer in firsts]).clone(),
+                   torch.stack([layer.bias.detach() for layer in firsts]).clone(),
+                   torch.stack([layer.weight.detach().T for layer in seconds]).clone(),
+                   torch.stack([layer.bias.detach() for layer in seconds]).clone()]
+    for tensor in stacked:
+        tensor.requires_grad_(True)
+    w1, b1, w2t, b2 = stacked                       # (K, m, d), (K, m), (K, m, k), (K, k)
+    n_classes = b2.shape[1]
+    tau_t = torch.tensor(taus, dtype=w1.dtype, device=w1.device)
+    optimiser = torch.optim.Adam(stacked, lr=lr)
+    histories = [[] for _ in models]
+    for _ in range(epochs):
+        orders = [torch.randperm(len(x), generator=g, device=g.device).to(x.device) for g in generators]
+        totals = torch.zeros(n_models, dtype=torch.float64)
+        for start in range(0, len(x), batch_size):
+            batch = torch.stack([order[start:start + batch_size] for order in orders])   # (K, B)
+            n_batch = batch.shape[1]
+            xb, yb = x[batch], y[batch]                                                   # (K, B, d), (K, B)
+            z = torch.baddbmm(b1.unsqueeze(1), xb.to(w1.dtype), w1.transpose(1, 2))      # (K, B, m)
+            rows = z.reshape(n_models * n_batch, -1)
+            weight_t = w2t.unsqueeze(1).expand(-1, n_batch, -1, -1).reshape(len(rows), -1, n_classes)
+            bias = b2.unsqueeze(1).expand(-1, n_batch, -1).reshape(len(rows), 1, n_classes)
+            low, high, log_products = _log_lik_parts_of(weight_t, bias, rows, yb.reshape(-1))
+            prior_low, prior_high = log_prior_halves(rows, tau_t.repeat_interleave(n_batch).unsqueeze(1))
+            joint = (low + prior_low) + (high + prior_high) - log_products
+            per_model = torch.logsumexp(joint.flatten(1), dim=1).view(n_models, n_batch).mean(1)
+            optimiser.zero_grad()
+            (-per_model.sum()).backward()
+            optimiser.step()
+            totals -= per_model.detach().to(torch.float64).cpu() * n_batch
+        for history, total in zip(histories, totals.tolist()):
+            history.append(total / len(x))
+    with torch.no_grad():
+        for k, (first, second) in enumerate(zip(firsts, seconds)):
+            first.weight.copy_(w1[k])
+            first.bias.copy_(b1[k])
+            second.weight.copy_(w2t[k].T)
+            second.bias.copy_(b2[k])
+    return histories

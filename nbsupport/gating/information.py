@@ -11,7 +11,6 @@ from typing import NamedTuple
 import torch
 
 from .._validate import integer, real, torch_rng
-from ..subspaces import basis_angles
 from .core import all_patterns, log_prior, sample_gates, soft_gates
 
 __all__ = [
@@ -160,8 +159,11 @@ def pattern_moments(x: torch.Tensor, z: torch.Tensor, tau: float, patterns: torc
 def eigenvector_angles(cov: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     r"""Angles (radians, in [0, pi/2]) between the leading eigenvectors of covariance matrices.
 
-    The leading eigenvector is defined up to sign, so the angle is :math:`\arccos |u^\top v|`
-    (computed as :func:`nbsupport.subspaces.basis_angles` does, precise also near 0). It is
+    The leading eigenvector is defined up to sign, so the angle is :math:`\arccos |u^\top v|`,
+    computed as :math:`2 \operatorname{atan2}(\lVert u - s v \rVert, \lVert u + s v \rVert)` with
+    :math:`s = \operatorname{sign}(u^\top v)` (Kahan's form: precise also near 0 and near
+    :math:`\pi/2`, where the arccosine of a rounded cosine is not; the same value as
+    :func:`nbsupport.subspaces.basis_angles` of the two vectors, without one SVD per pair). It is
     ill-defined when the two largest eigenvalues (nearly) coincide; callers should weigh such matrices
     down or look at the eigenvalue gap.
 
@@ -188,7 +190,12 @@ def eigenvector_angles(cov: torch.Tensor, reference: torch.Tensor | None = None)
     else:
         raise ValueError(f"reference must be a tensor of shape {tuple(cov.shape[1:])}, "
                          f"got {tuple(getattr(reference, 'shape', ()))}")
-    angles = basis_angles(top[:, None, :, None], other[None, :, :, None])[..., 0]  # (P, Q)
+    sign = torch.where(top @ other.T >= 0, 1.0, -1.0).to(top.dtype)           # (P, Q)
+    rows = max(1, 2**22 // max(1, other.numel()))                              # (rows, Q, d) at a time
+    angles = torch.cat([
+        2 * torch.atan2((u[:, None] - s[..., None] * other).norm(dim=2),
+                        (u[:, None] + s[..., None] * other).norm(dim=2))
+        for u, s in zip(top.split(rows), sign.split(rows))])                     # (P, Q)
     return angles if reference is None else angles[:, 0]
 
 
