@@ -10,7 +10,6 @@ from torch import nn
 
 from nbsupport.attribution import guided_backprop
 from nbsupport.models import mlp, small_resnet, vgg_cnn
-from nbsupport.patterns import activation_patterns
 from nbsupport.patterns import activation_patterns, path_correlation, relu_inputs
 from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, pool_output_size, projected_gradient_ascent,
                                  softmax_pool2d, surrogate_gradients)
@@ -474,17 +473,18 @@ def test_temperature_may_be_a_numpy_or_tensor_scalar():
         assert torch.equal(excitation_pullback(net, x, 0, temperature), reference)
 
 
-# --- the split: nbsupport.pullbacks exports the modules' objects --------------------------------
+# --- the package: nbsupport.pullbacks exports its parts' objects -------------------------------
 
-def test_pullbacks_exports_the_split_modules():
-    """Every name of nbsupport.pullbacks (DESIGN.md's) is the very object of the module that defines
+def test_pullbacks_exports_its_parts():
+    """Every name of nbsupport.pullbacks (DESIGN.md's) is the very object of the part that defines
     it, and names that live elsewhere (input gradient, gates) are not re-exported under a second
     address."""
     import nbsupport.pullbacks as pullbacks
-    from nbsupport import ascent, attribution, imagenet, patterns, saliency, softpool, surrogate
+    from nbsupport import attribution, intercept, patterns, saliency
+    from nbsupport.pullbacks import ascent, imagenet, softpool, surrogate
 
     homes = {}
-    for module in (softpool, surrogate, saliency, patterns, attribution, ascent, imagenet):
+    for module in (softpool, surrogate, saliency, intercept, patterns, attribution, ascent, imagenet):
         for name in module.__all__:
             assert name not in homes, f"{name} is defined twice"
             homes[name] = getattr(module, name)
@@ -498,9 +498,84 @@ def test_pullbacks_exports_the_split_modules():
         assert getattr(pullbacks, name) is homes[name], name
 
 
+def test_the_old_flat_modules_are_gone():
+    """No shim is left at the flat paths the parts had before the package. Searched in the package's
+    own directory: an editable install elsewhere (another checkout) may still hold the old files."""
+    from importlib.machinery import PathFinder
+
+    import nbsupport
+    import nbsupport.pullbacks
+
+    for name in ("softpool", "surrogate", "ascent", "imagenet"):
+        assert PathFinder.find_spec(f"nbsupport.{name}", nbsupport.__path__) is None, name
+        assert PathFinder.find_spec(f"nbsupport.pullbacks.{name}", nbsupport.pullbacks.__path__) is not None, name
+
+
+def _imported_nbsupport_modules(path, package_parts):
+    """The nbsupport modules that ``path`` imports (relative imports resolved), from its syntax tree."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = (node.module or "").split(".")
+            else:
+                base = package_parts[: len(package_parts) - node.level + 1] + (node.module or "").split(".")
+            base = [p for p in base if p]
+            if base[:1] == ["nbsupport"]:
+                found.add(".".join(base))
+                found.update(".".join(base + [alias.name]) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("nbsupport"))
+    return found
+
+
+def test_no_part_imports_a_module_that_imports_the_package_back():
+    """The rule that keeps nbsupport.intercept and nbsupport.saliency outside the package: a part
+    may import a top-level module only if that module never imports nbsupport.pullbacks (else
+    importing the top-level module first would meet a half-initialised package)."""
+    from pathlib import Path
+
+    import nbsupport
+
+    root = Path(nbsupport.__file__).parent
+    top = {p.stem: p for p in root.glob("*.py") if p.stem != "__init__"}
+    parts = sorted((root / "pullbacks").glob("*.py"))
+    assert {p.stem for p in parts} >= {"__init__", "softpool", "surrogate", "ascent", "imagenet"}
+    used_top = set()
+    for part in parts:
+        for name in _imported_nbsupport_modules(part, ["nbsupport", "pullbacks"]):
+            pieces = name.split(".")
+            if len(pieces) >= 2 and pieces[1] in top:
+                used_top.add(pieces[1])
+    assert {"intercept", "saliency"} <= used_top
+    for stem in used_top:
+        imported = _imported_nbsupport_modules(top[stem], ["nbsupport"])
+        assert not any(n == "nbsupport.pullbacks" or n.startswith("nbsupport.pullbacks.") for n in imported), stem
+
+
+@pytest.mark.parametrize("first", ["nbsupport.intercept", "nbsupport.saliency", "nbsupport.patterns",
+                                   "nbsupport.attribution", "nbsupport.pullbacks.softpool",
+                                   "nbsupport.pullbacks.surrogate", "nbsupport.pullbacks.ascent"])
+def test_any_module_imports_first_in_a_fresh_interpreter(first):
+    """An import cycle shows only when its modules are imported in the wrong order: start with each."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nbsupport
+
+    env = dict(os.environ, PYTHONPATH=str(Path(nbsupport.__file__).parent.parent))
+    code = f"import {first}; import nbsupport.pullbacks as p; assert p.excitation_pullback"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_rules_as_functions():
-    from nbsupport.softpool import softmax_pool2d_vjp, softmax_routed_max_pool2d
-    from nbsupport.surrogate import surrogate_relu
+    from nbsupport.pullbacks.softpool import softmax_pool2d_vjp, softmax_routed_max_pool2d
+    from nbsupport.pullbacks.surrogate import surrogate_relu
 
     g = torch.Generator().manual_seed(4)
     z = torch.randn(3, 7, dtype=torch.float64, generator=g, requires_grad=True)
@@ -527,7 +602,7 @@ def test_the_rules_as_functions():
 def test_the_sigmoid_gate_to_the_last_bits(dtype):
     """The surrogate ReLU's backward is sigmoid(z / T) * grad (one fused kernel in float32/64): within a few
     units in the last place of the formula, exactly 1 far above 0, negligible far below."""
-    from nbsupport.surrogate import surrogate_relu
+    from nbsupport.pullbacks.surrogate import surrogate_relu
 
     T = 0.3
     z = (torch.linspace(-150, 150, 20001, dtype=torch.float64) * T).to(dtype).requires_grad_(True)

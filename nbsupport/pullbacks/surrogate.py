@@ -3,9 +3,9 @@ r"""The excitation rules: ReLU's and max-pooling's forward passes kept, their ba
 Source :cite:p:`satkiewicz2025tapping` keeps a ReLU network's forward pass and changes only its
 backward pass: every ReLU passes the incoming gradient times :math:`\sigma(z/T)` instead of
 :math:`\1(z > 0)`, and every max-pooling routes it as a softmax pooling at temperature :math:`T`
-would (:mod:`nbsupport.softpool`). The input gradient of a class logit under these rules is the
-*excitation pullback*. :func:`surrogate_relu` and
-:func:`~nbsupport.softpool.softmax_routed_max_pool2d` are the two rules as functions;
+would (:mod:`nbsupport.pullbacks.softpool`). The input gradient of a class logit under these
+rules is the *excitation pullback*. :func:`surrogate_relu` and
+:func:`~nbsupport.pullbacks.softpool.softmax_routed_max_pool2d` are the two rules as functions;
 :func:`surrogate_gradients` routes every ReLU and max-pool call of a model to them
 (:func:`nbsupport.intercept.route_calls`, functional calls included).
 """
@@ -18,10 +18,10 @@ import math
 import torch
 from torch import nn
 
-from ._validate import real
-from .intercept import route_calls
-from .saliency import input_gradient
-from .softpool import PoolGeometry, check_padding_value, softmax_routed_max_pool2d
+from .._validate import real
+from ..saliency import input_gradient
+from ..intercept import PoolGeometry, route_calls
+from .softpool import check_padding_value, softmax_routed_max_pool2d
 
 __all__ = ["surrogate_relu", "surrogate_gradients", "excitation_pullback", "check_eval_mode"]
 
@@ -103,10 +103,10 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
     Every ReLU keeps its forward pass exactly and passes ``grad * sigmoid(z / T)`` backwards
     (Listing 1 of :cite:t:`satkiewicz2025tapping`); every 2-d max-pooling keeps its forward pass
     exactly and passes back the vector-Jacobian product of
-    :func:`~nbsupport.softpool.softmax_pool2d` with the same kernel, stride, padding, dilation and
-    ``ceil_mode`` (Listing 2, with :math:`-\infty` padding). The model itself is not modified:
-    only hooks are added (and removed on exit, also after an exception). Functional calls are
-    covered (see :mod:`nbsupport.intercept`); unsupported relatives raise ``NotImplementedError``.
+    :func:`~nbsupport.pullbacks.softpool.softmax_pool2d` with the same kernel, stride, padding,
+    dilation and ``ceil_mode`` (Listing 2, with :math:`-\infty` padding). The model itself is not
+    modified: only hooks are added (and removed on exit, also after an exception). Functional
+    calls are covered (see :mod:`nbsupport.intercept`); unsupported relatives raise ``NotImplementedError``.
 
     Parameters
     ----------
@@ -117,7 +117,7 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
         Temperature of the softmax pooling; default ``temperature`` (as in the source).
     pool_padding_value : float
         ``-inf`` (default, max-pooling's padding) or ``0.0`` (Listing 2's zero padding through
-        ``F.unfold``), see :func:`~nbsupport.softpool.softmax_pool2d`.
+        ``F.unfold``), see :func:`~nbsupport.pullbacks.softpool.softmax_pool2d`.
 
     Examples
     --------
