@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -598,17 +599,42 @@ def test_the_rules_as_functions():
         softmax_routed_max_pool2d(x, 2, padding_value=1.0)
 
 
+@pytest.fixture(params=[True, False], ids=["fused", "three-pass"])
+def gate_route(request, monkeypatch):
+    """Run a test on the fused kernel (when this torch passes the feature test) and on the forced
+    fallback; yields a list that counts the calls of the three-pass route."""
+    from nbsupport.pullbacks import surrogate
+
+    if request.param and not surrogate._FUSED_GATE:
+        pytest.skip("this torch has no usable aten::softplus_backward: only the fallback runs")
+    monkeypatch.setattr(surrogate, "_FUSED_GATE", request.param)
+    calls, three_pass = [], surrogate._three_pass_gate
+
+    def counted(*args):
+        calls.append(args[1].dtype)
+        return three_pass(*args)
+
+    monkeypatch.setattr(surrogate, "_three_pass_gate", counted)
+    return request.param, calls
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_the_sigmoid_gate_to_the_last_bits(dtype):
-    """The surrogate ReLU's backward is sigmoid(z / T) * grad (one fused kernel in float32/64): within a few
-    units in the last place of the formula, exactly 1 far above 0, negligible far below."""
+def test_the_sigmoid_gate_to_the_last_bits(dtype, gate_route):
+    """The surrogate ReLU's backward is sigmoid(z / T) * grad, on both routes (the fused kernel in
+    float32/64 when the feature test passed, three passes otherwise): within a few units in the
+    last place of scipy's logistic function, exactly 1 far above 0, negligible far below."""
+    from scipy.special import expit
+
     from nbsupport.pullbacks.surrogate import surrogate_relu
 
+    fused, calls = gate_route
     T = 0.3
     z = (torch.linspace(-150, 150, 20001, dtype=torch.float64) * T).to(dtype).requires_grad_(True)
     (gate,) = torch.autograd.grad(surrogate_relu(z, T), z, torch.ones_like(z))
+    # the route taken: three passes unless fused and float32/64
+    assert bool(calls) == (not fused or dtype == torch.bfloat16)
     x = z.detach().double() / T
-    expected = torch.sigmoid(x)
+    expected = torch.from_numpy(expit(x.numpy()))
     eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
     assert gate.dtype == dtype
     # rounding z / T in the dtype moves exp(z / T) by up to |z / T| eps relative; then a few roundings
@@ -618,6 +644,53 @@ def test_the_sigmoid_gate_to_the_last_bits(dtype):
     assert torch.equal(kept, torch.sigmoid(z.detach() / T))
     far = x > 40  # sigmoid(40) rounds to 1 in every dtype here; the fused kernel passes grad unchanged there
     assert bool((gate[far] == 1).all()) and bool((gate[x < -110].double() < 1e-44).all())
+
+
+def test_mlp_pullback_on_both_gate_routes(gate_route):
+    """The pullback of a two-hidden-layer MLP against the chain rule written out per sample, with
+    the gate as scipy's logistic function, on the fused route and on the forced fallback."""
+    from scipy.special import expit
+
+    fused, calls = gate_route
+    torch.manual_seed(1)
+    net = mlp([4, 6, 5, 3]).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 2, 1, 0])
+    T = 0.3
+    got = excitation_pullback(net, x, target, T)
+    assert bool(calls) == (not fused)
+    w = [net[i].weight.detach().numpy() for i in (0, 2, 4)]
+    b = [net[i].bias.detach().numpy() for i in (0, 2)]
+    for n in range(len(x)):
+        z1 = w[0] @ x[n].numpy() + b[0]
+        z2 = w[1] @ np.maximum(z1, 0) + b[1]
+        v = ((w[2][target[n]] * expit(z2 / T)) @ w[1] * expit(z1 / T)) @ w[0]
+        np.testing.assert_allclose(got[n].numpy(), v, rtol=1e-12, atol=1e-14)
+
+
+def test_the_feature_test_accepts_only_the_formula():
+    """_fused_gate_available answers True for an operator that computes grad * sigmoid(beta z)
+    (saturating to grad above the threshold) and False for a missing, failing or wrong one."""
+    from nbsupport.pullbacks.surrogate import _GATE_SATURATES, _fused_gate_available
+
+    def formula(grad, z, beta, threshold):
+        return grad * torch.where(z * beta > threshold, torch.ones_like(z), torch.sigmoid(z * beta))
+
+    def raises(grad, z, beta, threshold):
+        raise RuntimeError("schema changed")
+
+    assert _GATE_SATURATES == 40.0
+    assert _fused_gate_available(formula)
+    assert not _fused_gate_available(lambda grad, z, beta, threshold: grad)  # the vanilla pass-through
+    assert not _fused_gate_available(lambda grad, z, beta, threshold: grad * torch.sigmoid(z))  # beta ignored
+    assert not _fused_gate_available(lambda grad, z, beta, threshold: formula(grad, z, beta, threshold).float())
+    assert not _fused_gate_available(lambda grad, z, beta, threshold: formula(grad, z, beta, threshold)[:-1])
+    assert not _fused_gate_available(raises)
+    # the installed torch: the flag is what the probe of the real operator says
+    from nbsupport.pullbacks import surrogate
+
+    has_op = hasattr(torch.ops.aten, "softplus_backward")
+    assert surrogate._FUSED_GATE == (has_op and _fused_gate_available(torch.ops.aten.softplus_backward))
 
 
 def test_train_mode_is_refused_naming_the_fix():
