@@ -210,7 +210,8 @@ def _tiled_vjp(x, grad_output, kernel, temperature, window_max=None):
     offset = weighted.div_(total).neg_().add_(1).mul_(scale)              # (1 - sum_k e_k u_k / Z) g / Z
     torch.addcmul(offset, u, scale, out=u).mul_(e)                         # e_k (u_k + 1 - u_bar) g / Z
     for k, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):
-        # one strided copy per window position: a single permuted copy would loop over kw innermost, 3x slower
+        # one strided copy per window position: a single permuted copy would loop over kw innermost
+        # (short strided runs; slower on CPU when this was written: bench_pullbacks.py times the whole VJP)
         grad[:, :, i: oh * kh: kh, j: ow * kw: kw].copy_(u[k])
     if oh * kh < h:  # floor mode: the rows and columns that no window covers get 0
         grad[:, :, oh * kh:].zero_()
