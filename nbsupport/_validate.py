@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair", "rows", "labels", "numpy_rng", "torch_rng"]
+__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "numpy_rng", "torch_rng"]
 
 
 def _scalar(value):
@@ -128,6 +128,45 @@ def labels(values, n: int, name: str = "inverse", device=None) -> torch.Tensor:
     if bool((values < 0).any()):
         raise ValueError(f"{name} must hold indices >= 0")
     return values.long()
+
+
+def batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, name: str = "data") -> None:
+    """Refuse, naming the argument, what torch would report deep inside a forward pass or a loss.
+
+    ``x`` must be floating and in the dtype of the model's floating parameters (a float32 batch
+    and a float64 network otherwise fail with "mat1 and mat2 must have the same dtype"). With the
+    default loss (cross-entropy on class indices) ``y`` must hold integer class indices in
+    ``[0, classes)``, ``classes`` read from the model's output on one sample (in eval mode, under
+    ``no_grad``; the model's flags are restored): float labels would fail in torch's ``gather``,
+    out-of-range ones with "Target 7 is out of bounds". Other losses get their targets unchecked
+    (a binary cross-entropy takes float targets)."""
+    where = f"{name}: " if name else ""
+    if not (isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())):
+        raise ValueError(f"model must be an nn.Module with parameters, got {type(model).__name__}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{where}x must be a floating tensor, got {x.dtype}")
+    dtypes = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+    if dtypes and x.dtype not in dtypes:
+        raise ValueError(f"{where}x is {x.dtype} but the model's parameters are {sorted(map(str, dtypes))}: "
+                         f"convert one of them (x.to(...) or model.to(...))")
+    if loss_fn is not torch.nn.functional.cross_entropy:
+        return
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"{where}y must be a 1-D integer tensor of class indices (the loss is cross-entropy), "
+                         f"got {y.dtype} of shape {tuple(y.shape)}")
+    was_training = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x[:1].to(next(model.parameters()).device))
+    finally:
+        for m, flag in was_training:
+            m.training = flag
+    n_classes = out.shape[1] if out.ndim == 2 else None
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or (n_classes is not None and high >= n_classes):
+        raise ValueError(f"{where}y must hold class indices in [0, {n_classes}) (the model has {n_classes} "
+                         f"outputs), got values in [{low}, {high}]")
 
 
 def _seed(rng, name: str) -> int:

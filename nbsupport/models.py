@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ._validate import integer, real
+from ._validate import batch, integer, real
 from .data import data_root
 
 __all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult", "config_hash", "callable_key", "module_code_key", "evaluate"]
@@ -336,7 +336,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=nn.func
     """
     x, y = _check_data((x, y), name="(x, y)")
     batch_size = integer(batch_size, "batch_size", minimum=1)
-    _check_batch(model, x, y, loss_fn, name="")
+    batch(model, x, y, loss_fn, name="")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -403,45 +403,6 @@ def _check_data(data, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{name} must be a pair (x, y) of equal non-zero length, got shapes "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
     return x, y
-
-
-def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, name: str = "data") -> None:
-    """Refuse, naming the argument, what torch would report deep inside a forward pass or a loss.
-
-    ``x`` must be floating and in the dtype of the model's floating parameters (a float32 batch
-    and a float64 network otherwise fail with "mat1 and mat2 must have the same dtype"). With the
-    default loss (cross-entropy on class indices) ``y`` must hold integer class indices in
-    ``[0, classes)``, ``classes`` read from the model's output on one sample (in eval mode, under
-    ``no_grad``; the model's flags are restored): float labels would fail in torch's ``gather``,
-    out-of-range ones with "Target 7 is out of bounds". Other losses get their targets unchecked
-    (a binary cross-entropy takes float targets)."""
-    where = f"{name}: " if name else ""
-    if not (isinstance(model, nn.Module) and any(True for _ in model.parameters())):
-        raise ValueError(f"model must be an nn.Module with parameters, got {type(model).__name__}")
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"{where}x must be a floating tensor, got {x.dtype}")
-    dtypes = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
-    if dtypes and x.dtype not in dtypes:
-        raise ValueError(f"{where}x is {x.dtype} but the model's parameters are {sorted(map(str, dtypes))}: "
-                         f"convert one of them (x.to(...) or model.to(...))")
-    if loss_fn is not F.cross_entropy:
-        return
-    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise ValueError(f"{where}y must be a 1-D integer tensor of class indices (the loss is cross-entropy), "
-                         f"got {y.dtype} of shape {tuple(y.shape)}")
-    was_training = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(x[:1].to(next(model.parameters()).device))
-    finally:
-        for m, flag in was_training:
-            m.training = flag
-    n_classes = out.shape[1] if out.ndim == 2 else None
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or (n_classes is not None and high >= n_classes):
-        raise ValueError(f"{where}y must hold class indices in [0, {n_classes}) (the model has {n_classes} "
-                         f"outputs), got values in [{low}, {high}]")
 
 
 def _train_key(model: nn.Module, x, y, o: _Options, seed: int, **extra) -> str:
@@ -534,9 +495,9 @@ def train(
     o = _options(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                  loss_fn=loss_fn, test_data=test_data, checkpoints=checkpoints, cache=cache, cache_dir=cache_dir,
                  progress=progress)
-    _check_batch(model, x, y, o.loss_fn)
+    batch(model, x, y, o.loss_fn)
     if o.test_data is not None:
-        _check_batch(model, *o.test_data, o.loss_fn, name="test_data")
+        batch(model, *o.test_data, o.loss_fn, name="test_data")
     seed = integer(seed, "seed", minimum=0)
     key = _train_key(model, x, y, o, seed)
     path = _cache_dir(cache_dir) / f"{key}.pt"
@@ -657,9 +618,9 @@ def train_seeds(
     x, y = _check_data(data)
     o = _options(**train_kwargs)
     models = [_make(make_model, s) for s in seeds]
-    _check_batch(models[0], x, y, o.loss_fn)
+    batch(models[0], x, y, o.loss_fn)
     if o.test_data is not None:
-        _check_batch(models[0], *o.test_data, o.loss_fn, name="test_data")
+        batch(models[0], *o.test_data, o.loss_fn, name="test_data")
     if method == "auto":
         method = auto_method(models[0])
     if method == "loop":

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._validate import integer
+from ._validate import batch, integer
 from .covariance import CovarianceSplit
 
 __all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradient_gram",
@@ -42,12 +42,13 @@ __all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradie
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Softplus, nn.ELU, nn.Identity)
 
 
-def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must be tensors with the same non-zero number of rows, got "
                          f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}")
+    batch(model, x, y, loss_fn, name="")
 
 
 def per_sample_grads_loop(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,7 @@ def per_sample_grads_loop(model: nn.Module, loss_fn: Callable, x: torch.Tensor, 
         Row ``i`` is the gradient of ``loss_fn(model(x[i:i+1]), y[i:i+1])``, flattened in
         ``model.parameters()`` order. The model's ``.grad`` fields are left as they were.
     """
-    _check_batch(model, x, y)
+    _check_batch(model, x, y, loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
     for i in range(len(x)):
@@ -110,7 +111,7 @@ def layer_signals(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: t
     list of (layer, a, delta)
         ``a`` of shape (N, in_features) and ``delta`` of shape (N, out_features), detached.
     """
-    _check_batch(model, x, y)
+    _check_batch(model, x, y, loss_fn)
     if not _is_mlp(model):
         raise ValueError("model must be an nn.Sequential of nn.Linear and elementwise activations "
                          f"({', '.join(t.__name__ for t in ELEMENTWISE)}), got {model!r}")
@@ -206,7 +207,7 @@ def per_sample_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
         Flattened in ``model.parameters()`` order (parameters with ``requires_grad``), equal to
         :func:`per_sample_grads_loop` up to rounding.
     """
-    _check_batch(model, x, y)
+    _check_batch(model, x, y, loss_fn)
     if method not in ("auto", "outer", "vmap"):
         raise ValueError(f"method must be 'auto', 'outer' or 'vmap', got {method!r}")
     if method == "outer" or (method == "auto" and _is_mlp(model)):
@@ -297,7 +298,7 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     -------
     Tensor, float64, shape (N, N), or a list of them
     """
-    _check_batch(model, x, y)
+    _check_batch(model, x, y, loss_fn)
     if method not in ("auto", "signals", "blocks"):
         raise ValueError(f"method must be 'auto', 'signals' or 'blocks', got {method!r}")
     if chunk_size is not None:

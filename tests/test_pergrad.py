@@ -273,3 +273,19 @@ def test_numpy_and_tensor_scalars_accepted_bools_refused():
             gram_decomposition(gram, inverse, **kwargs)
     with pytest.raises(ValueError, match="chunk_size"):
         gradient_gram(net, F.cross_entropy, x, y, method="blocks", chunk_size=True)
+
+
+def test_bad_labels_and_dtypes_are_refused_by_name():
+    """Issue 25: torch's own messages (gather, 'Target 3 is out of bounds', 'mat1 and mat2') become
+    ValueErrors naming x or y, in every entry point; a loss with float targets keeps them."""
+    net, x, y = _setup()
+    n_out = net(x[:1]).shape[1]
+    cases = [((x, y.float()), "y must be a 1-D integer"), ((x, torch.full_like(y, n_out)), rf"\[0, {n_out}\)"),
+             ((x.double(), y), "x is torch.float64")]
+    for (xb, yb), word in cases:
+        for fn in (per_sample_grads, per_sample_grads_loop, gradient_gram):
+            with pytest.raises(ValueError, match=word):
+                fn(net, F.cross_entropy, xb, yb)
+    mse = lambda out, t: F.mse_loss(out[:, 0], t)  # noqa: E731
+    ref = per_sample_grads_loop(net, mse, x, y.float())
+    torch.testing.assert_close(per_sample_grads(net, mse, x, y.float(), method="vmap"), ref)
