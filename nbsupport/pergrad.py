@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ._validate import batch, integer
-from .covariance import CovarianceSplit
+from .covariance import CovarianceSplit, centred_gram
 
 __all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradient_gram",
            "gram_decomposition", "group_gram_spectra", "top_eigenvalues", "GramSpectra", "ELEMENTWISE",
@@ -417,8 +417,7 @@ def gram_decomposition(gram: torch.Tensor, inverse: torch.Tensor, ddof: int = 0,
     rows, blocks = _group_sums(gram, inverse, n_groups)
     rows, blocks, counts = rows[present], blocks[present][:, present], counts[present]
     inverse = torch.cumsum(present.long(), 0)[inverse] - 1  # renumber without empty groups
-    row_mean = gram.mean(1)
-    total = gram - row_mean[:, None] - row_mean[None, :] + gram.mean()
+    total = centred_gram(gram)
     group_rows = (rows / counts[:, None])[inverse]                 # B K
     block_means = blocks / (counts[:, None] * counts[None, :])     # 1_k' K 1_l / (n_k n_l)
     within = gram - group_rows - group_rows.T + block_means[inverse][:, inverse]
