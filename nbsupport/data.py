@@ -211,7 +211,10 @@ def make_moons(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Ten
     x : Tensor, shape (n, 2), float64
     y : Tensor, shape (n,), long, labels in {0, 1}
     """
-    from sklearn.datasets import make_moons as _sk_make_moons
+    try:
+        from sklearn.datasets import make_moons as _sk_make_moons
+    except ImportError as err:  # an extra (pyproject.toml): say which
+        raise ImportError("make_moons needs scikit-learn: pip install 'nbsupport[moons]'") from err
 
     n = integer(n, "n", minimum=2)
     noise = real(noise, "noise", low=0.0, low_inclusive=True)

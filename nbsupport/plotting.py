@@ -12,7 +12,10 @@ from typing import Sequence
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
+try:
+    import seaborn as sns
+except ImportError as err:  # an extra (pyproject.toml): say which
+    raise ImportError("nbsupport.plotting needs seaborn: pip install 'nbsupport[plotting]'") from err
 import torch
 from matplotlib.patches import Ellipse
 
