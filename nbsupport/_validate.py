@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "numpy_rng", "torch_rng"]
+__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "int_seed", "numpy_rng", "torch_rng"]
 
 
 def _scalar(value):
@@ -169,7 +169,7 @@ def batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, nam
                          f"outputs), got values in [{low}, {high}]")
 
 
-def _seed(rng, name: str) -> int:
+def int_seed(rng, name: str = "rng") -> int:
     """An int seed >= 0 from an int, or one drawn from a numpy or torch generator (advancing it)."""
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(0, 2**63 - 1))
@@ -187,7 +187,7 @@ def numpy_rng(rng, name: str = "rng") -> np.random.Generator:
     an int seeds a fresh one, a torch Generator gives one seed."""
     if isinstance(rng, np.random.Generator):
         return rng
-    return np.random.default_rng(_seed(rng, name))
+    return np.random.default_rng(int_seed(rng, name))
 
 
 def torch_rng(rng, device=None, name: str = "rng", generator=None) -> torch.Generator:
@@ -204,4 +204,4 @@ def torch_rng(rng, device=None, name: str = "rng", generator=None) -> torch.Gene
         if torch.device(rng.device).type != device.type:
             raise ValueError(f"{name} must be a generator on {device}, got one on {rng.device}")
         return rng
-    return torch.Generator(device=device).manual_seed(_seed(rng, name))
+    return torch.Generator(device=device).manual_seed(int_seed(rng, name))

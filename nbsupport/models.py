@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ._validate import batch, integer, real
+from ._validate import batch, integer, real, torch_rng
 from .data import data_root
 
 __all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult", "config_hash", "callable_key", "module_code_key", "evaluate"]
@@ -144,8 +144,9 @@ def init_normal_(model: nn.Module, C_W: float, C_b: float = 0.0, seed: int = 0) 
     model : nn.Module
     C_W, C_b : float
         Weight and bias variances, >= 0.
-    seed : int
-        Seed of the draws (a private generator; the global one is untouched).
+    seed : int, torch.Generator or numpy.random.Generator
+        Source of the draws (``nbsupport._validate.torch_rng``: an int seeds a private generator, a
+        generator is used and advanced; ``None`` is refused and the global one is untouched).
 
     Returns
     -------
@@ -154,7 +155,7 @@ def init_normal_(model: nn.Module, C_W: float, C_b: float = 0.0, seed: int = 0) 
     """
     C_W = real(C_W, "C_W", low=0.0, low_inclusive=True)
     C_b = real(C_b, "C_b", low=0.0, low_inclusive=True)
-    generator = torch.Generator().manual_seed(integer(seed, "seed", minimum=0))
+    generator = torch_rng(seed, name="seed")
     with torch.no_grad():
         for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
             w = torch.randn(layer.weight.shape, generator=generator, dtype=torch.float64)

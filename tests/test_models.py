@@ -1,5 +1,6 @@
 """nbsupport.models: the MLP against a hand-written forward pass, and the cached training loop."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -125,6 +126,19 @@ def test_init_normal_variances():
     assert torch.equal(net[0].weight, again[0].weight)
     with pytest.raises(ValueError, match="C_W"):
         init_normal_(net, C_W=-1.0)
+    # the rng rule: an int seeds a private generator (the same draws as torch.Generator().manual_seed),
+    # a torch or numpy generator is used and advanced, None is refused
+    g = torch.Generator().manual_seed(0)
+    expected = torch.randn(net[0].weight.shape, generator=g, dtype=torch.float64) * (2.0 / 400) ** 0.5
+    torch.testing.assert_close(net[0].weight, expected.float())
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    a = init_normal_(mlp([4, 3, 2]), C_W=1.0, seed=g1)[0].weight.clone()
+    assert torch.equal(a, init_normal_(mlp([4, 3, 2]), C_W=1.0, seed=g2)[0].weight)
+    assert not torch.equal(a, init_normal_(mlp([4, 3, 2]), C_W=1.0, seed=g1)[0].weight)
+    init_normal_(mlp([4, 3, 2]), C_W=1.0, seed=np.random.default_rng(0))
+    for bad in (None, -1, 1.5, True):
+        with pytest.raises(ValueError, match="seed"):
+            init_normal_(net, C_W=1.0, seed=bad)
 
 
 def test_train_with_sgd(tmp_path):
