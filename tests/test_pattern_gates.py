@@ -281,3 +281,28 @@ def test_a_relu_of_a_parameter_is_not_a_gate(batch):
     assert [tuple(g.shape) for g in gates] == [(batch, 4)]
     assert torch.equal(gates[0], model.linear(x) > 0)
     assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+
+
+def test_the_three_gated_mlps_agree():
+    """Issue 25: the gated MLP is written three times for three jobs (batched affine maps here, the
+    polyhedron and its map in nbsupport.orthant.regions, the forward pass with any gates in
+    nbsupport.gating). With one imposed pattern per sample (another sample's, so not the inputs' own)
+    they must give the same map: J x + c == gated_forward(x), (J, c) == region(...)'s (J, c)."""
+    from nbsupport.gating import gated_forward
+    from nbsupport.orthant.regions import mlp_layers, region
+    from nbsupport.patterns import local_affine_maps
+
+    torch.manual_seed(0)
+    model = mlp([3, 6, 5, 2]).double()
+    x = torch.randn(9, 3, dtype=torch.float64)
+    own = activation_patterns(model, x)
+    imposed = [g[torch.roll(torch.arange(len(x)), 1)] for g in own]      # sample n gets sample n-1's
+    assert any(not torch.equal(a, b) for a, b in zip(own, imposed))
+    jac, offset = local_affine_maps(model, x, imposed)
+    forward = gated_forward(model, x, [g.double() for g in imposed])
+    torch.testing.assert_close(torch.einsum("noi,ni->no", jac, x) + offset, forward, rtol=1e-12, atol=1e-12)
+    weights, biases = mlp_layers(model)
+    for n in range(len(x)):
+        _, _, J, c = region(weights, biases, torch.cat([g[n] for g in imposed]).numpy())
+        torch.testing.assert_close(jac[n], torch.from_numpy(J), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(offset[n], torch.from_numpy(c), rtol=1e-12, atol=1e-12)
