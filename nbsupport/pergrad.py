@@ -35,8 +35,8 @@ from ._validate import batch, integer
 from .covariance import CovarianceSplit, centred_gram
 
 __all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradient_gram",
-           "gram_decomposition", "group_gram_spectra", "top_eigenvalues", "GramSpectra", "ELEMENTWISE",
-           "DENSE_EIG_MAX"]
+           "gradient_gram_per_layer", "gram_decomposition", "group_gram_spectra", "top_eigenvalues",
+           "GramSpectra", "ELEMENTWISE", "DENSE_EIG_MAX"]
 
 #: Elementwise modules allowed between the linear layers of the outer-product route.
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Softplus, nn.ELU, nn.Identity)
@@ -287,8 +287,8 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     loss_fn, x, y
         As in :func:`per_sample_grads`.
     per_layer : bool
-        Return one Gram matrix per linear layer (``"signals"``) or per parameter-owning module
-        (``"blocks"``, in ``model.parameters()`` order) instead of their sum.
+        Deprecated spelling of :func:`gradient_gram_per_layer` (one return type per function: use
+        that); kept until chapter 1's call moves.
     method : {"auto", "signals", "blocks"}
         ``"auto"``: ``"signals"`` for MLPs, else ``"blocks"``.
     chunk_size : int, optional
@@ -296,8 +296,30 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
 
     Returns
     -------
-    Tensor, float64, shape (N, N), or a list of them
+    Tensor, float64, shape (N, N)
+        (a list of them with the deprecated ``per_layer=True``)
     """
+    return _gradient_grams(model, loss_fn, x, y, bool(per_layer), method, chunk_size)
+
+
+def gradient_gram_per_layer(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                            method: str = "auto", chunk_size: int | None = None) -> list[torch.Tensor]:
+    """:func:`gradient_gram` split by layer: one Gram matrix per linear layer (``"signals"``) or per
+    parameter-owning module (``"blocks"``, in ``model.parameters()`` order); they sum to it.
+
+    Parameters
+    ----------
+    model, loss_fn, x, y, method, chunk_size
+        As in :func:`gradient_gram`.
+
+    Returns
+    -------
+    list of Tensor, float64, each of shape (N, N)
+    """
+    return _gradient_grams(model, loss_fn, x, y, True, method, chunk_size)
+
+
+def _gradient_grams(model, loss_fn, x, y, per_layer: bool, method: str, chunk_size):
     _check_batch(model, x, y, loss_fn)
     if method not in ("auto", "signals", "blocks"):
         raise ValueError(f"method must be 'auto', 'signals' or 'blocks', got {method!r}")

@@ -8,8 +8,8 @@ from torch import nn
 from nbsupport.covariance import decompose_covariance, group_moments
 from nbsupport.models import mlp
 from nbsupport.patterns import activation_patterns, group_by_pattern
-from nbsupport.pergrad import (gradient_gram, gram_decomposition, group_gram_spectra, layer_signals,
-                               per_sample_grads, per_sample_grads_loop)
+from nbsupport.pergrad import (gradient_gram, gradient_gram_per_layer, gram_decomposition, group_gram_spectra,
+                               layer_signals, per_sample_grads, per_sample_grads_loop)
 
 
 def _setup(widths=(4, 8, 6, 3), n=60, dtype=torch.float32, seed=0):
@@ -93,7 +93,9 @@ def test_gradient_gram_equals_g_gt():
     net, x, y, g, _ = _explicit()
     gram = gradient_gram(net, F.cross_entropy, x, y)
     torch.testing.assert_close(gram, g @ g.T, rtol=1e-10, atol=1e-12)
-    layers = gradient_gram(net, F.cross_entropy, x, y, per_layer=True)
+    layers = gradient_gram_per_layer(net, F.cross_entropy, x, y)
+    for old, new in zip(gradient_gram(net, F.cross_entropy, x, y, per_layer=True), layers):  # deprecated spelling
+        assert torch.equal(old, new)
     sizes = [p.numel() for p in net.parameters()]
     starts = torch.tensor([0] + sizes).cumsum(0).tolist()
     for l, k_l in enumerate(layers):  # layer l owns parameters 2l (weight) and 2l+1 (bias)
@@ -233,7 +235,7 @@ def test_blocks_route_for_a_cnn_per_module_and_in_chunks():
     model, x, y = SmallCNN().double(), torch.randn(23, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (23,))
     g = per_sample_grads_loop(model, F.cross_entropy, x, y)
     torch.testing.assert_close(gradient_gram(model, F.cross_entropy, x, y), g @ g.T, rtol=1e-10, atol=1e-12)
-    parts = gradient_gram(model, F.cross_entropy, x, y, per_layer=True, chunk_size=5)  # conv, then fc
+    parts = gradient_gram_per_layer(model, F.cross_entropy, x, y, chunk_size=5)  # conv, then fc
     n_conv = sum(p.numel() for p in model.conv.parameters())
     assert len(parts) == 2
     torch.testing.assert_close(parts[0], g[:, :n_conv] @ g[:, :n_conv].T, rtol=1e-10, atol=1e-12)
