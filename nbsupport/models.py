@@ -25,7 +25,8 @@ from tqdm import tqdm
 from ._validate import batch, integer, real, torch_rng
 from .data import data_root
 
-__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult", "config_hash", "callable_key", "module_code_key", "evaluate"]
+__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult",
+           "config_hash", "callable_key", "module_code_key", "evaluate"]
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
