@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "int_seed", "numpy_rng", "torch_rng"]
+__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "real_tensor", "int_seed", "numpy_rng", "torch_rng"]
 
 
 def _scalar(value):
@@ -128,6 +128,29 @@ def labels(values, n: int, name: str = "inverse", device=None) -> torch.Tensor:
     if bool((values < 0).any()):
         raise ValueError(f"{name} must hold indices >= 0")
     return values.long()
+
+
+def module(value, name: str = "model") -> torch.nn.Module:
+    """An ``nn.Module``, returned as it is; anything else is a ValueError naming ``name``."""
+    if not isinstance(value, torch.nn.Module):
+        raise ValueError(f"{name} must be an nn.Module, got {type(value).__name__}")
+    return value
+
+
+def real_tensor(values, name: str) -> torch.Tensor:
+    """A real array-like (list, numpy array, tensor) as a float64 CPU tensor, detached; a string,
+    ``None``, a ragged list or a complex or boolean array is a ValueError naming ``name``."""
+    ok = not isinstance(values, (str, bytes)) and values is not None
+    if isinstance(values, torch.Tensor):
+        ok = ok and not (values.is_complex() or values.dtype == torch.bool)
+    elif isinstance(values, np.ndarray):
+        ok = ok and values.dtype.kind in "iuf"
+    if ok:
+        try:
+            return torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise ValueError(f"{name} must be a real array-like (numbers, numpy array or tensor), got {values!r:.60}")
 
 
 def batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, name: str = "data") -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ._validate import batch, integer, real, torch_rng
+from ._validate import batch, integer, module, real, torch_rng
 from .data import data_root
 
 __all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult",
@@ -76,6 +76,7 @@ def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels
         The stages, ``Flatten`` and a ``Linear`` head; ``nn.ReLU``
         modules (in place) and ``nn.MaxPool2d`` as in torchvision's VGG11_BN.
     """
+    channels, n_classes, in_channels, image_size = _check_cnn(channels, n_classes, in_channels, image_size)
     layers: list[nn.Module] = []
     prev = in_channels
     for width in channels:
@@ -85,6 +86,16 @@ def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels
         layers.append(nn.MaxPool2d(2))
     side = image_size // 2 ** len(channels)
     return nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(prev * side * side, n_classes))
+
+
+def _check_cnn(channels, n_classes, in_channels, image_size) -> tuple[list[int], int, int, int]:
+    if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
+        raise ValueError(f"channels must be a non-empty sequence of ints >= 1, got {channels!r}")
+    channels = [integer(c, "channels", minimum=1) for c in channels]
+    if not channels:
+        raise ValueError("channels must be a non-empty sequence of ints >= 1, got an empty one")
+    return (channels, integer(n_classes, "n_classes", minimum=1), integer(in_channels, "in_channels", minimum=1),
+            integer(image_size, "image_size", minimum=2 ** len(channels)))
 
 
 class _BasicBlock(nn.Module):
@@ -124,6 +135,7 @@ def small_resnet(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_cha
     nn.Sequential
         Stem, blocks, ``Flatten`` and a ``Linear`` head.
     """
+    channels, n_classes, in_channels, image_size = _check_cnn(channels, n_classes, in_channels, image_size)
     stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
                          nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1))
     blocks = [_BasicBlock(channels[0], channels[0], 1)]
@@ -280,6 +292,7 @@ def module_code_key(model: nn.Module) -> str:
     static and class methods and properties unwrapped), plus any ``forward`` set on an instance. Two
     classes with the same name and ``repr`` but different ``forward`` get different keys.
     """
+    module(model)
     classes: list[type] = []
     parts = []
     for name, m in model.named_modules():
@@ -312,6 +325,7 @@ def config_hash(model: nn.Module, tensors: Sequence[torch.Tensor], **config) -> 
     **config
         Settings, hashed through their ``repr`` (sorted by name).
     """
+    module(model)
     h = hashlib.sha256(repr(model).encode())
     h.update(module_code_key(model).encode())
     for name, t in list(model.state_dict().items()) + [(f"data{i}", t) for i, t in enumerate(tensors)]:
@@ -555,7 +569,7 @@ def auto_method(model: nn.Module) -> str:
     convolutions become grouped convolutions, which measured slower on CPU than separate ones),
     models with buffers (BatchNorm), dropout or other modules not listed.
     """
-    leaves = [m for m in model.modules() if not list(m.children())]
+    leaves = [m for m in module(model).modules() if not list(m.children())]
     if not leaves or any(True for _ in model.buffers()):
         return "loop"
     return "vmap" if all(isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in leaves) else "loop"

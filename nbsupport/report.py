@@ -53,6 +53,8 @@ def table_html(frame, name: str, formats: Mapping[str, str] | str | None = None,
 
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ValueError(f"name must be letters, digits, '_' or '-', got {name!r}")
+    if not (hasattr(frame, "style") and hasattr(frame, "columns")):
+        raise ValueError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
     styler = frame.style.set_uuid(name).set_table_attributes('class="book-table"')
     if formats is not None:
         styler = styler.format(formats)

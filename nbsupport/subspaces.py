@@ -78,6 +78,11 @@ def basis_angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
     Tensor, shape (..., k)
         Angles in radians.
     """
+    if not (isinstance(basis_a, torch.Tensor) and isinstance(basis_b, torch.Tensor) and basis_a.ndim >= 2
+            and basis_b.ndim >= 2 and basis_a.shape[-2] == basis_b.shape[-2]
+            and basis_a.dtype.is_floating_point and basis_b.dtype.is_floating_point):
+        raise ValueError(f"basis_a and basis_b must be floating tensors of shape (..., d, k) with the same d, got "
+                         f"{tuple(getattr(basis_a, 'shape', ()))} and {tuple(getattr(basis_b, 'shape', ()))}")
     cross = basis_a.transpose(-2, -1) @ basis_b
     cosines = torch.linalg.svdvals(cross)                                   # descending: angles ascending
     sines = torch.linalg.svdvals(basis_b - basis_a @ cross).flip(-1)        # ascending, same order

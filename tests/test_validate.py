@@ -181,3 +181,35 @@ def test_every_drawing_function_follows_the_rng_rule():
                 call(None)
         after = (torch.random.get_rng_state(), np.random.get_state()[1], random.getstate())
         assert torch.equal(states[0], after[0]) and np.array_equal(states[1], after[1]) and states[2] == after[2], name
+
+
+def test_public_functions_name_a_wrong_argument_with_a_valueerror():
+    """Issue 25: what a fuzz of the public functions found surfacing as AttributeError or TypeError
+    (a string where a tensor, a model, an array or a frame belongs) is a ValueError naming it."""
+    from nbsupport import models, propagation, report, subspaces
+    from nbsupport.orthant import mlp_layers
+    from nbsupport.patterns import path_correlation
+
+    cases = [(lambda: subspaces.basis_angles("a", torch.eye(2)), "basis_a"),
+             (lambda: subspaces.basis_angles(torch.eye(3), torch.eye(2)), "basis_a"),
+             (lambda: path_correlation("ab", "ab"), "gates_a"),
+             (lambda: propagation.relu_correlation_map("x"), "c"),
+             (lambda: propagation.fit_decay("abc", [1, 2, 3]), "layers"),
+             (lambda: propagation.fit_decay([1, 2, 3], ["a", "b", "c"]), "values"),
+             (lambda: propagation.fit_next_order([1, 2, [3]], [1, 2, 3]), "layers"),
+             (lambda: models.auto_method("mlp"), "model"),
+             (lambda: models.config_hash("mlp", []), "model"),
+             (lambda: models.module_code_key(None), "model"),
+             (lambda: mlp_layers("mlp"), "model"),
+             (lambda: models.vgg_cnn("ab"), "channels"),
+             (lambda: models.vgg_cnn((4, 0)), "channels"),
+             (lambda: models.small_resnet((4,), n_classes=True), "n_classes"),
+             (lambda: models.vgg_cnn((4, 4, 4), image_size=4), "image_size"),
+             (lambda: report.table_html("frame", "t"), "frame")]
+    for call, word in cases:
+        with pytest.raises(ValueError, match=word):
+            call()
+    # and what they accept still works: numpy ints, lists, tensors
+    assert models.vgg_cnn(np.array([4, 8]), n_classes=np.int64(3), image_size=8)(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    torch.testing.assert_close(propagation.relu_correlation_map([1.0, 0.0]).double(),
+                               torch.tensor([1.0, 1 / torch.pi], dtype=torch.float64))

@@ -135,8 +135,9 @@ def path_correlation(gates_a: Sequence[torch.Tensor], gates_b: Sequence[torch.Te
     Tensor, float64, shape (N,)
         NaN where a tensor is constant over paths.
     """
-    if len(gates_a) != len(gates_b) or not gates_a or any(a.shape != b.shape or a.ndim != 2
-                                                         for a, b in zip(gates_a, gates_b)):
+    if (not all(isinstance(g, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in g) for g in (gates_a, gates_b))
+            or len(gates_a) != len(gates_b) or not gates_a
+            or any(a.shape != b.shape or a.ndim != 2 for a, b in zip(gates_a, gates_b))):
         raise ValueError("gates_a and gates_b must list the same number (>= 1) of (N, m_l) tensors of equal shapes")
     mean_a = mean_b = mean_ab = mean_aa = mean_bb = 1.0
     for a, b in zip(gates_a, gates_b):
