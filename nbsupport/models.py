@@ -47,6 +47,8 @@ def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bi
     torch.nn.Sequential
         Modules alternate ``Linear`` and activation; the last module is ``Linear``.
     """
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise ValueError(f"widths must be a sequence of at least two positive ints, got {widths!r}")
     widths = list(widths)
     if len(widths) < 2:
         raise ValueError(f"widths must be a sequence of at least two positive ints, got {widths!r}")

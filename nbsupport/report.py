@@ -86,6 +86,8 @@ def check(row_ids: str | Sequence[str], message: str) -> None:
     message : str
         What held, with the measured value.
     """
+    if not isinstance(row_ids, (str, list, tuple)):
+        raise ValueError(f"row_ids must be a non-empty str or sequence of str, got {row_ids!r}")
     ids = [row_ids] if isinstance(row_ids, str) else list(row_ids)
     if not ids or not all(isinstance(i, str) and i for i in ids):
         raise ValueError(f"row_ids must be a non-empty str or sequence of str, got {row_ids!r}")

@@ -186,8 +186,9 @@ def test_every_drawing_function_follows_the_rng_rule():
 def test_public_functions_name_a_wrong_argument_with_a_valueerror():
     """Issue 25: what a fuzz of the public functions found surfacing as AttributeError or TypeError
     (a string where a tensor, a model, an array or a frame belongs) is a ValueError naming it."""
-    from nbsupport import models, propagation, report, subspaces
+    from nbsupport import models, orthant, propagation, report, subspaces
     from nbsupport.orthant import mlp_layers
+    from nbsupport.plotting import forest, pattern_regions
     from nbsupport.patterns import path_correlation
 
     cases = [(lambda: subspaces.basis_angles("a", torch.eye(2)), "basis_a"),
@@ -205,7 +206,14 @@ def test_public_functions_name_a_wrong_argument_with_a_valueerror():
              (lambda: models.vgg_cnn((4, 0)), "channels"),
              (lambda: models.small_resnet((4,), n_classes=True), "n_classes"),
              (lambda: models.vgg_cnn((4, 4, 4), image_size=4), "image_size"),
-             (lambda: report.table_html("frame", "t"), "frame")]
+             (lambda: report.table_html("frame", "t"), "frame"),
+             (lambda: report.check(None, "m"), "row_ids"),
+             (lambda: models.mlp(None), "widths"),
+             (lambda: forest(None), "verdicts"),
+             (lambda: pattern_regions(None, None, (0, 1, 0, 1)), "model"),
+             (lambda: pattern_regions(None, models.mlp([2, 3]), "abcd"), "extent"),
+             (lambda: orthant.support_search(None, None, [0.0], [[1.0]]), "weights"),
+             (lambda: orthant.region(np.eye(2), np.zeros(2), [True, False]), "weights")]
     for call, word in cases:
         with pytest.raises(ValueError, match=word):
             call()
