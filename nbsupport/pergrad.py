@@ -26,17 +26,17 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ._validate import batch, integer
 from .covariance import CovarianceSplit, centred_gram
+from .subspaces import top_eigenvalues
 
 __all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradient_gram",
-           "gradient_gram_per_layer", "gram_decomposition", "group_gram_spectra", "top_eigenvalues",
-           "GramSpectra", "ELEMENTWISE", "DENSE_EIG_MAX"]
+           "gradient_gram_per_layer", "gram_decomposition", "group_gram_spectra", "GramSpectra",
+           "ELEMENTWISE"]
 
 #: Elementwise modules allowed between the linear layers of the outer-product route.
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Softplus, nn.ELU, nn.Identity)
@@ -367,31 +367,6 @@ def _check_gram(gram: torch.Tensor, inverse: torch.Tensor, ddof: int, k: int) ->
     if ddof not in (0, 1) or gram.shape[0] <= ddof:
         raise ValueError(f"ddof must be 0 or 1 (and smaller than N), got {ddof!r}")
     return ddof, integer(k, "k", minimum=1)
-
-
-#: Up to this size (or when k is more than half of it) eigenvalues come from a dense ``eigvalsh``;
-#: above it from ARPACK's Lanczos iteration (``scipy.sparse.linalg.eigsh``), started from a seeded vector.
-DENSE_EIG_MAX = 256
-
-
-def top_eigenvalues(matrix: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``min(k, n)`` largest eigenvalues of a symmetric (n, n) matrix, descending, float64.
-
-    Dense ``eigvalsh`` for small matrices; for large ones Lanczos (ARPACK ``eigsh``, ``tol=0``,
-    i.e. to machine precision) with a fixed starting vector, so results are deterministic.
-    """
-    if not (isinstance(matrix, torch.Tensor) and matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]):
-        raise ValueError(f"matrix must be a square tensor, got shape {tuple(getattr(matrix, 'shape', ()))}")
-    k = integer(k, "k", minimum=1)
-    matrix = matrix.to(torch.float64)
-    n = matrix.shape[0]
-    if n <= DENSE_EIG_MAX or 2 * k > n:
-        return torch.linalg.eigvalsh(matrix).flip(0)[:k]
-    from scipy.sparse.linalg import eigsh
-
-    start = np.random.default_rng(0).standard_normal(n)
-    values = eigsh(matrix.detach().cpu().numpy(), k=k, which="LA", v0=start, tol=0, return_eigenvectors=False)
-    return torch.from_numpy(np.sort(values)[::-1].copy()).to(matrix.device)
 
 
 def _group_sums(gram: torch.Tensor, inverse: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
