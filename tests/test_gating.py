@@ -1135,6 +1135,7 @@ def test_optimal_factorised_posterior_climbs_and_is_stationary():
     assert bool((elbo(net, x, y, tau, best) <= log_marginal_likelihood(net, x, y, tau) + 1e-12).all())
 
 
+@pytest.mark.slow
 def test_optimal_factorised_posterior_is_the_posterior_when_the_family_contains_it():
     """One unit: every posterior is factorised, so the optimum closes the gap; and it is at least
     as good as a long exact-gradient Adam run on free per-point logits (an independent optimiser)."""

@@ -435,8 +435,10 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     dict
         ``"elbo"``, ``"log_marginal"`` (batch means, exact) and ``"surrogate"`` per step.
     """
-    if not (isinstance(steps, int) and steps >= 1 and isinstance(batch_size, int) and 1 <= batch_size <= len(x)):
-        raise ValueError(f"steps must be >= 1 and batch_size in [1, {len(x)}], got {steps!r} and {batch_size!r}")
+    steps = integer(steps, "steps", minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    if batch_size > len(x):
+        raise ValueError(f"batch_size must be in [1, {len(x)}], got {batch_size!r}")
     if estimator not in (*ESTIMATORS, "exact"):
         raise ValueError(f"estimator must be one of {(*ESTIMATORS, 'exact')}, got {estimator!r}")
     if schedule not in ("constant", "cosine"):
