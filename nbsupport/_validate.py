@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair", "rows", "labels", "numpy_rng", "torch_rng"]
+__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "real_tensor", "int_seed", "numpy_rng", "torch_rng"]
 
 
 def _scalar(value):
@@ -130,7 +130,69 @@ def labels(values, n: int, name: str = "inverse", device=None) -> torch.Tensor:
     return values.long()
 
 
-def _seed(rng, name: str) -> int:
+def module(value, name: str = "model") -> torch.nn.Module:
+    """An ``nn.Module``, returned as it is; anything else is a ValueError naming ``name``."""
+    if not isinstance(value, torch.nn.Module):
+        raise ValueError(f"{name} must be an nn.Module, got {type(value).__name__}")
+    return value
+
+
+def real_tensor(values, name: str) -> torch.Tensor:
+    """A real array-like (list, numpy array, tensor) as a float64 CPU tensor, detached; a string,
+    ``None``, a ragged list or a complex or boolean array is a ValueError naming ``name``."""
+    ok = not isinstance(values, (str, bytes)) and values is not None
+    if isinstance(values, torch.Tensor):
+        ok = ok and not (values.is_complex() or values.dtype == torch.bool)
+    elif isinstance(values, np.ndarray):
+        ok = ok and values.dtype.kind in "iuf"
+    if ok:
+        try:
+            return torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise ValueError(f"{name} must be a real array-like (numbers, numpy array or tensor), got {values!r:.60}")
+
+
+def batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, name: str = "data") -> None:
+    """Refuse, naming the argument, what torch would report deep inside a forward pass or a loss.
+
+    ``x`` must be floating and in the dtype of the model's floating parameters (a float32 batch
+    and a float64 network otherwise fail with "mat1 and mat2 must have the same dtype"). With the
+    default loss (cross-entropy on class indices) ``y`` must hold integer class indices in
+    ``[0, classes)``, ``classes`` read from the model's output on one sample (in eval mode, under
+    ``no_grad``; the model's flags are restored): float labels would fail in torch's ``gather``,
+    out-of-range ones with "Target 7 is out of bounds". Other losses get their targets unchecked
+    (a binary cross-entropy takes float targets)."""
+    where = f"{name}: " if name else ""
+    if not (isinstance(model, torch.nn.Module) and any(True for _ in model.parameters())):
+        raise ValueError(f"model must be an nn.Module with parameters, got {type(model).__name__}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{where}x must be a floating tensor, got {x.dtype}")
+    dtypes = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+    if dtypes and x.dtype not in dtypes:
+        raise ValueError(f"{where}x is {x.dtype} but the model's parameters are {sorted(map(str, dtypes))}: "
+                         f"convert one of them (x.to(...) or model.to(...))")
+    if loss_fn is not torch.nn.functional.cross_entropy:
+        return
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"{where}y must be a 1-D integer tensor of class indices (the loss is cross-entropy), "
+                         f"got {y.dtype} of shape {tuple(y.shape)}")
+    was_training = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x[:1].to(next(model.parameters()).device))
+    finally:
+        for m, flag in was_training:
+            m.training = flag
+    n_classes = out.shape[1] if out.ndim == 2 else None
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or (n_classes is not None and high >= n_classes):
+        raise ValueError(f"{where}y must hold class indices in [0, {n_classes}) (the model has {n_classes} "
+                         f"outputs), got values in [{low}, {high}]")
+
+
+def int_seed(rng, name: str = "rng") -> int:
     """An int seed >= 0 from an int, or one drawn from a numpy or torch generator (advancing it)."""
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(0, 2**63 - 1))
@@ -148,7 +210,7 @@ def numpy_rng(rng, name: str = "rng") -> np.random.Generator:
     an int seeds a fresh one, a torch Generator gives one seed."""
     if isinstance(rng, np.random.Generator):
         return rng
-    return np.random.default_rng(_seed(rng, name))
+    return np.random.default_rng(int_seed(rng, name))
 
 
 def torch_rng(rng, device=None, name: str = "rng", generator=None) -> torch.Generator:
@@ -165,4 +227,4 @@ def torch_rng(rng, device=None, name: str = "rng", generator=None) -> torch.Gene
         if torch.device(rng.device).type != device.type:
             raise ValueError(f"{name} must be a generator on {device}, got one on {rng.device}")
         return rng
-    return torch.Generator(device=device).manual_seed(_seed(rng, name))
+    return torch.Generator(device=device).manual_seed(int_seed(rng, name))

@@ -28,7 +28,7 @@ import torch
 from ._validate import integer
 from ._validate import labels as check_labels, rows as check_rows
 
-__all__ = ["group_moments", "decompose_covariance", "decompose_variance", "decompose_gram_variance",
+__all__ = ["group_moments", "decompose_covariance", "decompose_variance", "decompose_gram_variance", "centred_gram",
            "GroupMoments", "CovarianceSplit"]
 
 #: Elements of the (rows, d, d) outer-product buffer in :func:`group_moments` (256 MB in float64).
@@ -210,6 +210,32 @@ def decompose_variance(values: torch.Tensor, inverse: torch.Tensor, ddof: int = 
     return CovarianceSplit(total.to(dtype), within.to(dtype), between.to(dtype))
 
 
+def centred_gram(gram: torch.Tensor) -> torch.Tensor:
+    r"""The centred Gram matrix :math:`K_c = H K H`, :math:`H = I - \mathbf{1}\mathbf{1}^\top / N`.
+
+    If :math:`K = V V^\top` then :math:`K_c = V_c V_c^\top` with :math:`V_c` the column-centred rows;
+    formed from row, column and grand means in :math:`O(N^2)` (no matrix product). The one
+    implementation behind the Gram-matrix variance splits and nulls of the package.
+
+    Parameters
+    ----------
+    gram : Tensor, shape (..., N, N)
+        Square in the last two axes; leading axes are a batch.
+
+    Returns
+    -------
+    Tensor, shape (..., N, N)
+        In the dtype and on the device of ``gram``.
+    """
+    if not (isinstance(gram, torch.Tensor) and gram.ndim >= 2 and gram.shape[-1] == gram.shape[-2]
+            and gram.dtype.is_floating_point):
+        raise ValueError(f"gram must be a floating tensor of shape (..., N, N), got "
+                         f"{getattr(gram, 'dtype', type(gram).__name__)} of shape {tuple(getattr(gram, 'shape', ()))}")
+    row = gram.mean(-1, keepdim=True)
+    column = gram.mean(-2, keepdim=True)
+    return gram - row - column + gram.mean((-2, -1), keepdim=True)
+
+
 def decompose_gram_variance(gram: torch.Tensor, inverse: torch.Tensor, ddof: int = 0) -> CovarianceSplit:
     r""":func:`decompose_variance` for rows known only through their Gram matrix :math:`K = V V^\top`.
 
@@ -238,8 +264,7 @@ def decompose_gram_variance(gram: torch.Tensor, inverse: torch.Tensor, ddof: int
         raise ValueError(f"gram must be a square floating (N, N) tensor, got shape {tuple(getattr(gram, 'shape', ()))}")
     k, n_groups, dtype, ddof = _check(gram, inverse, ddof)
     counts = torch.bincount(inverse, minlength=n_groups).to(torch.float64)
-    row_mean = k.mean(1)
-    centred = k - row_mean[:, None] - row_mean[None, :] + k.mean()
+    centred = centred_gram(k)
     rows = torch.zeros(n_groups, len(k), dtype=torch.float64, device=k.device).index_add_(0, inverse, centred)
     columns = torch.arange(len(k), device=k.device)
     norm = len(k) - ddof

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import check_integrity, extract_archive
-from ._validate import integer, real
+from ._validate import int_seed, integer, real
 
 __all__ = [
     "DEBIAN_FASHION_MNIST",
@@ -153,6 +153,10 @@ def load_fashion_mnist(train: bool = True, root: str | os.PathLike | None = None
     if not isinstance(train, (bool, np.bool_)):
         raise ValueError(f"train must be a bool, got {train!r}")
     train = bool(train)
+    unknown = sorted(set(kwargs) - {"transform", "target_transform"})
+    if unknown:  # torchvision would raise a TypeError; every other argument error is a ValueError
+        raise ValueError(f"load_fashion_mnist takes transform and target_transform besides train and root, "
+                         f"got {', '.join(unknown)}")
     root = prepare_fashion_mnist(root)
     return FashionMNIST(str(root), train=train, download=False, **kwargs)
 
@@ -203,18 +207,24 @@ def make_moons(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Ten
         Number of points (split evenly between the two classes).
     noise : float
         Standard deviation of the Gaussian noise added to each coordinate, >= 0.
-    seed : int
-        Seed of the generator; the same seed gives the same points.
+    seed : int, numpy.random.Generator or torch.Generator
+        An int in [0, 2**32) is scikit-learn's ``random_state`` (the same seed gives the same
+        points); a generator gives one such seed (and advances). ``None`` is refused.
 
     Returns
     -------
     x : Tensor, shape (n, 2), float64
     y : Tensor, shape (n,), long, labels in {0, 1}
     """
-    from sklearn.datasets import make_moons as _sk_make_moons
+    try:
+        from sklearn.datasets import make_moons as _sk_make_moons
+    except ImportError as err:  # an extra (pyproject.toml): say which
+        raise ImportError("make_moons needs scikit-learn: pip install 'nbsupport[moons]'") from err
 
     n = integer(n, "n", minimum=2)
     noise = real(noise, "noise", low=0.0, low_inclusive=True)
+    if isinstance(seed, (np.random.Generator, torch.Generator)):
+        seed = int_seed(seed, "seed") % 2**32
     seed = integer(seed, "seed", minimum=0)
     if seed >= 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ._validate import integer, real
+from ._validate import batch, integer, module, real, torch_rng
 from .data import data_root
 
-__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult", "config_hash", "callable_key", "module_code_key", "evaluate"]
+__all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult",
+           "config_hash", "callable_key", "module_code_key", "evaluate"]
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
@@ -46,6 +47,8 @@ def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bi
     torch.nn.Sequential
         Modules alternate ``Linear`` and activation; the last module is ``Linear``.
     """
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise ValueError(f"widths must be a sequence of at least two positive ints, got {widths!r}")
     widths = list(widths)
     if len(widths) < 2:
         raise ValueError(f"widths must be a sequence of at least two positive ints, got {widths!r}")
@@ -75,6 +78,7 @@ def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels
         The stages, ``Flatten`` and a ``Linear`` head; ``nn.ReLU``
         modules (in place) and ``nn.MaxPool2d`` as in torchvision's VGG11_BN.
     """
+    channels, n_classes, in_channels, image_size = _check_cnn(channels, n_classes, in_channels, image_size)
     layers: list[nn.Module] = []
     prev = in_channels
     for width in channels:
@@ -84,6 +88,16 @@ def vgg_cnn(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_channels
         layers.append(nn.MaxPool2d(2))
     side = image_size // 2 ** len(channels)
     return nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(prev * side * side, n_classes))
+
+
+def _check_cnn(channels, n_classes, in_channels, image_size) -> tuple[list[int], int, int, int]:
+    if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
+        raise ValueError(f"channels must be a non-empty sequence of ints >= 1, got {channels!r}")
+    channels = [integer(c, "channels", minimum=1) for c in channels]
+    if not channels:
+        raise ValueError("channels must be a non-empty sequence of ints >= 1, got an empty one")
+    return (channels, integer(n_classes, "n_classes", minimum=1), integer(in_channels, "in_channels", minimum=1),
+            integer(image_size, "image_size", minimum=2 ** len(channels)))
 
 
 class _BasicBlock(nn.Module):
@@ -123,6 +137,7 @@ def small_resnet(channels: Sequence[int] = (16, 32), n_classes: int = 10, in_cha
     nn.Sequential
         Stem, blocks, ``Flatten`` and a ``Linear`` head.
     """
+    channels, n_classes, in_channels, image_size = _check_cnn(channels, n_classes, in_channels, image_size)
     stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
                          nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1))
     blocks = [_BasicBlock(channels[0], channels[0], 1)]
@@ -144,8 +159,9 @@ def init_normal_(model: nn.Module, C_W: float, C_b: float = 0.0, seed: int = 0) 
     model : nn.Module
     C_W, C_b : float
         Weight and bias variances, >= 0.
-    seed : int
-        Seed of the draws (a private generator; the global one is untouched).
+    seed : int, torch.Generator or numpy.random.Generator
+        Source of the draws (``nbsupport._validate.torch_rng``: an int seeds a private generator, a
+        generator is used and advanced; ``None`` is refused and the global one is untouched).
 
     Returns
     -------
@@ -154,7 +170,7 @@ def init_normal_(model: nn.Module, C_W: float, C_b: float = 0.0, seed: int = 0) 
     """
     C_W = real(C_W, "C_W", low=0.0, low_inclusive=True)
     C_b = real(C_b, "C_b", low=0.0, low_inclusive=True)
-    generator = torch.Generator().manual_seed(integer(seed, "seed", minimum=0))
+    generator = torch_rng(seed, name="seed")
     with torch.no_grad():
         for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
             w = torch.randn(layer.weight.shape, generator=generator, dtype=torch.float64)
@@ -278,6 +294,7 @@ def module_code_key(model: nn.Module) -> str:
     static and class methods and properties unwrapped), plus any ``forward`` set on an instance. Two
     classes with the same name and ``repr`` but different ``forward`` get different keys.
     """
+    module(model)
     classes: list[type] = []
     parts = []
     for name, m in model.named_modules():
@@ -310,6 +327,7 @@ def config_hash(model: nn.Module, tensors: Sequence[torch.Tensor], **config) -> 
     **config
         Settings, hashed through their ``repr`` (sorted by name).
     """
+    module(model)
     h = hashlib.sha256(repr(model).encode())
     h.update(module_code_key(model).encode())
     for name, t in list(model.state_dict().items()) + [(f"data{i}", t) for i, t in enumerate(tensors)]:
@@ -334,6 +352,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=nn.func
     -------
     loss, accuracy : float
     """
+    x, y = _check_data((x, y), name="(x, y)")
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    batch(model, x, y, loss_fn, name="")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -387,14 +408,18 @@ def _options(*, epochs, lr=1e-3, batch_size=128, weight_decay=0.0, optimizer="ad
     if any(c > epochs for c in checkpoints):
         raise ValueError(f"checkpoints must be ints in [0, {epochs}], got {checkpoints!r}")
     return _Options(epochs, lr, batch_size, weight_decay, optimizer, loss_fn,
-                    tuple(test_data) if test_data is not None else None, checkpoints, bool(cache), cache_dir,
+                    _check_data(test_data, "test_data") if test_data is not None else None, checkpoints, bool(cache), cache_dir,
                     bool(progress))
 
 
-def _check_data(data) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_data(data, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(t, torch.Tensor) for t in data)):
+        raise ValueError(f"{name} must be a pair (x, y) of tensors, got {type(data).__name__}")
     x, y = data
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"data must be a pair (x, y) of equal non-zero length, got {len(x)} and {len(y)}")
+    if x.ndim < 1 or y.ndim < 1 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"{name} must be a pair (x, y) of equal non-zero length, got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
     return x, y
 
 
@@ -488,6 +513,9 @@ def train(
     o = _options(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                  loss_fn=loss_fn, test_data=test_data, checkpoints=checkpoints, cache=cache, cache_dir=cache_dir,
                  progress=progress)
+    batch(model, x, y, o.loss_fn)
+    if o.test_data is not None:
+        batch(model, *o.test_data, o.loss_fn, name="test_data")
     seed = integer(seed, "seed", minimum=0)
     key = _train_key(model, x, y, o, seed)
     path = _cache_dir(cache_dir) / f"{key}.pt"
@@ -543,7 +571,7 @@ def auto_method(model: nn.Module) -> str:
     convolutions become grouped convolutions, which measured slower on CPU than separate ones),
     models with buffers (BatchNorm), dropout or other modules not listed.
     """
-    leaves = [m for m in model.modules() if not list(m.children())]
+    leaves = [m for m in module(model).modules() if not list(m.children())]
     if not leaves or any(True for _ in model.buffers()):
         return "loop"
     return "vmap" if all(isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in leaves) else "loop"
@@ -608,6 +636,9 @@ def train_seeds(
     x, y = _check_data(data)
     o = _options(**train_kwargs)
     models = [_make(make_model, s) for s in seeds]
+    batch(models[0], x, y, o.loss_fn)
+    if o.test_data is not None:
+        batch(models[0], *o.test_data, o.loss_fn, name="test_data")
     if method == "auto":
         method = auto_method(models[0])
     if method == "loop":

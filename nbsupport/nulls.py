@@ -32,6 +32,7 @@ import torch
 
 from ._validate import integer, torch_rng
 from ._validate import labels as check_labels, rows as check_rows
+from .covariance import centred_gram
 
 __all__ = ["random_grouping_share", "random_grouping_null", "random_grouping_null_gram",
            "between_share", "between_share_gram", "large_groups", "LargeGroups", "cosine_gram", "hyperplane_partition",
@@ -63,11 +64,6 @@ def _dense(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels renumbered 0..G-1 without gaps, and the counts."""
     _, dense, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     return dense, counts
-
-
-def _centred_gram(k: torch.Tensor) -> torch.Tensor:
-    row_mean = k.mean(1)
-    return k - row_mean[:, None] - row_mean[None, :] + k.mean()
 
 
 def random_grouping_share(counts) -> float:
@@ -171,7 +167,7 @@ def between_share_gram(gram: torch.Tensor, inverse: torch.Tensor) -> float:
     -------
     float
     """
-    kc = _centred_gram(_check_gram(gram).cpu())
+    kc = centred_gram(_check_gram(gram).cpu())
     labels, counts = _dense(check_labels(inverse, len(kc), "inverse").cpu())
     total = float(torch.trace(kc))
     if total <= 0:
@@ -239,7 +235,7 @@ def random_grouping_null_gram(gram: torch.Tensor, inverse: torch.Tensor, n_perm:
     -------
     Tensor, float64, shape (n_perm,)
     """
-    kc = _centred_gram(_check_gram(gram).cpu())
+    kc = centred_gram(_check_gram(gram).cpu())
     labels, counts, strata, n_perm, generator = _prepare(inverse, strata, len(kc), n_perm, rng)
     total = torch.trace(kc)
     if float(total) <= 0:
@@ -468,7 +464,7 @@ def top_fraction_gram(gram: torch.Tensor, k: int) -> float:
     float
     """
     k = integer(k, "k", minimum=1)
-    eig = torch.linalg.eigvalsh(_centred_gram(_check_gram(gram))).flip(0)
+    eig = torch.linalg.eigvalsh(centred_gram(_check_gram(gram))).flip(0)
     return float(eig[:k].sum() / eig.sum())
 
 
@@ -502,9 +498,7 @@ def random_subset_top_fraction(gram: torch.Tensor, size: int, k: int, n_draws: i
     for start in range(0, n_draws, step):
         chunk = subsets[start:start + step]
         sub = kk[chunk[:, :, None], chunk[:, None, :]]
-        row = sub.mean(2, keepdim=True)
-        centred = sub - row - row.transpose(1, 2) + sub.mean((1, 2), keepdim=True)
-        eig = torch.linalg.eigvalsh(centred).flip(-1)
+        eig = torch.linalg.eigvalsh(centred_gram(sub)).flip(-1)
         out[start:start + step] = eig[:, :k].sum(1) / eig.sum(1)
     return out.to(gram.device)
 

@@ -26,28 +26,29 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._validate import integer
-from .covariance import CovarianceSplit
+from ._validate import batch, integer
+from .covariance import CovarianceSplit, centred_gram
+from .subspaces import top_eigenvalues
 
 __all__ = ["per_sample_grads", "per_sample_grads_loop", "layer_signals", "gradient_gram",
-           "gram_decomposition", "group_gram_spectra", "top_eigenvalues", "GramSpectra", "ELEMENTWISE",
-           "DENSE_EIG_MAX"]
+           "gradient_gram_per_layer", "gram_decomposition", "group_gram_spectra", "GramSpectra",
+           "ELEMENTWISE"]
 
 #: Elementwise modules allowed between the linear layers of the outer-product route.
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Softplus, nn.ELU, nn.Identity)
 
 
-def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must be tensors with the same non-zero number of rows, got "
                          f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}")
+    batch(model, x, y, loss_fn, name="")
 
 
 def per_sample_grads_loop(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,7 @@ def per_sample_grads_loop(model: nn.Module, loss_fn: Callable, x: torch.Tensor, 
         Row ``i`` is the gradient of ``loss_fn(model(x[i:i+1]), y[i:i+1])``, flattened in
         ``model.parameters()`` order. The model's ``.grad`` fields are left as they were.
     """
-    _check_batch(model, x, y)
+    _check_batch(model, x, y, loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
     for i in range(len(x)):
@@ -110,7 +111,7 @@ def layer_signals(model: nn.Sequential, loss_fn: Callable, x: torch.Tensor, y: t
     list of (layer, a, delta)
         ``a`` of shape (N, in_features) and ``delta`` of shape (N, out_features), detached.
     """
-    _check_batch(model, x, y)
+    _check_batch(model, x, y, loss_fn)
     if not _is_mlp(model):
         raise ValueError("model must be an nn.Sequential of nn.Linear and elementwise activations "
                          f"({', '.join(t.__name__ for t in ELEMENTWISE)}), got {model!r}")
@@ -206,7 +207,7 @@ def per_sample_grads(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
         Flattened in ``model.parameters()`` order (parameters with ``requires_grad``), equal to
         :func:`per_sample_grads_loop` up to rounding.
     """
-    _check_batch(model, x, y)
+    _check_batch(model, x, y, loss_fn)
     if method not in ("auto", "outer", "vmap"):
         raise ValueError(f"method must be 'auto', 'outer' or 'vmap', got {method!r}")
     if method == "outer" or (method == "auto" and _is_mlp(model)):
@@ -286,8 +287,8 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     loss_fn, x, y
         As in :func:`per_sample_grads`.
     per_layer : bool
-        Return one Gram matrix per linear layer (``"signals"``) or per parameter-owning module
-        (``"blocks"``, in ``model.parameters()`` order) instead of their sum.
+        Deprecated spelling of :func:`gradient_gram_per_layer` (one return type per function: use
+        that); kept until chapter 1's call moves.
     method : {"auto", "signals", "blocks"}
         ``"auto"``: ``"signals"`` for MLPs, else ``"blocks"``.
     chunk_size : int, optional
@@ -295,9 +296,31 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
 
     Returns
     -------
-    Tensor, float64, shape (N, N), or a list of them
+    Tensor, float64, shape (N, N)
+        (a list of them with the deprecated ``per_layer=True``)
     """
-    _check_batch(model, x, y)
+    return _gradient_grams(model, loss_fn, x, y, bool(per_layer), method, chunk_size)
+
+
+def gradient_gram_per_layer(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                            method: str = "auto", chunk_size: int | None = None) -> list[torch.Tensor]:
+    """:func:`gradient_gram` split by layer: one Gram matrix per linear layer (``"signals"``) or per
+    parameter-owning module (``"blocks"``, in ``model.parameters()`` order); they sum to it.
+
+    Parameters
+    ----------
+    model, loss_fn, x, y, method, chunk_size
+        As in :func:`gradient_gram`.
+
+    Returns
+    -------
+    list of Tensor, float64, each of shape (N, N)
+    """
+    return _gradient_grams(model, loss_fn, x, y, True, method, chunk_size)
+
+
+def _gradient_grams(model, loss_fn, x, y, per_layer: bool, method: str, chunk_size):
+    _check_batch(model, x, y, loss_fn)
     if method not in ("auto", "signals", "blocks"):
         raise ValueError(f"method must be 'auto', 'signals' or 'blocks', got {method!r}")
     if chunk_size is not None:
@@ -346,31 +369,6 @@ def _check_gram(gram: torch.Tensor, inverse: torch.Tensor, ddof: int, k: int) ->
     return ddof, integer(k, "k", minimum=1)
 
 
-#: Up to this size (or when k is more than half of it) eigenvalues come from a dense ``eigvalsh``;
-#: above it from ARPACK's Lanczos iteration (``scipy.sparse.linalg.eigsh``), started from a seeded vector.
-DENSE_EIG_MAX = 256
-
-
-def top_eigenvalues(matrix: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``min(k, n)`` largest eigenvalues of a symmetric (n, n) matrix, descending, float64.
-
-    Dense ``eigvalsh`` for small matrices; for large ones Lanczos (ARPACK ``eigsh``, ``tol=0``,
-    i.e. to machine precision) with a fixed starting vector, so results are deterministic.
-    """
-    if not (isinstance(matrix, torch.Tensor) and matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]):
-        raise ValueError(f"matrix must be a square tensor, got shape {tuple(getattr(matrix, 'shape', ()))}")
-    k = integer(k, "k", minimum=1)
-    matrix = matrix.to(torch.float64)
-    n = matrix.shape[0]
-    if n <= DENSE_EIG_MAX or 2 * k > n:
-        return torch.linalg.eigvalsh(matrix).flip(0)[:k]
-    from scipy.sparse.linalg import eigsh
-
-    start = np.random.default_rng(0).standard_normal(n)
-    values = eigsh(matrix.detach().cpu().numpy(), k=k, which="LA", v0=start, tol=0, return_eigenvectors=False)
-    return torch.from_numpy(np.sort(values)[::-1].copy()).to(matrix.device)
-
-
 def _group_sums(gram: torch.Tensor, inverse: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Row sums of K per group, (G, N), and block sums :math:`1_k^\top K 1_l`, (G, G)."""
     rows = torch.zeros(n_groups, gram.shape[0], dtype=gram.dtype, device=gram.device).index_add_(0, inverse, gram)
@@ -416,8 +414,7 @@ def gram_decomposition(gram: torch.Tensor, inverse: torch.Tensor, ddof: int = 0,
     rows, blocks = _group_sums(gram, inverse, n_groups)
     rows, blocks, counts = rows[present], blocks[present][:, present], counts[present]
     inverse = torch.cumsum(present.long(), 0)[inverse] - 1  # renumber without empty groups
-    row_mean = gram.mean(1)
-    total = gram - row_mean[:, None] - row_mean[None, :] + gram.mean()
+    total = centred_gram(gram)
     group_rows = (rows / counts[:, None])[inverse]                 # B K
     block_means = blocks / (counts[:, None] * counts[None, :])     # 1_k' K 1_l / (n_k n_l)
     within = gram - group_rows - group_rows.T + block_means[inverse][:, inverse]

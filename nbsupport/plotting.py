@@ -12,11 +12,14 @@ from typing import Sequence
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
+try:
+    import seaborn as sns
+except ImportError as err:  # an extra (pyproject.toml): say which
+    raise ImportError("nbsupport.plotting needs seaborn: pip install 'nbsupport[plotting]'") from err
 import torch
 from matplotlib.patches import Ellipse
 
-from ._validate import integer, real
+from ._validate import integer, module, real
 from .patterns import activation_patterns, group_by_pattern
 
 __all__ = ["PALETTE", "ANALYTIC", "MONTE_CARLO", "VERDICT_COLOURS", "MAX_WIDTH", "MIN_FONT_SIZE",
@@ -152,7 +155,11 @@ def pattern_regions(ax: plt.Axes, model: torch.nn.Module, extent: Sequence[float
     int
         Number of distinct patterns (regions) visible in the plane.
     """
-    x0, x1, y0, y1 = extent
+    module(model)
+    try:
+        x0, x1, y0, y1 = (real(v, "extent") for v in extent)
+    except (TypeError, ValueError):
+        raise ValueError(f"extent must be (x_min, x_max, y_min, y_max) with min < max, got {extent!r}") from None
     if not (x0 < x1 and y0 < y1):
         raise ValueError(f"extent must be (x_min, x_max, y_min, y_max) with min < max, got {extent!r}")
     weight = next(model.parameters())  # the grid is made where the model lives, drawn from the CPU
@@ -243,6 +250,8 @@ def forest(verdicts, ax: plt.Axes | None = None, *, margin=None, xlabel: str = "
     -------
     matplotlib.axes.Axes
     """
+    if isinstance(verdicts, (str, bytes)) or not hasattr(verdicts, "__iter__"):
+        raise ValueError(f"verdicts must be a sequence of nbsupport.stats.Verdict, got {type(verdicts).__name__}")
     rows = list(verdicts)
     if not rows:
         raise ValueError("verdicts must hold at least one comparison, got none")

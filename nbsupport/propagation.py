@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._validate import integer, real, torch_rng
+from ._validate import integer, real, real_tensor, torch_rng
 
 __all__ = ["ACTIVATIONS", "SAMPLERS", "CRITICAL_A", "kernel_recursion", "relu_expectation",
            "relu_correlation_map", "relu_coactivation", "empirical_kernels", "preactivations",
@@ -99,7 +99,7 @@ def relu_correlation_map(c: torch.Tensor) -> torch.Tensor:
     c : Tensor
         Correlations in [-1, 1].
     """
-    c = torch.as_tensor(c, dtype=torch.float64)
+    c = c.to(torch.float64) if isinstance(c, torch.Tensor) and not c.is_complex() else real_tensor(c, "c")
     if not bool(((c >= -1 - 1e-12) & (c <= 1 + 1e-12)).all()):  # also rejects NaN
         raise ValueError("c must lie in [-1, 1]")
     c = c.clamp(-1, 1)  # rounding can push a correlation of 1 just past it
@@ -714,8 +714,7 @@ def fit_decay(layers, values) -> DecayFit:
     -------
     DecayFit
     """
-    l = torch.as_tensor(layers, dtype=torch.float64).detach().cpu()
-    y = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    l, y = real_tensor(layers, "layers"), real_tensor(values, "values")
     if not (l.ndim == 1 and len(l) >= 3 and bool((l > 0).all()) and bool(torch.isfinite(l).all())):
         raise ValueError(f"layers must be a 1-d sequence of >= 3 positive numbers, got shape {tuple(l.shape)}")
     if not (y.shape == l.shape and bool((y > 0).all()) and bool(torch.isfinite(y).all())):
@@ -780,8 +779,7 @@ def fit_next_order(layers, values) -> NextOrderFit:
     -------
     NextOrderFit
     """
-    l = torch.as_tensor(layers, dtype=torch.float64).detach().cpu()
-    y = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    l, y = real_tensor(layers, "layers"), real_tensor(values, "values")
     if not (l.ndim == 1 and len(l) >= 4 and bool((l >= 1).all()) and bool(torch.isfinite(l).all())):
         raise ValueError(f"layers must be a 1-d sequence of >= 4 numbers >= 1, got shape {tuple(l.shape)}")
     if not (y.shape == l.shape and bool((y > 0).all()) and bool(torch.isfinite(y).all())):

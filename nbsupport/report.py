@@ -53,6 +53,8 @@ def table_html(frame, name: str, formats: Mapping[str, str] | str | None = None,
 
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ValueError(f"name must be letters, digits, '_' or '-', got {name!r}")
+    if not (hasattr(frame, "style") and hasattr(frame, "columns")):
+        raise ValueError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
     styler = frame.style.set_uuid(name).set_table_attributes('class="book-table"')
     if formats is not None:
         styler = styler.format(formats)
@@ -84,6 +86,8 @@ def check(row_ids: str | Sequence[str], message: str) -> None:
     message : str
         What held, with the measured value.
     """
+    if not isinstance(row_ids, (str, list, tuple)):
+        raise ValueError(f"row_ids must be a non-empty str or sequence of str, got {row_ids!r}")
     ids = [row_ids] if isinstance(row_ids, str) else list(row_ids)
     if not ids or not all(isinstance(i, str) and i for i in ids):
         raise ValueError(f"row_ids must be a non-empty str or sequence of str, got {row_ids!r}")

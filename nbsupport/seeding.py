@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from ._validate import integer
+
 __all__ = ["seed_everything"]
 
 
@@ -27,9 +29,9 @@ def seed_everything(seed: int = 0, deterministic: bool = True) -> np.random.Gene
     numpy.random.Generator
         ``np.random.default_rng(seed)``, for code that takes an explicit ``rng`` (e.g. scipy).
     """
-    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    seed = integer(seed, "seed", minimum=0)
+    if not isinstance(deterministic, (bool, np.bool_)):
+        raise ValueError(f"deterministic must be a bool, got {deterministic!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -15,9 +15,10 @@ import torch
 
 from ._validate import integer, torch_rng
 from ._validate import labels as check_labels, rows as check_rows
+from .covariance import centred_gram
 
 __all__ = ["basis_angles", "principal_angles", "random_subset_angles", "random_subset_largest_angles",
-           "group_angles", "spectral_gaps", "trace_carriers"]
+           "group_angles", "spectral_gaps", "trace_carriers", "top_eigh", "top_eigenvalues", "DENSE_SUBSPACE_MAX"]
 
 #: Up to this size the top eigenspace comes from a dense ``eigh``; above it from subspace iteration.
 DENSE_SUBSPACE_MAX = 256
@@ -26,29 +27,81 @@ DENSE_SUBSPACE_MAX = 256
 _GRAM_ROWS_MAX = 8192
 
 
-def _top_of_psd(matrix: torch.Tensor, k: int, tol: float = 1e-11, max_iter: int = 2000) -> torch.Tensor:
-    """Orthonormal (s, k) basis of the top-``k`` eigenspace of a symmetric PSD (s, s) float64 matrix.
+def _top_pairs(matrix: torch.Tensor, k: int, values_only: bool, tol: float = 1e-11,
+               max_iter: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` eigenpairs of a symmetric PSD (s, s) float64 matrix, *ascending*: values (k,) and
+    orthonormal vectors (s, k), the package's one top-eigenpair routine.
 
-    Dense ``eigh`` up to :data:`DENSE_SUBSPACE_MAX`; above it block subspace iteration (block
-    ``2k + 10``, seeded start, Rayleigh-Ritz every 5 steps) until the top-``k`` Ritz subspace moves by
-    less than ``tol`` radians, with the dense ``eigh`` as fallback if it does not converge.
+    Dense ``eigh`` up to :data:`DENSE_SUBSPACE_MAX` (or when the block ``2k + 10`` reaches s); above
+    it block subspace iteration from a seeded start, Rayleigh-Ritz every 5 steps, until the top-k
+    Ritz vectors move by less than ``tol`` radians (only those whose value exceeds 1e-12 of the
+    largest: directions of a null space are arbitrary and never settle), or, with
+    ``values_only``, until the top-k Ritz values move by less than 1e-14 of the largest; the dense
+    ``eigh`` is the fallback if that does not happen within ``max_iter`` steps.
     """
     s = matrix.shape[0]
     block = 2 * k + 10
     if s <= DENSE_SUBSPACE_MAX or block >= s:
-        return torch.linalg.eigh(matrix)[1][:, -k:]
+        values, vectors = torch.linalg.eigh(matrix)
+        return values[-k:], vectors[:, -k:]
     start = torch.randn(s, block, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     q = torch.linalg.qr(start.to(matrix.device))[0]
     previous = None
     for step in range(max_iter):
         q = torch.linalg.qr(matrix @ q)[0]
         if step % 5 == 4:
-            ritz = torch.linalg.eigh(q.T @ matrix @ q)[1]
-            top = q @ ritz[:, -k:]
-            if previous is not None and float(basis_angles(top, previous).max()) < tol:
-                return top
-            previous = top
-    return torch.linalg.eigh(matrix)[1][:, -k:]
+            values, ritz = torch.linalg.eigh(q.T @ matrix @ q)
+            values, top = values[-k:], q @ ritz[:, -k:]
+            if previous is not None:
+                scale = float(values[-1].clamp(min=torch.finfo(torch.float64).tiny))
+                if values_only:
+                    done = float((values - previous[0]).abs().max()) <= 1e-14 * scale
+                else:
+                    live = values > 1e-12 * scale
+                    done = not bool(live.any()) or float(basis_angles(top[:, live], previous[1][:, live]).max()) < tol
+                if done:
+                    return values, top
+            previous = (values, top)
+    values, vectors = torch.linalg.eigh(matrix)
+    return values[-k:], vectors[:, -k:]
+
+
+def _check_psd_k(matrix, k) -> tuple[torch.Tensor, int]:
+    if not (isinstance(matrix, torch.Tensor) and matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]
+            and matrix.dtype.is_floating_point):
+        raise ValueError(f"matrix must be a square floating tensor, got shape {tuple(getattr(matrix, 'shape', ()))}")
+    return matrix.to(torch.float64), integer(k, "k", minimum=1)
+
+
+def top_eigh(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``min(k, n)`` largest eigenvalues of a symmetric positive semi-definite (n, n) matrix and
+    their eigenvectors, descending.
+
+    Dense ``eigh`` up to :data:`DENSE_SUBSPACE_MAX`; above it block subspace iteration (seeded, so
+    deterministic) until the top eigenvectors settle to 1e-11 radians.
+
+    Returns
+    -------
+    values : Tensor, float64, shape (k,)
+    vectors : Tensor, float64, shape (n, k)
+        Orthonormal columns, column ``j`` for ``values[j]``.
+    """
+    matrix, k = _check_psd_k(matrix, k)
+    values, vectors = _top_pairs(matrix, min(k, matrix.shape[0]), values_only=False)
+    return values.flip(0), vectors.flip(1)
+
+
+def top_eigenvalues(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``min(k, n)`` largest eigenvalues of a symmetric positive semi-definite (n, n) matrix,
+    descending, float64: :func:`top_eigh` without the vectors (the iteration stops when the values
+    settle to 1e-14 of the largest, before the vectors do)."""
+    matrix, k = _check_psd_k(matrix, k)
+    return _top_pairs(matrix, min(k, matrix.shape[0]), values_only=True)[0].flip(0)
+
+
+def _top_of_psd(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    """Orthonormal (s, k) basis of the top-``k`` eigenspace, columns ascending (the top k are the last)."""
+    return _top_pairs(matrix, k, values_only=False)[1]
 
 
 def _top_subspace(centred: torch.Tensor, k: int) -> torch.Tensor:
@@ -78,6 +131,11 @@ def basis_angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
     Tensor, shape (..., k)
         Angles in radians.
     """
+    if not (isinstance(basis_a, torch.Tensor) and isinstance(basis_b, torch.Tensor) and basis_a.ndim >= 2
+            and basis_b.ndim >= 2 and basis_a.shape[-2] == basis_b.shape[-2]
+            and basis_a.dtype.is_floating_point and basis_b.dtype.is_floating_point):
+        raise ValueError(f"basis_a and basis_b must be floating tensors of shape (..., d, k) with the same d, got "
+                         f"{tuple(getattr(basis_a, 'shape', ()))} and {tuple(getattr(basis_b, 'shape', ()))}")
     cross = basis_a.transpose(-2, -1) @ basis_b
     cosines = torch.linalg.svdvals(cross)                                   # descending: angles ascending
     sines = torch.linalg.svdvals(basis_b - basis_a @ cross).flip(-1)        # ascending, same order
@@ -234,9 +292,7 @@ def random_subset_largest_angles(values: torch.Tensor, size: int, ks, n_draws: i
             subset = x[rows]
             top = _top_subspace(subset - subset.mean(0), k_max)
         else:
-            block = gram[rows[:, None], rows[None, :]]
-            row_mean = block.mean(1)
-            centred = block - row_mean[:, None] - row_mean[None, :] + block.mean()
+            centred = centred_gram(gram[rows[:, None], rows[None, :]])
             # eigenvectors of the doubly centred Gram matrix are orthogonal to the ones
             # vector, so X_c^T u needs no subset mean
             top = centred_all[rows].T @ _top_of_psd(centred, k_max)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbsupport.covariance import decompose_covariance, decompose_variance, group_moments
+from nbsupport.covariance import centred_gram, decompose_covariance, decompose_variance, group_moments
 
 
 def _data(n=500, d=4, groups=7, seed=0):
@@ -175,3 +175,21 @@ def test_numpy_and_tensor_scalars_accepted_bools_refused():
                        (lambda: random_subset_angles(values, 50, 2, rng=None), "rng")):
         with pytest.raises(ValueError, match=rf"\b{word} must"):  # the argument named, not any letter
             call()
+
+
+def test_centred_gram_is_h_k_h_and_the_gram_of_centred_rows():
+    """Against two independent references: the explicit product H K H with H = I - 11^T/N, and
+    the Gram matrix of the column-centred rows; batched leading axes give each matrix's own."""
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(4, 9, 5, generator=g, dtype=torch.float64) + 2.0   # 4 batches of N=9 rows
+    k = v @ v.transpose(1, 2)
+    h = torch.eye(9, dtype=torch.float64) - torch.full((9, 9), 1 / 9, dtype=torch.float64)
+    got = centred_gram(k)
+    torch.testing.assert_close(got, h @ k @ h, rtol=1e-12, atol=1e-12)
+    vc = v - v.mean(1, keepdim=True)
+    torch.testing.assert_close(got, vc @ vc.transpose(1, 2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(centred_gram(k[1]), got[1])
+    assert centred_gram(k.float()).dtype == torch.float32
+    for bad in (k[0, :, :4], k.long(), "k", torch.zeros(3)):
+        with pytest.raises(ValueError, match="gram"):
+            centred_gram(bad)

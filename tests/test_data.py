@@ -152,6 +152,9 @@ def test_offline_without_package_says_how_to_get_it(tmp_path, monkeypatch, no_do
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="train must be a bool"):
         data.load_fashion_mnist(train="yes", root=tmp_path)
+    # a keyword torchvision does not take is a ValueError naming it (torchvision's own is a TypeError)
+    with pytest.raises(ValueError, match="split"):
+        data.load_fashion_mnist(split="test", root=tmp_path)
 
 
 @pytest.mark.skipif(not HAVE_REAL, reason="Debian package dataset-fashion-mnist not installed")
@@ -205,3 +208,22 @@ def test_moons_noise_and_seed():
 def test_moons_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         data.make_moons(**kwargs)
+
+
+def test_moons_seed_follows_the_rng_rule():
+    """An int is scikit-learn's random_state; a generator gives one seed and advances; None (fresh
+    entropy in scikit-learn) is refused, so every call is reproducible."""
+    import torch as _torch
+    from sklearn.datasets import make_moons as reference
+    x, y = data.make_moons(50, 0.1, seed=7)
+    rx, ry = reference(n_samples=50, noise=0.1, random_state=7)  # the independent reference
+    np.testing.assert_array_equal(x.numpy(), rx)
+    np.testing.assert_array_equal(y.numpy(), ry)
+    for make in (lambda: np.random.default_rng(5), lambda: _torch.Generator().manual_seed(5)):
+        g1, g2 = make(), make()
+        first = data.make_moons(50, 0.1, seed=g1)[0]
+        assert _torch.equal(first, data.make_moons(50, 0.1, seed=g2)[0])     # same generator state, same points
+        assert not _torch.equal(first, data.make_moons(50, 0.1, seed=g1)[0])  # advanced
+    for bad in (None, 1.5, "0", True):
+        with pytest.raises(ValueError, match="seed"):
+            data.make_moons(50, 0.1, seed=bad)

@@ -1,7 +1,7 @@
 """nbsupport.intercept: the window arguments of a routed max-pool call.
 
 The routing itself (every ReLU and max-pool call path, restoration, nesting, checkpointing) is
-tested through its rules in ``test_pullbacks.py`` and ``test_patterns.py``."""
+tested through its rules in ``test_pullbacks.py`` and ``test_pattern_gates.py``."""
 
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """nbsupport.models: the MLP against a hand-written forward pass, and the cached training loop."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -125,6 +126,19 @@ def test_init_normal_variances():
     assert torch.equal(net[0].weight, again[0].weight)
     with pytest.raises(ValueError, match="C_W"):
         init_normal_(net, C_W=-1.0)
+    # the rng rule: an int seeds a private generator (the same draws as torch.Generator().manual_seed),
+    # a torch or numpy generator is used and advanced, None is refused
+    g = torch.Generator().manual_seed(0)
+    expected = torch.randn(net[0].weight.shape, generator=g, dtype=torch.float64) * (2.0 / 400) ** 0.5
+    torch.testing.assert_close(net[0].weight, expected.float())
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    a = init_normal_(mlp([4, 3, 2]), C_W=1.0, seed=g1)[0].weight.clone()
+    assert torch.equal(a, init_normal_(mlp([4, 3, 2]), C_W=1.0, seed=g2)[0].weight)
+    assert not torch.equal(a, init_normal_(mlp([4, 3, 2]), C_W=1.0, seed=g1)[0].weight)
+    init_normal_(mlp([4, 3, 2]), C_W=1.0, seed=np.random.default_rng(0))
+    for bad in (None, -1, 1.5, True):
+        with pytest.raises(ValueError, match="seed"):
+            init_normal_(net, C_W=1.0, seed=bad)
 
 
 def test_train_with_sgd(tmp_path):
@@ -492,3 +506,42 @@ def test_config_hash_is_the_same_in_another_process():
     keys = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(keys) == 1
+
+
+def test_bad_labels_and_dtypes_are_refused_by_name_before_torch_sees_them():
+    """Issue 25: float labels failed in torch's gather, out-of-range ones with 'Target 7 is out of
+    bounds', a float32 batch with a float64 net with 'mat1 and mat2'. Each is a ValueError naming
+    what is wrong, from train, train_seeds and evaluate alike, and nothing is trained or changed."""
+    from nbsupport.models import train_seeds
+    x, y = _blobs()
+    n_out = _net()(x[:1]).shape[1]
+    bad = {"float labels": (x, y.double()), "labels out of range": (x, torch.full_like(y, n_out)),
+           "negative labels": (x, y - 1 - y.max()), "2-D labels": (x, y[:, None]),
+           "float64 batch, float32 net": (x.double(), y), "integer batch": (x.long(), y)}
+    words = {"float labels": "y must be a 1-D integer", "labels out of range": rf"\[0, {n_out}\)",
+             "negative labels": rf"\[0, {n_out}\)", "2-D labels": "y must be a 1-D integer",
+             "float64 batch, float32 net": "x is torch.float64", "integer batch": "x must be a floating"}
+    for case, data in bad.items():
+        net = _net()
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        with pytest.raises(ValueError, match=words[case]):
+            train(net, data, epochs=1, cache=False, progress=False)
+        assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items()), case
+        with pytest.raises(ValueError, match=words[case]):
+            evaluate(net, *data)
+        with pytest.raises(ValueError, match=words[case]):
+            train_seeds(lambda s: _net(), data, [0, 1], epochs=1, cache=False, progress=False, method="vmap")
+        with pytest.raises(ValueError, match="test_data: .*" + words[case]):
+            train(_net(), (x, y), epochs=1, cache=False, progress=False, test_data=data)
+    # the boundary is exact: the largest valid class and class 0 pass, a float target passes a loss
+    # that takes one (binary cross-entropy on one output), and the eval-mode probe leaves flags alone
+    edge = torch.where(torch.arange(len(y)) % 2 == 0, torch.zeros_like(y), torch.full_like(y, n_out - 1))
+    net = _net().train()
+    loss, acc = evaluate(net, x, edge)
+    assert net.training and 0 <= acc <= 1 and loss > 0
+    one = nn.Sequential(nn.Linear(x.shape[1], 1))
+    bce = lambda out, t, reduction="mean": nn.functional.binary_cross_entropy_with_logits(  # noqa: E731
+        out[:, 0], t, reduction=reduction)
+    assert evaluate(one, x, (y > 0).to(x.dtype), loss_fn=bce)[0] > 0
+    with pytest.raises(ValueError, match="data"):
+        train(_net(), [x], epochs=1, cache=False, progress=False)

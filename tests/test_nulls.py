@@ -9,14 +9,7 @@ import torch
 from nbsupport.nulls import (between_share, between_share_gram, cosine_gram, hyperplane_partition, kmeans_partition,
                              large_groups, random_grouping_null, random_grouping_null_gram, random_grouping_share,
                              random_subset_top_fraction, top_fraction_gram)
-
-
-def _data(n=500, d=4, groups=7, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    inverse = torch.randint(0, groups, (n,), generator=g)
-    shift = torch.randn(groups, d, generator=g, dtype=torch.float64) * 3
-    values = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
-    return values + shift[inverse], inverse
+from test_covariance import _data  # grouped rows with group shifts, shared with the covariance tests
 
 
 def _share(values, labels):

@@ -72,8 +72,10 @@ def test_mixture_pattern_pmf_against_monte_carlo():
     x = np.where(comp[:, None], draw.multivariate_normal(means[0], covs[0], n), draw.multivariate_normal(means[1], covs[1], n))
     codes = ((x @ w.T + b) > 0) @ (1 << np.arange(4))
     assert np.all(_within(p, np.bincount(codes, minlength=16) / n, n, err))
-    with pytest.raises(ValueError, match="weights"):
+    with pytest.raises(ValueError, match="mix_weights"):
         mixture_pattern_pmf(w, b, [0.5, 0.6], means, covs)
+    assert np.array_equal(mixture_pattern_pmf(w, b, mix_weights=weights, means=means, covs=covs),
+                          mixture_pattern_pmf(w, b, weights, means, covs))  # the keyword is mix_weights
     with pytest.raises(ValueError, match="means"):
         mixture_pattern_pmf(w, b, [1.0], means, covs)
 

@@ -25,10 +25,18 @@ def test_same_seed_same_numbers():
     assert third[0] != first[0] and not torch.equal(third[2], first[2])
 
 
-@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True, None, np.bool_(True)])
 def test_bad_seed(seed):
     with pytest.raises(ValueError, match="seed"):
-        seed_everything(seed)
+        seed_everything(seed, deterministic=False)
+
+
+def test_numpy_and_tensor_seeds_are_the_int():
+    for seed in (np.int64(7), torch.tensor(7)):
+        rng = seed_everything(seed, deterministic=False)
+        assert rng.random() == np.random.default_rng(7).random()
+    with pytest.raises(ValueError, match="deterministic"):
+        seed_everything(0, deterministic="yes")
 
 
 def test_deterministic_mode_is_switched_on_here():

@@ -160,3 +160,42 @@ def test_largest_angles_through_the_gram_matrix_of_all_rows(monkeypatch, size):
     monkeypatch.setattr(cov, "_GRAM_ROWS_MAX", 10)                          # the per-subset route
     torch.testing.assert_close(cov.random_subset_largest_angles(values, size, [1, 3], n_draws=4, rng=7), draws,
                                rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("rank", [30, 300])
+def test_top_eigenpairs_on_both_routes_against_scipy_and_a_dense_eigh(monkeypatch, rank):
+    """One top-eigenpair routine (issue 25; the Gram spectra used ARPACK beside it): top_eigh and
+    top_eigenvalues against scipy.linalg.eigh and ARPACK's Lanczos (scipy.sparse.linalg.eigsh), on the
+    dense route and on subspace iteration, with a slowly decaying spectrum, for a full-rank matrix
+    and for one of rank 30 asked for k = 34 (null-space directions are arbitrary: the iteration must
+    still stop, and the settled directions must be eigenvectors)."""
+    import scipy.linalg
+    from scipy.sparse.linalg import eigsh
+
+    import nbsupport.subspaces as sub
+    g = torch.Generator().manual_seed(rank)
+    m = torch.randn(300, rank, generator=g, dtype=torch.float64) * torch.linspace(2, 1, rank, dtype=torch.float64)
+    sym = m @ m.T
+    k = 34 if rank == 30 else 6
+    ref_values, ref_vectors = scipy.linalg.eigh(sym.numpy())
+    ref_values, ref_vectors = ref_values[::-1][:k].copy(), ref_vectors[:, ::-1][:, :k].copy()
+    lanczos = np.sort(eigsh(sym.numpy(), k=6, which="LA", v0=np.ones(300), tol=0)[0])[::-1]
+    scale = ref_values[0]
+    for dense_max in (1000, 256):                                     # dense route, then the iteration
+        monkeypatch.setattr(sub, "DENSE_SUBSPACE_MAX", dense_max)
+        values, vectors = sub.top_eigh(sym, k)
+        only = sub.top_eigenvalues(sym, k)
+        np.testing.assert_allclose(values.numpy(), ref_values, rtol=0, atol=1e-12 * scale)
+        np.testing.assert_allclose(only.numpy(), ref_values, rtol=0, atol=1e-12 * scale)
+        np.testing.assert_allclose(only[:6].numpy(), lanczos, rtol=0, atol=1e-12 * scale)
+        torch.testing.assert_close(vectors.T @ vectors, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-10)
+        settled = min(k, rank - 1)                                     # directions with a non-zero value
+        torch.testing.assert_close(sym @ vectors[:, :settled], vectors[:, :settled] * values[:settled],
+                                   rtol=0, atol=1e-9 * scale)
+        assert torch.equal(sub.top_eigenvalues(sym, k), only)          # seeded: deterministic
+    assert sub.top_eigenvalues(torch.eye(3), 5).shape == (3,) and sub.top_eigenvalues(torch.eye(3), 2).dtype == torch.float64
+    for bad, word in [((torch.eye(3), 0), "k"), ((torch.ones(2, 3), 1), "matrix"), (("m", 1), "matrix")]:
+        with pytest.raises(ValueError, match=word):
+            sub.top_eigenvalues(*bad)
+        with pytest.raises(ValueError, match=word):
+            sub.top_eigh(*bad)

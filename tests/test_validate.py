@@ -96,3 +96,128 @@ def test_rows_and_labels_accept_their_shapes_and_name_what_is_wrong():
                    (torch.tensor([0, -1]), 2), ([0, 1], 2)):
         with pytest.raises(ValueError, match="strata"):
             labels(bad, n, "strata")
+
+
+def _sweep_cases():
+    """Every drawing public function of the modules that follow the rng rule here, on small input:
+    name -> (call(rng) -> result, the argument's name)."""
+    from nbsupport import nulls, orthant, propagation, stats, subspaces
+    from nbsupport.data import make_moons
+    from nbsupport.models import init_normal_, mlp
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    inverse = torch.arange(40) % 4
+    gram = values @ values.T
+    # three units in three dimensions: orthant probabilities of dimension 3, by quasi-Monte Carlo
+    w, b = np.array([[1.0, 0.5, 0.2], [-0.3, 1.0, 0.4], [0.2, -0.6, 1.0]]), np.array([0.1, -0.2, 0.3])
+    mean, cov = np.zeros(3), np.eye(3) + 0.3
+    ws, bs = [w, np.ones((1, 3))], [b, np.zeros(1)]
+    sup = orthant.support_search(ws, bs, mean, cov, rng=0)
+    x = values[:4]
+
+    def params(seed):
+        with torch.random.fork_rng():  # nn.Linear's own default initialisation draws from the global RNG
+            model = mlp([3, 4, 2])
+        return torch.cat([p.detach().flatten() for p in init_normal_(model, 2.0, 0.1, seed=seed).parameters()])
+    return {
+        "subspaces.random_subset_angles": (lambda r: subspaces.random_subset_angles(values, 10, 1, 5, rng=r), "rng"),
+        "subspaces.random_subset_largest_angles": (
+            lambda r: subspaces.random_subset_largest_angles(values, 10, [1], 5, rng=r), "rng"),
+        "nulls.random_grouping_null": (lambda r: nulls.random_grouping_null(values, inverse, 5, rng=r), "rng"),
+        "nulls.random_grouping_null_gram": (lambda r: nulls.random_grouping_null_gram(gram, inverse, 5, rng=r), "rng"),
+        "nulls.hyperplane_partition": (lambda r: nulls.hyperplane_partition(values, 4, rng=r), "rng"),
+        "nulls.kmeans_partition": (lambda r: nulls.kmeans_partition(values, 4, rng=r), "rng"),
+        "nulls.random_subset_top_fraction": (
+            lambda r: nulls.random_subset_top_fraction(gram, 10, 1, 5, rng=r), "rng"),
+        "propagation.empirical_kernels": (lambda r: propagation.empirical_kernels(x, 2, 8, 1.0, n_networks=3, rng=r), "rng"),
+        "propagation.preactivations": (lambda r: propagation.preactivations(x, 2, 8, 1.0, n_networks=3, rng=r), "rng"),
+        "propagation.gradient_norms": (lambda r: propagation.gradient_norms(x, 2, 8, 1.0, n_networks=3, rng=r), "rng"),
+        "propagation.linear_kernels_wishart": (lambda r: propagation.linear_kernels_wishart(
+            torch.eye(2, dtype=torch.float64), 2, 8, n_networks=3, rng=r), "rng"),
+        "stats.hierarchical_bootstrap": (
+            lambda r: tuple(stats.hierarchical_bootstrap(values[:8], n_boot=100, rng=r)), "rng"),
+        "stats.equivalence": (lambda r: tuple(stats.equivalence(values[:8], 1.0, n_boot=100, rng=r)), "rng"),
+        "orthant.orthant_probability": (
+            lambda r: orthant.orthant_probability(np.zeros(3), np.eye(3) + 0.5, method="polytope", rng=r), "rng"),
+
+        "orthant.pattern_pmf": (lambda r: orthant.pattern_pmf(w, b, mean, cov, method="orthant", rng=r), "rng"),
+        "orthant.output_cdf": (lambda r: orthant.output_cdf(ws, bs, mean, cov, [0.0, 1.0], sup, rng=r), "rng"),
+        "orthant.mc_pattern_pmf": (lambda r: orthant.mc_pattern_pmf(w, b, mean, cov, 200, r), "seed"),
+        "orthant.mc_network_pmf": (lambda r: orthant.mc_network_pmf(ws, bs, mean, cov, 200, r), "seed"),
+        "data.make_moons": (lambda r: make_moons(20, 0.1, r), "seed"),
+        "models.init_normal_": (params, "seed"),
+    }
+
+
+def _same(a, b):
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
+def test_every_drawing_function_follows_the_rng_rule():
+    """Issue 25, per function: an int seed gives the same result twice, a numpy or a torch generator
+    is accepted and advanced, None is refused naming the argument, and neither the global torch,
+    numpy nor Python random state moves."""
+    import random
+    import warnings
+
+    for name, (call, arg) in _sweep_cases().items():
+        states = (torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MassWarning of a small support search is not the point
+            first = call(0)
+            assert _same(first, call(0)), name
+            for make in (lambda: np.random.default_rng(3), lambda: torch.Generator().manual_seed(3)):
+                gen = make()
+                one = call(gen)
+                assert not _same(one, call(gen)), f"{name}: the generator was not advanced"
+            with pytest.raises(ValueError, match=arg):
+                call(None)
+        after = (torch.random.get_rng_state(), np.random.get_state()[1], random.getstate())
+        assert torch.equal(states[0], after[0]) and np.array_equal(states[1], after[1]) and states[2] == after[2], name
+
+
+def test_public_functions_name_a_wrong_argument_with_a_valueerror():
+    """Issue 25: what a fuzz of the public functions found surfacing as AttributeError or TypeError
+    (a string where a tensor, a model, an array or a frame belongs) is a ValueError naming it."""
+    from nbsupport import models, orthant, propagation, report, subspaces
+    from nbsupport.orthant import mlp_layers
+    from nbsupport.plotting import forest, pattern_regions
+    from nbsupport.patterns import path_correlation
+
+    cases = [(lambda: subspaces.basis_angles("a", torch.eye(2)), "basis_a"),
+             (lambda: subspaces.basis_angles(torch.eye(3), torch.eye(2)), "basis_a"),
+             (lambda: path_correlation("ab", "ab"), "gates_a"),
+             (lambda: propagation.relu_correlation_map("x"), "c"),
+             (lambda: propagation.fit_decay("abc", [1, 2, 3]), "layers"),
+             (lambda: propagation.fit_decay([1, 2, 3], ["a", "b", "c"]), "values"),
+             (lambda: propagation.fit_next_order([1, 2, [3]], [1, 2, 3]), "layers"),
+             (lambda: models.auto_method("mlp"), "model"),
+             (lambda: models.config_hash("mlp", []), "model"),
+             (lambda: models.module_code_key(None), "model"),
+             (lambda: mlp_layers("mlp"), "model"),
+             (lambda: models.vgg_cnn("ab"), "channels"),
+             (lambda: models.vgg_cnn((4, 0)), "channels"),
+             (lambda: models.small_resnet((4,), n_classes=True), "n_classes"),
+             (lambda: models.vgg_cnn((4, 4, 4), image_size=4), "image_size"),
+             (lambda: report.table_html("frame", "t"), "frame"),
+             (lambda: report.check(None, "m"), "row_ids"),
+             (lambda: models.mlp(None), "widths"),
+             (lambda: forest(None), "verdicts"),
+             (lambda: pattern_regions(None, None, (0, 1, 0, 1)), "model"),
+             (lambda: pattern_regions(None, models.mlp([2, 3]), "abcd"), "extent"),
+             (lambda: orthant.support_search(None, None, [0.0], [[1.0]]), "weights"),
+             (lambda: orthant.region(np.eye(2), np.zeros(2), [True, False]), "weights")]
+    for call, word in cases:
+        with pytest.raises(ValueError, match=word):
+            call()
+    # and what they accept still works: numpy ints, lists, tensors
+    assert models.vgg_cnn(np.array([4, 8]), n_classes=np.int64(3), image_size=8)(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    torch.testing.assert_close(propagation.relu_correlation_map([1.0, 0.0]).double(),
+                               torch.tensor([1.0, 1 / torch.pi], dtype=torch.float64))

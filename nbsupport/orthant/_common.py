@@ -89,6 +89,9 @@ def operand_scale(G, factor):
 
 def as_layers(weights, biases):
     """Validated float64 lists of weights (m_l, m_{l-1}) and biases (m_l,)."""
+    if not all(isinstance(v, (list, tuple)) for v in (weights, biases)):
+        raise ValueError(f"weights and biases must be lists of arrays (one per layer), got "
+                         f"{type(weights).__name__} and {type(biases).__name__}")
     if len(weights) != len(biases) or len(weights) < 1:
         raise ValueError(f"weights and biases must be lists of equal length >= 1, got {len(weights)} and {len(biases)}")
     ws = [np.atleast_2d(as_float64(w, f"weights[{l}]")) for l, w in enumerate(weights)]

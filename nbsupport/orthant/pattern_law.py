@@ -153,7 +153,7 @@ def pattern_pmf_with_err(weight, bias, mean, cov, *, method: str = "auto", rng=0
     return PatternPMF(pmf, err)
 
 
-def _mixture(weights, means, covs, name="weights"):
+def _mixture(weights, means, covs, name="mix_weights"):
     """Validated mixture weights (K,), with one mean and one covariance per component."""
     weights = as_float64(weights, name)
     if weights.ndim != 1 or not np.all(np.isfinite(weights)) or np.any(weights < 0) or abs(weights.sum() - 1) > 1e-9:
@@ -164,7 +164,7 @@ def _mixture(weights, means, covs, name="weights"):
     return weights
 
 
-def mixture_pattern_pmf(weight, bias, weights, means, covs, *, rng=0, **options) -> np.ndarray:
+def mixture_pattern_pmf(weight, bias, mix_weights, means, covs, *, rng=0, **options) -> np.ndarray:
     r"""First-layer pattern PMF under a Gaussian mixture :math:`\sum_k \pi_k \mathcal N(\mu_k, \Sigma_k)`.
 
     The weighted sum :math:`\sum_k \pi_k P_k(A = a)` of :func:`pattern_pmf` per component (errors
@@ -174,8 +174,9 @@ def mixture_pattern_pmf(weight, bias, weights, means, covs, *, rng=0, **options)
     ----------
     weight, bias
         As in :func:`pattern_pmf`.
-    weights : array-like, shape (K,)
-        Mixture weights, >= 0, summing to 1.
+    mix_weights : array-like, shape (K,)
+        Mixture weights, >= 0, summing to 1 (``mix_weights``, as in :func:`mixture_support_search`:
+        ``weights`` names a network's layer matrices elsewhere in this package).
     means : array-like, shape (K, d)
     covs : array-like, shape (K, d, d)
     rng, **options
@@ -187,10 +188,10 @@ def mixture_pattern_pmf(weight, bias, weights, means, covs, *, rng=0, **options)
         The standard errors come with :func:`mixture_pattern_pmf_with_err`.
     """
     _no_return_err(options, "mixture_pattern_pmf")
-    return mixture_pattern_pmf_with_err(weight, bias, weights, means, covs, rng=rng, **options).pmf
+    return mixture_pattern_pmf_with_err(weight, bias, mix_weights, means, covs, rng=rng, **options).pmf
 
 
-def mixture_pattern_pmf_with_err(weight, bias, weights, means, covs, *, rng=0, **options) -> PatternPMF:
+def mixture_pattern_pmf_with_err(weight, bias, mix_weights, means, covs, *, rng=0, **options) -> PatternPMF:
     r""":func:`mixture_pattern_pmf` with the standard error of every entry (components' errors in
     quadrature).
 
@@ -199,7 +200,7 @@ def mixture_pattern_pmf_with_err(weight, bias, weights, means, covs, *, rng=0, *
     PatternPMF
         ``(pmf, err)``, both float64 of shape (2**m,).
     """
-    weights = _mixture(weights, means, covs)
+    weights = _mixture(mix_weights, means, covs, "mix_weights")
     rng = numpy_rng(rng)
     parts = [pattern_pmf_with_err(weight, bias, mu, cov, rng=child, **options)
              for mu, cov, child in zip(means, covs, rng.spawn(len(weights)))]

@@ -16,7 +16,7 @@ import torch
 from scipy import optimize
 
 from ._common import as_float64, as_layers, cov_factor, finite_result
-from .._validate import real
+from .._validate import module, real
 from ..patterns import WORD_BITS, pack_patterns
 
 __all__ = ["mlp_layers", "region", "region_rows", "RegionRows", "network_patterns", "standardised",
@@ -35,7 +35,7 @@ def mlp_layers(model: torch.nn.Module) -> tuple[list[np.ndarray], list[np.ndarra
     -------
     weights, biases : list of ndarray
     """
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    linears = [m for m in module(model).modules() if isinstance(m, torch.nn.Linear)]
     if not linears or any(layer.bias is None for layer in linears):
         raise ValueError("model must contain nn.Linear layers with biases")
     return ([layer.weight.detach().cpu().double().numpy() for layer in linears],
