@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from _timing import SMOKE, Report, interleaved, ratio_stats, setup
 
 from nbsupport.models import vgg_cnn
-from nbsupport.softpool import softmax_routed_max_pool2d
-from nbsupport.surrogate import surrogate_gradients
+from nbsupport.pullbacks.softpool import softmax_routed_max_pool2d
+from nbsupport.pullbacks.surrogate import surrogate_gradients
 
 BATCH = 256 if not SMOKE else 16
 ROUNDS = 15 if not SMOKE else 1

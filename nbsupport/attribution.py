@@ -3,7 +3,7 @@ r"""Attribution methods beside the excitation pullback, one call shape for all o
 Every attribution is a function ``attribute(model, x, target) -> Tensor shaped like x`` (as
 Captum's ``attribute(inputs, target=...)``), so the metrics (:mod:`nbsupport.faithfulness`,
 :mod:`nbsupport.randomisation`) loop over methods: the vanilla gradient lives in
-:mod:`nbsupport.saliency` and the excitation pullback in :mod:`nbsupport.surrogate`; guided
+:mod:`nbsupport.saliency` and the excitation pullback in :mod:`nbsupport.pullbacks.surrogate`; guided
 backpropagation :cite:p:`springenberg2015striving`, gradient x input
 :cite:p:`shrikumar2017learning`, integrated gradients :cite:p:`sundararajan2017axiomatic`,
 SmoothGrad :cite:p:`smilkov2017smoothgrad` and three maps that know nothing about the model's

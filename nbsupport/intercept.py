@@ -11,7 +11,7 @@ rule exists (``relu6``, ``threshold``, other max-poolings) raise :class:`NotImpl
 naming the call rather than passing silently. ReLUs written as ``clamp(min=0)``,
 ``torch.maximum`` or ``torch.where`` cannot be recognised.
 
-The excitation rules (:mod:`nbsupport.surrogate`), guided backpropagation
+The excitation rules (:mod:`nbsupport.pullbacks.surrogate`), guided backpropagation
 (:func:`nbsupport.attribution.guided_backprop`) and the gate reader
 (:func:`nbsupport.patterns.relu_inputs`) are rules routed this way.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +28,9 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .softpool import pool_geometry
+from ._validate import pair
 
-__all__ = ["route_calls"]
+__all__ = ["route_calls", "PoolGeometry", "pool_geometry"]
 
 _RELU = {F.relu, torch.relu, torch.Tensor.relu}
 _RELU_INPLACE = {torch.relu_, torch.Tensor.relu_}
@@ -41,6 +41,43 @@ _UNSUPPORTED = {F.relu6, F.threshold, torch.threshold, torch.threshold_, F.thres
                 F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.fractional_max_pool2d,
                 F.fractional_max_pool3d, F.lp_pool2d, F.hardtanh, F.hardtanh_}
 _POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+class PoolGeometry(NamedTuple):
+    """The windows of a 2-d pooling: each field a pair ``(height, width)`` of ints."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+def pool_geometry(kernel_size, stride=None, padding=0, dilation=1) -> PoolGeometry:
+    """``F.max_pool2d``'s window arguments as pairs of ints, checked.
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, dilation : int or pair of ints
+        As in ``torch.nn.functional.max_pool2d``; ``stride`` ``None`` (or an empty sequence, as
+        ``torch.max_pool2d`` passes it) means ``kernel_size``.
+
+    Returns
+    -------
+    PoolGeometry
+
+    Raises
+    ------
+    ValueError
+        Unless ``kernel_size, stride, dilation >= 1`` and ``0 <= padding <= kernel_size // 2``
+        (PyTorch's own conditions).
+    """
+    kernel = pair(kernel_size, "kernel_size", minimum=1)
+    empty = stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
+    stride = kernel if empty else pair(stride, "stride", minimum=1)
+    padding, dilation = pair(padding, "padding", minimum=0), pair(dilation, "dilation", minimum=1)
+    if not all(p <= k // 2 for p, k in zip(padding, kernel)):
+        raise ValueError(f"padding must be at most kernel_size // 2, got padding={padding}, kernel_size={kernel}")
+    return PoolGeometry(kernel, stride, padding, dilation)
 
 
 _CHECKPOINT_FILE = torch.utils.checkpoint.__file__
@@ -127,7 +164,7 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
         says whether the caller asked for an in-place ReLU; the rule must then modify ``z``).
     pool_rule : callable, optional
         ``pool_rule(x, geometry, ceil_mode) -> Tensor`` replaces every 2-d max-pool call, with
-        ``geometry`` a :class:`~nbsupport.softpool.PoolGeometry`; the indices, when asked for, are
+        ``geometry`` a :class:`~nbsupport.intercept.PoolGeometry`; the indices, when asked for, are
         max-pooling's. ``None`` leaves max-pooling alone.
     strict : bool
         Raise ``NotImplementedError`` at a call of a ReLU or max-pool relative without a rule

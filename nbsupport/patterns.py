@@ -37,7 +37,7 @@ def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tens
     A ReLU whose input does not depend on ``x`` (a ReLU of a parameter, even one whose first axis
     happens to be as long as the batch) is not a gate and is skipped: the pass tracks dependence
     on ``x`` by autograd, with the parameters frozen. It runs also inside
-    :func:`~nbsupport.surrogate.surrogate_gradients` on the same model.
+    :func:`~nbsupport.pullbacks.surrogate.surrogate_gradients` on the same model.
     """
     check_input(x)
     inputs: list[torch.Tensor] = []

@@ -2,9 +2,9 @@ r"""Input gradients of a class logit, and the call shape every attribution share
 
 An attribution is a function ``attribute(model, x, target) -> Tensor shaped like x`` (as Captum's
 ``attribute(inputs, target=...)``). :func:`input_gradient` is the simplest one, the vanilla
-gradient :math:`\partial f_c / \partial x`, computed with whatever backward rules are active (inside
-:func:`nbsupport.surrogate.surrogate_gradients` it is the excitation pullback). :func:`check_input`
-and :func:`check_target` validate the arguments of that call shape; :func:`checked_forward` runs a
+gradient :math:`\partial f_c / \partial x`, computed with whatever backward rules are active
+(inside :func:`nbsupport.pullbacks.surrogate.surrogate_gradients` it is the excitation pullback).
+:func:`check_input` and :func:`check_target` validate the arguments of that call shape; :func:`checked_forward` runs a
 model and says when ``x`` does not fit it.
 """
 
@@ -96,8 +96,8 @@ def input_gradient(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     r"""Gradient of the target logit with respect to the input (vanilla gradient, "saliency").
 
     Computed with whatever backward rules are active: inside
-    :func:`~nbsupport.surrogate.surrogate_gradients` this is the excitation pullback. Gradients are
-    taken with ``torch.autograd.grad``, so the parameters' ``.grad`` are left untouched; grad mode
+    :func:`~nbsupport.pullbacks.surrogate.surrogate_gradients` this is the excitation pullback.
+    Gradients are taken with ``torch.autograd.grad``, so the parameters' ``.grad`` are left untouched; grad mode
     is switched on even under ``torch.no_grad``. The model is called as it is (call
     ``model.eval()`` first for BatchNorm to use its running statistics).
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import special
 
-from nbsupport.orthant import mc_jacobian_singular_values, mc_pattern_pmf, pattern_pmf
+from nbsupport.orthant import mc_jacobian_singular_values, mc_pattern_pmf, pattern_pmf_with_err
 from orthant_reference import Z, _gaussian, _network, _within
 
 
@@ -24,7 +24,7 @@ def test_mc_pattern_pmf_layout_and_independent_units():
     always_on = mc_pattern_pmf(np.eye(2), [50.0, 0.0], np.zeros(2), np.eye(2), n=1000, seed=0)
     assert always_on[0::2].sum() == 0  # bit 0 (unit 0) is set in every pattern seen
     for route in ("orthant", "polytope"):
-        p, err = pattern_pmf(np.eye(3), np.zeros(3), mean, np.diag(sd**2), method=route, return_err=True, rng=0)
+        p, err = pattern_pmf_with_err(np.eye(3), np.zeros(3), mean, np.diag(sd**2), method=route, rng=0)
         assert np.all(np.abs(p - exact) <= Z * err + 1e-6)
 
 

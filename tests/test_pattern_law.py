@@ -12,9 +12,10 @@ import pytest
 import torch
 from scipy import special
 
-from nbsupport.orthant import (MAX_FULL_PMF_UNITS, MassWarning, class_probabilities, mc_network, mc_network_pmf,
-                               mc_pattern_pmf, mixture_output_cdf, mixture_pattern_pmf, mixture_support_search,
-                               network_patterns, output_cdf, pattern_pmf, region, support_search)
+from nbsupport.orthant import (MAX_FULL_PMF_UNITS, MassWarning, PatternPMF, class_probabilities, mc_network,
+                               mc_network_pmf, mc_pattern_pmf, mixture_output_cdf, mixture_pattern_pmf,
+                               mixture_pattern_pmf_with_err, mixture_support_search, network_patterns, output_cdf,
+                               pattern_pmf, pattern_pmf_with_err, region, support_search)
 from orthant_reference import Z, _compare_with_monte_carlo, _gaussian, _mc_codes, _network, _within, _zero_bias
 
 
@@ -22,8 +23,8 @@ def test_pattern_pmf_nonsingular_routes_agree_and_match_mc():
     mean, cov = _gaussian(4, seed=7)
     rng = np.random.default_rng(8)
     w, b = rng.standard_normal((3, 4)), 0.5 * rng.standard_normal(3)
-    p1, e1 = pattern_pmf(w, b, mean, cov, method="orthant", return_err=True, rng=0)
-    p2, e2 = pattern_pmf(w, b, mean, cov, method="polytope", return_err=True, rng=0)
+    p1, e1 = pattern_pmf_with_err(w, b, mean, cov, method="orthant", rng=0)
+    p2, e2 = pattern_pmf_with_err(w, b, mean, cov, method="polytope", rng=0)
     assert np.all(np.abs(p1 - p2) <= Z * np.hypot(e1, e2) + 1e-6)
     n = 300_000
     assert np.all(_within(p1, mc_pattern_pmf(w, b, mean, cov, n=n, seed=1), n, e1))
@@ -40,7 +41,7 @@ def test_pattern_pmf_singular_exact_zeros_and_region_count(m):
     # every pairwise intersection lies within 3 standard deviations, so every cell has visible mass
     crossings = [np.linalg.solve(w[[i, j]], -b[[i, j]]) for i in range(m) for j in range(i)]
     assert max(np.linalg.norm(x) for x in crossings) < 3 * np.sqrt(2.0)
-    p, err = pattern_pmf(w, b, mean, cov, return_err=True)
+    p, err = pattern_pmf_with_err(w, b, mean, cov)
     assert np.count_nonzero(p) == 1 + m + m * (m - 1) // 2
     assert abs(p.sum() - 1) <= Z * np.sqrt((err**2).sum()) + 1e-12
     n = 400_000
@@ -52,7 +53,7 @@ def test_pattern_pmf_singular_3d_qmc_route():
     mean, cov = _gaussian(3, seed=9)
     rng = np.random.default_rng(10)
     w, b = rng.standard_normal((6, 3)), 0.5 * rng.standard_normal(6)
-    p, err = pattern_pmf(w, b, mean, cov, return_err=True, rng=0)
+    p, err = pattern_pmf_with_err(w, b, mean, cov, rng=0)
     n = 400_000
     mc = mc_pattern_pmf(w, b, mean, cov, n=n, seed=3)
     assert np.all(mc[p == 0] == 0) and np.all(_within(p, mc, n, err))
@@ -64,7 +65,7 @@ def test_mixture_pattern_pmf_against_monte_carlo():
     w, b = rng.standard_normal((4, 2)), 0.3 * rng.standard_normal(4)
     weights, means = np.array([0.3, 0.7]), np.array([[-1.0, 0.5], [1.0, -0.2]])
     covs = np.array([0.3 * np.eye(2), [[0.5, 0.2], [0.2, 0.4]]])
-    p, err = mixture_pattern_pmf(w, b, weights, means, covs, return_err=True)
+    p, err = mixture_pattern_pmf_with_err(w, b, weights, means, covs)
     n = 400_000
     draw = np.random.default_rng(12)
     comp = draw.random(n) < weights[0]
@@ -75,6 +76,34 @@ def test_mixture_pattern_pmf_against_monte_carlo():
         mixture_pattern_pmf(w, b, [0.5, 0.6], means, covs)
     with pytest.raises(ValueError, match="means"):
         mixture_pattern_pmf(w, b, [1.0], means, covs)
+
+
+@pytest.mark.parametrize("method", ["orthant", "polytope"])
+def test_one_return_type_per_function(method):
+    """pattern_pmf returns the array alone, pattern_pmf_with_err a PatternPMF whose pmf is the same
+    array bit for bit (same rng); the former switch return_err is refused naming the other function.
+    The mixture pair likewise."""
+    rng = np.random.default_rng(5)
+    w, b = rng.standard_normal((3, 3)), 0.2 * rng.standard_normal(3)
+    mean, cov = np.array([0.1, -0.2, 0.3]), np.diag([1.0, 0.5, 2.0])
+    alone = pattern_pmf(w, b, mean, cov, method=method, rng=3)
+    pair = pattern_pmf_with_err(w, b, mean, cov, method=method, rng=3)
+    assert isinstance(alone, np.ndarray) and alone.shape == (8,) and alone.dtype == np.float64
+    assert isinstance(pair, PatternPMF) and pair.err.shape == (8,) and np.all(pair.err >= 0)
+    np.testing.assert_array_equal(pair.pmf, alone)
+    with pytest.raises(ValueError, match="pattern_pmf_with_err"):
+        pattern_pmf(w, b, mean, cov, method=method, return_err=True)
+    weights, means, covs = [0.4, 0.6], [mean, -mean], [cov, 0.5 * cov]
+    alone = mixture_pattern_pmf(w, b, weights, means, covs, method=method, rng=3)
+    pair = mixture_pattern_pmf_with_err(w, b, weights, means, covs, method=method, rng=3)
+    assert isinstance(alone, np.ndarray) and isinstance(pair, PatternPMF)
+    np.testing.assert_array_equal(pair.pmf, alone)
+    # errors in quadrature over the components, each from its own stream of rng=3
+    parts = [pattern_pmf_with_err(w, b, m, c, method=method, rng=child)
+             for m, c, child in zip(means, covs, np.random.default_rng(3).spawn(2))]
+    np.testing.assert_allclose(pair.err, np.hypot(0.4 * parts[0].err, 0.6 * parts[1].err), rtol=1e-12)
+    with pytest.raises(ValueError, match="mixture_pattern_pmf_with_err"):
+        mixture_pattern_pmf(w, b, weights, means, covs, return_err=True)
 
 
 def test_pattern_pmf_bad_input():
@@ -295,8 +324,8 @@ def test_pattern_pmf_passes_the_orthant_route_and_its_options_on():
     weight, bias = np.array([[1.0, 0.5], [-0.3, 1.0]]), np.array([0.2, -0.1])
     mean, cov = np.array([0.1, 0.4]), np.array([[1.0, 0.3], [0.3, 0.8]])
     exact = pattern_pmf(weight, bias, mean, cov, method="polytope", rng=0)  # 2-D: quadrature, to ~1e-13
-    pmf, err = pattern_pmf(weight, bias, mean, cov, method="orthant", orthant_method="polytope", n_points=1024,
-                           return_err=True, rng=0)
+    pmf, err = pattern_pmf_with_err(weight, bias, mean, cov, method="orthant", orthant_method="polytope",
+                                    n_points=1024, rng=0)
     assert np.all(np.abs(pmf - exact) <= 5 * err + 1e-12) and np.any(err > 0)  # QMC errors, not scipy's
     with pytest.raises(ValueError, match="orthant_method="):  # n_points without the route that takes it
         pattern_pmf(weight, bias, mean, cov, method="orthant", n_points=1024)
@@ -325,8 +354,8 @@ def test_pattern_pmf_does_not_depend_on_the_scale(s):
     assert np.all(_within(scaled, mc_pattern_pmf(w, s * b, s * mean, s**2 * cov, n=n, seed=2), n))
     w3, b3 = w[:3], b[:3]  # m = d + 1 = 3 on a 2-D input is singular; m = 2 takes the orthant route
     for weight, bias in ((w3, b3), (w[:2], b[:2])):
-        p1, e1 = pattern_pmf(weight, bias, mean, cov, return_err=True)
-        ps, es = pattern_pmf(weight, s * bias, s * mean, s**2 * cov, return_err=True)
+        p1, e1 = pattern_pmf_with_err(weight, bias, mean, cov)
+        ps, es = pattern_pmf_with_err(weight, s * bias, s * mean, s**2 * cov)
         assert np.all(np.abs(ps - p1) <= Z * (e1 + es) + 1e-12)
 
 
@@ -405,7 +434,7 @@ def test_pattern_pmf_auto_cost_is_proportional_from_12_units():
     per pattern. Its PMF sums to 1 and matches the independent-unit product (W = I)."""
     m = 12
     mean = np.linspace(-0.5, 0.5, m)
-    auto, err = pattern_pmf(np.eye(m), np.zeros(m), mean, np.eye(m), return_err=True, n_points=256, n_rep=2)
+    auto, err = pattern_pmf_with_err(np.eye(m), np.zeros(m), mean, np.eye(m), n_points=256, n_rep=2)
     chosen = pattern_pmf(np.eye(m), np.zeros(m), mean, np.eye(m), method="polytope", n_points=256, n_rep=2)
     assert np.array_equal(auto, chosen)
     on = special.ndtr(mean)

@@ -332,7 +332,7 @@ def test_gate_reader_lets_relu_relatives_run():
 
 
 def test_gate_reader_runs_inside_surrogate_gradients_and_leaves_the_pullback_alone():
-    from nbsupport.surrogate import excitation_pullback, surrogate_gradients
+    from nbsupport.pullbacks.surrogate import excitation_pullback, surrogate_gradients
 
     torch.manual_seed(0)
     net = vgg_cnn((4, 8)).double().eval()

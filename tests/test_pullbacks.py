@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,6 @@ from torch import nn
 
 from nbsupport.attribution import guided_backprop
 from nbsupport.models import mlp, small_resnet, vgg_cnn
-from nbsupport.patterns import activation_patterns
 from nbsupport.patterns import activation_patterns, path_correlation, relu_inputs
 from nbsupport.pullbacks import (SoftMaxPool2d, excitation_pullback, pool_output_size, projected_gradient_ascent,
                                  softmax_pool2d, surrogate_gradients)
@@ -474,17 +474,18 @@ def test_temperature_may_be_a_numpy_or_tensor_scalar():
         assert torch.equal(excitation_pullback(net, x, 0, temperature), reference)
 
 
-# --- the split: nbsupport.pullbacks exports the modules' objects --------------------------------
+# --- the package: nbsupport.pullbacks exports its parts' objects -------------------------------
 
-def test_pullbacks_exports_the_split_modules():
-    """Every name of nbsupport.pullbacks (DESIGN.md's) is the very object of the module that defines
+def test_pullbacks_exports_its_parts():
+    """Every name of nbsupport.pullbacks (DESIGN.md's) is the very object of the part that defines
     it, and names that live elsewhere (input gradient, gates) are not re-exported under a second
     address."""
     import nbsupport.pullbacks as pullbacks
-    from nbsupport import ascent, attribution, imagenet, patterns, saliency, softpool, surrogate
+    from nbsupport import attribution, intercept, patterns, saliency
+    from nbsupport.pullbacks import ascent, imagenet, softpool, surrogate
 
     homes = {}
-    for module in (softpool, surrogate, saliency, patterns, attribution, ascent, imagenet):
+    for module in (softpool, surrogate, saliency, intercept, patterns, attribution, ascent, imagenet):
         for name in module.__all__:
             assert name not in homes, f"{name} is defined twice"
             homes[name] = getattr(module, name)
@@ -498,9 +499,84 @@ def test_pullbacks_exports_the_split_modules():
         assert getattr(pullbacks, name) is homes[name], name
 
 
+def test_the_old_flat_modules_are_gone():
+    """No shim is left at the flat paths the parts had before the package. Searched in the package's
+    own directory: an editable install elsewhere (another checkout) may still hold the old files."""
+    from importlib.machinery import PathFinder
+
+    import nbsupport
+    import nbsupport.pullbacks
+
+    for name in ("softpool", "surrogate", "ascent", "imagenet"):
+        assert PathFinder.find_spec(f"nbsupport.{name}", nbsupport.__path__) is None, name
+        assert PathFinder.find_spec(f"nbsupport.pullbacks.{name}", nbsupport.pullbacks.__path__) is not None, name
+
+
+def _imported_nbsupport_modules(path, package_parts):
+    """The nbsupport modules that ``path`` imports (relative imports resolved), from its syntax tree."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = (node.module or "").split(".")
+            else:
+                base = package_parts[: len(package_parts) - node.level + 1] + (node.module or "").split(".")
+            base = [p for p in base if p]
+            if base[:1] == ["nbsupport"]:
+                found.add(".".join(base))
+                found.update(".".join(base + [alias.name]) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("nbsupport"))
+    return found
+
+
+def test_no_part_imports_a_module_that_imports_the_package_back():
+    """The rule that keeps nbsupport.intercept and nbsupport.saliency outside the package: a part
+    may import a top-level module only if that module never imports nbsupport.pullbacks (else
+    importing the top-level module first would meet a half-initialised package)."""
+    from pathlib import Path
+
+    import nbsupport
+
+    root = Path(nbsupport.__file__).parent
+    top = {p.stem: p for p in root.glob("*.py") if p.stem != "__init__"}
+    parts = sorted((root / "pullbacks").glob("*.py"))
+    assert {p.stem for p in parts} >= {"__init__", "softpool", "surrogate", "ascent", "imagenet"}
+    used_top = set()
+    for part in parts:
+        for name in _imported_nbsupport_modules(part, ["nbsupport", "pullbacks"]):
+            pieces = name.split(".")
+            if len(pieces) >= 2 and pieces[1] in top:
+                used_top.add(pieces[1])
+    assert {"intercept", "saliency"} <= used_top
+    for stem in used_top:
+        imported = _imported_nbsupport_modules(top[stem], ["nbsupport"])
+        assert not any(n == "nbsupport.pullbacks" or n.startswith("nbsupport.pullbacks.") for n in imported), stem
+
+
+@pytest.mark.parametrize("first", ["nbsupport.intercept", "nbsupport.saliency", "nbsupport.patterns",
+                                   "nbsupport.attribution", "nbsupport.pullbacks.softpool",
+                                   "nbsupport.pullbacks.surrogate", "nbsupport.pullbacks.ascent"])
+def test_any_module_imports_first_in_a_fresh_interpreter(first):
+    """An import cycle shows only when its modules are imported in the wrong order: start with each."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nbsupport
+
+    env = dict(os.environ, PYTHONPATH=str(Path(nbsupport.__file__).parent.parent))
+    code = f"import {first}; import nbsupport.pullbacks as p; assert p.excitation_pullback"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_rules_as_functions():
-    from nbsupport.softpool import softmax_pool2d_vjp, softmax_routed_max_pool2d
-    from nbsupport.surrogate import surrogate_relu
+    from nbsupport.pullbacks.softpool import softmax_pool2d_vjp, softmax_routed_max_pool2d
+    from nbsupport.pullbacks.surrogate import surrogate_relu
 
     g = torch.Generator().manual_seed(4)
     z = torch.randn(3, 7, dtype=torch.float64, generator=g, requires_grad=True)
@@ -523,17 +599,42 @@ def test_the_rules_as_functions():
         softmax_routed_max_pool2d(x, 2, padding_value=1.0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_the_sigmoid_gate_to_the_last_bits(dtype):
-    """The surrogate ReLU's backward is sigmoid(z / T) * grad (one fused kernel in float32/64): within a few
-    units in the last place of the formula, exactly 1 far above 0, negligible far below."""
-    from nbsupport.surrogate import surrogate_relu
+@pytest.fixture(params=[True, False], ids=["fused", "three-pass"])
+def gate_route(request, monkeypatch):
+    """Run a test on the fused kernel (when this torch passes the feature test) and on the forced
+    fallback; yields a list that counts the calls of the three-pass route."""
+    from nbsupport.pullbacks import surrogate
 
+    if request.param and not surrogate._FUSED_GATE:
+        pytest.skip("this torch has no usable aten::softplus_backward: only the fallback runs")
+    monkeypatch.setattr(surrogate, "_FUSED_GATE", request.param)
+    calls, three_pass = [], surrogate._three_pass_gate
+
+    def counted(*args):
+        calls.append(args[1].dtype)
+        return three_pass(*args)
+
+    monkeypatch.setattr(surrogate, "_three_pass_gate", counted)
+    return request.param, calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_sigmoid_gate_to_the_last_bits(dtype, gate_route):
+    """The surrogate ReLU's backward is sigmoid(z / T) * grad, on both routes (the fused kernel in
+    float32/64 when the feature test passed, three passes otherwise): within a few units in the
+    last place of scipy's logistic function, exactly 1 far above 0, negligible far below."""
+    from scipy.special import expit
+
+    from nbsupport.pullbacks.surrogate import surrogate_relu
+
+    fused, calls = gate_route
     T = 0.3
     z = (torch.linspace(-150, 150, 20001, dtype=torch.float64) * T).to(dtype).requires_grad_(True)
     (gate,) = torch.autograd.grad(surrogate_relu(z, T), z, torch.ones_like(z))
+    # the route taken: three passes unless fused and float32/64
+    assert bool(calls) == (not fused or dtype == torch.bfloat16)
     x = z.detach().double() / T
-    expected = torch.sigmoid(x)
+    expected = torch.from_numpy(expit(x.numpy()))
     eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
     assert gate.dtype == dtype
     # rounding z / T in the dtype moves exp(z / T) by up to |z / T| eps relative; then a few roundings
@@ -543,6 +644,53 @@ def test_the_sigmoid_gate_to_the_last_bits(dtype):
     assert torch.equal(kept, torch.sigmoid(z.detach() / T))
     far = x > 40  # sigmoid(40) rounds to 1 in every dtype here; the fused kernel passes grad unchanged there
     assert bool((gate[far] == 1).all()) and bool((gate[x < -110].double() < 1e-44).all())
+
+
+def test_mlp_pullback_on_both_gate_routes(gate_route):
+    """The pullback of a two-hidden-layer MLP against the chain rule written out per sample, with
+    the gate as scipy's logistic function, on the fused route and on the forced fallback."""
+    from scipy.special import expit
+
+    fused, calls = gate_route
+    torch.manual_seed(1)
+    net = mlp([4, 6, 5, 3]).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 2, 1, 0])
+    T = 0.3
+    got = excitation_pullback(net, x, target, T)
+    assert bool(calls) == (not fused)
+    w = [net[i].weight.detach().numpy() for i in (0, 2, 4)]
+    b = [net[i].bias.detach().numpy() for i in (0, 2)]
+    for n in range(len(x)):
+        z1 = w[0] @ x[n].numpy() + b[0]
+        z2 = w[1] @ np.maximum(z1, 0) + b[1]
+        v = ((w[2][target[n]] * expit(z2 / T)) @ w[1] * expit(z1 / T)) @ w[0]
+        np.testing.assert_allclose(got[n].numpy(), v, rtol=1e-12, atol=1e-14)
+
+
+def test_the_feature_test_accepts_only_the_formula():
+    """_fused_gate_available answers True for an operator that computes grad * sigmoid(beta z)
+    (saturating to grad above the threshold) and False for a missing, failing or wrong one."""
+    from nbsupport.pullbacks.surrogate import _GATE_SATURATES, _fused_gate_available
+
+    def formula(grad, z, beta, threshold):
+        return grad * torch.where(z * beta > threshold, torch.ones_like(z), torch.sigmoid(z * beta))
+
+    def raises(grad, z, beta, threshold):
+        raise RuntimeError("schema changed")
+
+    assert _GATE_SATURATES == 40.0
+    assert _fused_gate_available(formula)
+    assert not _fused_gate_available(lambda grad, z, beta, threshold: grad)  # the vanilla pass-through
+    assert not _fused_gate_available(lambda grad, z, beta, threshold: grad * torch.sigmoid(z))  # beta ignored
+    assert not _fused_gate_available(lambda grad, z, beta, threshold: formula(grad, z, beta, threshold).float())
+    assert not _fused_gate_available(lambda grad, z, beta, threshold: formula(grad, z, beta, threshold)[:-1])
+    assert not _fused_gate_available(raises)
+    # the installed torch: the flag is what the probe of the real operator says
+    from nbsupport.pullbacks import surrogate
+
+    has_op = hasattr(torch.ops.aten, "softplus_backward")
+    assert surrogate._FUSED_GATE == (has_op and _fused_gate_available(torch.ops.aten.softplus_backward))
 
 
 def test_train_mode_is_refused_naming_the_fix():

@@ -1,4 +1,5 @@
-"""nbsupport.softpool: the closed-form vector-Jacobian product against autograd, and argument checks.
+"""nbsupport.pullbacks.softpool: the closed-form vector-Jacobian product against autograd, and argument
+checks.
 
 The pooling itself is tested against a per-window loop in ``test_pullbacks.py`` (forward and the
 surrogate backward of every pooling geometry)."""
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nbsupport.softpool import PoolGeometry, pool_geometry, softmax_pool2d, softmax_pool2d_vjp
+from nbsupport.pullbacks.softpool import softmax_pool2d, softmax_pool2d_vjp
 
 CASES = [
     dict(kernel_size=2),                                       # tiled route
@@ -49,22 +50,10 @@ def test_vjp_keeps_dtype_and_checks_grad_output():
         softmax_pool2d_vjp(x, torch.ones(1, 2, 3, 3), 2, temperature=-1.0)
 
 
-def test_pool_geometry_normalises_and_names_the_argument():
-    assert pool_geometry(3) == PoolGeometry((3, 3), (3, 3), (0, 0), (1, 1))
-    assert pool_geometry((3, 2), [], (1, 0), 2) == PoolGeometry((3, 2), (3, 2), (1, 0), (2, 2))
-    assert pool_geometry(torch.tensor(2), stride=(1, 2)) == PoolGeometry((2, 2), (1, 2), (0, 0), (1, 1))
-    for kwargs, name in [(dict(kernel_size=0), "kernel_size"), (dict(kernel_size=2, stride=0), "stride"),
-                         (dict(kernel_size=2, dilation=(1, 0)), "dilation"), (dict(kernel_size=2.5), "kernel_size"),
-                         (dict(kernel_size=3, padding=2), "padding"), (dict(kernel_size=3, padding=-1), "padding"),
-                         (dict(kernel_size=(1, 2, 3)), "kernel_size")]:
-        with pytest.raises(ValueError, match=name):
-            pool_geometry(**kwargs)
-
-
 @pytest.mark.parametrize("case", [dict(kernel_size=2), dict(kernel_size=(2, 3)), dict(kernel_size=3, ceil_mode=True),
                                   dict(kernel_size=3, stride=2, padding=1)], ids=str)
 def test_routed_max_pool_forward_is_max_pool_and_backward_the_vjp(case):
-    from nbsupport.softpool import softmax_routed_max_pool2d
+    from nbsupport.pullbacks.softpool import softmax_routed_max_pool2d
 
     g = torch.Generator().manual_seed(7)
     for shape in [(2, 3, 9, 11), (3, 8, 12)]:            # floor-mode leftovers; an unbatched input

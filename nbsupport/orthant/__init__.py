@@ -43,8 +43,9 @@ names.
 
 from ._common import MassWarning
 from .mc import mc_jacobian_singular_values, mc_network, mc_network_pmf, mc_pattern_pmf
-from .pattern_law import (MAX_FULL_PMF_UNITS as _MAX_FULL_PMF_UNITS, Support, class_probabilities, mixture_output_cdf, mixture_pattern_pmf,
-                          mixture_support_search, output_cdf, pattern_pmf, support_search)
+from .pattern_law import (MAX_FULL_PMF_UNITS as _MAX_FULL_PMF_UNITS, PatternPMF, Support, class_probabilities,
+                          mixture_output_cdf, mixture_pattern_pmf, mixture_pattern_pmf_with_err,
+                          mixture_support_search, output_cdf, pattern_pmf, pattern_pmf_with_err, support_search)
 from .polytope import ORTHANT_POLYTOPE_FROM as _FROM, ORTHANT_POLYTOPE_POINTS as _POINTS, orthant_probability, polytope_probability
 from .polytope import equicorrelated_orthant, one_factor_orthant
 from .regions import (AffineMaps, affine_maps, jacobian_singular_values, mlp_layers, network_patterns, output_range,
@@ -67,8 +68,11 @@ __all__ = [
     "one_factor_orthant",
     "equicorrelated_orthant",
     "pattern_pmf",
+    "pattern_pmf_with_err",
+    "PatternPMF",
     "mc_pattern_pmf",
     "mixture_pattern_pmf",
+    "mixture_pattern_pmf_with_err",
     "mixture_support_search",
     "mixture_output_cdf",
     "mlp_layers",

@@ -21,7 +21,8 @@ from ..patterns import unpack_codes
 from .polytope import ORTHANT_POLYTOPE_FROM, orthant_probability, standard_polytope
 from .regions import network_patterns, pattern_codes, region_rows, standardised_with_magnitudes
 
-__all__ = ["MAX_FULL_PMF_UNITS", "MassWarning", "pattern_pmf", "mixture_pattern_pmf", "Support", "support_search",
+__all__ = ["MAX_FULL_PMF_UNITS", "MassWarning", "pattern_pmf", "PatternPMF", "pattern_pmf_with_err",
+           "mixture_pattern_pmf", "mixture_pattern_pmf_with_err", "Support", "support_search",
            "mixture_support_search", "output_cdf", "mixture_output_cdf", "class_probabilities"]
 
 #: Largest first layer for which :func:`pattern_pmf` enumerates all ``2**m`` patterns.
@@ -33,8 +34,28 @@ def _signs(m):
     return 2.0 * unpack_codes(torch.arange(2**m), m).numpy() - 1.0
 
 
-def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bool = False, rng=0,
-                **options) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+class PatternPMF(NamedTuple):
+    r"""Result of :func:`pattern_pmf_with_err` and :func:`mixture_pattern_pmf_with_err`.
+
+    Attributes
+    ----------
+    pmf : ndarray, float64, shape (2**m,)
+        Index :math:`\sum_i a_i 2^i` (unit ``i`` is bit ``i``).
+    err : ndarray, float64, shape (2**m,)
+        Standard errors of ``pmf``.
+    """
+
+    pmf: np.ndarray
+    err: np.ndarray
+
+
+def _no_return_err(options, caller):
+    if "return_err" in options:
+        raise ValueError(f"{caller} always returns the PMF alone; return_err is not an argument: "
+                         f"{caller}_with_err returns (pmf, err)")
+
+
+def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", rng=0, **options) -> np.ndarray:
     r"""PMF of the first-layer pattern :math:`A = \1(W x + b > 0)`, :math:`x \sim \mathcal N(\mu, \Sigma)`.
 
     :math:`P(A = a) = P(S z > 0)` with :math:`z = Wx + b` and :math:`S = \diag(2a - 1)`: an orthant
@@ -55,11 +76,9 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     mean : array-like, shape (d,)
     cov : array-like, shape (d, d), symmetric positive semi-definite
     method : {"auto", "orthant", "polytope"}
-    return_err : bool
-        Also return the standard errors.
     rng : int, numpy or torch Generator, default 0
-        Deterministic by default; pass another seed or a Generator for independent runs
-        (``None``: fresh entropy; the global RNG is never used).
+        Deterministic by default; pass another seed or a Generator for independent runs (``None``
+        is refused: the global RNG and fresh entropy are never used).
     **options
         Passed on: ``n_rep`` to either route, ``n_points`` to ``polytope``; for ``orthant``,
         ``orthant_method`` (:func:`orthant_probability`'s ``method``: ``"auto"``, ``"scipy"`` or
@@ -74,8 +93,26 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
     Returns
     -------
     pmf : ndarray, float64, shape (2**m,)
-        Index :math:`\sum_i a_i 2^i` (unit ``i`` is bit ``i``).
-    err : ndarray, shape (2**m,), only with ``return_err``
+        Index :math:`\sum_i a_i 2^i` (unit ``i`` is bit ``i``). The standard errors come with
+        :func:`pattern_pmf_with_err` (same arguments, same numbers).
+    """
+    _no_return_err(options, "pattern_pmf")
+    return pattern_pmf_with_err(weight, bias, mean, cov, method=method, rng=rng, **options).pmf
+
+
+def pattern_pmf_with_err(weight, bias, mean, cov, *, method: str = "auto", rng=0, **options) -> PatternPMF:
+    r""":func:`pattern_pmf` with the standard error of every entry.
+
+    Parameters
+    ----------
+    weight, bias, mean, cov, method, rng, **options
+        As in :func:`pattern_pmf`.
+
+    Returns
+    -------
+    PatternPMF
+        ``(pmf, err)``, both float64 of shape (2**m,); ``pmf`` is :func:`pattern_pmf`'s result for
+        the same arguments.
     """
     weight, bias, mean, cov = as_first_layer(weight, bias, mean, cov)
     m = weight.shape[0]
@@ -113,7 +150,7 @@ def pattern_pmf(weight, bias, mean, cov, *, method: str = "auto", return_err: bo
                    for s, child in zip(signs, rng.spawn(len(signs)))]
         pmf, err = (np.array([r[i][0] for r in results]) for i in (0, 1))
     check_mass(float(pmf.sum()), 1.0, float(np.sqrt((err**2).sum())), "pattern_pmf")
-    return (pmf, err) if return_err else pmf
+    return PatternPMF(pmf, err)
 
 
 def _mixture(weights, means, covs, name="weights"):
@@ -127,7 +164,7 @@ def _mixture(weights, means, covs, name="weights"):
     return weights
 
 
-def mixture_pattern_pmf(weight, bias, weights, means, covs, *, return_err: bool = False, rng=0, **options):
+def mixture_pattern_pmf(weight, bias, weights, means, covs, *, rng=0, **options) -> np.ndarray:
     r"""First-layer pattern PMF under a Gaussian mixture :math:`\sum_k \pi_k \mathcal N(\mu_k, \Sigma_k)`.
 
     The weighted sum :math:`\sum_k \pi_k P_k(A = a)` of :func:`pattern_pmf` per component (errors
@@ -141,18 +178,34 @@ def mixture_pattern_pmf(weight, bias, weights, means, covs, *, return_err: bool 
         Mixture weights, >= 0, summing to 1.
     means : array-like, shape (K, d)
     covs : array-like, shape (K, d, d)
+    rng, **options
+        As in :func:`pattern_pmf` (one independent stream per component).
 
     Returns
     -------
-    pmf : ndarray, shape (2**m,); err as well with ``return_err``
+    pmf : ndarray, float64, shape (2**m,)
+        The standard errors come with :func:`mixture_pattern_pmf_with_err`.
+    """
+    _no_return_err(options, "mixture_pattern_pmf")
+    return mixture_pattern_pmf_with_err(weight, bias, weights, means, covs, rng=rng, **options).pmf
+
+
+def mixture_pattern_pmf_with_err(weight, bias, weights, means, covs, *, rng=0, **options) -> PatternPMF:
+    r""":func:`mixture_pattern_pmf` with the standard error of every entry (components' errors in
+    quadrature).
+
+    Returns
+    -------
+    PatternPMF
+        ``(pmf, err)``, both float64 of shape (2**m,).
     """
     weights = _mixture(weights, means, covs)
     rng = numpy_rng(rng)
-    parts = [pattern_pmf(weight, bias, mu, cov, return_err=True, rng=child, **options)
+    parts = [pattern_pmf_with_err(weight, bias, mu, cov, rng=child, **options)
              for mu, cov, child in zip(means, covs, rng.spawn(len(weights)))]
     pmf = sum(w * p for w, (p, _) in zip(weights, parts))
     err = np.sqrt(sum((w * e) ** 2 for w, (_, e) in zip(weights, parts)))
-    return (pmf, err) if return_err else pmf
+    return PatternPMF(pmf, err)
 
 
 class Support(NamedTuple):
@@ -281,7 +334,7 @@ def support_search(weights, biases, mean, cov, *, eps: float = 1e-3, max_regions
     max_regions : int
     rng : int, numpy or torch Generator, default 0
         Randomises the QMC integrals and, when needed, the fallback starting draws (deterministic
-        by default; ``None``: fresh entropy).
+        by default; ``None`` is refused).
     **options
         Passed to :func:`polytope_probability` (``method``, ``n_points``, ``n_rep``).
 

@@ -79,8 +79,8 @@ def orthant_probability(mean, cov, *, method: str = "auto", rng=0, n_rep: int = 
         Symmetric; positive definite unless ``allow_singular``.
     method : {"auto", "scipy", "polytope"}
     rng : int, numpy or torch Generator, default 0
-        Seeds the replicates (deterministic by default; ``None``: fresh entropy, scipy's
-        convention; the global RNG is never used).
+        Seeds the replicates (deterministic by default; ``None`` is refused: the global RNG and
+        fresh entropy are never used).
     n_rep : int
         Independent replicates (>= 2; scipy's route uses them for k >= 3).
     abseps, maxpts

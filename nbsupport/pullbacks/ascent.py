@@ -3,7 +3,7 @@ r"""Projected gradient ascent on the input: move an image towards a class along 
 Section 5.1 of :cite:t:`satkiewicz2025tapping` moves images a few normalised steps along the
 excitation pullback of a class logit, within an L2 ball, and finds that the pullback directions
 raise the logit and look like the class; :func:`projected_gradient_ascent` does the same along the
-pullback (:func:`nbsupport.surrogate.excitation_pullback`) or the vanilla gradient
+pullback (:func:`nbsupport.pullbacks.surrogate.excitation_pullback`) or the vanilla gradient
 (:func:`nbsupport.saliency.input_gradient`).
 """
 
@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._validate import integer, real
-from .saliency import check_input, input_gradient
+from .._validate import integer, real
+from ..saliency import check_input, input_gradient
 from .surrogate import excitation_pullback
 
 __all__ = ["projected_gradient_ascent"]

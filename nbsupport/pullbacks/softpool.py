@@ -3,9 +3,9 @@ r"""Softmax pooling: max-pooling's windows, each averaged with weights :math:`\m
 The soft branch of the excitation rules :cite:p:`satkiewicz2025tapping`: a max-pooling routes the
 incoming gradient as the softmax pooling over the same windows would (Listing 2 of the source).
 :func:`softmax_pool2d` is the pooling itself, :func:`softmax_pool2d_vjp` its vector-Jacobian
-product in closed form (what the surrogate rule of :mod:`nbsupport.surrogate` passes back), and
-:func:`pool_geometry` / :func:`pool_output_size` reproduce ``F.max_pool2d``'s argument handling
-and window grid, ``ceil_mode`` and dilation included.
+product in closed form (what the surrogate rule of :mod:`nbsupport.pullbacks.surrogate` passes
+back), and :func:`~nbsupport.intercept.pool_geometry` / :func:`pool_output_size` reproduce
+``F.max_pool2d``'s argument handling and window grid, ``ceil_mode`` and dilation included.
 """
 
 from __future__ import annotations
@@ -17,47 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validate import pair, real
+from .._validate import real
+from ..intercept import PoolGeometry, pool_geometry
 
 __all__ = ["softmax_pool2d", "softmax_pool2d_vjp", "softmax_routed_max_pool2d", "SoftMaxPool2d", "pool_output_size",
-           "pool_geometry", "PoolGeometry", "check_padding_value"]
-
-
-class PoolGeometry(NamedTuple):
-    """The windows of a 2-d pooling: each field a pair ``(height, width)`` of ints."""
-
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-
-
-def pool_geometry(kernel_size, stride=None, padding=0, dilation=1) -> PoolGeometry:
-    """``F.max_pool2d``'s window arguments as pairs of ints, checked.
-
-    Parameters
-    ----------
-    kernel_size, stride, padding, dilation : int or pair of ints
-        As in ``torch.nn.functional.max_pool2d``; ``stride`` ``None`` (or an empty sequence, as
-        ``torch.max_pool2d`` passes it) means ``kernel_size``.
-
-    Returns
-    -------
-    PoolGeometry
-
-    Raises
-    ------
-    ValueError
-        Unless ``kernel_size, stride, dilation >= 1`` and ``0 <= padding <= kernel_size // 2``
-        (PyTorch's own conditions).
-    """
-    kernel = pair(kernel_size, "kernel_size", minimum=1)
-    empty = stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
-    stride = kernel if empty else pair(stride, "stride", minimum=1)
-    padding, dilation = pair(padding, "padding", minimum=0), pair(dilation, "dilation", minimum=1)
-    if not all(p <= k // 2 for p, k in zip(padding, kernel)):
-        raise ValueError(f"padding must be at most kernel_size // 2, got padding={padding}, kernel_size={kernel}")
-    return PoolGeometry(kernel, stride, padding, dilation)
+           "check_padding_value"]
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
@@ -246,7 +210,8 @@ def _tiled_vjp(x, grad_output, kernel, temperature, window_max=None):
     offset = weighted.div_(total).neg_().add_(1).mul_(scale)              # (1 - sum_k e_k u_k / Z) g / Z
     torch.addcmul(offset, u, scale, out=u).mul_(e)                         # e_k (u_k + 1 - u_bar) g / Z
     for k, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):
-        # one strided copy per window position: a single permuted copy would loop over kw innermost, 3x slower
+        # one strided copy per window position: a single permuted copy would loop over kw innermost
+        # (short strided runs; slower on CPU when this was written: bench_pullbacks.py times the whole VJP)
         grad[:, :, i: oh * kh: kh, j: ow * kw: kw].copy_(u[k])
     if oh * kh < h:  # floor mode: the rows and columns that no window covers get 0
         grad[:, :, oh * kh:].zero_()

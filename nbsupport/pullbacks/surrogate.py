@@ -3,9 +3,9 @@ r"""The excitation rules: ReLU's and max-pooling's forward passes kept, their ba
 Source :cite:p:`satkiewicz2025tapping` keeps a ReLU network's forward pass and changes only its
 backward pass: every ReLU passes the incoming gradient times :math:`\sigma(z/T)` instead of
 :math:`\1(z > 0)`, and every max-pooling routes it as a softmax pooling at temperature :math:`T`
-would (:mod:`nbsupport.softpool`). The input gradient of a class logit under these rules is the
-*excitation pullback*. :func:`surrogate_relu` and
-:func:`~nbsupport.softpool.softmax_routed_max_pool2d` are the two rules as functions;
+would (:mod:`nbsupport.pullbacks.softpool`). The input gradient of a class logit under these
+rules is the *excitation pullback*. :func:`surrogate_relu` and
+:func:`~nbsupport.pullbacks.softpool.softmax_routed_max_pool2d` are the two rules as functions;
 :func:`surrogate_gradients` routes every ReLU and max-pool call of a model to them
 (:func:`nbsupport.intercept.route_calls`, functional calls included).
 """
@@ -18,10 +18,10 @@ import math
 import torch
 from torch import nn
 
-from ._validate import real
-from .intercept import route_calls
-from .saliency import input_gradient
-from .softpool import PoolGeometry, check_padding_value, softmax_routed_max_pool2d
+from .._validate import real
+from ..intercept import PoolGeometry, route_calls
+from ..saliency import input_gradient
+from .softpool import check_padding_value, softmax_routed_max_pool2d
 
 __all__ = ["surrogate_relu", "surrogate_gradients", "excitation_pullback", "check_eval_mode"]
 
@@ -30,22 +30,70 @@ _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutN
 
 
 # z / T above which the fused kernel passes grad unchanged: sigmoid(z / T) rounds to 1 there in
-# float32 and float64 (from about 17.4 and 37.5); below it the kernel agrees with sigmoid to a few ulp (tested)
+# float32 and float64 (from about 17.4 and 37.5); below it the kernel agrees with sigmoid to a few
+# ulp (tested)
 _GATE_SATURATES = 40.0
 
 
+def _fused_gate_available(op=None) -> bool:
+    """Feature test for the fused gate: does ``op`` compute ``grad * sigmoid(beta z)``?
+
+    ``op`` defaults to ``torch.ops.aten.softplus_backward``, an internal ATen operator with no
+    stability promise: its name, signature ``(grad, z, beta, threshold)`` or meaning may change in
+    a PyTorch release. So it is used only if it exists and, on a probe in float64 and float32,
+    gives ``grad * sigmoid(beta z)`` below the threshold and ``grad`` above it; anything else
+    (missing, an exception, another result) answers ``False`` and the rule takes the three-pass
+    computation (:func:`_three_pass_gate`).
+    """
+    if op is None:
+        try:
+            op = torch.ops.aten.softplus_backward
+        except (AttributeError, RuntimeError):
+            return False
+    beta = 1.0 / 0.3
+    for dtype in (torch.float64, torch.float32):
+        z = torch.tensor([-6.0, -0.3, 0.0, 0.1, 2.0, 13.0, 20.0], dtype=dtype)
+        grad = torch.tensor([1.0, -2.0, 3.0, 0.5, -1.5, 2.5, 4.0], dtype=dtype)
+        x = z.double() * beta
+        # the formula in plain float64 Python (independent of torch's kernels)
+        want = torch.tensor([g * (1.0 if v > _GATE_SATURATES else 1.0 / (1.0 + math.exp(-v)))
+                             for g, v in zip(grad.double().tolist(), x.tolist())], dtype=torch.float64)
+        try:
+            got = op(grad, z, beta, _GATE_SATURATES)
+        except Exception:  # noqa: BLE001 - any failure of an internal op means: do not use it
+            return False
+        if not (isinstance(got, torch.Tensor) and got.dtype == dtype and got.shape == z.shape):
+            return False
+        if not torch.allclose(got.double(), want, rtol=64 * torch.finfo(dtype).eps, atol=0.0):
+            return False
+    return True
+
+
+#: Whether the ReLU rule's backward pass uses the fused kernel (decided once, at import, by
+#: :func:`_fused_gate_available`); ``False`` selects the three-pass fallback everywhere.
+_FUSED_GATE = _fused_gate_available()
+
+
+def _three_pass_gate(grad: torch.Tensor, z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``grad * sigmoid(z / T)`` in three elementwise passes (divide, sigmoid, multiply): the
+    fallback, and the route of float16/bfloat16 (whose ``exp`` overflows below the fused threshold)."""
+    return z.div(temperature).sigmoid_().mul_(grad)
+
+
 def _sigmoid_gate_vjp(grad: torch.Tensor, z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``grad * sigmoid(z / T)`` in one pass where possible.
+    """``grad * sigmoid(z / T)``, in one pass where possible.
 
     The derivative of ``softplus(z, beta=1/T)`` is ``sigmoid(z / T)``, and its backward kernel
     (``aten::softplus_backward``, elementwise and vectorised) computes ``grad * sigmoid(z / T)``
     reading each tensor once, as ``threshold_backward`` does for ReLU's vanilla rule; above its
-    threshold it passes ``grad`` (the gate is 1 to the last bit there). Other dtypes (float16,
-    bfloat16, whose ``exp`` overflows below the threshold) take three passes.
+    threshold it passes ``grad`` (the gate is 1 to the last bit there). That kernel is internal to
+    PyTorch, so it is used only when the feature test :func:`_fused_gate_available` passed
+    (``_FUSED_GATE``) and for float32/float64; otherwise :func:`_three_pass_gate` computes the same
+    product (to a few ulp; both routes are tested against a plain-Python sigmoid).
     """
-    if z.dtype in (torch.float32, torch.float64) and grad.dtype == z.dtype:
+    if _FUSED_GATE and z.dtype in (torch.float32, torch.float64) and grad.dtype == z.dtype:
         return torch.ops.aten.softplus_backward(grad, z, 1.0 / temperature, _GATE_SATURATES)
-    return z.div(temperature).sigmoid_().mul_(grad)
+    return _three_pass_gate(grad, z, temperature)
 
 
 class _SurrogateReLU(torch.autograd.Function):
@@ -92,6 +140,14 @@ def surrogate_relu(z: torch.Tensor, temperature: float = 0.3, inplace: bool = Fa
     -------
     Tensor, shape of ``z``
         Exactly ``relu(z)``.
+
+    Notes
+    -----
+    The backward product is one fused pass through PyTorch's internal kernel
+    ``aten::softplus_backward`` (the derivative of ``softplus(z, beta=1/T)`` is
+    ``sigmoid(z / T)``) when a feature test at import finds that kernel and checks its result;
+    otherwise, and for float16/bfloat16, three elementwise passes (divide, sigmoid, multiply).
+    Both agree with the formula to a few units in the last place.
     """
     return _SurrogateReLU.apply(z, real(temperature, "temperature", low=0), bool(inplace))
 
@@ -103,10 +159,10 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
     Every ReLU keeps its forward pass exactly and passes ``grad * sigmoid(z / T)`` backwards
     (Listing 1 of :cite:t:`satkiewicz2025tapping`); every 2-d max-pooling keeps its forward pass
     exactly and passes back the vector-Jacobian product of
-    :func:`~nbsupport.softpool.softmax_pool2d` with the same kernel, stride, padding, dilation and
-    ``ceil_mode`` (Listing 2, with :math:`-\infty` padding). The model itself is not modified:
-    only hooks are added (and removed on exit, also after an exception). Functional calls are
-    covered (see :mod:`nbsupport.intercept`); unsupported relatives raise ``NotImplementedError``.
+    :func:`~nbsupport.pullbacks.softpool.softmax_pool2d` with the same kernel, stride, padding,
+    dilation and ``ceil_mode`` (Listing 2, with :math:`-\infty` padding). The model itself is not
+    modified: only hooks are added (and removed on exit, also after an exception). Functional
+    calls are covered (see :mod:`nbsupport.intercept`); unsupported relatives raise ``NotImplementedError``.
 
     Parameters
     ----------
@@ -117,7 +173,7 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
         Temperature of the softmax pooling; default ``temperature`` (as in the source).
     pool_padding_value : float
         ``-inf`` (default, max-pooling's padding) or ``0.0`` (Listing 2's zero padding through
-        ``F.unfold``), see :func:`~nbsupport.softpool.softmax_pool2d`.
+        ``F.unfold``), see :func:`~nbsupport.pullbacks.softpool.softmax_pool2d`.
 
     Examples
     --------
