@@ -738,3 +738,33 @@ def test_activation_checkpointing_is_refused(reentrant):
         z = plain.a(x.flatten(1))
     expected = (plain.b.weight[0] * torch.sigmoid(z / 0.3)) @ plain.a.weight
     torch.testing.assert_close(excitation_pullback(plain, x, 0).flatten(1), expected)
+
+
+def test_surrogate_relu_module_trains_down_the_surrogate_gradient():
+    """SurrogateReLU is relu forward and grad * sigmoid(z / T) backward (closed form, by hand for a
+    one-hidden-layer net), its repr names T (so the weight cache tells it from nn.ReLU), and bad
+    temperatures are refused."""
+    from nbsupport.pullbacks import SurrogateReLU
+
+    g = torch.Generator().manual_seed(9)
+    lin1, lin2 = nn.Linear(5, 6).double(), nn.Linear(6, 3).double()
+    net = nn.Sequential(lin1, SurrogateReLU(0.4), lin2)
+    x = torch.randn(7, 5, dtype=torch.float64, generator=g)
+    z = lin1(x).detach()
+    out = net(x)
+    torch.testing.assert_close(out, lin2(torch.relu(z)))
+    out[:, 1].sum().backward()
+    # d out_1 / d W1 = sum_n (w2[1] * sigmoid(z_n / T)) outer x_n, computed by hand
+    gate = lin2.weight[1].detach() * torch.sigmoid(z / 0.4)
+    torch.testing.assert_close(lin1.weight.grad, gate.T @ x)
+    torch.testing.assert_close(lin1.bias.grad, gate.sum(0))
+    # with nn.ReLU the same gradient is the hard-gated one: the two differ
+    hard = (lin2.weight[1].detach() * (z > 0)).T @ x
+    assert (lin1.weight.grad - hard).abs().max() > 1e-3
+    assert "temperature=0.4" in repr(net) and repr(net) != repr(nn.Sequential(lin1, nn.ReLU(), lin2))
+    zi = torch.randn(4, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        assert SurrogateReLU(0.3, inplace=True)(zi) is zi and bool((zi >= 0).all())
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            SurrogateReLU(bad)

@@ -32,10 +32,11 @@ other attribution methods are in :mod:`nbsupport.attribution`, the metrics in
 from .ascent import projected_gradient_ascent
 from .imagenet import load_imagenet_checkpoint, remap_legacy_densenet_keys
 from .softpool import SoftMaxPool2d, pool_output_size, softmax_pool2d
-from .surrogate import excitation_pullback, surrogate_gradients
+from .surrogate import SurrogateReLU, excitation_pullback, surrogate_gradients
 
 __all__ = [
     "surrogate_gradients",
+    "SurrogateReLU",
     "excitation_pullback",
     "softmax_pool2d",
     "SoftMaxPool2d",
