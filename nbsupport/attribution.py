@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._validate import integer
+from ._validate import integer, torch_rng
 from .intercept import route_calls
 from .saliency import check_input, check_target, input_gradient
 
@@ -77,15 +77,8 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
 def gradient_x_input(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     r"""Gradient times input, :math:`x \odot \nabla_x f_c(x)` :cite:p:`shrikumar2017learning`.
 
-    Parameters
-    ----------
-    model : nn.Module
-    x : Tensor, shape (N, ...)
-    target : int or Tensor of shape (N,)
-
-    Returns
-    -------
-    Tensor, shape of ``x``
+    Takes ``model, x (N, ...), target`` as :func:`guided_backprop` does and returns a map shaped
+    like ``x``: the contribution of each input entry against a zero baseline.
     """
     return x * input_gradient(model, x, target)
 
@@ -124,7 +117,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target, baseline=0.0
 
 
 def smoothgrad(model: nn.Module, x: torch.Tensor, target, n_samples: int = 16, noise_level: float = 0.15,
-               seed: int = 0) -> torch.Tensor:
+               rng=0) -> torch.Tensor:
     r"""SmoothGrad :cite:p:`smilkov2017smoothgrad`: the gradient averaged over noisy copies of ``x``.
 
     :math:`\frac1K \sum_k \nabla_x f_c(x + \varepsilon_k)`, :math:`\varepsilon_k \sim \mathcal N(0, \sigma^2 I)`
@@ -139,8 +132,9 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, n_samples: int = 16, n
         Noisy copies per input, >= 1.
     noise_level : float
         Noise standard deviation relative to each sample's value range, >= 0.
-    seed : int
-        Seeds a private generator: the same call gives the same result.
+    rng : int or torch.Generator
+        An int seeds a private generator (the same call gives the same result); a generator on
+        ``x``'s device is used and advanced. Never the global random state.
 
     Returns
     -------
@@ -152,7 +146,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, n_samples: int = 16, n
         raise ValueError(f"noise_level must be >= 0, got {noise_level!r}")
     flat = x.flatten(1)
     sigma = (noise_level * (flat.max(1).values - flat.min(1).values)).reshape(-1, *[1] * (x.ndim - 1))
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    generator = torch_rng(rng, x.device, "rng")
     total = torch.zeros_like(x)
     for _ in range(n_samples):
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -179,11 +173,11 @@ def image_map(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     return x.detach().clone()
 
 
-def random_map(model: nn.Module, x: torch.Tensor, target, seed: int = 0) -> torch.Tensor:
-    """A random attribution map: i.i.d. standard normal entries from a private seeded generator.
+def random_map(model: nn.Module, x: torch.Tensor, target, rng=0) -> torch.Tensor:
+    """A random attribution map: i.i.d. standard normal entries, never from the global generator.
 
-    The same ``seed`` gives the same map for inputs of the same shape, so the map does not depend
-    on the model, the target or the values of ``x``.
+    The same int ``rng`` gives the same map for inputs of the same shape, so the map does not
+    depend on the model, the target or the values of ``x``.
 
     Parameters
     ----------
@@ -192,14 +186,16 @@ def random_map(model: nn.Module, x: torch.Tensor, target, seed: int = 0) -> torc
     x : Tensor, shape (N, ...)
     target : int or Tensor of shape (N,)
         Ignored.
-    seed : int
+    rng : int or torch.Generator
+        An int seeds a private generator; a generator on ``x``'s device is used and advanced (a
+        new map each call).
 
     Returns
     -------
     Tensor, shape, dtype and device of ``x``
     """
     check_input(x)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    generator = torch_rng(rng, x.device, "rng")
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 

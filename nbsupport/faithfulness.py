@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from ._validate import integer, real
+from ._validate import _seed, integer, real, torch_rng
 from .attribution import Attribution
 from .map_statistics import rank_correlation
 from .randomisation import randomise_top_layers
@@ -49,13 +49,6 @@ __all__ = [
     "MAP_TYPES",
     "evaluate_methods",
 ]
-
-
-def _generator(rng, device) -> torch.Generator:
-    """A torch generator from ``rng`` (an int seed or a ``torch.Generator``), never the global one."""
-    if isinstance(rng, torch.Generator):
-        return rng
-    return torch.Generator(device=device).manual_seed(integer(rng, "rng", minimum=0))
 
 
 def _n_classes(model, x):
@@ -336,7 +329,7 @@ def road(model: nn.Module, x: torch.Tensor, target, attribution: torch.Tensor,
     n, c, h, w = x.shape
     target_idx = check_target(target, n, _n_classes(model, x), device=x.device)
     rank = _pixel_rank(attribution).reshape(n, 1, h, w)
-    generator = _generator(rng, x.device)
+    generator = torch_rng(rng, x.device, "rng")
     noise = [noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
              for _ in fractions]
     # one batched imputation for every fraction and both orders: (F, 2, N, C, H, W)
@@ -372,7 +365,7 @@ def _captum_metrics():
 
 
 def infidelity(model: nn.Module, x: torch.Tensor, target, attribution: torch.Tensor, noise_std: float = 0.1,
-               n_samples: int = 16, seed: int = 0) -> torch.Tensor:
+               n_samples: int = 16, rng=0) -> torch.Tensor:
     r"""Infidelity :cite:p:`yeh2019fidelity` under Gaussian perturbations, scale-free.
 
     :math:`\min_\beta \E_I[(\beta I^\top a - (f_c(x) - f_c(x - I)))^2]`, :math:`I \sim \mathcal N(0,
@@ -391,19 +384,19 @@ def infidelity(model: nn.Module, x: torch.Tensor, target, attribution: torch.Ten
         :math:`\sigma > 0`.
     n_samples : int
         Perturbations per input, >= 1.
-    seed : int
-        Seeds the perturbations (a private generator).
+    rng : int or torch.Generator
+        An int seeds a private generator; a generator on ``x``'s device is advanced.
 
     Returns
     -------
-    Tensor, shape (N,)
+    Tensor, shape (N,): the infidelity of each input.
     """
     check_input(x)
     if attribution.shape != x.shape:
         raise ValueError(f"attribution must have the shape of x {tuple(x.shape)}, got {tuple(attribution.shape)}")
     noise_std = real(noise_std, "noise_std", low=0)
     n_samples = integer(n_samples, "n_samples", minimum=1)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    generator = torch_rng(rng, x.device, "rng")
 
     def perturb(inputs):
         noise = noise_std * torch.randn(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
@@ -464,7 +457,7 @@ def explained_share(model: nn.Module, x: torch.Tensor, target, attributions: dic
     square = integer(square, "square", minimum=1)
     if perturbation == "square" and square > min(h, w):
         raise ValueError(f"square must be at most {min(h, w)}, got {square}")
-    generator = _generator(rng, x.device)
+    generator = torch_rng(rng, x.device, "rng")
     target_idx = check_target(target, n, _n_classes(model, x), device=x.device)
     f0 = model(x).gather(1, target_idx[:, None])[:, 0]
     sums = {name: torch.zeros(3, n, dtype=torch.float64, device=x.device) for name in attributions}
@@ -492,7 +485,7 @@ def explained_share(model: nn.Module, x: torch.Tensor, target, attributions: dic
 
 
 def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attribution, radius: float = 0.02,
-                    n_samples: int = 8, seed: int = 0) -> torch.Tensor:
+                    n_samples: int = 8, rng=0) -> torch.Tensor:
     r"""Max-sensitivity :cite:p:`yeh2019fidelity`: the largest relative change of the map nearby.
 
     :math:`\max_k \|a(x + \delta_k) - a(x)\| / \|a(x)\|` over ``n_samples`` draws
@@ -501,26 +494,25 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attrib
 
     Parameters
     ----------
-    model : nn.Module
-    x : Tensor, shape (N, ...)
-    target : int or Tensor of shape (N,)
+    model, x, target :
+        As for :func:`infidelity`.
     attribute : callable
-        ``attribute(model, x, target) -> Tensor`` shaped like ``x``.
+        ``attribute(model, x, target) -> Tensor`` shaped like ``x``, re-run on every draw.
     radius : float
-        > 0.
+        Half-width of the uniform perturbation, > 0.
     n_samples : int
-        >= 1.
-    seed : int
-        Seeds the perturbations (a private generator).
+        Draws per input, >= 1.
+    rng : int or torch.Generator
+        An int seeds a private generator; a generator on ``x``'s device is advanced.
 
     Returns
     -------
-    Tensor, shape (N,)
+    Tensor, shape (N,): the largest relative change per input.
     """
     check_input(x)
     radius = real(radius, "radius", low=0)
     n_samples = integer(n_samples, "n_samples", minimum=1)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    generator = torch_rng(rng, x.device, "rng")
 
     def perturb(inputs, r):
         u = torch.rand(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
@@ -580,7 +572,7 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
                      infidelity_samples: int = 16, radius: float = 0.02, sensitivity_samples: int = 4,
                      randomise_layers: int = 2, order: str = "definition",
                      calibration: torch.Tensor | None = None, sensitivity_for=None,
-                     seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+                     rng=0) -> dict[str, dict[str, torch.Tensor]]:
     """Every faithfulness metric of every attribution method, per sample.
 
     For each method, raw map ``a = attribute(model, x, target)``:
@@ -594,9 +586,10 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
       ``"max-sensitivity"``
       (:func:`max_sensitivity`); ``"randomisation Spearman"``: :func:`~nbsupport.map_statistics.rank_correlation` of ``a``
       with the same method's map on :func:`~nbsupport.randomisation.randomise_top_layers`
-      ``(model, randomise_layers, seed, order, calibration)``.
+      ``(model, randomise_layers, rng, order, calibration)``.
 
-    Every method sees the same perturbations (the same ``seed``), so differences are paired.
+    Every method sees the same perturbations (one seed drawn from ``rng``), so differences are
+    paired.
 
     Parameters
     ----------
@@ -622,7 +615,9 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
     sensitivity_for : collection of str, optional
         Methods for which max-sensitivity and the randomisation statistic are computed (they
         re-run the method several times); default every method.
-    seed : int
+    rng : int or torch.Generator
+        An int is the seed of every metric's private generator; a generator gives one such seed
+        (and is advanced).
 
     Returns
     -------
@@ -639,7 +634,8 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
     baselines = {"zero": 0.0} if baselines is None else baselines
     if not isinstance(baselines, dict) or not baselines:
         raise ValueError(f"baselines must be a non-empty dict of name -> value, got {baselines!r}")
-    randomised = randomise_top_layers(model, randomise_layers, seed=seed, order=order,
+    seed = _seed(rng, "rng")
+    randomised = randomise_top_layers(model, randomise_layers, rng=seed, order=order,
                                       calibration=calibration).eval()
     results = {}
     for name, attribute in methods.items():
@@ -661,12 +657,12 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
             row["ROAD"] = road(model, x, target, score, fractions=road_fractions, rng=seed, tol=road_tol).score
         if infidelity_samples != 0:
             row["infidelity"] = infidelity(model, x, target, a, noise_std=noise_std, n_samples=infidelity_samples,
-                                           seed=seed).to(x.device)
+                                           rng=seed).to(x.device)
         if sensitivity_for is not None and name not in sensitivity_for:
             results[name] = row
             continue
         row["max-sensitivity"] = max_sensitivity(model, x, target, attribute, radius=radius,
-                                                 n_samples=sensitivity_samples, seed=seed).to(x.device)
+                                                 n_samples=sensitivity_samples, rng=seed).to(x.device)
         row["randomisation Spearman"] = rank_correlation(a, attribute(randomised, x, target))
         results[name] = row
     return results

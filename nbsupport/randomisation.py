@@ -23,7 +23,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from ._validate import integer
+from ._validate import _seed, integer, torch_rng
 from .map_statistics import rank_correlation
 from .saliency import check_input
 
@@ -131,13 +131,13 @@ def _levels(model: nn.Module, order: str) -> list[list[str]]:
     raise ValueError(f"order must be 'graph' or 'definition', got {order!r}")
 
 
-def randomise_top_layers(model: nn.Module, n_layers: int, seed: int = 0, *, order: str = "definition",
+def randomise_top_layers(model: nn.Module, n_layers: int, rng=0, *, order: str = "definition",
                          calibration: torch.Tensor | None = None) -> nn.Module:
     r"""A copy of ``model`` whose top ``n_layers`` weight layers (or depth levels) are re-initialised.
 
     Each re-initialised layer gets weights and bias drawn from PyTorch's default initialisation
-    law, uniform on :math:`[-1/\sqrt{\text{fan-in}}, 1/\sqrt{\text{fan-in}}]`, from a private CPU
-    ``torch.Generator`` seeded with ``seed`` (the global random state is not used or changed).
+    law, uniform on :math:`[-1/\sqrt{\text{fan-in}}, 1/\sqrt{\text{fan-in}}]`, drawn from ``rng``
+    (the global random state is not used or changed).
     The original is untouched.
 
     Parameters
@@ -146,7 +146,8 @@ def randomise_top_layers(model: nn.Module, n_layers: int, seed: int = 0, *, orde
     n_layers : int
         How many steps from the top: layers (``order="definition"``, last defined first) or depth
         levels (``order="graph"``, :func:`weight_layer_depths`; layers at one depth together).
-    seed : int
+    rng : int or torch.Generator
+        An int seeds a private CPU generator; a CPU generator is used and advanced.
     order : {"definition", "graph"}
     calibration : Tensor, optional
         If given, BatchNorm statistics are re-estimated on it afterwards
@@ -164,7 +165,7 @@ def randomise_top_layers(model: nn.Module, n_layers: int, seed: int = 0, *, orde
                          f"got {n_layers!r}")
     chosen = {name for level in levels[:n_layers] for name in level}
     clone = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_rng(rng, "cpu", "rng")
     modules = dict(clone.named_modules())
     with torch.no_grad():
         for name in weight_layers(clone):  # draws in definition order
@@ -181,9 +182,9 @@ def randomise_top_layers(model: nn.Module, n_layers: int, seed: int = 0, *, orde
     return clone
 
 
-def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute, seeds=(0,),
+def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute, draws: int = 1,
                             absolute: bool = True, *, order: str = "definition",
-                            calibration: torch.Tensor | None = None) -> torch.Tensor:
+                            calibration: torch.Tensor | None = None, rng=0) -> torch.Tensor:
     """Cascading model-parameter randomisation :cite:p:`adebayo2018sanity`, from the top down.
 
     For ``k = 1 .. K`` (``K`` layers or depth levels, see :func:`randomise_top_layers`) the top
@@ -194,31 +195,36 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute
     Parameters
     ----------
     model : nn.Module
-    x : Tensor, shape (N, ...)
-    target : int or Tensor of shape (N,)
+        The trained network (left untouched).
+    x, target :
+        Images ``(N, ...)`` and their classes (an int or ``(N,)``), as ``attribute`` takes them.
     attribute : callable
-    seeds : sequence of int
-        One randomisation draw per seed.
+        ``attribute(model, x, target)``, run on the trained and on every randomised copy.
+    draws : int
+        Independent randomisations, >= 1; within a draw, the top ``k`` levels share one seed
+        for every ``k``.
     absolute : bool
         Compare ``|a|`` (as in the source of the test).
     order : {"definition", "graph"}
     calibration : Tensor, optional
         Recalibrate BatchNorm statistics on these images after each randomisation.
+    rng : int or torch.Generator
+        Gives each draw's seed; an int seeds a private CPU generator, a CPU generator is advanced.
 
     Returns
     -------
-    Tensor, float64, shape (len(seeds), K, N), on ``x``'s device
-        Entry ``[s, k - 1, n]`` for the top ``k`` randomised with seed ``seeds[s]``.
+    Tensor, float64, shape (draws, K, N), on ``x``'s device
+        Entry ``[d, k - 1, n]`` for the top ``k`` randomised in draw ``d``.
     """
     check_input(x)
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed")
+    draws = integer(draws, "draws", minimum=1)
+    generator = torch_rng(rng, "cpu", "rng")
+    seeds = [_seed(generator, "rng") for _ in range(draws)]
     n_levels = len(_levels(model, order))
     reference = attribute(model, x, target)
-    out = torch.empty(len(seeds), n_levels, len(x), dtype=torch.float64, device=x.device)
+    out = torch.empty(draws, n_levels, len(x), dtype=torch.float64, device=x.device)
     for i, seed in enumerate(seeds):
         for k in range(1, n_levels + 1):
-            randomised = randomise_top_layers(model, k, seed=seed, order=order, calibration=calibration)
+            randomised = randomise_top_layers(model, k, rng=seed, order=order, calibration=calibration)
             out[i, k - 1] = rank_correlation(reference, attribute(randomised, x, target), absolute=absolute)
     return out

@@ -1,6 +1,7 @@
 """nbsupport.attribution against Captum, closed forms and plain loops."""
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -31,11 +32,11 @@ def test_smoothgrad_of_one_relu_is_the_normal_cdf():
 
     x = torch.tensor([[-0.3, 0.7], [0.2, -0.5]], dtype=torch.float64)
     n = 600
-    got = smoothgrad(Relu1(), x, 0, n_samples=n, noise_level=0.5, seed=3)[:, 0]
+    got = smoothgrad(Relu1(), x, 0, n_samples=n, noise_level=0.5, rng=3)[:, 0]
     sigma = 0.5 * torch.tensor([1.0, 0.7], dtype=torch.float64)
     p = torch.from_numpy(scipy.stats.norm.cdf((x[:, 0] / sigma).numpy()))
     assert bool(((got - p).abs() <= 5 * (p * (1 - p) / n).sqrt()).all())
-    again = [smoothgrad(Relu1(), x, 0, n_samples=5, noise_level=0.5, seed=s) for s in (3, 3, 4)]
+    again = [smoothgrad(Relu1(), x, 0, n_samples=5, noise_level=0.5, rng=s) for s in (3, 3, 4)]
     assert torch.equal(again[0], again[1]) and not torch.equal(again[0], again[2])  # seeded
     lin, xi = _linear(), _images()
     torch.testing.assert_close(smoothgrad(lin, xi, 1, n_samples=3), input_gradient(lin, xi, 1))
@@ -51,7 +52,7 @@ def test_image_and_random_maps():
     assert torch.equal(image_map(lin, x, 0), x)
     a, b = random_map(lin, x, 0), random_map(_linear(side=5, seed=3), x + 1, 2)
     assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype  # input-, model- and target-free
-    assert not torch.equal(a, random_map(lin, x, 0, seed=1))
+    assert not torch.equal(a, random_map(lin, x, 0, rng=1))
     # standard normal entries: mean within 5 standard errors of 0
     big = random_map(lin, torch.zeros(200, 1, 10, 10), 0)
     assert abs(float(big.mean())) < 5 / math.sqrt(big.numel()) and abs(float(big.var()) - 1) < 5 * math.sqrt(2 / big.numel())
@@ -98,3 +99,18 @@ def test_integrated_gradients_matches_captum_and_completeness():
         integrated_gradients(lin, xi, 2, n_steps=0)
     with pytest.raises(ValueError, match="baseline"):
         integrated_gradients(lin, xi, 2, baseline=torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "random_map"])
+def test_rng_same_gives_same_other_gives_other_bad_is_refused(method):
+    fn = {"smoothgrad": partial(smoothgrad, n_samples=3), "random_map": random_map}[method]
+    cnn, x = _seeded_cnn(1), _images(2, side=8)
+    same = [fn(cnn, x, 1, rng=r) for r in (4, 4, torch.Generator().manual_seed(4))]
+    assert torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])  # an int seeds a generator
+    assert not torch.equal(same[0], fn(cnn, x, 1, rng=5))
+    gen = torch.Generator().manual_seed(4)
+    first, second = fn(cnn, x, 1, rng=gen), fn(cnn, x, 1, rng=gen)  # a generator is advanced
+    assert torch.equal(first, same[0]) and not torch.equal(first, second)
+    for bad in (None, -1, 1.5, "0"):
+        with pytest.raises(ValueError, match="rng"):
+            fn(cnn, x, 1, rng=bad)

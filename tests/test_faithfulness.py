@@ -75,7 +75,7 @@ def test_infidelity_closed_form_on_a_linear_model():
     assert float(infidelity(lin, x, 1, 3.0 * grad, noise_std=0.2).abs().max()) < 1e-12 * scale
     a = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     n = 4000
-    got = infidelity(lin, x, 1, a, noise_std=0.2, n_samples=n, seed=1)
+    got = infidelity(lin, x, 1, a, noise_std=0.2, n_samples=n, rng=1)
     af = a.flatten(1)
     expected = 0.04 * (w @ w - (af @ w) ** 2 / (af * af).sum(1))
     # the residual beta I.a - I.w is Gaussian, so its square has relative sd sqrt(2): 5 standard errors
@@ -95,9 +95,9 @@ def test_max_sensitivity_bounds_on_a_linear_model():
     r = 0.1
     w = lin[1].weight[0].detach()
     bound = r * w.norm() / (w * x.flatten(1)).norm(dim=1)
-    got = max_sensitivity(lin, x, 0, gradient_x_input, radius=r, n_samples=400, seed=2)
+    got = max_sensitivity(lin, x, 0, gradient_x_input, radius=r, n_samples=400, rng=2)
     assert bool((got <= bound + 1e-12).all() and (got >= 0.6 * bound).all()), (got, bound)
-    assert torch.equal(got, max_sensitivity(lin, x, 0, gradient_x_input, radius=r, n_samples=400, seed=2))
+    assert torch.equal(got, max_sensitivity(lin, x, 0, gradient_x_input, radius=r, n_samples=400, rng=2))
     with pytest.raises(ValueError, match="radius"):
         max_sensitivity(lin, x, 0, input_gradient, radius=0.0)
 
@@ -137,8 +137,8 @@ def test_evaluate_methods_equals_the_metrics_called_one_by_one():
     baselines = {"zero": 0.0, "blur": gaussian_blur(x, 1.0)}
     got = evaluate_methods(cnn, x, target, methods, map_types=types, baselines=baselines, n_steps=4,
                            road_fractions=(0.25, 0.5), infidelity_samples=5, sensitivity_samples=3,
-                           randomise_layers=2, seed=3)
-    randomised = randomise_top_layers(cnn, 2, seed=3)
+                           randomise_layers=2, rng=3)
+    randomised = randomise_top_layers(cnn, 2, rng=3)
     f = torch.linspace(0, 1, 5, dtype=torch.float64)
     for name, fn in methods.items():
         a = fn(cnn, x, target)
@@ -162,7 +162,7 @@ def test_evaluate_methods_equals_the_metrics_called_one_by_one():
         road_score = a * x if types[name] == "gradient" else a
         torch.testing.assert_close(got[name]["ROAD"], road(cnn, x, target, road_score, fractions=(0.25, 0.5),
                                                            rng=3).score)
-        torch.testing.assert_close(got[name]["infidelity"], infidelity(cnn, x, target, a, n_samples=5, seed=3))
+        torch.testing.assert_close(got[name]["infidelity"], infidelity(cnn, x, target, a, n_samples=5, rng=3))
         torch.testing.assert_close(got[name]["randomisation Spearman"], rank_correlation(a, fn(randomised, x, target)))
     assert bool((got["image"]["max-sensitivity"] > 0).all())  # the image map moves with the image
     with pytest.raises(ValueError, match="methods"):
@@ -170,11 +170,11 @@ def test_evaluate_methods_equals_the_metrics_called_one_by_one():
     with pytest.raises(ValueError, match="map_types"):
         evaluate_methods(cnn, x, target, methods, map_types={"gradient": "raw"})
     only = evaluate_methods(cnn, x, target, methods, map_types=types, baselines=baselines, n_steps=4,
-                            infidelity_samples=5, sensitivity_samples=3, sensitivity_for={"gradient"}, seed=3)
+                            infidelity_samples=5, sensitivity_samples=3, sensitivity_for={"gradient"}, rng=3)
     assert "max-sensitivity" in only["gradient"] and "max-sensitivity" not in only["IG"]
     torch.testing.assert_close(only["IG"]["deletion AUC (blur)"], got["IG"]["deletion AUC (blur)"])
     bare = evaluate_methods(cnn, x, target, methods, map_types=types, baselines=baselines, n_steps=4,
-                            infidelity_samples=0, sensitivity_samples=3, seed=3)
+                            infidelity_samples=0, sensitivity_samples=3, rng=3)
     assert "infidelity" not in bare["IG"] and "infidelity" in got["IG"]
     torch.testing.assert_close(bare["IG"]["deletion AUC (blur)"], got["IG"]["deletion AUC (blur)"])
 
@@ -350,3 +350,29 @@ def test_dot_scores_match_a_loop_and_the_logits_without_bias():
     with torch.no_grad():
         logits = mlp(x)
     torch.testing.assert_close(dot_scores(mlp, x, input_gradient), logits)
+
+
+def _rng_calls():
+    cnn, x = _seeded_cnn(4), _images(3, side=8, seed=5)
+    a = input_gradient(cnn, x, 2)
+    return {
+        "infidelity": lambda rng: infidelity(cnn, x, 2, a, n_samples=3, rng=rng),
+        "max_sensitivity": lambda rng: max_sensitivity(cnn, x, 2, input_gradient, n_samples=2, rng=rng),
+        "explained_share": lambda rng: explained_share(cnn, x, 2, {"g": a}, n_samples=3, rng=rng)["g"],
+        "road": lambda rng: road(cnn, x, 2, a, fractions=(0.5,), rng=rng).score,
+        "evaluate_methods": lambda rng: evaluate_methods(
+            cnn, x, 2, {"gradient": input_gradient}, n_steps=2, infidelity_samples=2,
+            sensitivity_samples=2, rng=rng)["gradient"]["max-sensitivity"],
+    }
+
+
+@pytest.mark.parametrize("name", ["infidelity", "max_sensitivity", "explained_share", "road", "evaluate_methods"])
+def test_rng_same_gives_same_other_gives_other_bad_is_refused(name):
+    call = _rng_calls()[name]
+    first = call(6)
+    assert torch.equal(first, call(6))
+    assert torch.equal(first, call(torch.Generator().manual_seed(6))) or name == "evaluate_methods"
+    assert not torch.equal(first, call(7))
+    for bad in (None, -1, 0.5, "6"):
+        with pytest.raises(ValueError, match="rng"):
+            call(bad)

@@ -482,10 +482,10 @@ def test_pullbacks_exports_its_parts():
     address."""
     import nbsupport.pullbacks as pullbacks
     from nbsupport import attribution, intercept, patterns, saliency
-    from nbsupport.pullbacks import ascent, imagenet, softpool, surrogate
+    from nbsupport.pullbacks import ascent, imagenet, paths, softpool, surrogate
 
     homes = {}
-    for module in (softpool, surrogate, saliency, intercept, patterns, attribution, ascent, imagenet):
+    for module in (softpool, surrogate, saliency, intercept, patterns, attribution, ascent, imagenet, paths):
         for name in module.__all__:
             assert name not in homes, f"{name} is defined twice"
             homes[name] = getattr(module, name)
@@ -738,3 +738,64 @@ def test_activation_checkpointing_is_refused(reentrant):
         z = plain.a(x.flatten(1))
     expected = (plain.b.weight[0] * torch.sigmoid(z / 0.3)) @ plain.a.weight
     torch.testing.assert_close(excitation_pullback(plain, x, 0).flatten(1), expected)
+
+
+def test_surrogate_relu_module_trains_down_the_surrogate_gradient():
+    """SurrogateReLU is relu forward and grad * sigmoid(z / T) backward (closed form, by hand for a
+    one-hidden-layer net), its repr names T (so the weight cache tells it from nn.ReLU), and bad
+    temperatures are refused."""
+    from nbsupport.pullbacks import SurrogateReLU
+
+    g = torch.Generator().manual_seed(9)
+    lin1, lin2 = nn.Linear(5, 6).double(), nn.Linear(6, 3).double()
+    net = nn.Sequential(lin1, SurrogateReLU(0.4), lin2)
+    x = torch.randn(7, 5, dtype=torch.float64, generator=g)
+    z = lin1(x).detach()
+    out = net(x)
+    torch.testing.assert_close(out, lin2(torch.relu(z)))
+    out[:, 1].sum().backward()
+    # d out_1 / d W1 = sum_n (w2[1] * sigmoid(z_n / T)) outer x_n, computed by hand
+    gate = lin2.weight[1].detach() * torch.sigmoid(z / 0.4)
+    torch.testing.assert_close(lin1.weight.grad, gate.T @ x)
+    torch.testing.assert_close(lin1.bias.grad, gate.sum(0))
+    # with nn.ReLU the same gradient is the hard-gated one: the two differ
+    hard = (lin2.weight[1].detach() * (z > 0)).T @ x
+    assert (lin1.weight.grad - hard).abs().max() > 1e-3
+    assert "temperature=0.4" in repr(net) and repr(net) != repr(nn.Sequential(lin1, nn.ReLU(), lin2))
+    zi = torch.randn(4, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        assert SurrogateReLU(0.3, inplace=True)(zi) is zi and bool((zi >= 0).all())
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            SurrogateReLU(bad)
+
+
+def test_gated_value_mlp_on_its_own_gates_is_the_mlp():
+    """GatedValueMLP given an mlp's own hard gates and that mlp's weights computes the mlp (the
+    gates are its ReLUs); with all gates 1 it is the product of the affine maps (closed form);
+    gates of another image change the output; bad widths and input shapes are refused."""
+    from nbsupport.models import mlp
+    from nbsupport.patterns import activation_patterns
+    from nbsupport.pullbacks import GatedValueMLP
+
+    torch.manual_seed(3)
+    widths = [6, 5, 4, 3]
+    net = mlp(widths).double().eval()
+    value = GatedValueMLP(widths).double()
+    for layer, linear in zip(value.layers, [m for m in net if isinstance(m, nn.Linear)]):
+        layer.load_state_dict(linear.state_dict())
+    x = torch.randn(8, 6, dtype=torch.float64)
+    gates = torch.cat([g.double() for g in activation_patterns(net, x)], 1)
+    assert value.n_gates == 9 and gates.shape == (8, 9)
+    torch.testing.assert_close(value(torch.cat([x, gates], 1)), net(x))
+    w = [layer.weight.detach() for layer in value.layers]
+    b = [layer.bias.detach() for layer in value.layers]
+    linear = ((x @ w[0].T + b[0]) @ w[1].T + b[1]) @ w[2].T + b[2]
+    torch.testing.assert_close(value(torch.cat([x, torch.ones_like(gates)], 1)), linear)
+    assert (value(torch.cat([x, gates.roll(1, 0)], 1)) - net(x)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="inputs"):
+        value(x)
+    with pytest.raises(ValueError, match="widths"):
+        GatedValueMLP([6, 3])
+    with pytest.raises(ValueError, match="widths"):
+        GatedValueMLP([6, 0, 3])

@@ -18,12 +18,12 @@ from attribution_nets import _images, _linear, _seeded_cnn
 def test_randomise_top_layers():
     cnn = _seeded_cnn(5).float()
     before = {k: v.clone() for k, v in cnn.state_dict().items()}
-    rand = randomise_top_layers(cnn, 2, seed=0)
+    rand = randomise_top_layers(cnn, 2, rng=0)
     assert all(torch.equal(v, cnn.state_dict()[k]) for k, v in before.items())  # original untouched
     names = [n for n, m in cnn.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     changed = {n for n, m in rand.named_modules() if n in names and not torch.equal(m.weight, cnn.get_submodule(n).weight)}
     assert changed == set(names[-2:]) and not rand.training
-    again = randomise_top_layers(cnn, 2, seed=0)
+    again = randomise_top_layers(cnn, 2, rng=0)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in rand.state_dict().items())
     for bad in (0, len(names) + 1, True):
         with pytest.raises(ValueError, match="n_layers"):
@@ -34,7 +34,7 @@ def test_randomise_top_layers_uses_no_global_random_state():
     cnn = vgg_cnn((3, 4), image_size=8).eval()
     state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    rand = randomise_top_layers(cnn, 3, seed=4)
+    rand = randomise_top_layers(cnn, 3, rng=4)
     assert torch.equal(state, torch.get_rng_state())
     if cuda_state is not None:
         assert all(torch.equal(a, b) for a, b in zip(cuda_state, torch.cuda.get_rng_state_all()))
@@ -45,17 +45,20 @@ def test_randomise_top_layers_uses_no_global_random_state():
         assert float(w.abs().max()) <= bound
         n = len(w)
         assert abs(float(w.var()) - bound**2 / 3) < 6 * bound**2 * math.sqrt(4 / 45 / n)  # Var(U^2) = 4 b^4/45
-    assert not torch.equal(rand[2].weight, randomise_top_layers(cnn, 3, seed=5)[2].weight)
+    assert not torch.equal(rand[2].weight, randomise_top_layers(cnn, 3, rng=5)[2].weight)
 
 
 def test_cascading_randomisation_layer_by_layer():
     cnn = _seeded_cnn(3)
     x = _images(4, side=8, seed=12)
-    out = cascading_randomisation(cnn, x, 2, input_gradient, seeds=(0, 1))
+    out = cascading_randomisation(cnn, x, 2, input_gradient, draws=2, rng=5)
     n_layers = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in cnn.modules())
     assert out.shape == (2, n_layers, 4)
     ref = input_gradient(cnn, x, 2)
-    for s, seed in enumerate((0, 1)):
+    # each draw's seed comes from a generator seeded with rng, in order
+    gen = torch.Generator().manual_seed(5)
+    draw_seeds = [int(torch.randint(0, 2**62, (1,), generator=gen)) for _ in range(2)]
+    for s, seed in enumerate(draw_seeds):
         for k in (1, n_layers):
             torch.testing.assert_close(out[s, k - 1],
                                        rank_correlation(ref, input_gradient(randomise_top_layers(cnn, k, seed), x, 2)))
@@ -74,8 +77,8 @@ def test_graph_depths_put_the_shortcut_beside_the_first_convolution():
     chain = vgg_cnn((3, 4), image_size=8)
     assert list(weight_layer_depths(chain).values()) == [1, 2, 3, 4, 5]
     # graph order randomises block 2's conv2 (level 2 from the top) before its shortcut (level 3)
-    two = randomise_top_layers(net, 2, seed=0, order="graph")
-    three = randomise_top_layers(net, 3, seed=0, order="graph")
+    two = randomise_top_layers(net, 2, rng=0, order="graph")
+    three = randomise_top_layers(net, 3, rng=0, order="graph")
     same = lambda a, b, name: torch.equal(a.get_submodule(name).weight, b.get_submodule(name).weight)  # noqa: E731
     assert not same(two, net, "2.conv2") and same(two, net, "2.shortcut.0") and same(two, net, "2.conv1")
     assert not same(three, net, "2.shortcut.0") and not same(three, net, "2.conv1") and same(three, net, "1.conv2")
@@ -101,9 +104,28 @@ def test_recalibrate_batchnorm_uses_the_input_statistics():
         means = torch.stack([net[0](b).mean((0, 2, 3)) for b in x.split(20)])
     torch.testing.assert_close(net[1].running_mean, means.mean(0))
     # randomise_top_layers with calibration: the randomised conv's BatchNorm follows its new outputs
-    rand = randomise_top_layers(net, 2, seed=0, calibration=x)
+    rand = randomise_top_layers(net, 2, rng=0, calibration=x)
     with torch.no_grad():
         z_new = rand[0](x).mean((0, 2, 3))
     torch.testing.assert_close(rand[1].running_mean, z_new)
     with pytest.raises(ValueError, match="batch_size"):
         recalibrate_batchnorm(net, x, batch_size=1)
+
+
+def test_rng_same_gives_same_other_gives_other_bad_is_refused():
+    cnn = _seeded_cnn(3)
+    x = _images(4, side=8, seed=12)
+    weight = lambda net: net.get_submodule(weight_layers(net)[-1]).weight  # noqa: E731
+    a, b = randomise_top_layers(cnn, 1, rng=7), randomise_top_layers(cnn, 1, rng=torch.Generator().manual_seed(7))
+    assert torch.equal(weight(a), weight(b)) and not torch.equal(weight(a), weight(randomise_top_layers(cnn, 1, rng=8)))
+    gen = torch.Generator().manual_seed(7)
+    assert not torch.equal(weight(randomise_top_layers(cnn, 1, rng=gen)), weight(randomise_top_layers(cnn, 1, rng=gen)))
+    run = lambda rng: cascading_randomisation(cnn, x, 2, input_gradient, rng=rng)  # noqa: E731
+    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+    for bad in (None, -1, 0.5):
+        with pytest.raises(ValueError, match="rng"):
+            randomise_top_layers(cnn, 1, rng=bad)
+        with pytest.raises(ValueError, match="rng"):
+            run(bad)
+    with pytest.raises(ValueError, match="draws"):
+        cascading_randomisation(cnn, x, 2, input_gradient, draws=0)

@@ -5,11 +5,12 @@ backward pass: every ReLU passes the incoming gradient times :math:`\sigma(z/T)`
 :math:`\1(z > 0)`, and every max-pooling routes it as a softmax pooling at temperature :math:`T`
 would. The input gradient of a class logit under these rules is the *excitation pullback*.
 
-The package has four parts, one idea each: ``softpool`` (softmax pooling and its
+The package has five parts, one idea each: ``softpool`` (softmax pooling and its
 vector-Jacobian product), ``surrogate`` (the excitation rules,
 :func:`~nbsupport.pullbacks.surrogate.surrogate_gradients`,
 :func:`~nbsupport.pullbacks.surrogate.excitation_pullback`), ``ascent`` (projected gradient
-ascent) and ``imagenet`` (local ImageNet checkpoints); ``nbsupport.pullbacks`` itself exports
+ascent), ``imagenet`` (local ImageNet checkpoints) and ``paths`` (a value network on gates
+supplied from outside, :class:`~nbsupport.pullbacks.paths.GatedValueMLP`); ``nbsupport.pullbacks`` itself exports
 their public names (DESIGN.md's).
 
 Two modules the pullback rests on stay outside, at the top level: :mod:`nbsupport.intercept`
@@ -31,11 +32,13 @@ other attribution methods are in :mod:`nbsupport.attribution`, the metrics in
 
 from .ascent import projected_gradient_ascent
 from .imagenet import load_imagenet_checkpoint, remap_legacy_densenet_keys
+from .paths import GatedValueMLP
 from .softpool import SoftMaxPool2d, pool_output_size, softmax_pool2d
-from .surrogate import excitation_pullback, surrogate_gradients
+from .surrogate import SurrogateReLU, excitation_pullback, surrogate_gradients
 
 __all__ = [
     "surrogate_gradients",
+    "SurrogateReLU",
     "excitation_pullback",
     "softmax_pool2d",
     "SoftMaxPool2d",
@@ -43,4 +46,5 @@ __all__ = [
     "projected_gradient_ascent",
     "remap_legacy_densenet_keys",
     "load_imagenet_checkpoint",
+    "GatedValueMLP",
 ]

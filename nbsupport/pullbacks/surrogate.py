@@ -23,7 +23,7 @@ from ..intercept import PoolGeometry, route_calls
 from ..saliency import input_gradient
 from .softpool import check_padding_value, softmax_routed_max_pool2d
 
-__all__ = ["surrogate_relu", "surrogate_gradients", "excitation_pullback", "check_eval_mode"]
+__all__ = ["surrogate_relu", "SurrogateReLU", "surrogate_gradients", "excitation_pullback", "check_eval_mode"]
 
 # modules whose forward pass differs between training and evaluation mode
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
@@ -150,6 +150,42 @@ def surrogate_relu(z: torch.Tensor, temperature: float = 0.3, inplace: bool = Fa
     Both agree with the formula to a few units in the last place.
     """
     return _SurrogateReLU.apply(z, real(temperature, "temperature", low=0), bool(inplace))
+
+
+class SurrogateReLU(nn.Module):
+    r"""A ReLU layer whose backward pass is the excitation rule: ``relu`` forward, ``grad *
+    sigmoid(z / T)`` backward (:func:`surrogate_relu` as a module).
+
+    For *training* with the surrogate backward (a network built with it, e.g.
+    ``mlp(widths, activation=lambda: SurrogateReLU(0.3))``, descends the surrogate gradient of its
+    loss), the open question of :cite:t:`satkiewicz2025tapping`, Section 6.1. Its ``repr``
+    names the temperature, so :func:`nbsupport.models.train` caches such a network apart from a
+    plain ReLU one.
+
+    Parameters
+    ----------
+    temperature : float
+        :math:`T > 0`.
+    inplace : bool
+        As ``nn.ReLU``'s.
+
+    Notes
+    -----
+    Not supported by ``torch.func.vmap`` (the rule is a classic autograd function): train such
+    networks with ``train_seeds(..., method="loop")``.
+    """
+
+    def __init__(self, temperature: float = 0.3, inplace: bool = False):
+        super().__init__()
+        self.temperature = real(temperature, "temperature", low=0)
+        self.inplace = bool(inplace)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Shape-preserving: ``relu(z)``, any shape."""
+        return _SurrogateReLU.apply(z, self.temperature, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}" + (", inplace=True" if self.inplace else "")
 
 
 def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_temperature: float | None = None,
