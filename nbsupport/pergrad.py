@@ -265,8 +265,7 @@ def _blocked_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
 
 
 def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                  per_layer: bool = False, method: str = "auto", chunk_size: int | None = None
-                  ) -> torch.Tensor | list[torch.Tensor]:
+                  method: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
     """The Gram matrix :math:`K_{ij} = g_i \\cdot g_j` of per-sample gradients, without forming G.
 
     Two routes, neither of which holds the (N, P) matrix G of per-sample gradients:
@@ -286,9 +285,6 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
         An MLP for ``method="signals"``; any model (no batch norm in training mode) for ``"blocks"``.
     loss_fn, x, y
         As in :func:`per_sample_grads`.
-    per_layer : bool
-        Deprecated spelling of :func:`gradient_gram_per_layer` (one return type per function: use
-        that); kept until chapter 1's call moves.
     method : {"auto", "signals", "blocks"}
         ``"auto"``: ``"signals"`` for MLPs, else ``"blocks"``.
     chunk_size : int, optional
@@ -297,9 +293,8 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     Returns
     -------
     Tensor, float64, shape (N, N)
-        (a list of them with the deprecated ``per_layer=True``)
     """
-    return _gradient_grams(model, loss_fn, x, y, bool(per_layer), method, chunk_size)
+    return _gradient_grams(model, loss_fn, x, y, False, method, chunk_size)
 
 
 def gradient_gram_per_layer(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
