@@ -119,7 +119,7 @@ WIDTHS = (1280, 390)
 #: Chapters whose pages already read well; the others are expected to fail (xfail, with the list of
 #: problems under -rx) until their layout is done. The lead adds a chapter here when it passes
 #: (pytest reports XPASS); BOOK_READING_STRICT=1 enforces every chapter.
-COMPLIANT: set[str] = set()
+COMPLIANT: set[str] = {"02_bayesian_soft_gating", "03_orthant_pmf", "05_vanishing_covariance"}
 STRICT = os.environ.get("BOOK_READING_STRICT") == "1"
 CHAPTERS = [pytest.param(p, marks=() if STRICT or p.split("/")[-1].removesuffix(".html") in COMPLIANT else
                          pytest.mark.xfail(reason="chapter layout not yet done (issue 26)", strict=False))
