@@ -24,6 +24,7 @@ models :func:`gradient_gram` adds :math:`G_m G_m^\\top` one parameter-owning mod
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -287,8 +288,8 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     loss_fn, x, y
         As in :func:`per_sample_grads`.
     per_layer : bool
-        Deprecated spelling of :func:`gradient_gram_per_layer` (one return type per function: use
-        that); kept until chapter 1's call moves.
+        Deprecated (a ``DeprecationWarning``): ``True`` returns :func:`gradient_gram_per_layer`'s
+        list; call that instead (one return type per function).
     method : {"auto", "signals", "blocks"}
         ``"auto"``: ``"signals"`` for MLPs, else ``"blocks"``.
     chunk_size : int, optional
@@ -299,6 +300,9 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     Tensor, float64, shape (N, N)
         (a list of them with the deprecated ``per_layer=True``)
     """
+    if per_layer:
+        warnings.warn("gradient_gram(..., per_layer=True) is deprecated: call gradient_gram_per_layer",
+                      DeprecationWarning, stacklevel=2)
     return _gradient_grams(model, loss_fn, x, y, bool(per_layer), method, chunk_size)
 
 

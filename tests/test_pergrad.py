@@ -94,7 +94,10 @@ def test_gradient_gram_equals_g_gt():
     gram = gradient_gram(net, F.cross_entropy, x, y)
     torch.testing.assert_close(gram, g @ g.T, rtol=1e-10, atol=1e-12)
     layers = gradient_gram_per_layer(net, F.cross_entropy, x, y)
-    for old, new in zip(gradient_gram(net, F.cross_entropy, x, y, per_layer=True), layers):  # deprecated spelling
+    with pytest.warns(DeprecationWarning, match="gradient_gram_per_layer"):  # the deprecated spelling
+        deprecated = gradient_gram(net, F.cross_entropy, x, y, per_layer=True)
+    assert len(deprecated) == len(layers) == 3
+    for old, new in zip(deprecated, layers):
         assert torch.equal(old, new)
     sizes = [p.numel() for p in net.parameters()]
     starts = torch.tensor([0] + sizes).cumsum(0).tolist()
