@@ -24,7 +24,6 @@ models :func:`gradient_gram` adds :math:`G_m G_m^\\top` one parameter-owning mod
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -266,8 +265,7 @@ def _blocked_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
 
 
 def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                  per_layer: bool = False, method: str = "auto", chunk_size: int | None = None
-                  ) -> torch.Tensor | list[torch.Tensor]:
+                  method: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
     """The Gram matrix :math:`K_{ij} = g_i \\cdot g_j` of per-sample gradients, without forming G.
 
     Two routes, neither of which holds the (N, P) matrix G of per-sample gradients:
@@ -287,9 +285,6 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
         An MLP for ``method="signals"``; any model (no batch norm in training mode) for ``"blocks"``.
     loss_fn, x, y
         As in :func:`per_sample_grads`.
-    per_layer : bool
-        Deprecated (a ``DeprecationWarning``): ``True`` returns :func:`gradient_gram_per_layer`'s
-        list; call that instead (one return type per function).
     method : {"auto", "signals", "blocks"}
         ``"auto"``: ``"signals"`` for MLPs, else ``"blocks"``.
     chunk_size : int, optional
@@ -298,12 +293,8 @@ def gradient_gram(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     Returns
     -------
     Tensor, float64, shape (N, N)
-        (a list of them with the deprecated ``per_layer=True``)
     """
-    if per_layer:
-        warnings.warn("gradient_gram(..., per_layer=True) is deprecated: call gradient_gram_per_layer",
-                      DeprecationWarning, stacklevel=2)
-    return _gradient_grams(model, loss_fn, x, y, bool(per_layer), method, chunk_size)
+    return _gradient_grams(model, loss_fn, x, y, False, method, chunk_size)
 
 
 def gradient_gram_per_layer(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,

@@ -94,11 +94,6 @@ def test_gradient_gram_equals_g_gt():
     gram = gradient_gram(net, F.cross_entropy, x, y)
     torch.testing.assert_close(gram, g @ g.T, rtol=1e-10, atol=1e-12)
     layers = gradient_gram_per_layer(net, F.cross_entropy, x, y)
-    with pytest.warns(DeprecationWarning, match="gradient_gram_per_layer"):  # the deprecated spelling
-        deprecated = gradient_gram(net, F.cross_entropy, x, y, per_layer=True)
-    assert len(deprecated) == len(layers) == 3
-    for old, new in zip(deprecated, layers):
-        assert torch.equal(old, new)
     sizes = [p.numel() for p in net.parameters()]
     starts = torch.tensor([0] + sizes).cumsum(0).tolist()
     for l, k_l in enumerate(layers):  # layer l owns parameters 2l (weight) and 2l+1 (bias)

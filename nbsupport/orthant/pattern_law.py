@@ -39,9 +39,10 @@ class PatternPMF(NamedTuple):
 
     Attributes
     ----------
-    pmf : ndarray, float64, shape (2**m,)
-        Index :math:`\sum_i a_i 2^i` (unit ``i`` is bit ``i``).
-    err : ndarray, float64, shape (2**m,)
+    pmf : ndarray, float64, shape (n_patterns,)
+        One entry per pattern (``n_patterns`` = ``2**m``), index :math:`\sum_i a_i 2^i` (unit
+        ``i`` is bit ``i``).
+    err : ndarray, float64, shape (n_patterns,)
         Standard errors of ``pmf``.
     """
 
