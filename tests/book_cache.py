@@ -92,6 +92,57 @@ def unstable_parts(text: str) -> list[str]:
     return [f"{name} ({m.group(0)!r})" for name, pattern in UNSTABLE.items() if (m := pattern.search(text))]
 
 
+# calls a chapter may leave as a cell's last expression: they return None (or, for glue and
+# display, show only what the book decides), so the cell displays no object repr
+QUIET_CALLS = {"print", "display", "show_table", "check", "glue_number", "glue", "show", "close",
+               "update", "tight_layout", "savefig"}
+# names under which ``.style`` is matplotlib's style module, not a pandas Styler
+_MPL_NAMES = {"plt", "mpl", "matplotlib", "pyplot"}
+
+
+def run_dependent_displays(source: str) -> list[str]:
+    """What in a code cell's ``source`` could put run-dependent text into its outputs (issue 25).
+
+    A static companion of :func:`unstable_parts`, so every chapter is checked without executing it:
+
+    * a pandas Styler made in the chapter (``frame.style``): its plain-text repr holds a memory
+      address and, without ``set_uuid``, its HTML a random table id; ``nbsupport.report.show_table``
+      is the book's one route for tables;
+    * a cell whose last statement is an expression that is not a call in :data:`QUIET_CALLS` and
+      is not silenced by a trailing ``;``: Jupyter displays its value, and the reprs of most objects
+      (``ax.plot`` -> ``[<matplotlib.lines.Line2D at 0x7f...>]``, a Styler, a generator) carry an
+      address.
+
+    IPython magics and shell lines (``%...``, ``!...``) are skipped. Returns one message per finding.
+    """
+    import ast
+
+    kept = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+    text = "\n".join(kept)
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as error:
+        return [f"does not parse: {error}"]
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr == "style"
+                and not (isinstance(node.value, ast.Name) and node.value.id in _MPL_NAMES)
+                and not (isinstance(node.value, ast.Attribute) and node.value.attr in _MPL_NAMES)):
+            found.append(f"line {node.lineno}: a pandas Styler ({ast.unparse(node)}): "
+                         "show tables with nbsupport.report.show_table")
+    last = tree.body[-1] if tree.body else None
+    if isinstance(last, ast.Expr) and not text.rstrip().endswith(";"):
+        call = last.value if isinstance(last.value, ast.Call) else None
+        func = call.func if call is not None else None
+        name = (func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute)
+                else None)
+        if name not in QUIET_CALLS:
+            found.append(f"line {last.lineno}: the cell displays the value of "
+                         f"{ast.unparse(last.value)[:60]!r}, whose repr may hold an address: print "
+                         "it, show it with show_table, or end the line with ';'")
+    return found
+
+
 def _cell_label(nb, cell: int) -> str:
     cells = [c for c in nb.cells if c.cell_type == "code"]
     if cell >= len(cells):

@@ -16,6 +16,7 @@ import difflib
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -42,6 +43,53 @@ def test_build_outputs_hold_nothing_run_dependent(md):
     found = [f"code cell {cell}, output {j} ({kind}): {', '.join(unstable_parts(text))}"
              for cell, j, kind, text in output_records(nb) if unstable_parts(text)]
     assert found == [], f"{md.name}: run-dependent text (use nbsupport.report.show_table): {found[:5]}"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_code_displays_nothing_run_dependent(md):
+    """Every chapter, without executing it (issue 25): no pandas Styler outside show_table and no
+    cell left displaying an object's repr, the two causes of addresses and random table ids that made
+    two builds print different text."""
+    cells = [c for c in read_chapter(md).cells if c.cell_type == "code"]
+    found = [f"code cell {i} ({c.source.strip().splitlines()[0][:50]!r}), {finding}"
+             for i, c in enumerate(cells) for finding in book_cache.run_dependent_displays(c.source)]
+    assert found == [], f"{md.name}: {found[:5]}"
+
+
+def test_run_dependent_displays_are_found():
+    find = book_cache.run_dependent_displays
+    assert find("frame = load()\nshow_table(frame, 'ch1-x')") == []
+    assert find("fig, ax = plt.subplots()\nax.plot(x, y);") == []  # silenced by ';'
+    assert find("plt.style.use('x')\nprint(1)") == [] and find("%matplotlib inline\ncheck('C1', 'ok')") == []
+    assert find("x = 1\n# a comment") == []  # an assignment displays nothing
+    styler = find("frame.style.format('{:.2f}')")  # the Styler made, and displayed
+    assert len(styler) == 2 and "pandas Styler" in styler[0] and "displays the value" in styler[1]
+    assert "pandas Styler" in find("html = df.style.to_html()\nprint(html)")[0]
+    assert "displays the value of 'ax.plot(x, y)'" in find("fig, ax = plt.subplots()\nax.plot(x, y)")[0]
+    assert len(find("model")) == 1 and len(find("object()")) == 1
+
+
+NBVAL_NOTEBOOK_CELLS = ["print('accuracy 0.85')", "object()"]
+
+
+def test_nbval_runs_of_chapters_refuse_run_dependent_outputs(tmp_path):
+    """The chapters make test hands to nbval get the check of the build's executions (issue 25):
+    notebooks/conftest.py fails a cell whose outputs hold an address; a clean cell passes. Run on a
+    two-cell notebook beside a copy of that conftest (one kernel start, a few seconds)."""
+    import nbformat
+
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "conftest.py", tmp_path / "notebooks" / "conftest.py")
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in NBVAL_NOTEBOOK_CELLS]
+    nbformat.write(nb, tmp_path / "notebooks" / "x.ipynb")
+    run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
+                          "-p", "no:cacheprovider", "-q", "notebooks/x.ipynb"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1 and "1 failed, 1 passed" in out, out
+    assert "x.ipynb::Cell 1" in out and "a memory address" in out and "at 0x" in out, out
 
 
 def _selected():
