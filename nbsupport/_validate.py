@@ -18,7 +18,8 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "real_tensor", "int_seed", "numpy_rng", "torch_rng"]
+__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "eval_mode", "real_tensor",
+           "int_seed", "numpy_rng", "torch_rng"]
 
 
 def _scalar(value):
@@ -135,6 +136,35 @@ def module(value, name: str = "model") -> torch.nn.Module:
     if not isinstance(value, torch.nn.Module):
         raise ValueError(f"{name} must be an nn.Module, got {type(value).__name__}")
     return value
+
+
+def eval_mode(model, name: str = "model") -> torch.nn.Module:
+    """An ``nn.Module`` none of whose BatchNorm or dropout layers (``p > 0``) is in training mode.
+
+    In training mode BatchNorm normalises by the batch's statistics (one image's map would depend
+    on the others in the batch) and updates its running statistics as a side effect, and dropout
+    makes the result random. Maps of a trained network (pullbacks, guided backpropagation) are
+    meant in evaluation mode, so they refuse rather than warn: a warning would come after the
+    running statistics had changed. Functional dropout and batch-norm calls have no module to
+    inspect; ``nbsupport.intercept.route_calls(..., eval_only=True)`` catches them in the pass.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` is not an ``nn.Module``, or naming the first such layer and the fix,
+        ``model.eval()``.
+    """
+    module(model, name)
+    dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    for layer_name, layer in model.named_modules():
+        if not (layer.training and isinstance(layer, dependent)):
+            continue
+        if isinstance(layer, torch.nn.modules.dropout._DropoutNd) and layer.p == 0:
+            continue  # drops nothing
+        raise ValueError(f"{name} is in training mode (its {type(layer).__name__} layer "
+                         f"{layer_name or name!r} would use batch statistics, update its running "
+                         f"statistics or drop units): call {name}.eval() first")
+    return model
 
 
 def real_tensor(values, name: str) -> torch.Tensor:

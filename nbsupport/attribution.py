@@ -58,7 +58,9 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
 
     Each ReLU passes back :math:`\max(g, 0)\,\1(z > 0)`; max-pooling keeps its usual routing.
     Unlike Captum's ``GuidedBackprop`` (which hooks ``nn.ReLU`` modules only), ReLUs called
-    functionally are covered too (:func:`nbsupport.intercept.route_calls`).
+    functionally are covered too (:func:`nbsupport.intercept.route_calls`). A forward pass in
+    training mode (dropout or batch norm with the training flag on) is refused with a
+    ``ValueError`` naming the fix, ``model.eval()``, as for the excitation pullback.
 
     Parameters
     ----------
@@ -70,7 +72,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     -------
     Tensor, shape of ``x``
     """
-    with route_calls(model, lambda z, inplace: _GuidedReLU.apply(z, inplace)):
+    with route_calls(model, lambda z, inplace: _GuidedReLU.apply(z, inplace), eval_only=True):
         return input_gradient(model, x, target)
 
 

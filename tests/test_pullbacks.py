@@ -710,6 +710,52 @@ def test_train_mode_is_refused_naming_the_fix():
     torch.testing.assert_close(excitation_pullback(plain, x, 1, 1e-8), input_gradient(plain, x, 1))
 
 
+class _FunctionalDropout(nn.Module):
+    """Dropout called functionally (``F.dropout(x, p, self.training)``): no module to inspect."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.a, self.b, self.p = nn.Linear(64, 6), nn.Linear(6, 3), p
+
+    def forward(self, x):
+        return self.b(F.dropout(F.relu(self.a(x.flatten(1))), self.p, self.training))
+
+
+def test_functional_training_calls_are_refused_during_the_forward_pass():
+    """Dropout and batch norm in training mode are caught at the call (functional calls too),
+    before it runs: the running statistics stay as they were and the model is restored; after
+    model.eval() the same calls go through. allow_training=True lets them run."""
+    torch.manual_seed(1)
+    x = _images(3, side=8)
+    net = _FunctionalDropout().double()  # training mode, and no Dropout module
+    before = _snapshot(net)
+    for call in (lambda: excitation_pullback(net, x, 0), lambda: guided_backprop(net, x, 0)):
+        with pytest.raises(ValueError, match=r"dropout.*model\.eval\(\)"):
+            call()
+        _assert_restored(net, before)
+    with surrogate_gradients(net, allow_training=True):  # random, but allowed when asked for
+        assert input_gradient(net, x, 0).shape == x.shape
+    net.eval()
+    z = net.a(x.flatten(1)).detach()
+    expected = (net.b.weight[0] * torch.sigmoid(z / 0.3)) @ net.a.weight  # no dropout in eval mode
+    torch.testing.assert_close(excitation_pullback(net, x, 0).flatten(1), expected.detach())
+    no_dropout = _FunctionalDropout(p=0.0).double()  # p = 0: nothing random, nothing refused
+    excitation_pullback(no_dropout, x, 0)
+    # batch norm: a module in training mode, and one without running statistics (batch
+    # statistics even in eval mode, where check_eval_mode cannot see it)
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+    before = _snapshot(bn)
+    with pytest.raises(ValueError, match="model.eval"):
+        with surrogate_gradients(bn):
+            input_gradient(bn, x, 0)
+    _assert_restored(bn, before)  # the running statistics were not updated
+    stateless = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.BatchNorm1d(6, track_running_stats=False),
+                              nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    with pytest.raises(ValueError, match="track_running_stats"):
+        excitation_pullback(stateless, x, 0)
+    excitation_pullback(bn.eval(), x, 0)
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_activation_checkpointing_is_refused(reentrant):
     from torch.utils.checkpoint import checkpoint
@@ -725,8 +771,34 @@ def test_activation_checkpointing_is_refused(reentrant):
     torch.manual_seed(0)
     net = Checkpointed().double().eval()
     x = torch.randn(4, 1, 2, 3, dtype=torch.float64, requires_grad=False)
-    with pytest.raises(RuntimeError, match="checkpoint"):
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match="model uses activation checkpointing"):
         excitation_pullback(net, x, 0)
+    _assert_restored(net, before)  # hooks removed, no mode left active, nothing routed any more
+    with pytest.raises(ValueError, match="checkpoint"):
+        guided_backprop(net, x, 0)
+    _assert_restored(net, before)
+    # nn.ReLU modules inside a checkpointed Sequential are refused as well
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(),
+                        nn.Linear(5, 3)).double().eval()
+
+    class Sequentially(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = seq
+
+        def forward(self, x):
+            return checkpoint_sequential(self.seq, 2, x, use_reentrant=reentrant)
+
+    wrapped = Sequentially()
+    before = _snapshot(wrapped)
+    with pytest.raises(ValueError, match="checkpoint"):
+        excitation_pullback(wrapped, x.requires_grad_(True), 1)
+    x.requires_grad_(False)
+    _assert_restored(wrapped, before)
+    torch.testing.assert_close(excitation_pullback(seq, x, 1, 1e-9), input_gradient(seq, x, 1))
     # the same network without checkpointing: the pullback is the soft-gated product (closed form)
     class Plain(Checkpointed):
         def forward(self, x):

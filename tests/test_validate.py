@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nbsupport._validate import integer, labels, numpy_rng, pair, real, rows, torch_rng
+from torch import nn
+
+from nbsupport._validate import eval_mode, integer, labels, numpy_rng, pair, real, rows, torch_rng
 
 
 @pytest.mark.parametrize("value", [0.5, 1, np.float64(0.5), np.float32(0.5), np.int64(2), torch.tensor(0.5),
@@ -221,3 +223,18 @@ def test_public_functions_name_a_wrong_argument_with_a_valueerror():
     assert models.vgg_cnn(np.array([4, 8]), n_classes=np.int64(3), image_size=8)(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
     torch.testing.assert_close(propagation.relu_correlation_map([1.0, 0.0]).double(),
                                torch.tensor([1.0, 1 / torch.pi], dtype=torch.float64))
+
+
+def test_eval_mode_names_the_layer_and_the_fix():
+    """BatchNorm and dropout (p > 0) in training mode are refused, naming the layer and
+    model.eval(); a train-mode model without them, a p = 0 dropout and eval mode pass."""
+    for layer, kind in ((nn.BatchNorm1d(3), "BatchNorm1d"), (nn.Dropout(0.2), "Dropout"),
+                        (nn.AlphaDropout(0.1), "AlphaDropout"), (nn.Dropout2d(0.3), "Dropout2d")):
+        net = nn.Sequential(nn.Linear(2, 3), layer)
+        with pytest.raises(ValueError, match=rf"{kind} layer '1'.*net\.eval\(\)"):
+            eval_mode(net, "net")
+        assert eval_mode(net.eval()) is net
+    plain = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Dropout(0.0))  # training, but nothing mode-dependent
+    assert plain.training and eval_mode(plain) is plain
+    with pytest.raises(ValueError, match="model must be an nn.Module"):
+        eval_mode("net")
