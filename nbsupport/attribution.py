@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._validate import integer, torch_rng
+from ._validate import check_input, check_target, integer, labels, torch_rng
 from .intercept import route_calls
-from .saliency import check_input, check_target, input_gradient
+from .saliency import input_gradient
 
 __all__ = [
     "Attribution",
@@ -224,8 +224,7 @@ def class_average_map(attribute: Attribution, x_ref: torch.Tensor, y_ref: torch.
         ``fn(model, x, target) -> Tensor`` shaped like ``x``, on ``x``'s device.
     """
     check_input(x_ref)
-    if not isinstance(y_ref, torch.Tensor) or y_ref.shape != (len(x_ref),) or y_ref.is_floating_point():
-        raise ValueError(f"y_ref must be an integer tensor of shape ({len(x_ref)},), got {y_ref!r}")
+    y_ref = labels(y_ref, len(x_ref), "y_ref")
 
     def fn(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         check_input(x)

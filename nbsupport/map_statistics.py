@@ -12,8 +12,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from ._validate import real
-from .saliency import check_input
+from ._validate import check_input, real
 
 __all__ = ["gaussian_blur", "roughness", "pearson_rows", "linear_cka", "rank_correlation"]
 

@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .._validate import eval_mode, integer, real
-from ..saliency import check_input, input_gradient
+from .._validate import check_input, eval_mode, integer, real
+from ..saliency import input_gradient
 from .surrogate import excitation_pullback
 
 __all__ = ["projected_gradient_ascent"]
