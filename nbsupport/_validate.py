@@ -19,7 +19,7 @@ import re
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "eval_mode", "real_tensor",
+__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "flag", "eval_mode", "real_tensor",
            "check_input", "check_target", "checked_forward", "int_seed", "numpy_rng", "torch_rng"]
 
 
@@ -90,6 +90,14 @@ def integer(value, name: str, *, minimum: int | None = None) -> int:
         expected = "an integer" + (f" >= {minimum}" if minimum is not None else "")
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return number
+
+
+def flag(value, name: str) -> bool:
+    """``True`` or ``False`` (Python or NumPy booleans) as a Python ``bool``; ``0``, ``1``,
+    strings and the rest are a ValueError naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def pair(value, name: str, *, minimum: int | None = None) -> tuple[int, int]:

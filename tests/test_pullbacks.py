@@ -122,8 +122,9 @@ POOL_CASES = [
 ]
 
 
-def _brute_softmax_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, T=0.3):
-    """Per-window loop: positions that fall outside the input are skipped (max-pool's -inf padding)."""
+def _brute_softmax_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, T=0.3, detach=False):
+    """Per-window loop: positions that fall outside the input are skipped (max-pool's -inf padding);
+    ``detach`` holds the softmax weights constant for autograd."""
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     k, p, d = pair(kernel_size), pair(padding), pair(dilation)
     s = k if stride is None else pair(stride)
@@ -135,7 +136,7 @@ def _brute_softmax_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil
                 for r, q in [(i * s[0] - p[0] + a * d[0], j * s[1] - p[1] + b * d[1])] if 0 <= r < H and 0 <= q < W]
         vals = torch.stack(vals)
         w = torch.softmax(vals / T, 0)
-        out[n, c, i, j] = (w * vals).sum()
+        out[n, c, i, j] = ((w.detach() if detach else w) * vals).sum()
     return out
 
 
@@ -160,6 +161,42 @@ def test_softmax_pool_forward_and_surrogate_backward_match_a_loop(case):
     got = excitation_pullback(Probe(), x, 0, temperature=1.0, pool_temperature=T)
     assert torch.equal(pool(x), F.max_pool2d(x, **case))  # outside the context: untouched
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_detached_weights_rule_matches_a_loop(case):
+    """The later pooling rule (softmax weights held constant) against autograd through the
+    per-window loop with detached weights: as the VJP, as the routed max-pool's backward and in
+    the pullback; its entries are >= 0 for a non-negative upstream gradient, unlike the default."""
+    from nbsupport.pullbacks.softpool import softmax_pool2d_vjp, softmax_routed_max_pool2d
+
+    x = torch.randn(2, 2, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    T = 0.7
+    g = torch.rand(F.max_pool2d(x, **case).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    xr = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad((_brute_softmax_pool(xr, **case, T=T, detach=True) * g).sum(), xr)
+    torch.testing.assert_close(softmax_pool2d_vjp(x, g, **case, temperature=T, detach_weights=True), expected)
+    xr = x.clone().requires_grad_(True)
+    routed = softmax_routed_max_pool2d(xr, **case, temperature=T, detach_weights=True)
+    assert torch.equal(routed, F.max_pool2d(x, **case))
+    (got,) = torch.autograd.grad((routed * g).sum(), xr)
+    torch.testing.assert_close(got, expected)
+    pool = nn.MaxPool2d(**case)
+
+    class Probe(nn.Module):
+        def forward(self, inp):
+            score = (pool(inp) * g).sum((1, 2, 3))
+            return torch.stack([score, torch.zeros_like(score)], 1)
+
+    pullback = excitation_pullback(Probe(), x, 0, temperature=1.0, pool_temperature=T, pool_detach_weights=True)
+    torch.testing.assert_close(pullback, expected)
+    assert float(expected.min()) >= 0.0
+    full = excitation_pullback(Probe(), x, 0, temperature=1.0, pool_temperature=T)
+    assert float(full.min()) < 0.0 and not torch.allclose(full, expected)  # the default rule is another one
+    with pytest.raises(ValueError, match="pool_detach_weights"):
+        excitation_pullback(Probe(), x, 0, pool_detach_weights=1)
+    with pytest.raises(ValueError, match="detach_weights"):
+        softmax_pool2d_vjp(x, g, **case, detach_weights="yes")
 
 
 def test_surrogate_pool_covers_functional_calls_and_indices():

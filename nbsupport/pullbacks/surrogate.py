@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from .._validate import real
+from .._validate import flag, real
 from ..intercept import PoolGeometry, route_calls
 from ..saliency import input_gradient
 from .softpool import check_padding_value, softmax_routed_max_pool2d
@@ -185,7 +185,7 @@ class SurrogateReLU(nn.Module):
 
 
 def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_temperature: float | None = None,
-                        pool_padding_value: float = -math.inf, *,
+                        pool_padding_value: float = -math.inf, *, pool_detach_weights: bool = False,
                         allow_training: bool = False) -> contextlib.AbstractContextManager:
     r"""Context manager: inside it, ``model``'s backward pass uses the excitation rules.
 
@@ -207,6 +207,11 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
     pool_padding_value : float
         ``-inf`` (default, max-pooling's padding) or ``0.0`` (Listing 2's zero padding through
         ``F.unfold``), see :func:`~nbsupport.pullbacks.softpool.softmax_pool2d`.
+    pool_detach_weights : bool
+        ``False`` (default): the pooling rule is the full derivative of the softmax pooling,
+        :math:`w_i (1 + (x_i - s)/T)` (Listing 2). ``True``: the softmax weights are held
+        constant, :math:`w_i` (the source's later code detaches them; no routing entry is then
+        negative), see :func:`~nbsupport.pullbacks.softpool.softmax_pool2d_vjp`.
     allow_training : bool
         ``False`` (default): training mode is refused with a ``ValueError`` naming the fix,
         ``model.eval()``: on entry, a BatchNorm or dropout module in training mode
@@ -231,18 +236,21 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
     temperature = real(temperature, "temperature", low=0)
     pool_temperature = temperature if pool_temperature is None else real(pool_temperature, "pool_temperature", low=0)
     pool_padding_value = check_padding_value(pool_padding_value)
+    pool_detach_weights = flag(pool_detach_weights, "pool_detach_weights")
 
     def relu_rule(z, inplace):
         return _SurrogateReLU.apply(z, temperature, inplace)
 
     def pool_rule(x, geometry: PoolGeometry, ceil_mode):
-        return softmax_routed_max_pool2d(x, *geometry, ceil_mode, pool_temperature, pool_padding_value)
+        return softmax_routed_max_pool2d(x, *geometry, ceil_mode, pool_temperature, pool_padding_value,
+                                         detach_weights=pool_detach_weights)
 
     return route_calls(model, relu_rule, pool_rule, eval_only=not allow_training)
 
 
 def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: float = 0.3,
-                        pool_temperature: float | None = None, pool_padding_value: float = -math.inf) -> torch.Tensor:
+                        pool_temperature: float | None = None, pool_padding_value: float = -math.inf, *,
+                        pool_detach_weights: bool = False) -> torch.Tensor:
     r"""The excitation pullback :math:`v_\Gamma(x)` of the target logit, batched.
 
     The input gradient of the target logit under :func:`surrogate_gradients`: the ordinary forward
@@ -258,6 +266,9 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
         Class indices in ``[0, classes)``.
     temperature, pool_temperature, pool_padding_value : float
         See :func:`surrogate_gradients`.
+    pool_detach_weights : bool
+        The pooling rule with the softmax weights held constant (default ``False``), see
+        :func:`surrogate_gradients`.
 
     Returns
     -------
@@ -269,5 +280,6 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
         If ``model`` runs in training mode or uses activation checkpointing
         (:func:`surrogate_gradients`). The model is left as it was.
     """
-    with surrogate_gradients(model, temperature, pool_temperature, pool_padding_value):
+    with surrogate_gradients(model, temperature, pool_temperature, pool_padding_value,
+                             pool_detach_weights=pool_detach_weights):
         return input_gradient(model, x, target)
