@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
 from torch import nn
 
-from nbsupport._validate import (check_input, check_target, checked_forward, eval_mode, integer, labels,
+from nbsupport._validate import (check_input, check_target, checked_forward, eval_mode, flag, integer, labels,
                                  numpy_rng, pair, real, rows, torch_rng)
 
 
@@ -287,3 +286,10 @@ def test_checked_forward_translates_only_shape_errors():
     for err in (RuntimeError("CUDA out of memory"), NotImplementedError("no rule"), KeyError("k")):
         with pytest.raises(type(err)):
             checked_forward(Fails(err), torch.ones(1, 1))
+
+
+def test_flag_takes_python_and_numpy_booleans_only():
+    assert flag(True, "f") is True and flag(np.bool_(False), "f") is False
+    for bad in (0, 1, "True", None, torch.tensor(True)):
+        with pytest.raises(ValueError, match="detach must be True or False"):
+            flag(bad, "detach")
