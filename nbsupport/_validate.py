@@ -293,7 +293,8 @@ def check_target(target, n: int, n_classes: int, device=None, name: str = "targe
 
 
 # torch's messages for an input whose shape does not fit a layer
-_SHAPE_ERROR = re.compile(r"shape|size mismatch|must match the size|Expected .*input|channels|dimension", re.IGNORECASE)
+_SHAPE_ERROR = re.compile(r"shape|size mismatch|must match the size|Expected .*input|channels|dimension",
+                          re.IGNORECASE)
 
 
 def checked_forward(model, x: torch.Tensor):

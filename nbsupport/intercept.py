@@ -28,7 +28,7 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._validate import eval_mode as check_eval_mode, pair
+from ._validate import eval_mode, pair
 
 __all__ = ["route_calls", "PoolGeometry", "pool_geometry"]
 
@@ -210,10 +210,10 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
         routing then handles): allowed inside another routing of the same model.
     eval_only : bool
         Refuse (``ValueError`` naming the fix, ``model.eval()``) a BatchNorm or dropout module
-        in training mode on entry (``nbsupport._validate.eval_mode``), and a dropout call with its training
-        flag on and ``p > 0``, or a batch-norm call with its training flag on, made during the
-        forward pass: checked before the call runs, so no running statistic is updated. Functional
-        calls are caught as well as modules.
+        in training mode on entry (``nbsupport._validate.eval_mode``), and a dropout call with
+        its training flag on and ``p > 0``, or a batch-norm call with its training flag on, made
+        during the forward pass: checked before the call runs, so no running statistic is
+        updated. Functional calls are caught as well as modules.
 
     Activation checkpointing (``torch.utils.checkpoint``) around a routed call is refused with a
     ``ValueError`` naming ``model``: its recomputation in the backward pass would bypass the rules.
@@ -229,7 +229,7 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
         raise RuntimeError("rules are already routed on this model (e.g. inside surrogate_gradients); "
                            "nesting two rule-changing routings is not supported")
     if eval_only:
-        check_eval_mode(model)
+        eval_mode(model)
     mode = _CallRouter(relu_rule, pool_rule, bool(strict), bool(eval_only))
     depth = [0]
 

@@ -218,15 +218,15 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
         (``nbsupport._validate.eval_mode``), and during the forward pass a dropout or
         batch-norm call with its training flag on (functional calls included), before it runs.
         Dropout would make the map random; batch norm would make one image's map depend on the
-        batch and update the running statistics. ``True`` lets such passes run, e.g. to train through the soft
-        backward pass (:class:`SurrogateReLU` is the module for that).
+        batch and update the running statistics. ``True`` lets such passes run, e.g. to train
+        through the soft backward pass (:class:`SurrogateReLU` is the module for that).
 
     Raises
     ------
     ValueError
-        In the forward pass: training mode (above), or activation checkpointing around a ReLU or
-        max-pool call (its recomputation in the backward pass would bypass the rules; see
-        :mod:`nbsupport.intercept`).
+        On entry or in the forward pass: training mode (above), or activation checkpointing
+        around a ReLU or max-pool call (its recomputation in the backward pass would bypass the
+        rules; see :mod:`nbsupport.intercept`).
 
     Examples
     --------
