@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import numpy as np
 import torch
 
-__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "real_tensor", "int_seed", "numpy_rng", "torch_rng"]
+__all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "flag", "eval_mode", "real_tensor",
+           "check_input", "check_target", "checked_forward", "int_seed", "numpy_rng", "torch_rng"]
 
 
 def _scalar(value):
@@ -90,6 +92,14 @@ def integer(value, name: str, *, minimum: int | None = None) -> int:
     return number
 
 
+def flag(value, name: str) -> bool:
+    """``True`` or ``False`` (Python or NumPy booleans) as a Python ``bool``; ``0``, ``1``,
+    strings and the rest are a ValueError naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def pair(value, name: str, *, minimum: int | None = None) -> tuple[int, int]:
     """An integer or a pair of integers (e.g. a kernel size) as a pair of Python ints."""
     if isinstance(value, (tuple, list)):
@@ -135,6 +145,35 @@ def module(value, name: str = "model") -> torch.nn.Module:
     if not isinstance(value, torch.nn.Module):
         raise ValueError(f"{name} must be an nn.Module, got {type(value).__name__}")
     return value
+
+
+def eval_mode(model, name: str = "model") -> torch.nn.Module:
+    """An ``nn.Module`` none of whose BatchNorm or dropout layers (``p > 0``) is in training mode.
+
+    In training mode BatchNorm normalises by the batch's statistics (one image's map would depend
+    on the others in the batch) and updates its running statistics as a side effect, and dropout
+    makes the result random. Maps of a trained network (pullbacks, guided backpropagation) are
+    meant in evaluation mode, so they refuse rather than warn: a warning would come after the
+    running statistics had changed. Functional dropout and batch-norm calls have no module to
+    inspect; ``nbsupport.intercept.route_calls(..., eval_only=True)`` catches them in the pass.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` is not an ``nn.Module``, or naming the first such layer and the fix,
+        ``model.eval()``.
+    """
+    module(model, name)
+    dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    for layer_name, layer in model.named_modules():
+        if not (layer.training and isinstance(layer, dependent)):
+            continue
+        if isinstance(layer, torch.nn.modules.dropout._DropoutNd) and layer.p == 0:
+            continue  # drops nothing
+        raise ValueError(f"{name} is in training mode (its {type(layer).__name__} layer "
+                         f"{layer_name or name!r} would use batch statistics, update its running "
+                         f"statistics or drop units): call {name}.eval() first")
+    return model
 
 
 def real_tensor(values, name: str) -> torch.Tensor:
@@ -190,6 +229,88 @@ def batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, nam
     if low < 0 or (n_classes is not None and high >= n_classes):
         raise ValueError(f"{where}y must hold class indices in [0, {n_classes}) (the model has {n_classes} "
                          f"outputs), got values in [{low}, {high}]")
+
+
+def check_input(x, name: str = "x") -> torch.Tensor:
+    """A floating tensor with a batch axis, ``(N, ...)`` with at least two axes; returned as it is.
+
+    The input of the attribution call shape ``attribute(model, x, target)``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, for anything else (an integer tensor, a single sample, not a tensor).
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a floating tensor of shape (N, ...) with a batch axis, got {shape}")
+    return x
+
+
+def check_target(target, n: int, n_classes: int, device=None, name: str = "target") -> torch.Tensor:
+    """Class indices of the attribution call shape, checked and broadcast to one per sample.
+
+    Parameters
+    ----------
+    target : int, NumPy integer, or integer Tensor / NumPy array of shape () or (N,)
+        Class indices in ``[0, n_classes)``. Booleans and floats (``2.0`` included) are refused.
+    n, n_classes : int
+        Batch size and number of classes (outputs of the model).
+    device : torch.device, optional
+        Where the result lives.
+    name : str
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    Tensor, long, shape (N,)
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``: not an integer, a wrong shape, or a class outside ``[0, n_classes)``.
+    """
+    expected = f"{name} must be an int or an integer tensor or array of shape ({n},)"
+    if isinstance(target, np.ndarray) and target.ndim > 0:
+        if target.dtype.kind not in "iu":
+            raise ValueError(f"{expected}, got an array of dtype {target.dtype}")
+        target = torch.as_tensor(target.astype(np.int64))
+    if isinstance(target, torch.Tensor) and target.ndim > 0:
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"{expected}, got a tensor of dtype {target.dtype}")
+        if target.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) (one class per sample), got {tuple(target.shape)}")
+        target = target.to(device=device, dtype=torch.long)
+    else:
+        number = _scalar(target)  # None for booleans
+        if not isinstance(number, int):
+            raise ValueError(f"{expected}, got {target!r}")
+        target = torch.full((n,), number, dtype=torch.long, device=device)
+    if len(target) and not (0 <= int(target.min()) and int(target.max()) < n_classes):
+        raise ValueError(f"{name} must lie in [0, {n_classes}) (the model has {n_classes} outputs), "
+                         f"got values in [{int(target.min())}, {int(target.max())}]")
+    return target
+
+
+# torch's messages for an input whose shape does not fit a layer
+_SHAPE_ERROR = re.compile(r"shape|size mismatch|must match the size|Expected .*input|channels|dimension",
+                          re.IGNORECASE)
+
+
+def checked_forward(model, x: torch.Tensor):
+    """``model(x)``, with a shape mismatch between ``x`` and the model reported as a ``ValueError``.
+
+    Only errors whose message is about shapes are translated; out-of-memory, device and dtype
+    errors, and ``NotImplementedError`` (a call without a backward rule), pass through unchanged.
+    """
+    try:
+        return model(x)
+    except NotImplementedError:  # a call without a backward rule: not about x
+        raise
+    except RuntimeError as err:
+        if not _SHAPE_ERROR.search(str(err)):  # out of memory, devices, dtypes: not about x's shape
+            raise
+        raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model: {err}") from err
 
 
 def int_seed(rng, name: str = "rng") -> int:

@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._validate import integer, torch_rng
+from ._validate import check_input, check_target, integer, labels, torch_rng
 from .intercept import route_calls
-from .saliency import check_input, check_target, input_gradient
+from .saliency import input_gradient
 
 __all__ = [
     "Attribution",
@@ -58,7 +58,9 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
 
     Each ReLU passes back :math:`\max(g, 0)\,\1(z > 0)`; max-pooling keeps its usual routing.
     Unlike Captum's ``GuidedBackprop`` (which hooks ``nn.ReLU`` modules only), ReLUs called
-    functionally are covered too (:func:`nbsupport.intercept.route_calls`).
+    functionally are covered too (:func:`nbsupport.intercept.route_calls`). A forward pass in
+    training mode (dropout or batch norm with the training flag on) is refused with a
+    ``ValueError`` naming the fix, ``model.eval()``, as for the excitation pullback.
 
     Parameters
     ----------
@@ -70,7 +72,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     -------
     Tensor, shape of ``x``
     """
-    with route_calls(model, lambda z, inplace: _GuidedReLU.apply(z, inplace)):
+    with route_calls(model, lambda z, inplace: _GuidedReLU.apply(z, inplace), eval_only=True):
         return input_gradient(model, x, target)
 
 
@@ -222,8 +224,7 @@ def class_average_map(attribute: Attribution, x_ref: torch.Tensor, y_ref: torch.
         ``fn(model, x, target) -> Tensor`` shaped like ``x``, on ``x``'s device.
     """
     check_input(x_ref)
-    if not isinstance(y_ref, torch.Tensor) or y_ref.shape != (len(x_ref),) or y_ref.is_floating_point():
-        raise ValueError(f"y_ref must be an integer tensor of shape ({len(x_ref)},), got {y_ref!r}")
+    y_ref = labels(y_ref, len(x_ref), "y_ref")
 
     def fn(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         check_input(x)

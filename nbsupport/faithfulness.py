@@ -28,11 +28,10 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from ._validate import int_seed, integer, real, torch_rng
+from ._validate import check_input, check_target, int_seed, integer, real, torch_rng
 from .attribution import Attribution
 from .map_statistics import rank_correlation
 from .randomisation import randomise_top_layers
-from .saliency import check_input, check_target
 
 __all__ = [
     "contribution",

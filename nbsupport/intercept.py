@@ -28,7 +28,7 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._validate import pair
+from ._validate import eval_mode, pair
 
 __all__ = ["route_calls", "PoolGeometry", "pool_geometry"]
 
@@ -41,6 +41,15 @@ _UNSUPPORTED = {F.relu6, F.threshold, torch.threshold, torch.threshold_, F.thres
                 F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.fractional_max_pool2d,
                 F.fractional_max_pool3d, F.lp_pool2d, F.hardtanh, F.hardtanh_}
 _POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+# calls whose result depends on the training flag: dropout (random) and batch norm (batch
+# statistics, running statistics updated); argument names and the flag's default
+_DROPOUT = {F.dropout: True, F.dropout1d: True, F.dropout2d: True, F.dropout3d: True,
+            F.alpha_dropout: False, F.feature_alpha_dropout: False}
+_DROPOUT_ARGS = ("input", "p", "training", "inplace")
+_ATEN_DROPOUT = {torch.dropout, torch.dropout_, torch.alpha_dropout, torch.alpha_dropout_,
+                 torch.feature_dropout, torch.feature_dropout_, torch.feature_alpha_dropout,
+                 torch.feature_alpha_dropout_}
+_BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training")
 
 
 class PoolGeometry(NamedTuple):
@@ -106,21 +115,48 @@ def _bind(args, kwargs, names):
     return bound
 
 
+def _training_call(func, args, kwargs) -> str | None:
+    """The name of a dropout or batch-norm call that runs in training mode, else ``None``.
+
+    Dropout counts when its flag is on and ``p > 0`` (the map would be random); batch norm when
+    its ``training`` flag is on (batch statistics, and the running statistics are updated).
+    """
+    if func in _DROPOUT:
+        bound = _bind(args, kwargs, _DROPOUT_ARGS)
+        on, p = bound.get("training", _DROPOUT[func]), bound.get("p", 0.5)
+    elif func in _ATEN_DROPOUT:
+        bound = _bind(args, kwargs, ("input", "p", "train"))
+        on, p = bound.get("train", True), bound.get("p", 0.5)
+    elif func is F.batch_norm:
+        on, p = _bind(args, kwargs, _BATCH_NORM_ARGS).get("training", False), 1.0
+    else:
+        return None
+    return getattr(func, "__name__", repr(func)) if on and p > 0 else None
+
+
 class _CallRouter(TorchFunctionMode):
     """Route ReLU and max-pool calls to ``relu_rule(z, inplace)`` and ``pool_rule(x, geometry, ceil_mode)``."""
 
-    def __init__(self, relu_rule: Callable, pool_rule: Callable | None, strict: bool):
+    def __init__(self, relu_rule: Callable, pool_rule: Callable | None, strict: bool, eval_only: bool = False):
         super().__init__()
         self.relu_rule, self.pool_rule, self.strict = relu_rule, pool_rule, strict
+        self.eval_only = eval_only
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         routed = func in _RELU or func in _RELU_INPLACE or (
             self.pool_rule is not None and (func in _MAXPOOL or func in _MAXPOOL_INDICES))
         if routed and _inside_checkpoint():
-            raise RuntimeError("the model uses activation checkpointing (torch.utils.checkpoint): its backward "
-                               "pass recomputes the forward pass outside these rules, so ReLU and max-pool "
-                               "calls would be recomputed vanilla; run the model without checkpointing")
+            raise ValueError("model uses activation checkpointing (torch.utils.checkpoint): its backward "
+                             "pass recomputes the forward pass outside these rules, so ReLU and max-pool "
+                             "calls would be recomputed vanilla; run the model without checkpointing")
+        if self.eval_only:
+            name = _training_call(func, args, kwargs)
+            if name is not None:
+                raise ValueError(f"model runs in training mode (a {name} call with its training flag on: "
+                                 "dropout makes the map random, batch norm uses the batch's statistics and "
+                                 "updates its running statistics): call model.eval() first (a BatchNorm "
+                                 "with track_running_stats=False uses batch statistics even then)")
         if func in _RELU:
             bound = _bind(args, kwargs, ("input", "inplace"))
             return self.relu_rule(bound["input"], bool(bound.get("inplace", False)))
@@ -148,7 +184,7 @@ _ACTIVE: set[int] = set()
 
 @contextlib.contextmanager
 def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | None = None,
-                strict: bool = True, exclusive: bool = True) -> Iterator[nn.Module]:
+                strict: bool = True, exclusive: bool = True, eval_only: bool = False) -> Iterator[nn.Module]:
     """Context manager: inside it, ``model``'s ReLU (and max-pool) calls go to the given rules.
 
     Only calls made while ``model`` (or one of its submodules) runs its forward pass are routed;
@@ -172,6 +208,15 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
     exclusive : bool
         ``False`` for rules that only read ``z`` and then call ``torch.relu`` (which an enclosing
         routing then handles): allowed inside another routing of the same model.
+    eval_only : bool
+        Refuse (``ValueError`` naming the fix, ``model.eval()``) a BatchNorm or dropout module
+        in training mode on entry (``nbsupport._validate.eval_mode``), and a dropout call with
+        its training flag on and ``p > 0``, or a batch-norm call with its training flag on, made
+        during the forward pass: checked before the call runs, so no running statistic is
+        updated. Functional calls are caught as well as modules.
+
+    Activation checkpointing (``torch.utils.checkpoint``) around a routed call is refused with a
+    ``ValueError`` naming ``model``: its recomputation in the backward pass would bypass the rules.
 
     Yields
     ------
@@ -183,7 +228,9 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
     if exclusive and id(model) in _ACTIVE:
         raise RuntimeError("rules are already routed on this model (e.g. inside surrogate_gradients); "
                            "nesting two rule-changing routings is not supported")
-    mode = _CallRouter(relu_rule, pool_rule, bool(strict))
+    if eval_only:
+        eval_mode(model)
+    mode = _CallRouter(relu_rule, pool_rule, bool(strict), bool(eval_only))
     depth = [0]
 
     def enter(module, args):

@@ -12,8 +12,8 @@ import numpy as np
 import scipy.stats
 import torch
 
-from ._validate import real
-from .saliency import check_input
+from ._validate import check_input, real
+from .covariance import centred_gram
 
 __all__ = ["gaussian_blur", "roughness", "pearson_rows", "linear_cka", "rank_correlation"]
 
@@ -112,7 +112,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     :math:`\operatorname{CKA}(X, Y) = \langle K, L \rangle_F / (\|K\|_F \|L\|_F)` with
     :math:`K = X_c X_c^\top`, :math:`L = Y_c Y_c^\top` and :math:`X_c, Y_c` the column-centred
-    matrices. It lies in [0, 1], equals 1 for ``x == y`` and is invariant to orthogonal transforms
+    matrices (formed as :func:`~nbsupport.covariance.centred_gram` of :math:`X X^\top` and
+    :math:`Y Y^\top`). It lies in [0, 1], equals 1 for ``x == y`` and is invariant to orthogonal transforms
     and isotropic scaling of either representation, so gates (binary) and features (real) can be
     compared on one scale. Computed from the ``N x N`` Gram matrices in float64, so ``p`` and ``q``
     may be large.
@@ -132,8 +133,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"x and y must be 2-d tensors (N, p) and (N, q) with the same N >= 2, got "
                          f"{getattr(x, 'shape', type(x).__name__)} and {getattr(y, 'shape', type(y).__name__)}")
     x, y = x.double(), y.to(device=x.device, dtype=torch.float64)
-    x, y = x - x.mean(0), y - y.mean(0)
-    k, l_ = x @ x.T, y @ y.T
+    k, l_ = centred_gram(x @ x.T), centred_gram(y @ y.T)
     return (k * l_).sum() / (k.norm() * l_.norm())
 
 

@@ -23,9 +23,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from ._validate import int_seed, integer, torch_rng
+from ._validate import check_input, int_seed, integer, torch_rng
 from .map_statistics import rank_correlation
-from .saliency import check_input
 
 __all__ = ["weight_layers", "weight_layer_depths", "recalibrate_batchnorm", "randomise_top_layers",
            "cascading_randomisation"]
@@ -160,7 +159,8 @@ def randomise_top_layers(model: nn.Module, n_layers: int, rng=0, *, order: str =
         recalibration).
     """
     levels = _levels(model, order)
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= len(levels):
+    n_layers = integer(n_layers, "n_layers", minimum=1)
+    if n_layers > len(levels):
         raise ValueError(f"n_layers must be an int in [1, {len(levels)}] (weight layers or depth levels), "
                          f"got {n_layers!r}")
     chosen = {name for level in levels[:n_layers] for name in level}

@@ -4,84 +4,18 @@ An attribution is a function ``attribute(model, x, target) -> Tensor shaped like
 ``attribute(inputs, target=...)``). :func:`input_gradient` is the simplest one, the vanilla
 gradient :math:`\partial f_c / \partial x`, computed with whatever backward rules are active
 (inside :func:`nbsupport.pullbacks.surrogate.surrogate_gradients` it is the excitation pullback).
-:func:`check_input` and :func:`check_target` validate the arguments of that call shape; :func:`checked_forward` runs a
-model and says when ``x`` does not fit it.
+The checks of that call shape's arguments (``check_input``, ``check_target``) and of a forward
+pass on ``x`` (``checked_forward``) live with the package's other checks in ``nbsupport._validate``.
 """
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
-__all__ = ["input_gradient", "check_input", "check_target", "checked_forward"]
+from ._validate import check_input, check_target, checked_forward
 
-
-def check_input(x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    """A floating tensor with a batch axis, ``(N, ...)`` with at least two axes; returned as it is.
-
-    Raises
-    ------
-    ValueError
-        Naming ``name``, for anything else (an integer tensor, a single sample, not a tensor).
-    """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a floating tensor of shape (N, ...) with a batch axis, got {shape}")
-    return x
-
-
-def check_target(target, n: int, n_classes: int, device=None) -> torch.Tensor:
-    """Validate class indices and broadcast them to one per sample.
-
-    Parameters
-    ----------
-    target : int or Tensor of shape () or (N,)
-        Class indices in ``[0, n_classes)``.
-    n, n_classes : int
-        Batch size and number of classes (outputs of the model).
-
-    Returns
-    -------
-    Tensor, long, shape (N,)
-    """
-    if isinstance(target, bool):
-        raise ValueError(f"target must be an int or an integer tensor of shape ({n},), got {target!r}")
-    if isinstance(target, int):
-        target = torch.full((n,), target, dtype=torch.long, device=device)
-    elif isinstance(target, torch.Tensor) and not target.is_floating_point() and target.dtype != torch.bool:
-        if target.ndim == 0:
-            target = target.expand(n)
-        if target.shape != (n,):
-            raise ValueError(f"target must have shape ({n},) (one class per sample), got {tuple(target.shape)}")
-        target = target.to(device=device, dtype=torch.long)
-    else:
-        raise ValueError(f"target must be an int or an integer tensor of shape ({n},), got {target!r}")
-    if len(target) and not (0 <= int(target.min()) and int(target.max()) < n_classes):
-        raise ValueError(f"target must lie in [0, {n_classes}) (the model has {n_classes} outputs), "
-                         f"got values in [{int(target.min())}, {int(target.max())}]")
-    return target
-
-
-# torch's messages for an input whose shape does not fit a layer
-_SHAPE_ERROR = re.compile(r"shape|size mismatch|must match the size|Expected .*input|channels|dimension", re.IGNORECASE)
-
-
-def checked_forward(model, x: torch.Tensor):
-    """``model(x)``, with a shape mismatch between ``x`` and the model reported as a ``ValueError``.
-
-    Only errors whose message is about shapes are translated; out-of-memory, device and dtype
-    errors, and ``NotImplementedError`` (a call without a backward rule), pass through unchanged.
-    """
-    try:
-        return model(x)
-    except NotImplementedError:  # a call without a backward rule: not about x
-        raise
-    except RuntimeError as err:
-        if not _SHAPE_ERROR.search(str(err)):  # out of memory, devices, dtypes: not about x's shape
-            raise
-        raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model: {err}") from err
+__all__ = ["input_gradient"]
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -114,3 +114,21 @@ def test_rng_same_gives_same_other_gives_other_bad_is_refused(method):
     for bad in (None, -1, 1.5, "0"):
         with pytest.raises(ValueError, match="rng"):
             fn(cnn, x, 1, rng=bad)
+
+
+@pytest.mark.parametrize("method", ["input_gradient", "guided_backprop", "gradient_x_input", "integrated_gradients",
+                                    "smoothgrad", "class_average_map"])
+def test_targets_may_be_numpy_integers_but_not_booleans_or_floats(method):
+    """A class index taken from a NumPy array (np.int64) is a class index; True and 2.0 are not."""
+    cnn, x = _seeded_cnn(1), _images(2, side=8)
+    fn = {"input_gradient": input_gradient, "guided_backprop": guided_backprop,
+          "gradient_x_input": gradient_x_input, "integrated_gradients": partial(integrated_gradients, n_steps=2),
+          "smoothgrad": partial(smoothgrad, n_samples=2),
+          "class_average_map": class_average_map(input_gradient, _images(4, side=8, seed=2),
+                                                 torch.tensor([0, 1, 2, 3]))}[method]
+    expected = fn(cnn, x, 2)
+    for target in (np.int64(2), np.array([2, 2]), torch.tensor([2, 2], dtype=torch.int32)):
+        torch.testing.assert_close(fn(cnn, x, target), expected)
+    for bad in (True, 2.0, np.float64(2.0), torch.tensor([2.0, 2.0]), torch.tensor([True, False])):
+        with pytest.raises(ValueError, match="target"):
+            fn(cnn, x, bad)

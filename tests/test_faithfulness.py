@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import scipy.sparse.linalg
+import scipy.stats
 import torch
 from torch import nn
 
@@ -18,23 +19,56 @@ from attribution_nets import _images, _linear, _seeded_cnn
 
 
 def _loop_curves(model, x, target, attribution, n_steps, baseline):
-    """One image and one step at a time, pixels sorted in Python."""
+    """One image and one step at a time, pixels sorted in Python; ``baseline`` a number or a
+    tensor shaped like ``x`` (one baseline image per sample)."""
     n, c, h, w = x.shape
     dele = torch.zeros(n, n_steps + 1, dtype=x.dtype)
     ins = torch.zeros(n, n_steps + 1, dtype=x.dtype)
     for i in range(n):
+        base = baseline[i] if isinstance(baseline, torch.Tensor) else torch.full_like(x[i], baseline)
         score = attribution[i].sum(0).flatten().tolist()
         order = sorted(range(h * w), key=lambda p: -score[p])  # stable: ties keep pixel order
         for j in range(n_steps + 1):
             k = round(j * h * w / n_steps)
-            xd, xi = x[i].clone(), torch.full_like(x[i], baseline)
+            xd, xi = x[i].clone(), base.clone()
             for p in order[:k]:
-                xd[:, p // w, p % w] = baseline
+                xd[:, p // w, p % w] = base[:, p // w, p % w]
                 xi[:, p // w, p % w] = x[i][:, p // w, p % w]
             with torch.no_grad():
                 dele[i, j] = model(xd[None]).softmax(1)[0, target[i]]
                 ins[i, j] = model(xi[None]).softmax(1)[0, target[i]]
     return dele, ins
+
+
+def _loop_auc(curve):
+    """The trapezoid rule on an evenly spaced grid from 0 to 1, in plain Python."""
+    values = curve.tolist()
+    step = 1 / (len(values) - 1)
+    return sum((a + b) / 2 * step for a, b in zip(values[:-1], values[1:]))
+
+
+def _hand_randomised(model, n_layers, seed):
+    """A copy whose last ``n_layers`` Linear/Conv2d layers (definition order) get weights and bias
+    uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)], drawn in float64 from one seeded generator in
+    definition order, weight before bias: the law randomise_top_layers documents, by hand."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    layers = [m for m in clone.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-n_layers:]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            fan_in = layer.weight[0].numel()
+            for param in (p for p in (layer.weight, layer.bias) if p is not None):
+                u = torch.rand(param.shape, generator=g, dtype=torch.float64)
+                param.copy_((2 * u - 1) / math.sqrt(fan_in))
+    return clone
+
+
+def _spearman_rows(a, b):
+    """scipy's Spearman correlation of |a[n]| and |b[n]|, sample by sample."""
+    return torch.tensor([scipy.stats.spearmanr(a[n].abs().flatten().numpy(), b[n].abs().flatten().numpy()).statistic
+                         for n in range(len(a))], dtype=torch.float64)
 
 
 def test_deletion_insertion_match_a_loop():
@@ -129,42 +163,49 @@ def test_deletion_insertion_with_tensor_baselines_match_a_loop():
 
 
 def test_evaluate_methods_equals_the_metrics_called_one_by_one():
+    """Every removal AUC against the plain loop (one image and one step at a time, the trapezoid
+    in Python) for both baselines and every map type; the randomisation statistic against a copy
+    randomised by hand and scipy's Spearman; ROAD and infidelity against their own functions (each
+    tested against a loop or a closed form above); the metric names exactly."""
     cnn = _seeded_cnn(2)
     x = _images(3, side=8, seed=11)
     target = torch.tensor([1, 4, 8])
     methods = {"gradient": input_gradient, "image": image_map, "IG": integrated_gradients}
     types = {"gradient": "gradient", "image": "score", "IG": "path"}
-    baselines = {"zero": 0.0, "blur": gaussian_blur(x, 1.0)}
+    blurred = gaussian_blur(x, 1.0)
+    baselines = {"zero": 0.0, "blur": blurred}
     got = evaluate_methods(cnn, x, target, methods, map_types=types, baselines=baselines, n_steps=4,
                            road_fractions=(0.25, 0.5), infidelity_samples=5, sensitivity_samples=3,
                            randomise_layers=2, rng=3)
-    randomised = randomise_top_layers(cnn, 2, rng=3)
-    f = torch.linspace(0, 1, 5, dtype=torch.float64)
+    randomised = _hand_randomised(cnn, 2, seed=3)  # an int rng is the seed itself
+    names = {f"{kind} AUC ({b})" for kind in ("deletion", "insertion") for b in baselines}
+    names |= {"ROAD", "infidelity", "max-sensitivity", "randomisation Spearman"}
+    assert set(got) == set(methods)
     for name, fn in methods.items():
+        assert set(got[name]) == names, name
         a = fn(cnn, x, target)
         for b_name, b in baselines.items():
-            if types[name] == "gradient":
-                score = a * (x - b)
+            if types[name] == "gradient":  # the contribution a * (x - b), written out
+                score = a * (x - (b if isinstance(b, torch.Tensor) else torch.full_like(x, b)))
             elif types[name] == "path":
                 score = fn(cnn, x, target, baseline=b)
             else:
                 score = a
-            if b_name == "zero":  # against the loop, one image at a time
-                loop = [_loop_curves(cnn, x[i:i + 1], target[i:i + 1], score[i:i + 1], 4, 0.0) for i in range(3)]
-                torch.testing.assert_close(got[name]["deletion AUC (zero)"],
-                                           torch.trapezoid(torch.cat([d for d, _ in loop]), f, dim=1))
-                torch.testing.assert_close(got[name]["insertion AUC (zero)"],
-                                           torch.trapezoid(torch.cat([i for _, i in loop]), f, dim=1))
-            else:
-                curves = deletion_insertion(cnn, x, target, score, n_steps=4, baseline=b)
-                torch.testing.assert_close(got[name][f"deletion AUC ({b_name})"],
-                                           curve_auc(curves.fractions, curves.deletion))
+            dele, ins = _loop_curves(cnn, x, target, score, 4, b)
+            for kind, curve in (("deletion", dele), ("insertion", ins)):
+                expected = torch.tensor([_loop_auc(curve[i]) for i in range(3)], dtype=torch.float64)
+                torch.testing.assert_close(got[name][f"{kind} AUC ({b_name})"], expected, rtol=1e-12, atol=1e-14)
         road_score = a * x if types[name] == "gradient" else a
         torch.testing.assert_close(got[name]["ROAD"], road(cnn, x, target, road_score, fractions=(0.25, 0.5),
                                                            rng=3).score)
         torch.testing.assert_close(got[name]["infidelity"], infidelity(cnn, x, target, a, n_samples=5, rng=3))
-        torch.testing.assert_close(got[name]["randomisation Spearman"], rank_correlation(a, fn(randomised, x, target)))
+        torch.testing.assert_close(got[name]["randomisation Spearman"],
+                                   _spearman_rows(a, fn(randomised, x, target)), rtol=1e-12, atol=1e-14)
+    # the hand-randomised copy is randomise_top_layers' copy, to rounding (1/sqrt vs times the bound)
+    for p, q in zip(randomised.parameters(), randomise_top_layers(cnn, 2, rng=3).parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-14, atol=0.0)
     assert bool((got["image"]["max-sensitivity"] > 0).all())  # the image map moves with the image
+    assert bool((got["gradient"]["randomisation Spearman"] < 0.99).all())  # randomising changed the gradient
     with pytest.raises(ValueError, match="methods"):
         evaluate_methods(cnn, x, target, {})
     with pytest.raises(ValueError, match="map_types"):

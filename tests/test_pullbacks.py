@@ -122,8 +122,9 @@ POOL_CASES = [
 ]
 
 
-def _brute_softmax_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, T=0.3):
-    """Per-window loop: positions that fall outside the input are skipped (max-pool's -inf padding)."""
+def _brute_softmax_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, T=0.3, detach=False):
+    """Per-window loop: positions that fall outside the input are skipped (max-pool's -inf padding);
+    ``detach`` holds the softmax weights constant for autograd."""
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     k, p, d = pair(kernel_size), pair(padding), pair(dilation)
     s = k if stride is None else pair(stride)
@@ -135,7 +136,7 @@ def _brute_softmax_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil
                 for r, q in [(i * s[0] - p[0] + a * d[0], j * s[1] - p[1] + b * d[1])] if 0 <= r < H and 0 <= q < W]
         vals = torch.stack(vals)
         w = torch.softmax(vals / T, 0)
-        out[n, c, i, j] = (w * vals).sum()
+        out[n, c, i, j] = ((w.detach() if detach else w) * vals).sum()
     return out
 
 
@@ -160,6 +161,42 @@ def test_softmax_pool_forward_and_surrogate_backward_match_a_loop(case):
     got = excitation_pullback(Probe(), x, 0, temperature=1.0, pool_temperature=T)
     assert torch.equal(pool(x), F.max_pool2d(x, **case))  # outside the context: untouched
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_detached_weights_rule_matches_a_loop(case):
+    """The later pooling rule (softmax weights held constant) against autograd through the
+    per-window loop with detached weights: as the VJP, as the routed max-pool's backward and in
+    the pullback; its entries are >= 0 for a non-negative upstream gradient, unlike the default."""
+    from nbsupport.pullbacks.softpool import softmax_pool2d_vjp, softmax_routed_max_pool2d
+
+    x = torch.randn(2, 2, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    T = 0.7
+    g = torch.rand(F.max_pool2d(x, **case).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    xr = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad((_brute_softmax_pool(xr, **case, T=T, detach=True) * g).sum(), xr)
+    torch.testing.assert_close(softmax_pool2d_vjp(x, g, **case, temperature=T, detach_weights=True), expected)
+    xr = x.clone().requires_grad_(True)
+    routed = softmax_routed_max_pool2d(xr, **case, temperature=T, detach_weights=True)
+    assert torch.equal(routed, F.max_pool2d(x, **case))
+    (got,) = torch.autograd.grad((routed * g).sum(), xr)
+    torch.testing.assert_close(got, expected)
+    pool = nn.MaxPool2d(**case)
+
+    class Probe(nn.Module):
+        def forward(self, inp):
+            score = (pool(inp) * g).sum((1, 2, 3))
+            return torch.stack([score, torch.zeros_like(score)], 1)
+
+    pullback = excitation_pullback(Probe(), x, 0, temperature=1.0, pool_temperature=T, pool_detach_weights=True)
+    torch.testing.assert_close(pullback, expected)
+    assert float(expected.min()) >= 0.0
+    full = excitation_pullback(Probe(), x, 0, temperature=1.0, pool_temperature=T)
+    assert float(full.min()) < 0.0 and not torch.allclose(full, expected)  # the default rule is another one
+    with pytest.raises(ValueError, match="pool_detach_weights"):
+        excitation_pullback(Probe(), x, 0, pool_detach_weights=1)
+    with pytest.raises(ValueError, match="detach_weights"):
+        softmax_pool2d_vjp(x, g, **case, detach_weights="yes")
 
 
 def test_surrogate_pool_covers_functional_calls_and_indices():
@@ -710,6 +747,52 @@ def test_train_mode_is_refused_naming_the_fix():
     torch.testing.assert_close(excitation_pullback(plain, x, 1, 1e-8), input_gradient(plain, x, 1))
 
 
+class _FunctionalDropout(nn.Module):
+    """Dropout called functionally (``F.dropout(x, p, self.training)``): no module to inspect."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.a, self.b, self.p = nn.Linear(64, 6), nn.Linear(6, 3), p
+
+    def forward(self, x):
+        return self.b(F.dropout(F.relu(self.a(x.flatten(1))), self.p, self.training))
+
+
+def test_functional_training_calls_are_refused_during_the_forward_pass():
+    """Dropout and batch norm in training mode are caught at the call (functional calls too),
+    before it runs: the running statistics stay as they were and the model is restored; after
+    model.eval() the same calls go through. allow_training=True lets them run."""
+    torch.manual_seed(1)
+    x = _images(3, side=8)
+    net = _FunctionalDropout().double()  # training mode, and no Dropout module
+    before = _snapshot(net)
+    for call in (lambda: excitation_pullback(net, x, 0), lambda: guided_backprop(net, x, 0)):
+        with pytest.raises(ValueError, match=r"dropout.*model\.eval\(\)"):
+            call()
+        _assert_restored(net, before)
+    with surrogate_gradients(net, allow_training=True):  # random, but allowed when asked for
+        assert input_gradient(net, x, 0).shape == x.shape
+    net.eval()
+    z = net.a(x.flatten(1)).detach()
+    expected = (net.b.weight[0] * torch.sigmoid(z / 0.3)) @ net.a.weight  # no dropout in eval mode
+    torch.testing.assert_close(excitation_pullback(net, x, 0).flatten(1), expected.detach())
+    no_dropout = _FunctionalDropout(p=0.0).double()  # p = 0: nothing random, nothing refused
+    excitation_pullback(no_dropout, x, 0)
+    # batch norm: a module in training mode, and one without running statistics (batch
+    # statistics even in eval mode, where check_eval_mode cannot see it)
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+    before = _snapshot(bn)
+    with pytest.raises(ValueError, match="model.eval"):
+        with surrogate_gradients(bn):
+            input_gradient(bn, x, 0)
+    _assert_restored(bn, before)  # the running statistics were not updated
+    stateless = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.BatchNorm1d(6, track_running_stats=False),
+                              nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    with pytest.raises(ValueError, match="track_running_stats"):
+        excitation_pullback(stateless, x, 0)
+    excitation_pullback(bn.eval(), x, 0)
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_activation_checkpointing_is_refused(reentrant):
     from torch.utils.checkpoint import checkpoint
@@ -725,8 +808,34 @@ def test_activation_checkpointing_is_refused(reentrant):
     torch.manual_seed(0)
     net = Checkpointed().double().eval()
     x = torch.randn(4, 1, 2, 3, dtype=torch.float64, requires_grad=False)
-    with pytest.raises(RuntimeError, match="checkpoint"):
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match="model uses activation checkpointing"):
         excitation_pullback(net, x, 0)
+    _assert_restored(net, before)  # hooks removed, no mode left active, nothing routed any more
+    with pytest.raises(ValueError, match="checkpoint"):
+        guided_backprop(net, x, 0)
+    _assert_restored(net, before)
+    # nn.ReLU modules inside a checkpointed Sequential are refused as well
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(),
+                        nn.Linear(5, 3)).double().eval()
+
+    class Sequentially(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = seq
+
+        def forward(self, x):
+            return checkpoint_sequential(self.seq, 2, x, use_reentrant=reentrant)
+
+    wrapped = Sequentially()
+    before = _snapshot(wrapped)
+    with pytest.raises(ValueError, match="checkpoint"):
+        excitation_pullback(wrapped, x.requires_grad_(True), 1)
+    x.requires_grad_(False)
+    _assert_restored(wrapped, before)
+    torch.testing.assert_close(excitation_pullback(seq, x, 1, 1e-9), input_gradient(seq, x, 1))
     # the same network without checkpointing: the pullback is the soft-gated product (closed form)
     class Plain(Checkpointed):
         def forward(self, x):

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -25,9 +26,11 @@ def test_randomise_top_layers():
     assert changed == set(names[-2:]) and not rand.training
     again = randomise_top_layers(cnn, 2, rng=0)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in rand.state_dict().items())
-    for bad in (0, len(names) + 1, True):
+    for bad in (0, len(names) + 1, True, 2.0, "2"):
         with pytest.raises(ValueError, match="n_layers"):
             randomise_top_layers(cnn, bad)
+    numpy = randomise_top_layers(cnn, np.int64(2), rng=np.int64(0))  # NumPy integers are integers
+    assert all(torch.equal(v, numpy.state_dict()[k]) for k, v in rand.state_dict().items())
 
 
 def test_randomise_top_layers_uses_no_global_random_state():

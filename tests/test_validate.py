@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from nbsupport._validate import integer, labels, numpy_rng, pair, real, rows, torch_rng
+from nbsupport._validate import (check_input, check_target, checked_forward, eval_mode, flag, integer, labels,
+                                 numpy_rng, pair, real, rows, torch_rng)
 
 
 @pytest.mark.parametrize("value", [0.5, 1, np.float64(0.5), np.float32(0.5), np.int64(2), torch.tensor(0.5),
@@ -221,3 +223,73 @@ def test_public_functions_name_a_wrong_argument_with_a_valueerror():
     assert models.vgg_cnn(np.array([4, 8]), n_classes=np.int64(3), image_size=8)(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
     torch.testing.assert_close(propagation.relu_correlation_map([1.0, 0.0]).double(),
                                torch.tensor([1.0, 1 / torch.pi], dtype=torch.float64))
+
+
+def test_eval_mode_names_the_layer_and_the_fix():
+    """BatchNorm and dropout (p > 0) in training mode are refused, naming the layer and
+    model.eval(); a train-mode model without them, a p = 0 dropout and eval mode pass."""
+    for layer, kind in ((nn.BatchNorm1d(3), "BatchNorm1d"), (nn.Dropout(0.2), "Dropout"),
+                        (nn.AlphaDropout(0.1), "AlphaDropout"), (nn.Dropout2d(0.3), "Dropout2d")):
+        net = nn.Sequential(nn.Linear(2, 3), layer)
+        with pytest.raises(ValueError, match=rf"{kind} layer '1'.*net\.eval\(\)"):
+            eval_mode(net, "net")
+        assert eval_mode(net.eval()) is net
+    plain = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Dropout(0.0))  # training, but nothing mode-dependent
+    assert plain.training and eval_mode(plain) is plain
+    with pytest.raises(ValueError, match="model must be an nn.Module"):
+        eval_mode("net")
+
+
+@pytest.mark.parametrize("target", [2, np.int64(2), np.int32(2), np.uint8(2), torch.tensor(2), np.array(2),
+                                    torch.tensor([2, 2, 2], dtype=torch.int32), np.array([2, 2, 2])])
+def test_check_target_accepts_python_numpy_and_torch_integers(target):
+    got = check_target(target, 3, 5)
+    assert got.dtype == torch.long and torch.equal(got, torch.tensor([2, 2, 2]))
+
+
+@pytest.mark.parametrize("target", [True, np.bool_(False), 2.0, np.float64(2.0), torch.tensor(2.0),
+                                    torch.tensor([1.0, 2.0, 0.0]), np.array([1.0, 2.0, 0.0]),
+                                    torch.tensor([True, False, True]), np.array([True, False, True]),
+                                    [1, 2, 0], "1", None, 1 + 0j])
+def test_check_target_refuses_booleans_floats_and_the_rest(target):
+    with pytest.raises(ValueError, match="label must be an int"):
+        check_target(target, 3, 5, name="label")
+
+
+def test_check_target_shape_and_range_and_check_input():
+    with pytest.raises(ValueError, match=r"target must have shape \(3,\)"):
+        check_target(torch.tensor([1, 2]), 3, 5)
+    for bad in (5, -1, np.array([0, 1, 5])):
+        with pytest.raises(ValueError, match=r"target must lie in \[0, 5\)"):
+            check_target(bad, 3, 5)
+    x = torch.zeros(2, 3)
+    assert check_input(x) is x
+    for bad in (torch.zeros(3), torch.zeros(2, 3, dtype=torch.long), np.zeros((2, 3)), [[0.0]]):
+        with pytest.raises(ValueError, match="images must be a floating tensor"):
+            check_input(bad, "images")
+
+
+def test_checked_forward_translates_only_shape_errors():
+    net = nn.Linear(4, 2)
+    torch.testing.assert_close(checked_forward(net, torch.ones(3, 4)), net(torch.ones(3, 4)))
+    with pytest.raises(ValueError, match=r"x of shape \(3, 5\) does not fit the model"):
+        checked_forward(net, torch.ones(3, 5))
+
+    class Fails(nn.Module):
+        def __init__(self, err):
+            super().__init__()
+            self.err = err
+
+        def forward(self, x):
+            raise self.err
+
+    for err in (RuntimeError("CUDA out of memory"), NotImplementedError("no rule"), KeyError("k")):
+        with pytest.raises(type(err)):
+            checked_forward(Fails(err), torch.ones(1, 1))
+
+
+def test_flag_takes_python_and_numpy_booleans_only():
+    assert flag(True, "f") is True and flag(np.bool_(False), "f") is False
+    for bad in (0, 1, "True", None, torch.tensor(True)):
+        with pytest.raises(ValueError, match="detach must be True or False"):
+            flag(bad, "detach")

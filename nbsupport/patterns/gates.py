@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..intercept import route_calls
-from ..saliency import check_input, checked_forward
+from .._validate import check_input, checked_forward
 
 __all__ = ["activation_patterns", "relu_inputs", "path_correlation", "local_affine_maps"]
 

@@ -15,11 +15,10 @@ their public names (DESIGN.md's).
 
 Two modules the pullback rests on stay outside, at the top level: :mod:`nbsupport.intercept`
 (routing every ReLU and max-pool call of a forward pass, functional calls included, to rules of
-one's own) and :mod:`nbsupport.saliency` (the vanilla input gradient and the checks of the
-attribution call shape). The import graph decides: both are imported by modules that are not
-about pullbacks (the gate reader :mod:`nbsupport.patterns`, :mod:`nbsupport.attribution`,
-:mod:`nbsupport.faithfulness`, :mod:`nbsupport.randomisation`, :mod:`nbsupport.map_statistics`)
-and import nothing of this package, so the parts depend on them and never the other way round.
+one's own) and :mod:`nbsupport.saliency` (the vanilla input gradient, the attribution call
+shape). The import graph decides: both are imported by modules that are not
+about pullbacks (the gate reader :mod:`nbsupport.patterns`, :mod:`nbsupport.attribution`) and
+import nothing of this package, so the parts depend on them and never the other way round.
 Inside the package they would make chapter 1's gate reader load the pullback machinery, and
 :mod:`~nbsupport.intercept` would sit in a cycle through ``__init__`` (importing it first would
 meet a half-initialised package). The window arguments of a routed max-pool call

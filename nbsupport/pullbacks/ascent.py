@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .._validate import integer, real
-from ..saliency import check_input, input_gradient
+from .._validate import check_input, eval_mode, integer, real
+from ..saliency import input_gradient
 from .surrogate import excitation_pullback
 
 __all__ = ["projected_gradient_ascent"]
@@ -53,8 +53,15 @@ def projected_gradient_ascent(model: nn.Module, x: torch.Tensor, target, steps: 
     -------
     Tensor, shape of ``x``
         The perturbed inputs.
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, and for a model in training mode with either method
+        (``nbsupport._validate.eval_mode``: the two are compared on one model).
     """
     check_input(x)
+    eval_mode(model)
     steps = integer(steps, "steps", minimum=1)
     step_size, radius = real(step_size, "step_size", low=0), real(radius, "radius", low=0)
     if method not in ("pullback", "gradient"):

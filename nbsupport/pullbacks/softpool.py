@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import real
+from .._validate import flag, real
 from ..intercept import PoolGeometry, pool_geometry
 
 __all__ = ["softmax_pool2d", "softmax_pool2d_vjp", "softmax_routed_max_pool2d", "SoftMaxPool2d", "pool_output_size",
@@ -110,12 +110,17 @@ def softmax_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 
 def softmax_pool2d_vjp(x: torch.Tensor, grad_output: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
                        ceil_mode: bool = False, temperature: float = 0.3,
-                       padding_value: float = -math.inf) -> torch.Tensor:
+                       padding_value: float = -math.inf, *, detach_weights: bool = False) -> torch.Tensor:
     r"""Vector-Jacobian product of :func:`softmax_pool2d` at ``x``, in closed form.
 
     With :math:`s = \sum_i w_i x_i` over a window, :math:`\partial s / \partial x_i = w_i (1 + (x_i -
     s)/T)`; every window's contributions, times its entry of ``grad_output``, are summed back onto
     the input. Non-overlapping, unpadded windows take a route without ``F.unfold``.
+
+    With ``detach_weights=True`` the weights are held constant, :math:`\partial s / \partial x_i
+    = w_i`: the rule of the source's later code, which detaches the softmax weights, so that no
+    entry of the routing is negative (the full derivative's factor :math:`1 + (x_i - s)/T` is
+    negative for window entries more than :math:`T` below the soft maximum).
 
     Parameters
     ----------
@@ -123,6 +128,8 @@ def softmax_pool2d_vjp(x: torch.Tensor, grad_output: torch.Tensor, kernel_size, 
     grad_output : Tensor, shape of ``softmax_pool2d(x, ...)``
     kernel_size, stride, padding, dilation, ceil_mode, temperature, padding_value
         As in :func:`softmax_pool2d`.
+    detach_weights : bool
+        Treat the softmax weights as constants (default ``False``: the full derivative).
 
     Returns
     -------
@@ -139,7 +146,8 @@ def softmax_pool2d_vjp(x: torch.Tensor, grad_output: torch.Tensor, kernel_size, 
     if not (isinstance(grad_output, torch.Tensor) and tuple(grad_output.shape) == pooled):
         raise ValueError(f"grad_output must have the pooled shape {pooled}, got "
                          f"{tuple(getattr(grad_output, 'shape', ()))}")
-    grad = _vjp(x4, grad_output.reshape(n, c, oh, ow), geometry, bool(ceil_mode), temperature, padding_value)
+    grad = _vjp(x4, grad_output.reshape(n, c, oh, ow), geometry, bool(ceil_mode), temperature, padding_value,
+                detach_weights=flag(detach_weights, "detach_weights"))
     return grad[0] if squeeze else grad
 
 
@@ -150,22 +158,26 @@ def _output_size(h: int, w: int, geometry: PoolGeometry, ceil_mode: bool) -> tup
 
 
 def _vjp(x, grad_output, geometry: PoolGeometry, ceil_mode: bool, temperature: float, padding_value: float,
-         window_max=None):
+         window_max=None, detach_weights: bool = False):
     """:func:`softmax_pool2d_vjp` on checked arguments: ``x`` (N, C, H, W), ``grad_output`` (N, C, oh, ow).
 
     ``window_max``, if given, is ``F.max_pool2d(x, ...)`` (tiled windows only; saves recomputing it).
+    ``detach_weights`` passes back ``w_i g`` (the weights held constant) instead.
     """
     kernel, stride, padding, dilation = geometry
     n, c, h, w = x.shape
-    if dilation == (1, 1) and stride == kernel and padding == (0, 0) and (
+    if not detach_weights and dilation == (1, 1) and stride == kernel and padding == (0, 0) and (
             not ceil_mode or (h % kernel[0] == 0 and w % kernel[1] == 0)):
         return _tiled_vjp(x, grad_output, kernel, temperature, window_max)
     oh, ow = grad_output.shape[-2:]
     win, _, padded, pads = _windows(x, geometry, ceil_mode, padding_value)
     weights = torch.softmax(win / temperature, dim=1)
-    values = win.nan_to_num(neginf=0.0)  # padded positions have weight 0; keep them finite
-    soft = (weights * values).sum(1, keepdim=True)
-    local = weights * (1 + (values - soft) / temperature) * grad_output.reshape(n * c, 1, oh * ow)
+    if detach_weights:
+        local = weights * grad_output.reshape(n * c, 1, oh * ow)
+    else:
+        values = win.nan_to_num(neginf=0.0)  # padded positions have weight 0; keep them finite
+        soft = (weights * values).sum(1, keepdim=True)
+        local = weights * (1 + (values - soft) / temperature) * grad_output.reshape(n * c, 1, oh * ow)
     grad = F.fold(local, padded, kernel, dilation=dilation, stride=stride)
     return grad[:, 0, pads[2]: pads[2] + h, pads[0]: pads[0] + w].reshape(n, c, h, w)
 
@@ -224,12 +236,13 @@ class _SoftmaxRoutedMaxPool(torch.autograd.Function):
     """Forward ``max_pool2d``; backward the vector-Jacobian product of the softmax pooling."""
 
     @staticmethod
-    def forward(ctx, x, geometry, ceil_mode, temperature, padding_value):
+    def forward(ctx, x, geometry, ceil_mode, temperature, padding_value, detach_weights=False):
         out = F.max_pool2d(x, *geometry, ceil_mode=ceil_mode)
         # the window maxima, for the backward pass (a copy: the caller may modify out in place)
         tiled = geometry.dilation == (1, 1) and geometry.stride == geometry.kernel and geometry.padding == (0, 0)
-        ctx.save_for_backward(x, out.clone() if tiled and not ceil_mode else None)
+        ctx.save_for_backward(x, out.clone() if tiled and not ceil_mode and not detach_weights else None)
         ctx.params = (geometry, ceil_mode, temperature, padding_value)
+        ctx.detach_weights = detach_weights
         return out
 
     @staticmethod
@@ -239,13 +252,14 @@ class _SoftmaxRoutedMaxPool(torch.autograd.Function):
         x4, squeeze = (x, False) if x.ndim == 4 else (x.unsqueeze(0), True)
         if squeeze and window_max is not None:
             window_max = window_max.unsqueeze(0)
-        grad = _vjp(x4, grad.reshape(*x4.shape[:2], *grad.shape[-2:]), *ctx.params, window_max=window_max)
-        return (grad[0] if squeeze else grad), None, None, None, None
+        grad = _vjp(x4, grad.reshape(*x4.shape[:2], *grad.shape[-2:]), *ctx.params, window_max=window_max,
+                    detach_weights=ctx.detach_weights)
+        return (grad[0] if squeeze else grad), None, None, None, None, None
 
 
 def softmax_routed_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
                               ceil_mode: bool = False, temperature: float = 0.3,
-                              padding_value: float = -math.inf) -> torch.Tensor:
+                              padding_value: float = -math.inf, *, detach_weights: bool = False) -> torch.Tensor:
     r"""``F.max_pool2d`` whose backward pass is that of :func:`softmax_pool2d` (the surrogate rule).
 
     Listing 2 of :cite:t:`satkiewicz2025tapping` builds it as ``hard.detach() + soft -
@@ -259,6 +273,9 @@ def softmax_routed_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding
         As in ``F.max_pool2d``.
     temperature, padding_value
         Of the softmax pooling whose vector-Jacobian product is passed back.
+    detach_weights : bool
+        Pass back the product with the softmax weights held constant (the source's later rule,
+        see :func:`softmax_pool2d_vjp`); default ``False``.
 
     Returns
     -------
@@ -268,7 +285,7 @@ def softmax_routed_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding
     _check_pool_input(x)
     geometry = pool_geometry(kernel_size, stride, padding, dilation)
     return _SoftmaxRoutedMaxPool.apply(x, geometry, bool(ceil_mode), real(temperature, "temperature", low=0),
-                                       check_padding_value(padding_value))
+                                       check_padding_value(padding_value), flag(detach_weights, "detach_weights"))
 
 
 class SoftMaxPool2d(nn.MaxPool2d):

@@ -18,16 +18,12 @@ import math
 import torch
 from torch import nn
 
-from .._validate import real
+from .._validate import flag, real
 from ..intercept import PoolGeometry, route_calls
 from ..saliency import input_gradient
 from .softpool import check_padding_value, softmax_routed_max_pool2d
 
-__all__ = ["surrogate_relu", "SurrogateReLU", "surrogate_gradients", "excitation_pullback", "check_eval_mode"]
-
-# modules whose forward pass differs between training and evaluation mode
-_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
-
+__all__ = ["surrogate_relu", "SurrogateReLU", "surrogate_gradients", "excitation_pullback"]
 
 # z / T above which the fused kernel passes grad unchanged: sigmoid(z / T) rounds to 1 there in
 # float32 and float64 (from about 17.4 and 37.5); below it the kernel agrees with sigmoid to a few
@@ -189,7 +185,8 @@ class SurrogateReLU(nn.Module):
 
 
 def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_temperature: float | None = None,
-                        pool_padding_value: float = -math.inf) -> contextlib.AbstractContextManager:
+                        pool_padding_value: float = -math.inf, *, pool_detach_weights: bool = False,
+                        allow_training: bool = False) -> contextlib.AbstractContextManager:
     r"""Context manager: inside it, ``model``'s backward pass uses the excitation rules.
 
     Every ReLU keeps its forward pass exactly and passes ``grad * sigmoid(z / T)`` backwards
@@ -210,6 +207,26 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
     pool_padding_value : float
         ``-inf`` (default, max-pooling's padding) or ``0.0`` (Listing 2's zero padding through
         ``F.unfold``), see :func:`~nbsupport.pullbacks.softpool.softmax_pool2d`.
+    pool_detach_weights : bool
+        ``False`` (default): the pooling rule is the full derivative of the softmax pooling,
+        :math:`w_i (1 + (x_i - s)/T)` (Listing 2). ``True``: the softmax weights are held
+        constant, :math:`w_i` (the source's later code detaches them; no routing entry is then
+        negative), see :func:`~nbsupport.pullbacks.softpool.softmax_pool2d_vjp`.
+    allow_training : bool
+        ``False`` (default): training mode is refused with a ``ValueError`` naming the fix,
+        ``model.eval()``: on entry, a BatchNorm or dropout module in training mode
+        (``nbsupport._validate.eval_mode``), and during the forward pass a dropout or
+        batch-norm call with its training flag on (functional calls included), before it runs.
+        Dropout would make the map random; batch norm would make one image's map depend on the
+        batch and update the running statistics. ``True`` lets such passes run, e.g. to train
+        through the soft backward pass (:class:`SurrogateReLU` is the module for that).
+
+    Raises
+    ------
+    ValueError
+        On entry or in the forward pass: training mode (above), or activation checkpointing
+        around a ReLU or max-pool call (its recomputation in the backward pass would bypass the
+        rules; see :mod:`nbsupport.intercept`).
 
     Examples
     --------
@@ -219,41 +236,21 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
     temperature = real(temperature, "temperature", low=0)
     pool_temperature = temperature if pool_temperature is None else real(pool_temperature, "pool_temperature", low=0)
     pool_padding_value = check_padding_value(pool_padding_value)
+    pool_detach_weights = flag(pool_detach_weights, "pool_detach_weights")
 
     def relu_rule(z, inplace):
         return _SurrogateReLU.apply(z, temperature, inplace)
 
     def pool_rule(x, geometry: PoolGeometry, ceil_mode):
-        return softmax_routed_max_pool2d(x, *geometry, ceil_mode, pool_temperature, pool_padding_value)
+        return softmax_routed_max_pool2d(x, *geometry, ceil_mode, pool_temperature, pool_padding_value,
+                                         detach_weights=pool_detach_weights)
 
-    return route_calls(model, relu_rule, pool_rule)
-
-
-def check_eval_mode(model: nn.Module) -> nn.Module:
-    """Refuse a model whose BatchNorm or dropout layers are in training mode.
-
-    In training mode BatchNorm normalises by the batch's statistics (so one image's map depends on
-    the others in the batch) and updates its running statistics as a side effect, and dropout makes
-    the map random. Pullbacks and gradients of a trained network are meant in evaluation mode.
-
-    Raises
-    ------
-    ValueError
-        If ``model`` is not an ``nn.Module``, or naming the first such layer and the fix,
-        ``model.eval()``.
-    """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    for name, module in model.named_modules():
-        if module.training and isinstance(module, _MODE_DEPENDENT):
-            raise ValueError(f"model is in training mode (its {type(module).__name__} layer {name or 'model'!r} "
-                             "would use batch statistics, update its running statistics or drop units): "
-                             "call model.eval() before computing pullbacks")
-    return model
+    return route_calls(model, relu_rule, pool_rule, eval_only=not allow_training)
 
 
 def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: float = 0.3,
-                        pool_temperature: float | None = None, pool_padding_value: float = -math.inf) -> torch.Tensor:
+                        pool_temperature: float | None = None, pool_padding_value: float = -math.inf, *,
+                        pool_detach_weights: bool = False) -> torch.Tensor:
     r"""The excitation pullback :math:`v_\Gamma(x)` of the target logit, batched.
 
     The input gradient of the target logit under :func:`surrogate_gradients`: the ordinary forward
@@ -269,6 +266,9 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
         Class indices in ``[0, classes)``.
     temperature, pool_temperature, pool_padding_value : float
         See :func:`surrogate_gradients`.
+    pool_detach_weights : bool
+        The pooling rule with the softmax weights held constant (default ``False``), see
+        :func:`surrogate_gradients`.
 
     Returns
     -------
@@ -277,8 +277,9 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
     Raises
     ------
     ValueError
-        If a BatchNorm or dropout layer of ``model`` is in training mode (:func:`check_eval_mode`).
+        If ``model`` runs in training mode or uses activation checkpointing
+        (:func:`surrogate_gradients`). The model is left as it was.
     """
-    check_eval_mode(model)
-    with surrogate_gradients(model, temperature, pool_temperature, pool_padding_value):
+    with surrogate_gradients(model, temperature, pool_temperature, pool_padding_value,
+                             pool_detach_weights=pool_detach_weights):
         return input_gradient(model, x, target)
