@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from ._validate import _seed, integer, real, torch_rng
+from ._validate import int_seed, integer, real, torch_rng
 from .attribution import Attribution
 from .map_statistics import rank_correlation
 from .randomisation import randomise_top_layers
@@ -634,7 +634,7 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, target, methods: dict[st
     baselines = {"zero": 0.0} if baselines is None else baselines
     if not isinstance(baselines, dict) or not baselines:
         raise ValueError(f"baselines must be a non-empty dict of name -> value, got {baselines!r}")
-    seed = _seed(rng, "rng")
+    seed = int_seed(rng, "rng")
     randomised = randomise_top_layers(model, randomise_layers, rng=seed, order=order,
                                       calibration=calibration).eval()
     results = {}

@@ -23,7 +23,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from ._validate import _seed, integer, torch_rng
+from ._validate import int_seed, integer, torch_rng
 from .map_statistics import rank_correlation
 from .saliency import check_input
 
@@ -219,7 +219,7 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute
     check_input(x)
     draws = integer(draws, "draws", minimum=1)
     generator = torch_rng(rng, "cpu", "rng")
-    seeds = [_seed(generator, "rng") for _ in range(draws)]
+    seeds = [int_seed(generator, "rng") for _ in range(draws)]
     n_levels = len(_levels(model, order))
     reference = attribute(model, x, target)
     out = torch.empty(draws, n_levels, len(x), dtype=torch.float64, device=x.device)
