@@ -366,7 +366,8 @@ def trace_carriers(gram: torch.Tensor) -> torch.Tensor:
 
 
 def group_angles(values: torch.Tensor, inverse: torch.Tensor, groups: torch.Tensor, k: int,
-                 reference: torch.Tensor | None = None) -> torch.Tensor:
+                 reference: torch.Tensor | None = None,
+                 reference_basis: torch.Tensor | None = None) -> torch.Tensor:
     r"""Principal angles between each chosen group's top eigenspace and the global one.
 
     For group ``g``, the top-``k`` eigenspace of the sample covariance of its rows is compared with
@@ -384,6 +385,9 @@ def group_angles(values: torch.Tensor, inverse: torch.Tensor, groups: torch.Tens
     k : int
         Dimension of the compared eigenspaces.
     reference : Tensor, shape (d, d), optional
+    reference_basis : Tensor, shape (d, k), optional
+        Orthonormal basis of the reference eigenspace, computed once (e.g. ``top_eigh(...)[1]``)
+        when many partitions of the same rows are compared; not together with ``reference``.
 
     Returns
     -------
@@ -399,7 +403,16 @@ def group_angles(values: torch.Tensor, inverse: torch.Tensor, groups: torch.Tens
     sizes = torch.bincount(inverse, minlength=int(max(int(inverse.max()), int(groups.max()))) + 1)[groups]
     if bool((sizes <= k).any()):
         raise ValueError(f"every group needs more than k={k} rows, sizes {sizes.tolist()}")
-    top_ref = _reference_subspace(x, k, reference)
+    if reference_basis is None:
+        top_ref = _reference_subspace(x, k, reference)
+    elif reference is not None:
+        raise ValueError("give reference or reference_basis, not both")
+    elif not (isinstance(reference_basis, torch.Tensor) and reference_basis.shape == (x.shape[1], k)
+              and reference_basis.dtype.is_floating_point and reference_basis.device == x.device):
+        raise ValueError(f"reference_basis must be a floating ({x.shape[1]}, {k}) tensor on {x.device}, "
+                         f"got shape {tuple(getattr(reference_basis, 'shape', ()))}")
+    else:
+        top_ref = reference_basis.to(torch.float64)
     out = []
     for g in groups.tolist():
         rows = x[inverse == g]

@@ -97,6 +97,20 @@ def test_group_angles_against_principal_angles():
         group_angles(values, tiny, torch.tensor([0]), k=3)
 
 
+def test_group_angles_reference_basis():
+    from nbsupport.subspaces import group_angles, top_eigh
+    values, inverse = _data(n=600, d=6, groups=4, seed=11)
+    centred = values - values.mean(0)
+    basis = top_eigh(centred.T @ centred, 2)[1]
+    torch.testing.assert_close(group_angles(values, inverse, torch.tensor([1, 3]), k=2, reference_basis=basis),
+                               group_angles(values, inverse, torch.tensor([1, 3]), k=2), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="reference_basis"):
+        group_angles(values, inverse, torch.tensor([1]), k=2, reference_basis=basis[:, :1])
+    with pytest.raises(ValueError, match="not both"):
+        group_angles(values, inverse, torch.tensor([1]), k=2, reference=torch.cov(values.T),
+                     reference_basis=basis)
+
+
 # ---------------------------------------------------------------- spectral gaps and trace carriers
 
 
