@@ -113,17 +113,9 @@ def test_page_renders(page, server, browser):
 #   scrolls sideways (the column holds 84 characters of code); at both widths a block (display maths
 #   and images too) that sticks out of the column unclipped, or a page that scrolls sideways;
 # - no download link of the chapter's executed notebook (.ipynb).
-# BOOK_READING_STRICT=1 pytest tests/test_book_html.py -k reads prints every chapter's problems.
 MIN_PX_PER_INCH = 80
 WIDTHS = (1280, 390)
-#: Chapters whose pages already read well; the others are expected to fail (xfail, with the list of
-#: problems under -rx) until their layout is done. The lead adds a chapter here when it passes
-#: (pytest reports XPASS); BOOK_READING_STRICT=1 enforces every chapter.
-COMPLIANT: set[str] = {"02_bayesian_soft_gating", "03_orthant_pmf", "05_vanishing_covariance"}
-STRICT = os.environ.get("BOOK_READING_STRICT") == "1"
-CHAPTERS = [pytest.param(p, marks=() if STRICT or p.split("/")[-1].removesuffix(".html") in COMPLIANT else
-                         pytest.mark.xfail(reason="chapter layout not yet done (issue 26)", strict=False))
-            for p in PAGES if p.startswith("notebooks/")]
+CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
 
 LAYOUT_JS = """
 const article = document.querySelector('article.bd-article') || document.querySelector('main');
