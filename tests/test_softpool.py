@@ -6,6 +6,7 @@ surrogate backward of every pooling geometry)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,3 +86,15 @@ def test_vjp_refuses_a_grad_output_of_the_right_size_but_wrong_shape():
     x = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match="grad_output must have the pooled shape"):
         softmax_pool2d_vjp(x, torch.ones(3, 2, 2, 2), 2)  # (C, N, oh, ow): same numel
+
+
+def test_padding_value_accepts_numpy_reals_and_refuses_the_rest():
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    reference = softmax_pool2d(x, kernel_size=2, temperature=0.4, padding_value=0.0)
+    for value in (0, np.float32(0.0), np.int64(0)):
+        torch.testing.assert_close(softmax_pool2d(x, kernel_size=2, temperature=0.4, padding_value=value),
+                                   reference, rtol=0, atol=0)
+    softmax_pool2d(x, kernel_size=2, temperature=0.4, padding_value=np.float64(-np.inf))
+    for bad in (True, np.bool_(False), 1.0, "0", None, torch.tensor(0.0)):
+        with pytest.raises(ValueError, match="padding_value"):
+            softmax_pool2d(x, kernel_size=2, temperature=0.4, padding_value=bad)

@@ -11,6 +11,7 @@ back), and :func:`~nbsupport.intercept.pool_geometry` / :func:`pool_output_size`
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -41,8 +42,10 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 
 
 def check_padding_value(value) -> float:
-    """The padding of the soft windows: ``-inf`` (max-pooling's) or ``0.0`` (the source's ``F.unfold``)."""
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and (value == 0 or value == -math.inf)):
+    """The padding of the soft windows: ``-inf`` (max-pooling's) or ``0.0`` (the source's ``F.unfold``),
+    as a Python or NumPy real number (booleans refused)."""
+    real_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real_number and (value == 0 or value == -math.inf)):
         raise ValueError(f"padding_value must be -inf (max-pooling's padding) or 0.0 (Listing 2's), got {value!r}")
     return float(value)
 
