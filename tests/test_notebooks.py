@@ -234,6 +234,17 @@ def test_first_difference_names_the_cell_output_and_text():
     assert "text/plain" in first_difference(same, kind) and "text/html" in first_difference(same, kind)
 
 
+def test_stdout_split_into_several_stream_messages_is_the_same_text():
+    whole = _executed([[_stdout("theta 0.3: 0.45\ntheta 1.0: 0.34\n"), _result(text_plain="3")]])
+    split = _executed([[_stdout("theta 0.3: 0.45\n"), _stdout("theta 1.0: 0.34\n"), _result(text_plain="3")]])
+    assert first_difference(whole, split) is None
+    other = _executed([[_stdout("theta 0.3: 0.45\n"), _stdout("theta 1.0: 0.35\n"), _result(text_plain="3")]])
+    assert "0.34" in first_difference(whole, other) and "0.35" in first_difference(whole, other)
+    # a result between two prints keeps them apart: the reader sees two blocks
+    apart = _executed([[_stdout("theta 0.3: 0.45\n"), _result(text_plain="3"), _stdout("theta 1.0: 0.34\n")]])
+    assert first_difference(whole, apart) is not None
+
+
 def test_run_dependent_reprs_are_named_and_still_fail_the_comparison():
     styler_a = _executed([[_result(text_plain="<pandas.io.formats.style.Styler at 0x7f05a1b2c3d0>",
                                    text_html='<table id="T_e62a7"><td id="T_e62a7_row0_col0">1.5</td></table>')]])
