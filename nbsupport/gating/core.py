@@ -679,11 +679,7 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     """
     real(tau, "tau", low=0)
     check_one_hidden(model, x, y)
-    epochs = integer(epochs, "epochs", minimum=1)
-    batch_size = integer(batch_size, "batch_size", minimum=1)
-    if batch_size > len(x):
-        raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
-    real(lr, "lr", low=0)
+    epochs, batch_size = _training_schedule(x, epochs, lr, batch_size)
     generator = torch_rng(rng, None, generator=generator)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
@@ -698,6 +694,17 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
             total += loss.item() * len(batch)
         history.append(total / len(x))
     return history
+
+
+def _training_schedule(x: torch.Tensor, epochs, lr, batch_size) -> tuple[int, int]:
+    """``epochs`` (>= 1) and ``batch_size`` (in [1, N]) as ints, ``lr`` checked > 0: the latent-gate
+    trainers' shared checks."""
+    epochs = integer(epochs, "epochs", minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    if batch_size > len(x):
+        raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
+    real(lr, "lr", low=0)
+    return epochs, batch_size
 
 
 def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y: torch.Tensor,
@@ -750,11 +757,7 @@ def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y:
         raise ValueError(f"taus must be a float or one per model ({n_models}), got {len(taus)}")
     for tau in taus:
         real(tau, "taus", low=0)
-    epochs = integer(epochs, "epochs", minimum=1)
-    batch_size = integer(batch_size, "batch_size", minimum=1)
-    if batch_size > len(x):
-        raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
-    real(lr, "lr", low=0)
+    epochs, batch_size = _training_schedule(x, epochs, lr, batch_size)
     rngs = list(range(n_models)) if rngs is None else list(rngs)
     if len(rngs) != n_models:
         raise ValueError(f"rngs must have one entry per model ({n_models}), got {len(rngs)}")
