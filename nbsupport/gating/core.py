@@ -725,16 +725,10 @@ def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y:
     models : sequence of nn.Sequential
         ``Linear(d, m), ReLU, Linear(m, k)`` of one shape (``m <= 16``), float64 or float32, each
         with biases; updated in place.
-    x : Tensor, shape (N, d)
-    y : Tensor, long, shape (N,)
+    x, y, epochs, lr, batch_size
+        As in :func:`train_latent_gates`.
     taus : float or sequence of float
         One temperature for all models, or one per model (> 0).
-    epochs : int
-        Passes over the data, >= 1.
-    lr : float
-        Adam learning rate, > 0.
-    batch_size : int
-        In [1, N].
     rngs : sequence, optional
         One ``rng`` per model (int seed or generator, as :func:`train_latent_gates`); default seeds
         ``0, 1, ...``.
