@@ -192,6 +192,23 @@ def first_difference(nb_a, nb_b, names=("build", "again")) -> str | None:
     return None
 
 
+def glue_keys(nb) -> list[str]:
+    """The myst-nb glue keys of ``nb``'s outputs, in order, repeats kept."""
+    return [o.metadata["scrapbook"]["name"] for c in nb.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})]
+
+
+def glued_twice(glued: dict[str, list[str]]) -> list[tuple[str, tuple[str, ...]]]:
+    """``(key, chapters)`` of every key glued more than once, in one chapter or across chapters;
+    ``glued`` maps a chapter to its :func:`glue_keys`."""
+    counts: dict[str, int] = {}
+    for keys in glued.values():
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
+    return sorted((key, tuple(sorted(ch for ch, keys in glued.items() if key in keys)))
+                  for key, n in counts.items() if n > 1)
+
+
 def error_outputs(nb) -> list[str]:
     """Error outputs of an executed notebook (``ename: evalue``)."""
     return [f"{o.ename}: {o.evalue}" for c in nb.cells if c.cell_type == "code"

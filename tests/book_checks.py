@@ -406,3 +406,13 @@ def timing_cells(text: str) -> list[int]:
     the performance appendix, which reads their committed results.
     """
     return [c.line for c in code_cells(text) if _TIMING.search(c.source)]
+
+
+_LINK_TEXT = re.compile(r"\{(?:ref|doc|numref)\}`(?P<text>[^`<]*)<[^>`]+>`")
+
+
+def maths_in_link_text(text: str) -> list[tuple[int, str]]:
+    """``(line, link text)`` of every ``{ref}``, ``{doc}`` or ``{numref}`` link whose text holds
+    ``$`` or a backslash: MathJax does not typeset inside link text, so the reader sees raw TeX."""
+    return [(i, m.group("text").strip()) for i, line in enumerate(text.splitlines(), 1)
+            for m in _LINK_TEXT.finditer(line) if "$" in m.group("text") or "\\" in m.group("text")]

@@ -45,6 +45,35 @@ def test_build_outputs_hold_nothing_run_dependent(md):
     assert found == [], f"{md.name}: run-dependent text (use nbsupport.report.show_table): {found[:5]}"
 
 
+def test_each_glue_key_is_glued_once_in_the_book():
+    """myst-nb only warns when a key is glued twice, and the prose then shows whichever came last
+    (a loop that reuses a key, or two chapters that share a prefix)."""
+    glued = {}
+    for md in CHAPTERS:
+        nb, _ = cached_execution(md)
+        if nb is not None:
+            glued[md.stem] = book_cache.glue_keys(nb)
+    if not glued:
+        pytest.skip("no current execution in _build/.jupyter_cache")
+    twice = book_cache.glued_twice(glued)
+    assert twice == [], f"glue keys glued more than once (key, chapters): {twice[:10]}"
+
+
+def test_glue_keys_are_read_from_the_outputs():
+    import nbformat
+
+    glue = {"output_type": "display_data", "data": {"text/plain": "1"},
+            "metadata": {"scrapbook": {"name": "ch9_a", "mime_prefix": ""}}}
+    cell = nbformat.v4.new_code_cell("glue('ch9_a', 1)")
+    cell.outputs = [nbformat.from_dict(glue), nbformat.from_dict(glue),
+                    nbformat.v4.new_output("stream", text="ch9_b\n")]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    assert book_cache.glue_keys(nb) == ["ch9_a", "ch9_a"]
+    assert book_cache.glued_twice({"ch9": ["ch9_a", "ch9_a", "x"], "ch8": ["x", "ch8_b"]}) == [
+        ("ch9_a", ("ch9",)), ("x", ("ch8", "ch9"))]
+    assert book_cache.glued_twice({"ch9": ["ch9_a"], "ch8": ["ch8_b"]}) == []
+
+
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_code_displays_nothing_run_dependent(md):
     """Every chapter, without executing it (issue 25): no pandas Styler outside show_table and no

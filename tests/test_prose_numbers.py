@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from book_checks import timing_cells, typed_numbers, without_claim_column
+from book_checks import maths_in_link_text, timing_cells, typed_numbers, without_claim_column
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(ROOT.glob("notebooks/*.md")) + [ROOT / "book" / p for p in (
@@ -81,3 +81,16 @@ def test_a_timing_cell_is_caught():
     page = "```{code-cell} ipython3\nstart = time.perf_counter()\n```\n\n```{code-cell} ipython3\n%timeit f()\n```\n"
     assert timing_cells(page) == [1, 5]
     assert timing_cells("```{code-cell} ipython3\nruntime = n_evaluations  # a count, not a time\n```\n") == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
+def test_link_texts_hold_no_maths(page):
+    """A ``{ref}`` link's text is not typeset: ``$\\sigma$`` there reaches the reader as raw TeX."""
+    found = maths_in_link_text(page.read_text())
+    assert found == [], f"{page.name}: maths in link text (write it in words): {found}"
+
+
+def test_maths_in_link_text_is_caught():
+    page = ("See {ref}`one shared $\\sigma$ <sec-a>` and {doc}`the \\tau sweep <../b>`;\n"
+            "{ref}`plain words <sec-c>`, {ref}`sec-d` and $\\sigma$ outside a link pass.\n")
+    assert maths_in_link_text(page) == [(1, "one shared $\\sigma$"), (1, "the \\tau sweep")]
