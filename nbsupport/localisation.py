@@ -23,14 +23,15 @@ class Mosaics(NamedTuple):
 
     Attributes
     ----------
-    images : Tensor, shape (M, C, 2H, 2W)
-        Tiles in the order top-left, top-right, bottom-left, bottom-right.
+    images : Tensor
+        Shape ``(M, C, 2H, 2W)``; tiles in the order top-left, top-right, bottom-left,
+        bottom-right.
     target : Tensor, long, shape (M,)
         The class of which two tiles are shown.
-    target_tiles : Tensor, bool, shape (M, 4)
-        Which tiles show the target class (exactly two per mosaic).
-    sources : Tensor, long, shape (M, 4)
-        Index into ``x`` of each tile.
+    target_tiles : Tensor
+        Bool, shape ``(M, 4)``: which tiles show the target class (exactly two per mosaic).
+    sources : Tensor
+        Long, shape ``(M, 4)``: the index into ``x`` of each tile.
     """
 
     images: torch.Tensor
@@ -97,9 +98,10 @@ def focus(attribution: torch.Tensor, target_tiles: torch.Tensor) -> torch.Tensor
 
     Parameters
     ----------
-    attribution : Tensor, shape (M, C, 2H, 2W)
-    target_tiles : bool Tensor, shape (M, 4)
-        Quadrants top-left, top-right, bottom-left, bottom-right (:attr:`Mosaics.target_tiles`).
+    attribution : Tensor
+        Shape ``(M, C, 2H, 2W)``.
+    target_tiles : Tensor
+        Bool, shape ``(M, 4)``: quadrants top-left, top-right, bottom-left, bottom-right (:attr:`Mosaics.target_tiles`).
 
     Returns
     -------
