@@ -15,7 +15,9 @@ Metrics: deletion and insertion curves :cite:p:`petsiuk2018rise` (:func:`deletio
 (:func:`road`, :func:`linear_imputation`); infidelity and max-sensitivity :cite:p:`yeh2019fidelity`
 (Captum's implementations :cite:p:`kokhlikyan2020captum` in :func:`infidelity` and
 :func:`max_sensitivity`, our own :func:`explained_share`, the share of the output change a map
-explains); and the source's own test :cite:p:`satkiewicz2025tapping`, whether the class whose
+explains); faithfulness correlation :cite:p:`bhatt2020evaluating`, the correlation between the map's
+sum over a random pixel subset and the output change when that subset is removed
+(:func:`faithfulness_correlation`); and the source's own test :cite:p:`satkiewicz2025tapping`, whether the class whose
 pullback has the largest dot product with the input is the predicted class (:func:`dot_scores`).
 :func:`evaluate_methods` runs them all for a dict of methods.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "infidelity",
     "explained_share",
     "max_sensitivity",
+    "faithfulness_correlation",
     "dot_scores",
     "MAP_TYPES",
     "evaluate_methods",
@@ -524,6 +527,80 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, target, attribute: Attrib
     target = check_target(target, len(x), _n_classes(model, x), device=x.device)
     return _captum_metrics().sensitivity_max(explain, x, perturb_func=perturb, perturb_radius=radius,
                                              n_perturb_samples=n_samples, target=target)
+
+
+@torch.no_grad()
+def faithfulness_correlation(model: nn.Module, x: torch.Tensor, target, attributions: dict[str, torch.Tensor],
+                             subset_size: int, n_subsets: int = 32, baseline=0.0, rng=0,
+                             subsets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    r"""Faithfulness correlation :cite:p:`bhatt2020evaluating`, per image, for several maps at once.
+
+    For random subsets :math:`S_r` of ``subset_size`` input entries (``r = 1..R``), the Pearson
+    correlation over ``r`` between :math:`\sum_{i \in S_r} a_i` and :math:`f_c(x) - f_c(x_{S_r
+    \leftarrow b})`, the drop of the target logit when the entries of :math:`S_r` are replaced by
+    the baseline. A map that predicts the effect of removing any subset scores 1. The sum is the
+    first-order prediction of the drop only for a contribution map, so pass a gradient-type map as
+    its :func:`contribution` for the same baseline. As Quantus's ``FaithfulnessCorrelation``
+    :cite:p:`hedstrom2023quantus` (logits, entries of all channels drawn alike, subsets drawn
+    independently per image); every map sees the same subsets, so differences are paired.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+    target : int or Tensor of shape (N,)
+    attributions : dict of str to Tensor
+        Maps shaped like ``x``.
+    subset_size : int
+        Entries per subset, between 1 and the number of entries of one input minus 1.
+    n_subsets : int
+        Subsets ``R`` per image, >= 3.
+    baseline : float or Tensor broadcastable to ``x``
+        What a removed entry becomes.
+    rng : int or torch.Generator
+        Draws the subsets.
+    subsets : Tensor of shape (N, R, subset_size), optional
+        Flat entry indices of the subsets, instead of drawing them (then ``subset_size`` and
+        ``n_subsets`` must match its shape).
+
+    Returns
+    -------
+    dict of str to Tensor of shape (N,)
+        The correlation per image, 0 where the map's sums or the drops do not vary.
+    """
+    check_input(x)
+    if not isinstance(attributions, dict) or not attributions:
+        raise ValueError("attributions must be a non-empty dict of name -> map")
+    for name, a in attributions.items():
+        if not isinstance(a, torch.Tensor) or a.shape != x.shape:
+            raise ValueError(f"attributions[{name!r}] must have the shape of x {tuple(x.shape)}")
+    n, d = len(x), x[0].numel()
+    subset_size = integer(subset_size, "subset_size", minimum=1)
+    if subset_size >= d:
+        raise ValueError(f"subset_size must be below the {d} entries of one input, got {subset_size}")
+    n_subsets = integer(n_subsets, "n_subsets", minimum=3)
+    if subsets is None:
+        generator = torch_rng(rng, x.device, "rng")
+        keys = torch.rand((n, n_subsets, d), generator=generator, device=x.device)
+        subsets = keys.argsort(-1)[..., :subset_size]
+    elif not isinstance(subsets, torch.Tensor) or subsets.dtype != torch.long \
+            or subsets.shape != (n, n_subsets, subset_size) or bool((subsets < 0).any() | (subsets >= d).any()):
+        raise ValueError(f"subsets must be a long tensor of shape {(n, n_subsets, subset_size)} with entries "
+                         f"in [0, {d}), got {getattr(subsets, 'shape', type(subsets).__name__)}")
+    subsets = subsets.to(x.device)
+    target_idx = check_target(target, n, _n_classes(model, x), device=x.device)
+    flat = x.reshape(n, 1, d).expand(n, n_subsets, d).clone()
+    fill = _baseline_like(baseline, x).reshape(n, 1, d).expand(n, n_subsets, d)
+    flat.scatter_(2, subsets, fill.gather(2, subsets))
+    f0 = model(x).gather(1, target_idx[:, None])
+    logits = model(flat.reshape((n * n_subsets,) + tuple(x.shape[1:]))).reshape(n, n_subsets, -1)
+    drop = (f0 - logits.gather(2, target_idx[:, None, None].expand(n, n_subsets, 1))[..., 0]).double()
+    out = {}
+    for name, a in attributions.items():
+        sums = a.reshape(n, 1, d).expand(n, n_subsets, d).gather(2, subsets).sum(2).double()
+        sc, dc = sums - sums.mean(1, keepdim=True), drop - drop.mean(1, keepdim=True)
+        out[name] = ((sc * dc).sum(1) / (sc.norm(dim=1) * dc.norm(dim=1))).nan_to_num(0.0).to(x.dtype)
+    return out
 
 
 def dot_scores(model: nn.Module, x: torch.Tensor, attribute: Attribution, n_classes: int | None = None

@@ -3,7 +3,8 @@ r"""Image operations and statistics of attribution maps: blur, roughness, correl
 :func:`gaussian_blur` makes a deletion baseline; :func:`roughness` measures how speckled a map is;
 :func:`rank_correlation` (Spearman, the randomisation test's statistic :cite:p:`adebayo2018sanity`),
 :func:`pearson_rows` and :func:`linear_cka` :cite:p:`kornblith2019similarity` compare maps or
-representations sample by sample.
+representations sample by sample; :func:`ssim` (structural similarity, the RandomLogit test's
+statistic :cite:p:`sixt2020explanations`) compares two maps of one image.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import numpy as np
 import scipy.stats
 import torch
 
-from ._validate import check_input, real
+from ._validate import check_input, integer, real
 from .covariance import centred_gram
 
-__all__ = ["gaussian_blur", "roughness", "pearson_rows", "linear_cka", "rank_correlation"]
+__all__ = ["gaussian_blur", "roughness", "pearson_rows", "linear_cka", "rank_correlation", "ssim"]
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -160,3 +161,58 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) ->
     ra, rb = scipy.stats.rankdata(a, axis=1), scipy.stats.rankdata(b, axis=1)
     ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
     return torch.from_numpy((ra * rb).sum(1) / np.sqrt((ra**2).sum(1) * (rb**2).sum(1))).to(device)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, data_range=None) -> torch.Tensor:
+    r"""Mean structural similarity (Wang et al., 2004) of ``a[n]`` and ``b[n]``, per sample.
+
+    The local statistics are means over every ``win_size``-wide window lying inside the array
+    (uniform weights, sample variances with ``1 / (w - 1)``), :math:`K_1 = 0.01, K_2 = 0.03`, and
+    the local index :math:`\frac{(2 \mu_a \mu_b + C_1)(2 \sigma_{ab} + C_2)}{(\mu_a^2 + \mu_b^2 +
+    C_1)(\sigma_a^2 + \sigma_b^2 + C_2)}`, :math:`C_k = (K_k R)^2`, averaged over the windows:
+    ``skimage.metrics.structural_similarity`` with its defaults. The windows span every axis after
+    the first: 2-d windows for maps ``(N, H, W)``, 1-d ones for flattened maps ``(N, d)`` (what
+    Quantus's RandomLogit compares :cite:p:`hedstrom2023quantus`).
+
+    Parameters
+    ----------
+    a, b : Tensor, shape (N, d) or (N, H, W)
+        Every axis after the first at least ``win_size`` long.
+    win_size : int
+        Odd, >= 3.
+    data_range : float, optional
+        :math:`R`; default, per sample, the range of ``a[n]`` and ``b[n]`` together (as Quantus),
+        so the index does not change when both maps are scaled together.
+
+    Returns
+    -------
+    Tensor, float64, shape (N,), on ``a``'s device
+        1 for identical non-constant maps; 1 also for two equal constant maps.
+    """
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape \
+            or a.ndim not in (2, 3) or not a.is_floating_point() or not b.is_floating_point():
+        raise ValueError(f"a and b must be floating tensors of one shape (N, d) or (N, H, W), got "
+                         f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}")
+    win_size = integer(win_size, "win_size", minimum=3)
+    if win_size % 2 == 0 or min(a.shape[1:]) < win_size:
+        raise ValueError(f"win_size must be odd and at most {min(a.shape[1:])}, got {win_size}")
+    a, b = a.double(), b.to(device=a.device, dtype=torch.float64)
+    n, spatial = len(a), a.ndim - 1
+    if data_range is None:
+        both = torch.cat([a.flatten(1), b.flatten(1)], 1)
+        r = both.max(1).values - both.min(1).values
+    else:
+        r = torch.full((n,), real(data_range, "data_range", low=0.0), dtype=torch.float64, device=a.device)
+    r = r.reshape((n,) + (1,) * spatial)
+    pool = torch.nn.functional.avg_pool1d if spatial == 1 else torch.nn.functional.avg_pool2d
+
+    def mean(t):  # the mean over every window inside the array
+        return pool(t[:, None], win_size, stride=1)[:, 0]
+
+    ua, ub = mean(a), mean(b)
+    scale = win_size**spatial / (win_size**spatial - 1)
+    va, vb = scale * (mean(a * a) - ua * ua), scale * (mean(b * b) - ub * ub)
+    vab = scale * (mean(a * b) - ua * ub)
+    c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    index = (2 * ua * ub + c1) * (2 * vab + c2) / ((ua**2 + ub**2 + c1) * (va + vb + c2))
+    return torch.where(r.flatten() == 0, 1.0, index.flatten(1).mean(1))  # equal constants

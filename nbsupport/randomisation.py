@@ -12,6 +12,9 @@ test measures:
   and stale running statistics then scale every later pre-activation (a fixed-temperature gate
   :math:`\sigma(z/T)` hardens). :func:`recalibrate_batchnorm` re-estimates them on calibration
   images after each randomisation.
+
+:func:`random_logit` randomises the *target* instead of the weights :cite:p:`sixt2020explanations`:
+the map for the class explained against the map for a random other class.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import torch
 import torch.fx
 from torch import nn
 
-from ._validate import check_input, int_seed, integer, torch_rng
-from .map_statistics import rank_correlation
+from ._validate import check_input, check_target, int_seed, integer, torch_rng
+from .map_statistics import rank_correlation, ssim
 
 __all__ = ["weight_layers", "weight_layer_depths", "recalibrate_batchnorm", "randomise_top_layers",
-           "cascading_randomisation"]
+           "cascading_randomisation", "random_logit"]
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 
@@ -228,3 +231,72 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute
             randomised = randomise_top_layers(model, k, rng=seed, order=order, calibration=calibration)
             out[i, k - 1] = rank_correlation(reference, attribute(randomised, x, target), absolute=absolute)
     return out
+
+
+def _max_normalised(a: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its largest absolute entry (an all-zero map stays zero)."""
+    scale = a.flatten(1).abs().max(1).values
+    return a / torch.where(scale > 0, scale, 1).reshape((-1,) + (1,) * (a.ndim - 1))
+
+
+def _spatial_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM of the channel-summed maps (N, H, W), or of flattened maps for other shapes."""
+    if a.ndim == 4:
+        return ssim(a.sum(1), b.sum(1))
+    return ssim(a.flatten(1), b.flatten(1))
+
+
+def random_logit(model: nn.Module, x: torch.Tensor, target, attribute, similarity=None, other=None,
+                 rng=0) -> torch.Tensor:
+    r"""RandomLogit :cite:p:`sixt2020explanations`: the map of the target against another class's.
+
+    A map that explains the decision for class :math:`c` should change when another class
+    :math:`c' \ne c`, drawn uniformly, is explained instead; the similarity of the two maps (each
+    divided by its largest absolute entry) is returned, lower meaning more class-sensitive. A map
+    that ignores the class scores the similarity of a map with itself (1 for SSIM). As Quantus's
+    ``RandomLogit`` :cite:p:`hedstrom2023quantus`, except that the default similarity is the 2-d
+    SSIM of the image-shaped maps (Quantus computes SSIM along the flattened maps: pass
+    ``similarity=lambda a, b: ssim(a.flatten(1), b.flatten(1))`` for its number).
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor, shape (N, ...)
+    target : int or Tensor of shape (N,)
+    attribute : callable
+        ``attribute(model, x, target) -> Tensor`` shaped like ``x``.
+    similarity : callable, optional
+        ``similarity(a, b) -> Tensor (N,)`` of two batches of maps shaped like ``x``; default
+        :func:`~nbsupport.map_statistics.ssim` of the channel-summed maps for images
+        ``(N, C, H, W)``, of the flattened maps otherwise.
+    other : Tensor of shape (N,), optional
+        The other classes, instead of drawing them (each must differ from its target).
+    rng : int or torch.Generator
+        Draws the other classes.
+
+    Returns
+    -------
+    Tensor, float64, shape (N,), on ``x``'s device
+    """
+    check_input(x)
+    if not callable(attribute):
+        raise ValueError(f"attribute must be callable as attribute(model, x, target), got {attribute!r}")
+    similarity = _spatial_ssim if similarity is None else similarity
+    if not callable(similarity):
+        raise ValueError(f"similarity must be callable as similarity(a, b), got {similarity!r}")
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[1]
+    if n_classes < 2:
+        raise ValueError(f"model must have at least two outputs, got {n_classes}")
+    target_idx = check_target(target, len(x), n_classes, device=x.device)
+    if other is None:
+        generator = torch_rng(rng, "cpu", "rng")
+        shift = torch.randint(1, n_classes, (len(x),), generator=generator).to(x.device)
+        other = (target_idx + shift) % n_classes
+    else:
+        other = check_target(other, len(x), n_classes, device=x.device, name="other")
+        if bool((other == target_idx).any()):
+            raise ValueError("other must differ from target for every sample")
+    a = _max_normalised(attribute(model, x, target_idx))
+    b = _max_normalised(attribute(model, x, other))
+    return similarity(a, b).double()

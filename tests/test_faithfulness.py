@@ -11,7 +11,8 @@ from torch import nn
 
 from nbsupport.attribution import gradient_x_input, image_map, integrated_gradients, random_map
 from nbsupport.faithfulness import (contribution, curve_auc, deletion_insertion, dot_scores, evaluate_methods,
-                                    explained_share, infidelity, linear_imputation, max_sensitivity, road)
+                                    explained_share, faithfulness_correlation, infidelity, linear_imputation,
+                                    max_sensitivity, road)
 from nbsupport.map_statistics import gaussian_blur, rank_correlation
 from nbsupport.randomisation import randomise_top_layers
 from nbsupport.saliency import input_gradient
@@ -417,3 +418,105 @@ def test_rng_same_gives_same_other_gives_other_bad_is_refused(name):
     for bad in (None, -1, 0.5, "6"):
         with pytest.raises(ValueError, match="rng"):
             call(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Faithfulness correlation
+# ---------------------------------------------------------------------------------------------
+
+def _loop_faithfulness_correlation(model, x, target, attribution, subsets, baseline):
+    """One image and one subset at a time; scipy's Pearson correlation."""
+    out = []
+    for i in range(len(x)):
+        with torch.no_grad():
+            f0 = float(model(x[i:i + 1])[0, target[i]])
+        sums, drops = [], []
+        for subset in subsets[i]:
+            flat = x[i].flatten().clone()
+            base = baseline[i].flatten() if isinstance(baseline, torch.Tensor) else None
+            for j in subset.tolist():
+                flat[j] = baseline if base is None else base[j]
+            with torch.no_grad():
+                drops.append(f0 - float(model(flat.reshape(x[i].shape)[None])[0, target[i]]))
+            sums.append(float(sum(attribution[i].flatten()[j] for j in subset.tolist())))
+        out.append(scipy.stats.pearsonr(sums, drops)[0])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("blur", [False, True])
+def test_faithfulness_correlation_matches_a_loop(blur):
+    model, x = _seeded_cnn(), _images(n=3, side=8)
+    target = torch.tensor([0, 2, 1])
+    baseline = gaussian_blur(x, 1.0) if blur else 0.25
+    maps = {"gradient x input": gradient_x_input(model, x, target), "random": random_map(model, x, target)}
+    g = torch.Generator().manual_seed(3)
+    subsets = torch.rand(3, 6, 64, generator=g).argsort(-1)[..., :9]
+    got = faithfulness_correlation(model, x, target, maps, subset_size=9, n_subsets=6, baseline=baseline,
+                                   subsets=subsets)
+    for name, a in maps.items():
+        want = _loop_faithfulness_correlation(model, x, target, a, subsets, baseline)
+        assert np.allclose(got[name].numpy(), want, rtol=0, atol=1e-10), name
+    # drawn subsets: distinct entries, the same for every map, reproducible from rng
+    again = faithfulness_correlation(model, x, target, maps, subset_size=9, n_subsets=6, baseline=baseline,
+                                     rng=5)
+    alone = faithfulness_correlation(model, x, target, {"random": maps["random"]}, subset_size=9, n_subsets=6,
+                                     baseline=baseline, rng=5)
+    assert torch.equal(again["random"], alone["random"])
+    assert torch.isfinite(again["gradient x input"]).all()
+
+
+def test_faithfulness_correlation_of_a_linear_model_is_one_for_its_contribution():
+    # f_c(x) - f_c(x with S at b) = sum_{i in S} w_ci (x_i - b_i) exactly: the contribution scores 1
+    model, x = _linear(), _images()
+    target = torch.tensor([0, 1, 2, 0])
+    v = input_gradient(model, x, target)
+    got = faithfulness_correlation(model, x, target, {"c": contribution(v, x, 0.3), "v": v}, subset_size=4,
+                                   n_subsets=20, baseline=0.3, rng=0)
+    assert torch.allclose(got["c"], torch.ones(4, dtype=x.dtype), atol=1e-12)
+    assert (got["v"] < 1 - 1e-3).all()
+
+
+def test_faithfulness_correlation_is_quantus():
+    quantus = pytest.importorskip("quantus", reason="quantus is not installed (pip install "
+                                  "'nbsupport[test]' brings it)")
+    model, x = _seeded_cnn().float(), _images(n=4, side=8).float()
+    target = torch.tensor([0, 3, 1, 2])
+    a = gradient_x_input(model, x, target)
+    drawn = []
+    choice = np.random.choice
+
+    def recording_choice(*args, **kwargs):
+        out = choice(*args, **kwargs)
+        drawn.append(out)
+        return out
+
+    np.random.seed(0)
+    metric = quantus.FaithfulnessCorrelation(nr_runs=8, subset_size=10, perturb_baseline=0.0, normalise=False,
+                                             return_aggregate=False, disable_warnings=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(np.random, "choice", recording_choice)
+        theirs = metric(model=model, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=a.detach().numpy(),
+                        device="cpu", batch_size=4)
+    # Quantus draws run by run, image by image
+    subsets = torch.from_numpy(np.stack(drawn).reshape(8, 4, 10).transpose(1, 0, 2).astype(np.int64))
+    ours = faithfulness_correlation(model, x, target, {"a": a}, subset_size=10, n_subsets=8, subsets=subsets)
+    assert np.allclose(ours["a"].numpy(), theirs, rtol=0, atol=1e-5)
+
+
+def test_faithfulness_correlation_refuses_bad_input_naming_it():
+    model, x = _linear(), _images()
+    maps = {"a": torch.ones_like(x)}
+    for kwargs, name in [(dict(subset_size=16), "subset_size"), (dict(subset_size=0), "subset_size"),
+                         (dict(subset_size=2, n_subsets=2), "n_subsets"),
+                         (dict(subset_size=2, rng=None), "rng"),
+                         (dict(subset_size=2, n_subsets=3, subsets=torch.zeros(4, 3, 3, dtype=torch.long)),
+                          "subsets"),
+                         (dict(subset_size=2, n_subsets=3, subsets=torch.full((4, 3, 2), 16)), "subsets")]:
+        with pytest.raises(ValueError, match=name):
+            faithfulness_correlation(model, x, 0, maps, **kwargs)
+    with pytest.raises(ValueError, match="attributions"):
+        faithfulness_correlation(model, x, 0, {"a": torch.ones(4, 16)}, subset_size=2)
+    with pytest.raises(ValueError, match="attributions"):
+        faithfulness_correlation(model, x, 0, {}, subset_size=2)
+    with pytest.raises(ValueError, match="target"):
+        faithfulness_correlation(model, x, 7, maps, subset_size=2)

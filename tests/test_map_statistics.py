@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from nbsupport.map_statistics import gaussian_blur, linear_cka, pearson_rows, rank_correlation, roughness
+from nbsupport.map_statistics import gaussian_blur, linear_cka, pearson_rows, rank_correlation, roughness, ssim
 
 
 def test_rank_correlation_is_scipys_spearman():
@@ -84,3 +84,62 @@ def test_linear_cka_against_the_hsic_formula():
     assert 0 <= float(linear_cka(gates, torch.from_numpy(y))) <= 1
     with pytest.raises(ValueError, match="same N"):
         linear_cka(torch.from_numpy(x), torch.from_numpy(y[:5]))
+
+
+def _loop_ssim(a, b, win=7):
+    """Mean SSIM of two numpy arrays (1-d or 2-d) by an explicit loop over the windows inside."""
+    r = max(a.max(), b.max()) - min(a.min(), b.min())
+    c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    starts = [range(size - win + 1) for size in a.shape]
+    values = []
+    for corner in np.ndindex(*[len(s) for s in starts]):
+        sl = tuple(slice(i, i + win) for i in corner)
+        wa, wb = a[sl].ravel(), b[sl].ravel()
+        ma, mb = wa.mean(), wb.mean()
+        va, vb = wa.var(ddof=1), wb.var(ddof=1)
+        cab = ((wa - ma) * (wb - mb)).sum() / (wa.size - 1)
+        values.append((2 * ma * mb + c1) * (2 * cab + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("shape", [(3, 40), (3, 9, 11)])
+def test_ssim_matches_a_window_loop(shape):
+    g = np.random.default_rng(0)
+    a = g.normal(size=shape)
+    b = 0.6 * a + 0.4 * g.normal(size=shape)
+    got = ssim(torch.from_numpy(a), torch.from_numpy(b))
+    want = [_loop_ssim(a[i], b[i]) for i in range(shape[0])]
+    assert np.allclose(got.numpy(), want, rtol=0, atol=1e-12)
+    assert np.allclose(ssim(torch.from_numpy(a), torch.from_numpy(a)).numpy(), 1.0)
+    # the same with a fixed data range, and invariant to scaling both maps together
+    both = ssim(torch.from_numpy(3 * a), torch.from_numpy(3 * b))
+    assert np.allclose(both.numpy(), got.numpy(), atol=1e-12)
+
+
+def test_ssim_is_skimages_structural_similarity():
+    metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is not installed (it comes "
+                                  "with the test extra's quantus)")
+    g = np.random.default_rng(1)
+    for shape in [(2, 28, 28), (2, 784)]:
+        a = g.normal(size=shape)
+        b = a + g.normal(size=shape)
+        got = ssim(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+        for i in range(shape[0]):
+            r = float(max(a[i].max(), b[i].max()) - min(a[i].min(), b[i].min()))
+            assert got[i] == pytest.approx(metrics.structural_similarity(a[i], b[i], data_range=r),
+                                           abs=1e-12)
+
+
+def test_ssim_refuses_bad_input_naming_it():
+    a = torch.rand(2, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="a and b"):
+        ssim(a, a[:, :7])
+    with pytest.raises(ValueError, match="a and b"):
+        ssim(a.long(), a.long())
+    with pytest.raises(ValueError, match="win_size"):
+        ssim(a, a, win_size=4)
+    with pytest.raises(ValueError, match="win_size"):
+        ssim(a, a, win_size=9)
+    with pytest.raises(ValueError, match="data_range"):
+        ssim(a, a, data_range=-1.0)
+    assert torch.equal(ssim(torch.ones(1, 8, 8), torch.ones(1, 8, 8)), torch.ones(1, dtype=torch.float64))

@@ -10,8 +10,8 @@ from torch import nn
 from nbsupport.attribution import image_map
 from nbsupport.map_statistics import rank_correlation
 from nbsupport.models import small_resnet, vgg_cnn
-from nbsupport.randomisation import (cascading_randomisation, randomise_top_layers, recalibrate_batchnorm,
-                                     weight_layer_depths, weight_layers)
+from nbsupport.randomisation import (cascading_randomisation, random_logit, randomise_top_layers,
+                                     recalibrate_batchnorm, weight_layer_depths, weight_layers)
 from nbsupport.saliency import input_gradient
 from attribution_nets import _images, _linear, _seeded_cnn
 
@@ -132,3 +132,85 @@ def test_rng_same_gives_same_other_gives_other_bad_is_refused():
             run(bad)
     with pytest.raises(ValueError, match="draws"):
         cascading_randomisation(cnn, x, 2, input_gradient, draws=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# RandomLogit
+# ---------------------------------------------------------------------------------------------
+
+def test_random_logit_matches_a_loop():
+    model, x = _seeded_cnn(), _images(n=5, side=8)
+    target = torch.tensor([0, 1, 2, 3, 4]) % 10
+    got = random_logit(model, x, target, input_gradient, rng=3)
+    # the other classes: uniform over the nine others, from rng alone
+    g = torch.Generator().manual_seed(3)
+    other = (target + torch.randint(1, 10, (5,), generator=g)) % 10
+    assert not bool((other == target).any())
+    for i in range(5):
+        maps = []
+        for c in (int(target[i]), int(other[i])):
+            a = input_gradient(model, x[i:i + 1], c)[0, 0].numpy()
+            maps.append(a / np.abs(a).max())
+        want = _loop_ssim(*maps)
+        assert float(got[i]) == pytest.approx(want, abs=1e-12)
+    # a map that ignores the class is its own match; explicit other classes are used as given
+    assert torch.allclose(random_logit(model, x, target, image_map, rng=3), torch.ones(5, dtype=torch.float64))
+    assert torch.equal(random_logit(model, x, target, input_gradient, other=other), got)
+
+
+def _loop_ssim(a, b, win=7):
+    """Mean SSIM of two 2-d arrays over every window inside them (sample variances), by loops."""
+    r = max(a.max(), b.max()) - min(a.min(), b.min())
+    c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    values = []
+    for i in range(a.shape[0] - win + 1):
+        for j in range(a.shape[1] - win + 1):
+            wa, wb = a[i:i + win, j:j + win].ravel(), b[i:i + win, j:j + win].ravel()
+            ma, mb = wa.mean(), wb.mean()
+            cab = ((wa - ma) * (wb - mb)).sum() / (wa.size - 1)
+            values.append((2 * ma * mb + c1) * (2 * cab + c2)
+                          / ((ma**2 + mb**2 + c1) * (wa.var(ddof=1) + wb.var(ddof=1) + c2)))
+    return float(np.mean(values))
+
+
+def test_random_logit_is_quantus():
+    quantus = pytest.importorskip("quantus", reason="quantus is not installed (pip install "
+                                  "'nbsupport[test]' brings it)")
+    from nbsupport.map_statistics import ssim
+
+    model, x = _seeded_cnn().float(), _images(n=4, side=8).float()
+    target = np.array([0, 3, 1, 2])
+
+    def explain(model, inputs, targets, **kwargs):
+        inputs = torch.as_tensor(inputs, dtype=torch.float32)
+        return input_gradient(model, inputs, torch.as_tensor(targets)).detach().numpy()
+
+    # Quantus reseeds numpy with its seed for every batch: one image per batch makes its
+    # max-normalisation per map, as ours
+    metric = quantus.RandomLogit(num_classes=10, seed=42, return_aggregate=False, disable_warnings=True)
+    theirs = metric(model=model, x_batch=x.numpy(), y_batch=target, a_batch=None, explain_func=explain,
+                    device="cpu", batch_size=1)
+    others = []
+    for y in target:
+        np.random.seed(42)
+        index = np.random.randint(0, 9, 1)[0]
+        others.append([c for c in range(10) if c != y][index])
+    ours = random_logit(model, x, torch.from_numpy(target), input_gradient, other=torch.tensor(others),
+                        similarity=lambda a, b: ssim(a.flatten(1), b.flatten(1)))
+    assert np.allclose(ours.numpy(), theirs, rtol=0, atol=1e-5)
+
+
+def test_random_logit_refuses_bad_input_naming_it():
+    model, x = _seeded_cnn(), _images(n=2, side=8)
+    with pytest.raises(ValueError, match="attribute"):
+        random_logit(model, x, 0, "gradient")
+    with pytest.raises(ValueError, match="similarity"):
+        random_logit(model, x, 0, input_gradient, similarity=3)
+    with pytest.raises(ValueError, match="other"):
+        random_logit(model, x, torch.tensor([1, 2]), input_gradient, other=torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match="target"):
+        random_logit(model, x, 10, input_gradient)
+    with pytest.raises(ValueError, match="rng"):
+        random_logit(model, x, 0, input_gradient, rng=None)
+    with pytest.raises(ValueError, match="model"):
+        random_logit(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)).double(), x, 0, input_gradient)
