@@ -337,6 +337,11 @@ def test_only_calls_whose_first_axis_follows_the_batch_are_gates(batch, d):
     torch.testing.assert_close(z, model.linear(x), rtol=0, atol=0)
 
 
+def test_an_empty_batch_is_refused_naming_x():
+    with pytest.raises(ValueError, match="x must hold at least one sample"):
+        activation_patterns(mlp([3, 5, 4, 2]), torch.zeros(0, 3))
+
+
 def test_a_model_with_batch_dependent_relu_calls_is_refused():
     class PerRow(nn.Module):  # one ReLU call per row, at most three: a count that follows N
         def __init__(self):

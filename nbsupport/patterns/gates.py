@@ -44,8 +44,10 @@ def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tens
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     n = len(x)
+    if n == 0:
+        raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
     n_other = 2 if n != 2 else 3
-    other = x[torch.arange(n_other, device=x.device) % n]
+    other = x[torch.arange(n_other, device=x.device) % n]  # rows of x: values can steer a forward pass
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
     modes = [(module, module.training) for module in model.modules()]
     frozen = [(p, p.requires_grad) for p in model.parameters()]
