@@ -59,7 +59,7 @@ def routes(make, data, seeds, kwargs):
     def separately():
         models = [make(s) for s in seeds]
         for s, m in zip(seeds, models):
-            train(m, data, seed=s, cache=False, progress=False, **kwargs)
+            train(m, data, rng=s, cache=False, progress=False, **kwargs)
         last["loop"] = models
 
     return {"train_seeds (vmap)": together, f"{len(seeds)} train calls": separately}, last

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 __all__ = ["real", "integer", "pair", "rows", "labels", "batch", "module", "flag", "eval_mode", "real_tensor",
-           "check_input", "check_target", "checked_forward", "int_seed", "numpy_rng", "torch_rng"]
+           "check_input", "check_target", "checked_forward", "training_schedule", "int_seed", "numpy_rng",
+           "torch_rng"]
 
 
 def _scalar(value):
@@ -311,6 +312,17 @@ def checked_forward(model, x: torch.Tensor):
         if not _SHAPE_ERROR.search(str(err)):  # out of memory, devices, dtypes: not about x's shape
             raise
         raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model: {err}") from err
+
+
+def training_schedule(n: int, length, length_name: str, lr, batch_size) -> tuple[int, int]:
+    """The length of a training loop (``epochs`` or ``steps``, >= 1) and ``batch_size`` (in
+    ``[1, n]``) as ints, ``lr`` checked > 0: the checks shared by the loops of ``nbsupport.gating``."""
+    length = integer(length, length_name, minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    if batch_size > n:
+        raise ValueError(f"batch_size must be an int in [1, {n}], got {batch_size!r}")
+    real(lr, "lr", low=0)
+    return length, batch_size
 
 
 def int_seed(rng, name: str = "rng") -> int:

@@ -100,6 +100,15 @@ def _inside_checkpoint() -> bool:
     there would be recomputed vanilla and its output read by the routed rule as the
     pre-activation (non-reentrant checkpointing swaps saved tensors in order). Refusing is the
     safe answer; detection walks the Python stack for checkpoint's frames.
+
+    What that finds: ``torch.utils.checkpoint.checkpoint`` (reentrant or not, with or without a
+    selective-checkpointing ``context_fn``), ``checkpoint_sequential`` and any wrapper that calls
+    them, eager or inside ``torch.compile`` (tested with the ``aot_eager`` backend). What it cannot
+    find: a recomputation written without ``torch.utils.checkpoint`` (a custom
+    ``torch.autograd.Function`` or saved-tensor hooks that re-run a function in the backward pass);
+    its functional ReLU calls outside any submodule's forward would be recomputed vanilla.
+    ``torch.compile``'s own rematerialisation (the min-cut partitioner, ``activation_memory_budget``)
+    needs no detection: it recomputes the traced graph, which holds the rules.
     """
     frame = sys._getframe(2)
     while frame is not None:
@@ -215,8 +224,14 @@ def route_calls(model: nn.Module, relu_rule: Callable, pool_rule: Callable | Non
         during the forward pass: checked before the call runs, so no running statistic is
         updated. Functional calls are caught as well as modules.
 
-    Activation checkpointing (``torch.utils.checkpoint``) around a routed call is refused with a
-    ``ValueError`` naming ``model``: its recomputation in the backward pass would bypass the rules.
+    Activation checkpointing (``torch.utils.checkpoint``, selective checkpointing included, eager or
+    compiled) around a routed call is refused with a ``ValueError`` naming ``model``: its
+    recomputation in the backward pass would bypass the rules. It is recognised by
+    ``torch.utils.checkpoint``'s frames on the stack, so a recomputation scheme of one's own (a
+    custom ``autograd.Function`` re-running the forward in its backward) is not recognised, and
+    its functional ReLUs outside a submodule's forward would be recomputed vanilla. A compiled model
+    (``torch.compile``) is routed as the eager one: the rules are traced into its graph, and what
+    the compiler chooses to recompute in the backward pass is that graph.
 
     Yields
     ------

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ._validate import batch, integer, module, real, torch_rng
+from ._validate import batch, int_seed, integer, module, real, torch_rng
 from .data import data_root
 
 __all__ = ["mlp", "vgg_cnn", "small_resnet", "init_normal_", "train", "train_seeds", "auto_method", "TrainResult",
@@ -183,17 +183,24 @@ def init_normal_(model: nn.Module, C_W: float, C_b: float = 0.0, seed: int = 0) 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns.
+    """What every training loop of the package returns: :func:`train`, :func:`train_seeds` (one per
+    seed), :func:`nbsupport.gating.train_latent_gates` (and ``train_latent_gates_many``, one per
+    model) and :func:`nbsupport.gating.fit_variational`.
 
     Attributes
     ----------
     history : list of dict
-        One entry per epoch: ``epoch``, mean training ``loss`` and, when test data was given,
-        ``test_loss`` and ``test_accuracy``.
+        One record per epoch (a loop that counts ``epochs``: full passes over the shuffled data) or
+        per step (a loop that counts ``steps``: one minibatch drawn afresh each), in order. Every
+        record has ``"epoch"`` or ``"step"`` (counted from 1) and ``"loss"``, the objective the loop
+        minimises, averaged over that epoch's samples or that step's minibatch; the loop's own
+        entries follow (:func:`train`: ``test_loss`` and ``test_accuracy`` when test data was
+        given; ``fit_variational``: the exact ``elbo`` and ``log_marginal``).
     checkpoints : dict of int to state_dict
-        Weights after the requested epochs (epoch 0 is the initialisation).
+        Weights after the requested epochs (epoch 0 is the initialisation); :func:`train` only.
     key : str
-        The configuration hash the weights are cached under.
+        The configuration hash the weights are cached under; ``""`` for the loops that are not
+        cached (those of ``nbsupport.gating``).
     from_cache : bool
         Whether the weights were loaded instead of trained.
     """
@@ -423,8 +430,10 @@ def _check_data(data, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _train_key(model: nn.Module, x, y, o: _Options, seed: int, **extra) -> str:
-    """The cache key of training ``model`` (its current weights) with options ``o`` and ``seed``."""
+def _train_key(model: nn.Module, x, y, o: _Options, rng_key: dict, **extra) -> str:
+    """The cache key of training ``model`` (its current weights) with options ``o`` and the minibatch
+    order's source ``rng_key`` (``{"seed": s}`` for an int seed, as before ``rng`` replaced ``seed``,
+    so the cached weights keep their keys)."""
     tensors = [x, y] + (list(o.test_data) if o.test_data is not None else [])
     return config_hash(model, tensors, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size,
                        weight_decay=o.weight_decay,
@@ -432,7 +441,7 @@ def _train_key(model: nn.Module, x, y, o: _Options, seed: int, **extra) -> str:
                        loss_fn=callable_key(o.loss_fn), torch_version=torch.__version__,
                        # kernels and parallel reductions round differently on another device or thread count
                        device=next(model.parameters()).device.type, threads=torch.get_num_threads(),
-                       checkpoints=o.checkpoints, seed=seed, **extra)
+                       checkpoints=o.checkpoints, **rng_key, **extra)
 
 
 def _load(model: nn.Module, path: Path, key: str) -> TrainResult:
@@ -467,7 +476,7 @@ def train(
     loss_fn: Callable = nn.functional.cross_entropy,
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     checkpoints: Sequence[int] = (),
-    seed: int = 0,
+    rng=0,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -495,8 +504,13 @@ def train(
         Evaluated after every epoch (loss and accuracy recorded in the history).
     checkpoints : sequence of int
         Epochs in ``[0, epochs]`` after which to keep a copy of the weights (0: before training).
-    seed : int
-        Seeds the minibatch order.
+    rng : int, torch.Generator or numpy.random.Generator
+        Source of the minibatch order (the package's rule, ``nbsupport._validate.torch_rng``): an
+        int >= 0 seeds a private generator (``rng=s`` is the old ``seed=s``, with the same order and
+        the same cache entries); a CPU ``torch.Generator`` is used and advanced, its state at the
+        call entering the cache key, and on a cache hit it is advanced as training would have
+        advanced it; a numpy Generator gives one seed. The global random state is untouched. The
+        seed is the unit of replication of a trained network: pass the seeds as ints.
     cache : bool
         Load from and store to the cache.
     cache_dir : path, optional
@@ -516,10 +530,12 @@ def train(
     batch(model, x, y, o.loss_fn)
     if o.test_data is not None:
         batch(model, *o.test_data, o.loss_fn, name="test_data")
-    seed = integer(seed, "seed", minimum=0)
-    key = _train_key(model, x, y, o, seed)
+    generator, rng_key = _minibatch_rng(rng)
+    key = _train_key(model, x, y, o, rng_key)
     path = _cache_dir(cache_dir) / f"{key}.pt"
     if cache and path.is_file():
+        for _ in range(o.epochs):  # the caller's generator ends where training would leave it
+            torch.randperm(len(x), generator=generator)
         return _load(model, path, key)
 
     def snapshot():
@@ -527,7 +543,6 @@ def train(
 
     device = next(model.parameters()).device
     optimiser = _optimiser(o, model.parameters())
-    generator = torch.Generator().manual_seed(seed)
     result = TrainResult(key=key)
     if 0 in o.checkpoints:
         result.checkpoints[0] = snapshot()
@@ -559,6 +574,17 @@ def train(
     return result
 
 
+def _minibatch_rng(rng) -> tuple[torch.Generator, dict]:
+    """:func:`train`'s CPU generator of the minibatch order from ``rng``, and what of it enters the
+    cache key: the seed of an int (or of a numpy Generator's draw), the state of a torch Generator."""
+    if isinstance(rng, torch.Generator):
+        generator = torch_rng(rng, None)
+        state = generator.get_state().numpy().tobytes()
+        return generator, {"rng_state": hashlib.sha256(state).hexdigest()[:16]}
+    seed = int_seed(rng, "rng")
+    return torch.Generator().manual_seed(seed), {"seed": seed}
+
+
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Identity)
 
 
@@ -587,7 +613,7 @@ def train_seeds(
 ) -> list[tuple[nn.Module, TrainResult]]:
     """Train one freshly initialised model per seed, all seeds at once; results cached by configuration.
 
-    Seed ``s`` builds its model with ``make_model(s)`` and trains it as ``train(model, data, seed=s,
+    Seed ``s`` builds its model with ``make_model(s)`` and trains it as ``train(model, data, rng=s,
     **train_kwargs)`` would: the same initial weights, its own minibatch order drawn from ``s``,
     the same optimiser arithmetic and history.
 
@@ -613,7 +639,7 @@ def train_seeds(
         of the first model (the MLPs train with vmap, the CNNs in the loop, as measured).
     **train_kwargs
         :func:`train`'s keywords (``epochs``, ``lr``, ``batch_size``, ``test_data``,
-        ``checkpoints``, ``cache``, ...); not ``seed``.
+        ``checkpoints``, ``cache``, ...); not ``rng``, which the seeds give.
 
     Returns
     -------
@@ -627,8 +653,9 @@ def train_seeds(
     loaded when every member is cached and trained again otherwise.
     """
     seeds = _check_seeds(seeds)
-    if "seed" in train_kwargs:
-        raise ValueError("train_kwargs must not contain seed: pass the seeds as seeds")
+    for name in ("rng", "seed"):
+        if name in train_kwargs:
+            raise ValueError(f"train_kwargs must not contain {name}: pass the seeds as seeds")
     if not callable(make_model):
         raise ValueError(f"make_model must be a callable seed -> nn.Module, got {make_model!r}")
     if method not in ("auto", "vmap", "loop"):
@@ -642,10 +669,11 @@ def train_seeds(
     if method == "auto":
         method = auto_method(models[0])
     if method == "loop":
-        return [(m, train(m, (x, y), seed=s, **train_kwargs)) for m, s in zip(models, seeds)]
+        return [(m, train(m, (x, y), rng=s, **train_kwargs)) for m, s in zip(models, seeds)]
 
     _check_same_architecture(models)
-    keys = [_train_key(m, x, y, o, s, method="vmap", group=tuple(seeds)) for m, s in zip(models, seeds)]
+    keys = [_train_key(m, x, y, o, {"seed": s}, method="vmap", group=tuple(seeds))
+            for m, s in zip(models, seeds)]
     paths = [_cache_dir(o.cache_dir) / f"{k}.pt" for k in keys]
     if o.cache and all(p.is_file() for p in paths):
         return [(m, _load(m, p, k)) for m, p, k in zip(models, paths, keys)]

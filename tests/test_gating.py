@@ -82,7 +82,8 @@ def _sampling_calls(net, x, y):
 
     def trained(rng):
         copy = deepcopy(net)                                              # no fresh initialisation
-        return torch.tensor(train_latent_gates(copy, x, y, 0.5, epochs=2, batch_size=3, rng=rng))
+        result = train_latent_gates(copy, x, y, 0.5, epochs=2, batch_size=3, rng=rng)
+        return torch.tensor([r["loss"] for r in result.history])
 
     return {
         "sample_gates": lambda rng: sample_gates(soft_gates(z, 0.5), 5, rng=rng),

@@ -340,10 +340,13 @@ def test_train_latent_gates_raises_the_marginal_likelihood():
     net, x, y = _net((2, 6, 2), n=80, seed=20)
     y = (x[:, 0] * x[:, 1] > 0).long()                       # XOR-like labels: needs the hidden layer
     before = log_marginal_likelihood(net, x, y, 0.3).mean().item()
-    history = train_latent_gates(net, x, y, 0.3, epochs=60, lr=3e-2, batch_size=40,
-                                 generator=torch.Generator().manual_seed(0))
+    result = train_latent_gates(net, x, y, 0.3, epochs=60, lr=3e-2, batch_size=40,
+                                rng=torch.Generator().manual_seed(0))
     after = log_marginal_likelihood(net, x, y, 0.3).mean().item()
-    assert len(history) == 60 and history[0] == pytest.approx(-before, abs=0.2)
+    assert [r["epoch"] for r in result.history] == list(range(1, 61))
+    assert result.key == "" and not result.from_cache and result.checkpoints == {}
+    history = [r["loss"] for r in result.history]
+    assert history[0] == pytest.approx(-before, abs=0.2)
     assert after > before + 0.2 and history[-1] < history[0]
     with pytest.raises(ValueError, match="epochs"):
         train_latent_gates(net, x, y, 0.3, epochs=0)
@@ -365,11 +368,15 @@ def test_train_latent_gates_many_is_each_model_trained_alone(dtype):
         starts.append(mlp([3, 6, 3]).to(dtype))
     taus, rngs = [0.1, 0.3, 0.3, 1.0, 3.0], [4, 0, 1, 2, torch.Generator().manual_seed(7)]
     alone = [deepcopy(m) for m in starts]
-    ref_hist = [train_latent_gates(m, x, y, t, epochs=4, lr=3e-2, batch_size=16,
-                                   rng=r if isinstance(r, int) else torch.Generator().manual_seed(7))
-                for m, t, r in zip(alone, taus, rngs)]
+    ref = [train_latent_gates(m, x, y, t, epochs=4, lr=3e-2, batch_size=16,
+                              rng=r if isinstance(r, int) else torch.Generator().manual_seed(7))
+           for m, t, r in zip(alone, taus, rngs)]
     together = [deepcopy(m) for m in starts]
-    hist = train_latent_gates_many(together, x, y, taus, epochs=4, lr=3e-2, batch_size=16, rngs=rngs)
+    results = train_latent_gates_many(together, x, y, taus, epochs=4, lr=3e-2, batch_size=16, rngs=rngs)
+    assert [[r["epoch"] for r in res.history] for res in results] == [[r["epoch"] for r in res.history]
+                                                                      for res in ref]
+    hist = [[r["loss"] for r in res.history] for res in results]
+    ref_hist = [[r["loss"] for r in res.history] for res in ref]
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     for a, b in zip(alone, together):
         for p, q in zip(a.parameters(), b.parameters()):

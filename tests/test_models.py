@@ -244,15 +244,45 @@ def test_numpy_and_tensor_scalars_accepted_bools_refused():
     x, y = _blobs()
     plain = train(_net(), (x, y), epochs=2, lr=1e-2, batch_size=64, checkpoints=[1], cache=False, progress=False)
     numpy = train(_net(), (x, y), epochs=np.int64(2), lr=np.float64(1e-2), batch_size=torch.tensor(64),
-                  weight_decay=np.float32(0.0), checkpoints=[np.int64(1)], seed=np.int64(0), cache=False, progress=False)
+                  weight_decay=np.float32(0.0), checkpoints=[np.int64(1)], rng=np.int64(0), cache=False, progress=False)
     assert numpy.key == plain.key and numpy.history == plain.history and list(numpy.checkpoints) == [1]
     for kwargs, word in ((dict(epochs=True), "epochs"), (dict(epochs=2, batch_size=True), "batch_size"),
-                         (dict(epochs=2, lr=True), "lr"), (dict(epochs=2, seed=True), "seed"),
+                         (dict(epochs=2, lr=True), "lr"), (dict(epochs=2, rng=True), "rng"),
                          (dict(epochs=2, checkpoints=[True]), "checkpoints")):
         with pytest.raises(ValueError, match=word):
             train(_net(), (x, y), cache=False, progress=False, **kwargs)
     with pytest.raises(ValueError, match="C_b"):
         init_normal_(mlp([4, 3]), C_W=1.0, C_b=True)
+
+
+def test_train_takes_rng_as_an_int_or_a_generator(tmp_path):
+    """rng=s and a torch Generator seeded s draw the same minibatch orders (identical weights and
+    history); a generator ends where the epochs' permutations leave it, also on a cache hit (so
+    what the caller draws next does not depend on the cache); its state enters the key; a numpy
+    Generator gives one seed; anything else is refused naming rng."""
+    x, y = _blobs()
+    kw = dict(epochs=2, lr=1e-2, batch_size=64, progress=False)
+    by_int, by_gen = _net(), _net()
+    from_int = train(by_int, (x, y), rng=3, cache=False, **kw)
+    g = torch.Generator().manual_seed(3)
+    from_gen = train(by_gen, (x, y), rng=g, cache_dir=tmp_path, **kw)
+    assert from_gen.history == from_int.history and not from_gen.from_cache
+    assert all(torch.equal(a, b) for a, b in zip(by_int.parameters(), by_gen.parameters()))
+    reference = torch.Generator().manual_seed(3)
+    for _ in range(2):  # the loop's draws, by hand: one permutation per epoch
+        torch.randperm(len(x), generator=reference)
+    assert torch.equal(g.get_state(), reference.get_state())
+    g_again = torch.Generator().manual_seed(3)
+    again = train(_net(), (x, y), rng=g_again, cache_dir=tmp_path, **kw)
+    assert again.from_cache and again.key == from_gen.key and again.history == from_gen.history
+    assert torch.equal(g_again.get_state(), reference.get_state())
+    assert train(_net(), (x, y), rng=g_again, cache=False, **kw).key != from_gen.key  # another state
+    seed = int(np.random.default_rng(5).integers(0, 2**63 - 1))
+    from_numpy = train(_net(), (x, y), rng=np.random.default_rng(5), cache=False, **kw)
+    assert from_numpy.key == train(_net(), (x, y), rng=seed, cache=False, **kw).key
+    for bad in (None, -1, 1.5, "0", True):
+        with pytest.raises(ValueError, match="rng"):
+            train(_net(), (x, y), rng=bad, cache=False, **kw)
 
 
 def _seeded_net(seed):
@@ -270,7 +300,7 @@ def test_train_seeds_equals_separate_train_calls(tmp_path):
     assert len(pairs) == 3
     for s, (model, result) in zip([0, 3, 1], pairs):
         reference = _seeded_net(s)
-        expected = train(reference, (x, y), seed=s, cache=False, **kwargs)
+        expected = train(reference, (x, y), rng=s, cache=False, **kwargs)
         assert result.history == expected.history and result.key == expected.key
         for k, v in reference.state_dict().items():
             assert torch.equal(model.state_dict()[k], v)
@@ -284,7 +314,7 @@ def test_train_seeds_shares_the_cache_of_train(tmp_path):
     x, y = _blobs()
     first = train_seeds(_seeded_net, (x, y), [0, 1], method="loop", epochs=1, cache_dir=tmp_path, progress=False)
     assert not any(r.from_cache for _, r in first)
-    alone = train(_seeded_net(1), (x, y), epochs=1, seed=1, cache_dir=tmp_path, progress=False)
+    alone = train(_seeded_net(1), (x, y), epochs=1, rng=1, cache_dir=tmp_path, progress=False)
     assert alone.from_cache and alone.key == first[1][1].key
     again = train_seeds(_seeded_net, (x, y), [1, 0], method="loop", epochs=1, cache_dir=tmp_path, progress=False)
     assert all(r.from_cache for _, r in again)
@@ -300,8 +330,9 @@ def test_train_seeds_bad_seeds(seeds):
 
 def test_train_seeds_bad_arguments():
     from nbsupport.models import train_seeds
-    with pytest.raises(ValueError, match="seed"):
-        train_seeds(_seeded_net, _blobs(), [0], epochs=1, seed=2, cache=False, progress=False)
+    for name in ("rng", "seed"):  # the seeds are the source of every seed's minibatch order
+        with pytest.raises(ValueError, match=name):
+            train_seeds(_seeded_net, _blobs(), [0], epochs=1, cache=False, progress=False, **{name: 2})
     with pytest.raises(ValueError, match="make_model"):
         train_seeds(lambda s: None, _blobs(), [0], epochs=1, cache=False, progress=False)
     with pytest.raises(ValueError, match="make_model"):

@@ -306,3 +306,63 @@ def test_the_three_gated_mlps_agree():
         _, _, J, c = region(weights, biases, torch.cat([g[n] for g in imposed]).numpy())
         torch.testing.assert_close(jac[n], torch.from_numpy(J), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(offset[n], torch.from_numpy(c), rtol=1e-12, atol=1e-12)
+
+
+class _Colliding(nn.Module):
+    """One gate (the hidden layer) beside ReLUs of functions of x that are not gates: of the mean
+    over the batch (shape (d,)) and of a (4,)-shaped parameter times a scalar of x (shape (4,))."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.linear, self.w = nn.Linear(d, 4), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        h = torch.relu(self.linear(x))
+        mean = torch.relu(x.mean(0))                      # first axis d: collides when d == N
+        scaled = torch.relu(self.w * x.sum())             # first axis 4: collides when N == 4
+        return h + mean.sum() + scaled.sum()
+
+
+@pytest.mark.parametrize("batch, d", [(4, 4), (4, 3), (3, 3), (2, 2), (3, 2), (1, 1), (1, 4), (5, 5)])
+def test_only_calls_whose_first_axis_follows_the_batch_are_gates(batch, d):
+    """Issue 25: the reader used to keep every x-dependent call whose first axis had length N, so
+    with N == d (x.mean(0)) or N == 4 (the parameter's length) it listed non-gates as gates.
+    Batch sizes that collide with both, and ones that do not; the gates against a plain forward."""
+    torch.manual_seed(batch * 10 + d)
+    model, x = _Colliding(d), torch.randn(batch, d)
+    gates = activation_patterns(model, x)
+    assert [tuple(g.shape) for g in gates] == [(batch, 4)]
+    assert torch.equal(gates[0], model.linear(x) > 0)
+    (z,) = relu_inputs(model, x)
+    torch.testing.assert_close(z, model.linear(x), rtol=0, atol=0)
+
+
+def test_an_empty_batch_is_refused_naming_x():
+    with pytest.raises(ValueError, match="x must hold at least one sample"):
+        activation_patterns(mlp([3, 5, 4, 2]), torch.zeros(0, 3))
+
+
+def test_a_model_with_batch_dependent_relu_calls_is_refused():
+    class PerRow(nn.Module):  # one ReLU call per row, at most three: a count that follows N
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return torch.stack([torch.relu(self.linear(x))[i] for i in range(min(len(x), 3))])
+
+    with pytest.raises(ValueError, match="3 ReLU calls on a batch of 4 and 2 on a batch of 2"):
+        activation_patterns(PerRow(), torch.randn(4, 3))
+
+
+def test_the_batch_check_leaves_the_global_random_state_as_one_forward_pass_does():
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Dropout(0.5), nn.Linear(6, 2), nn.ReLU())
+    model.train()
+    x = torch.randn(8, 3)
+    torch.manual_seed(7)
+    activation_patterns(model, x)
+    after_reader = torch.random.get_rng_state()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        model(x)
+    assert torch.equal(after_reader, torch.random.get_rng_state())

@@ -849,6 +849,79 @@ def test_activation_checkpointing_is_refused(reentrant):
     torch.testing.assert_close(excitation_pullback(plain, x, 0).flatten(1), expected)
 
 
+class _Checkpointing(nn.Module):
+    """Two functional ReLUs outside any submodule: run plainly, through torch.utils.checkpoint, or
+    through selective activation checkpointing (every op marked for recomputation)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b, self.c, self.how = nn.Linear(6, 7), nn.Linear(7, 5), nn.Linear(5, 3), how
+
+    def body(self, h):
+        return F.relu(self.b(F.relu(self.a(h))))
+
+    def forward(self, x):
+        from functools import partial
+
+        from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
+                                            create_selective_checkpoint_contexts)
+        h = x.flatten(1)
+        if self.how == "none":
+            return self.c(self.body(h))
+        context_fn = None
+        if self.how == "selective":
+            def policy(ctx, op, *args, **kwargs):
+                return CheckpointPolicy.PREFER_RECOMPUTE
+            context_fn = partial(create_selective_checkpoint_contexts, policy)
+        kwargs = {} if context_fn is None else {"context_fn": context_fn}
+        return self.c(checkpoint(self.body, h, use_reentrant=False, **kwargs))
+
+
+def test_selective_checkpointing_is_refused():
+    """Selective activation checkpointing runs through torch.utils.checkpoint (its context_fn), so
+    the routing sees checkpoint's frames and refuses, as for plain checkpointing."""
+    torch.manual_seed(0)
+    net = _Checkpointing("selective").double().eval()
+    x = torch.randn(4, 1, 2, 3, dtype=torch.float64)
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match="model uses activation checkpointing"):
+        excitation_pullback(net, x, 0)
+    _assert_restored(net, before)
+
+
+@pytest.mark.slow
+def test_torch_compile_keeps_the_rules_and_the_checkpoint_refusal():
+    """torch.compile cannot bypass the routing: the rules are traced into the graph (the pullback and
+    guided backpropagation of the compiled net equal the eager ones, also when the partitioner is
+    told to recompute all it can, activation_memory_budget = 0: what it recomputes is the traced
+    graph, rules included), and checkpointing inside a compiled net, plain or selective, is
+    still refused. Backends without a C compiler: aot_eager, and aot_eager_decomp_partition (the
+    min-cut rematerialising partitioner of inductor, without its code generation)."""
+    import torch._functorch.config as functorch_config
+
+    torch.manual_seed(0)
+    eager = _Checkpointing("none").double().eval()
+    x = torch.randn(4, 1, 2, 3, dtype=torch.float64)
+    expected, guided = excitation_pullback(eager, x, 1), guided_backprop(eager, x, 1)
+    saved_budget = functorch_config.activation_memory_budget
+    try:
+        for budget in (1.0, 0.0):
+            functorch_config.activation_memory_budget = budget
+            torch._dynamo.reset()
+            compiled = torch.compile(eager, backend="aot_eager_decomp_partition")
+            torch.testing.assert_close(excitation_pullback(compiled, x, 1), expected, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(guided_backprop(compiled, x, 1), guided, rtol=1e-12, atol=1e-12)
+        for how in ("plain", "selective"):
+            net = _Checkpointing(how).double().eval()
+            net.load_state_dict(eager.state_dict())
+            torch._dynamo.reset()
+            with pytest.raises(ValueError, match="model uses activation checkpointing"):
+                excitation_pullback(torch.compile(net, backend="aot_eager"), x, 1)
+    finally:
+        functorch_config.activation_memory_budget = saved_budget
+        torch._dynamo.reset()
+
+
 def test_surrogate_relu_module_trains_down_the_surrogate_gradient():
     """SurrogateReLU is relu forward and grad * sigmoid(z / T) backward (closed form, by hand for a
     one-hidden-layer net), its repr names T (so the weight cache tells it from nn.ReLU), and bad

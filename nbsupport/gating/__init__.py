@@ -18,7 +18,10 @@ sampled gates for the split of gradient variance.
 
 Randomness comes in one way: every sampling function takes ``rng`` (an int seed, default 0, or a
 generator, advanced in place: the package's rule, ``nbsupport._validate.torch_rng``) and never
-reads or advances the global random state. ``generator=`` is kept as an alias.
+reads or advances the global random state. ``generator=`` is kept as an alias by ``sample_gates``,
+``log_marginal_likelihood``, ``elbo_surrogate`` and ``sampled_gate_grads``; the training loops
+(``train_latent_gates``, ``train_latent_gates_many``, ``fit_variational``) take ``rng`` alone and
+return a :class:`nbsupport.models.TrainResult`, as :func:`nbsupport.models.train` does.
 
 The package has three modules: ``core`` (gates, the exact, Monte Carlo and importance-sampling
 likelihoods, posterior marginals, sampled-gate gradients, training on the marginal likelihood),

@@ -20,7 +20,8 @@ from torch.func import functional_call, grad, vmap
 
 import numpy as np
 
-from .._validate import integer, real, torch_rng
+from .._validate import integer, real, torch_rng, training_schedule
+from ..models import TrainResult
 from ..patterns import unpack_codes
 
 __all__ = [
@@ -643,9 +644,8 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     return flat.view(n_draws, len(x), -1), gates.view(n_draws, len(x), -1).bool()
 
 
-def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, epochs: int,
-                       lr: float = 1e-2, batch_size: int = 100,
-                       generator: torch.Generator | None = None, rng=0) -> list[float]:
+def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, *, epochs: int,
+                       lr: float = 1e-2, batch_size: int = 100, rng=0) -> TrainResult:
     r"""Train the latent-gate classifier on its own objective, the exact marginal likelihood.
 
     Minimises :math:`-\frac1B \sum_{i \in \text{batch}} \log \sum_a P(y_i \mid x_i, a) P(a \mid x_i)`
@@ -661,29 +661,29 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     y : Tensor, long, shape (N,)
     tau : float
     epochs : int
-        Passes over the data, >= 1.
+        Passes over the shuffled data, >= 1 (as :func:`nbsupport.models.train` counts them).
     lr : float
         Adam learning rate, > 0.
     batch_size : int
         In [1, N].
-    generator : torch.Generator, optional
-        Alias of a generator passed as ``rng``.
     rng : int, torch.Generator or numpy.random.Generator
-        Shuffles the minibatches (``nbsupport._validate.torch_rng``, default seed 0); the global random
-        state is untouched.
+        Shuffles the minibatches (``nbsupport._validate.torch_rng``, default seed 0; a CPU torch
+        generator is used and advanced); the global random state is untouched.
 
     Returns
     -------
-    list of float
-        The mean training objective (negative log marginal likelihood, nats) of every epoch.
+    nbsupport.models.TrainResult
+        ``history``: one record per epoch, ``{"epoch": e, "loss": ...}``, the mean training
+        objective (negative log marginal likelihood, nats per sample) over the epoch's minibatches.
+        Not cached (``key`` is ``""``).
     """
     real(tau, "tau", low=0)
     check_one_hidden(model, x, y)
-    epochs, batch_size = _training_schedule(x, epochs, lr, batch_size)
-    generator = torch_rng(rng, None, generator=generator)
+    epochs, batch_size = training_schedule(len(x), epochs, "epochs", lr, batch_size)
+    generator = torch_rng(rng, None)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    for _ in range(epochs):
+    result = TrainResult()
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(len(x), generator=generator, device=generator.device).to(x.device)
         total = 0.0
         for batch in order.split(batch_size):
@@ -692,28 +692,17 @@ def train_latent_gates(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
             loss.backward()
             optimiser.step()
             total += loss.item() * len(batch)
-        history.append(total / len(x))
-    return history
-
-
-def _training_schedule(x: torch.Tensor, epochs, lr, batch_size) -> tuple[int, int]:
-    """``epochs`` (>= 1) and ``batch_size`` (in [1, N]) as ints, ``lr`` checked > 0: the latent-gate
-    trainers' shared checks."""
-    epochs = integer(epochs, "epochs", minimum=1)
-    batch_size = integer(batch_size, "batch_size", minimum=1)
-    if batch_size > len(x):
-        raise ValueError(f"batch_size must be an int in [1, {len(x)}], got {batch_size!r}")
-    real(lr, "lr", low=0)
-    return epochs, batch_size
+        result.history.append({"epoch": epoch, "loss": total / len(x)})
+    return result
 
 
 def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y: torch.Tensor,
-                            taus: float | Sequence[float], epochs: int, lr: float = 1e-2,
-                            batch_size: int = 100, rngs: Sequence | None = None) -> list[list[float]]:
+                            taus: float | Sequence[float], *, epochs: int, lr: float = 1e-2,
+                            batch_size: int = 100, rngs: Sequence | None = None) -> list[TrainResult]:
     r""":func:`train_latent_gates` for several models at once, one vectorised step for all of them.
 
-    Model ``k`` is trained exactly as ``train_latent_gates(models[k], x, y, taus[k], epochs, lr,
-    batch_size, rng=rngs[k])`` would train it (its own minibatch order from its own ``rng``, its own
+    Model ``k`` is trained exactly as ``train_latent_gates(models[k], x, y, taus[k], epochs=epochs,
+    lr=lr, batch_size=batch_size, rng=rngs[k])`` would train it (its own minibatch order from its own ``rng``, its own
     Adam state), up to floating-point rounding: the parameters are stacked along a leading model
     axis, the loss is the sum over models of each model's minibatch mean, whose gradient in model
     ``k``'s parameters is that model's own gradient, and Adam updates every coordinate on its own.
@@ -735,8 +724,8 @@ def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y:
 
     Returns
     -------
-    list of list of float
-        Per model, the mean training objective of every epoch (as :func:`train_latent_gates`).
+    list of nbsupport.models.TrainResult
+        One per model, in order, each as :func:`train_latent_gates` returns it.
     """
     models = list(models)
     if not models:
@@ -751,7 +740,7 @@ def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y:
         raise ValueError(f"taus must be a float or one per model ({n_models}), got {len(taus)}")
     for tau in taus:
         real(tau, "taus", low=0)
-    epochs, batch_size = _training_schedule(x, epochs, lr, batch_size)
+    epochs, batch_size = training_schedule(len(x), epochs, "epochs", lr, batch_size)
     rngs = list(range(n_models)) if rngs is None else list(rngs)
     if len(rngs) != n_models:
         raise ValueError(f"rngs must have one entry per model ({n_models}), got {len(rngs)}")
@@ -767,8 +756,8 @@ def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y:
     n_classes = b2.shape[1]
     tau_t = torch.tensor(taus, dtype=w1.dtype, device=w1.device)
     optimiser = torch.optim.Adam(stacked, lr=lr)
-    histories = [[] for _ in models]
-    for _ in range(epochs):
+    results = [TrainResult() for _ in models]
+    for epoch in range(1, epochs + 1):
         orders = [torch.randperm(len(x), generator=g, device=g.device).to(x.device) for g in generators]
         totals = torch.zeros(n_models, dtype=torch.float64)
         for start in range(0, len(x), batch_size):
@@ -787,12 +776,12 @@ def train_latent_gates_many(models: Sequence[nn.Sequential], x: torch.Tensor, y:
             (-per_model.sum()).backward()
             optimiser.step()
             totals -= per_model.detach().to(torch.float64).cpu() * n_batch
-        for history, total in zip(histories, totals.tolist()):
-            history.append(total / len(x))
+        for result, total in zip(results, totals.tolist()):
+            result.history.append({"epoch": epoch, "loss": total / len(x)})
     with torch.no_grad():
         for k, (first, second) in enumerate(zip(firsts, seconds)):
             first.weight.copy_(w1[k])
             first.bias.copy_(b1[k])
             second.weight.copy_(w2t[k].T)
             second.bias.copy_(b2[k])
-    return histories
+    return results

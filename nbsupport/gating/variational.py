@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import integer, numpy_rng, real, torch_rng
+from .._validate import integer, numpy_rng, real, torch_rng, training_schedule
+from ..models import TrainResult
 from .core import (all_patterns, check_one_hidden, log_lik_all, log_marginal_likelihood,
                    pattern_log_probs, posterior_marginals)
 
@@ -393,14 +394,18 @@ def optimal_factorised_posterior(model: nn.Sequential, x: torch.Tensor, y: torch
 
 
 def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Tensor, y: torch.Tensor, tau: float,
-                    steps: int, lr: float = 1e-2, batch_size: int = 100, estimator: str = "reinforce",
+                    *, steps: int, lr: float = 1e-2, batch_size: int = 100, estimator: str = "reinforce",
                     n_samples: int = 8, relaxation: float = 0.5, train_model: bool = True,
-                    rng=0, schedule: str = "constant", record: bool = True) -> dict[str, list[float]]:
+                    rng=0, schedule: str = "constant", record: bool = True) -> TrainResult:
     r"""Maximise the ELBO with Adam over q's parameters (and the model's, if ``train_model``).
 
     Each step draws a minibatch, records its **exact** ELBO and exact :math:`\log P(y \mid x)` (by
     enumeration, so ``m <= 16``) before updating, then follows the gradient of
     :func:`elbo_surrogate`. The recorded pairs let one check the bound on every batch seen.
+
+    The loop counts ``steps``, not epochs: every step draws its minibatch afresh (``batch_size``
+    distinct samples, independently of the other steps), so there are no passes over the data to
+    count, unlike :func:`~nbsupport.gating.train_latent_gates` and :func:`nbsupport.models.train`.
 
     Parameters
     ----------
@@ -411,7 +416,10 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     x : Tensor, shape (N, d)
     y : Tensor, shape (N,)
     tau : float
-    steps, batch_size : int
+    steps : int
+        Gradient steps, >= 1, one freshly drawn minibatch each.
+    batch_size : int
+        In [1, N].
     lr : float
     estimator : {"reinforce", "disarm", "concrete", "exact"}
         A gradient estimator of :func:`elbo_surrogate`, or ``"exact"``: the gradient of the enumerated
@@ -428,17 +436,17 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
         (so the final iterates average out the estimator's noise).
     record : bool
         Record the exact ELBO and log marginal of every minibatch (two enumerations per step);
-        ``False`` skips them (the lists stay empty) when only the fitted q is wanted.
+        ``False`` skips them when only the fitted q is wanted.
 
     Returns
     -------
-    dict
-        ``"elbo"``, ``"log_marginal"`` (batch means, exact) and ``"surrogate"`` per step.
+    nbsupport.models.TrainResult
+        ``history``: one record per step, ``{"step": s, "loss": ...}`` with the minimised objective
+        (minus the step's surrogate ELBO, or minus the exact ELBO for ``estimator="exact"``; batch
+        mean), and with ``record`` the batch means of the exact ``"elbo"`` and ``"log_marginal"``
+        before the update. Not cached (``key`` is ``""``).
     """
-    steps = integer(steps, "steps", minimum=1)
-    batch_size = integer(batch_size, "batch_size", minimum=1)
-    if batch_size > len(x):
-        raise ValueError(f"batch_size must be in [1, {len(x)}], got {batch_size!r}")
+    steps, batch_size = training_schedule(len(x), steps, "steps", lr, batch_size)
     if estimator not in (*ESTIMATORS, "exact"):
         raise ValueError(f"estimator must be one of {(*ESTIMATORS, 'exact')}, got {estimator!r}")
     if schedule not in ("constant", "cosine"):
@@ -448,16 +456,16 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
     optimiser = torch.optim.Adam(params, lr=lr)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps) if schedule == "cosine"
                  else None)
-    history: dict[str, list[float]] = {"elbo": [], "log_marginal": [], "surrogate": []}
-    for _ in range(steps):
+    result = TrainResult()
+    for step in range(1, steps + 1):
         batch = torch.randperm(len(x), generator=generator, device=generator.device)[:batch_size].to(x.device)
         xb, yb = x[batch], y[batch]
         logits = posterior(xb, yb)
+        measured = {}
         if record:
             with torch.no_grad():
-                history["elbo"].append(elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean().item())
-                history["log_marginal"].append(
-                    log_marginal_likelihood(model, xb, yb, tau).mean().item())
+                measured = {"elbo": elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean().item(),
+                            "log_marginal": log_marginal_likelihood(model, xb, yb, tau).mean().item()}
         if estimator == "exact":
             objective = elbo(model, xb, yb, tau, torch.sigmoid(logits)).mean()
         else:
@@ -468,5 +476,5 @@ def fit_variational(model: nn.Sequential, posterior: GatePosterior, x: torch.Ten
         optimiser.step()
         if scheduler is not None:
             scheduler.step()
-        history["surrogate"].append(objective.item())
-    return history
+        result.history.append({"step": step, "loss": -objective.item(), **measured})
+    return result

@@ -20,40 +20,44 @@ __all__ = ["activation_patterns", "relu_inputs", "path_correlation", "local_affi
 
 
 def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tensor]:
-    """``read(z)`` of the input ``z`` of every ReLU call of ``model`` on ``x``, in call order.
+    """``read(z)`` of the input ``z`` of every ReLU call of ``model`` on ``x`` that is a gate, in
+    call order.
 
     The one gate reader behind :func:`relu_inputs` and :func:`activation_patterns`: ReLU calls are
     routed by :func:`~nbsupport.intercept.route_calls` (modules, functional and in-place calls
-    alike), ``z`` is read before the ReLU (an in-place ReLU would overwrite it), the pass runs
-    under ``torch.no_grad``, and afterwards, also after an error, every buffer (BatchNorm's running
-    statistics and batch counter) holds its old value and every module its old train/eval flag.
-    A ReLU whose input does not depend on ``x`` (a ReLU of a parameter, even one whose first axis
-    happens to be as long as the batch) is not a gate and is skipped: the pass tracks dependence
-    on ``x`` by autograd, with the parameters frozen. It runs also inside
+    alike), ``z`` is read before the ReLU (an in-place ReLU would overwrite it), and afterwards, also
+    after an error, every buffer (BatchNorm's running statistics and batch counter) holds its old
+    value and every module its old train/eval flag. It runs also inside
     :func:`~nbsupport.pullbacks.surrogate.surrogate_gradients` on the same model.
+
+    A call is a gate when its input depends on ``x`` and its first axis is the batch axis. The
+    dependence is tracked by autograd, with the parameters frozen, so a ReLU of a parameter or a
+    buffer is never a gate. The batch axis is told by a second pass on a batch of another size
+    ``n'`` (the first 2 or 3 rows of ``x``, repeated when ``x`` has fewer): a call is kept when its
+    first axis is ``N`` long in the first pass and ``n'`` long in the second, so a function of
+    ``x`` whose first axis merely happens to be ``N`` long (``relu(x.mean(0))`` when ``d == N``,
+    ``relu(w * x.sum())`` for a parameter ``w`` of length ``N``) is not read as a gate. The
+    second pass leaves the global random state as it found it. A model that makes a different
+    number of ReLU calls on the two batches is refused.
     """
     check_input(x)
-    inputs: list[torch.Tensor] = []
-
-    def record(z, inplace):
-        if z.requires_grad and z.ndim > 0 and len(z) == len(x):  # a function of x, with its batch axis
-            inputs.append(read(z.detach().reshape(len(z), -1)))
-        if inplace:
-            return z.relu_()
-        return torch.relu(z)
-
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    n = len(x)
+    if n == 0:
+        raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
+    n_other = 2 if n != 2 else 3
+    other = x[torch.arange(n_other, device=x.device) % n]  # rows of x: values can steer a forward pass
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
     modes = [(module, module.training) for module in model.modules()]
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
-        with (route_calls(model, record, strict=False, exclusive=False), torch.inference_mode(False),
-              torch.enable_grad()):
-            tracked = x.detach().clone().requires_grad_()  # only what depends on x requires grad
-            checked_forward(model, tracked)
+        calls = _relu_calls(model, x, read)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            lengths = [length for length, _ in _relu_calls(model, other, None)]
     finally:
         with torch.no_grad():
             for buffer, saved in buffers:
@@ -62,10 +66,37 @@ def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tens
             module.training = training
         for p, requires_grad in frozen:
             p.requires_grad_(requires_grad)
+    if len(lengths) != len(calls):
+        raise ValueError(f"model made {len(calls)} ReLU calls on a batch of {n} and {len(lengths)} on a "
+                         f"batch of {n_other}: its gates cannot be matched across batch sizes")
+    inputs = [value for (length, value), other_length in zip(calls, lengths)
+              if value is not None and length == n and other_length == n_other]
     if not inputs:
         raise ValueError(f"model made no ReLU call on x (nn.ReLU, F.relu, torch.relu, Tensor.relu): "
                          f"{type(model).__name__}")
     return inputs
+
+
+def _relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[tuple[int | None, object]]:
+    """One forward pass of ``model`` on ``x`` (parameters already frozen) with every ReLU call
+    routed: per call, in order, the length of its input's first axis (``None`` for a 0-d input) and
+    ``read(z)`` when ``read`` is given and the input depends on ``x`` with a first axis of
+    ``len(x)``, else ``None``."""
+    calls: list[tuple[int | None, object]] = []
+
+    def record(z, inplace):
+        length = len(z) if z.ndim > 0 else None
+        candidate = read is not None and z.requires_grad and length == len(x)   # a function of x
+        calls.append((length, read(z.detach().reshape(length, -1)) if candidate else None))
+        if inplace:
+            return z.relu_()
+        return torch.relu(z)
+
+    with (route_calls(model, record, strict=False, exclusive=False), torch.inference_mode(False),
+          torch.enable_grad()):
+        tracked = x.detach().clone().requires_grad_()  # only what depends on x requires grad
+        checked_forward(model, tracked)
+    return calls
 
 
 def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -74,15 +105,18 @@ def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     Every ReLU call is seen: ``nn.ReLU`` modules, functional calls (``F.relu``, ``torch.relu``,
     ``Tensor.relu``, as in torchvision's DenseNet or a ResNet block's ``forward``) and their
     in-place forms, read before the ReLU overwrites its input. ReLUs written as ``clamp(min=0)``
-    or ``torch.maximum`` are not recognised. The forward pass runs under ``torch.no_grad`` with the
-    model in its own train/eval mode (in training mode a BatchNorm normalises with the batch's
-    statistics); parameters, buffers (a BatchNorm's running statistics) and train/eval flags are
-    as they were afterwards, also when the forward pass raises.
+    or ``torch.maximum`` are not recognised. A call is a gate, and listed, when its input depends
+    on ``x`` and its first axis is the batch axis: a ReLU of a parameter is skipped, and so is a
+    ReLU of a function of ``x`` whose first axis does not follow the batch size (checked by a
+    second forward pass on 2 or 3 rows). The forward passes run with the parameters frozen (no
+    gradient reaches them) and the model in its own train/eval mode (in training mode a BatchNorm
+    normalises with the batch's statistics); parameters, buffers (a BatchNorm's running
+    statistics) and train/eval flags are as they were afterwards, also when a forward pass raises.
 
     Parameters
     ----------
     model : nn.Module
-        Makes at least one ReLU call on ``x``.
+        Makes at least one ReLU call on ``x``, and as many ReLU calls on any batch size.
     x : Tensor, shape (N, ...)
         A floating batch of inputs.
 
