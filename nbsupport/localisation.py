@@ -4,6 +4,11 @@ The Focus metric of :cite:t:`arias2022focus`: a 2x2 *mosaic* is made of four ima
 target class and two of other classes, at random places (:func:`mosaics`); a map of the target
 class should put its positive relevance on the two target tiles. :func:`focus` is the share it puts
 there: 1 is perfect, and a map whose positive part is spread evenly over the mosaic scores 0.5.
+
+A network built for one image of ``H x W`` reads a ``2H x 2W`` mosaic as the *tiled classifier*
+(:func:`mosaic_logits`): the sum of its logits over the four tiles. Its map for a class is the four
+tiles' maps side by side (:func:`tile_maps`), so every attribution method of the single-image
+network applies unchanged.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._validate import check_input, integer, labels, numpy_rng
+from ._validate import check_input, check_target, integer, labels, numpy_rng
 
-__all__ = ["Mosaics", "mosaics", "focus"]
+__all__ = ["Mosaics", "mosaics", "focus", "tiles", "untile", "mosaic_logits", "tile_maps"]
 
 
 class Mosaics(NamedTuple):
@@ -121,3 +126,89 @@ def focus(attribution: torch.Tensor, target_tiles: torch.Tensor) -> torch.Tensor
     total = quadrants.sum(1)
     inside = (quadrants * target_tiles.to(quadrants.device)).sum(1)
     return torch.where(total > 0, inside / torch.where(total > 0, total, 1), 0.0)
+
+
+def tiles(images: torch.Tensor) -> torch.Tensor:
+    """The four tiles of each mosaic, as one batch.
+
+    Parameters
+    ----------
+    images : Tensor
+        Shape ``(M, C, 2H, 2W)``.
+
+    Returns
+    -------
+    Tensor
+        Shape ``(4M, C, H, W)``: mosaic ``m``'s tiles at rows ``4m`` to ``4m + 3``, in the order
+        top-left, top-right, bottom-left, bottom-right (the inverse of :func:`untile`).
+    """
+    check_input(images, "images")
+    if images.ndim != 4 or images.shape[2] % 2 or images.shape[3] % 2:
+        raise ValueError(f"images must have shape (M, C, 2H, 2W) with even sides, got {tuple(images.shape)}")
+    m, c, h2, w2 = images.shape
+    split = images.reshape(m, c, 2, h2 // 2, 2, w2 // 2).permute(0, 2, 4, 1, 3, 5)
+    return split.reshape(4 * m, c, h2 // 2, w2 // 2)
+
+
+def untile(batch: torch.Tensor) -> torch.Tensor:
+    """Mosaics from their tiles: the inverse of :func:`tiles`.
+
+    Parameters
+    ----------
+    batch : Tensor
+        Shape ``(4M, C, H, W)``, four consecutive rows per mosaic.
+
+    Returns
+    -------
+    Tensor, shape (M, C, 2H, 2W)
+    """
+    if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or len(batch) % 4:
+        raise ValueError(f"batch must be a tensor (4M, C, H, W), got "
+                         f"{getattr(batch, 'shape', type(batch).__name__)}")
+    n4, c, h, w = batch.shape
+    grid = batch.reshape(n4 // 4, 2, 2, c, h, w).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(n4 // 4, c, 2 * h, 2 * w)
+
+
+def mosaic_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Logits of the tiled classifier: the sum of ``model``'s logits over the four tiles.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Takes ``(N, C, H, W)`` images, returns ``(N, K)`` logits.
+    images : Tensor, shape (M, C, 2H, 2W)
+
+    Returns
+    -------
+    Tensor, shape (M, K)
+    """
+    out = model(tiles(images))
+    return out.reshape(len(images), 4, -1).sum(1)
+
+
+def tile_maps(attribute, model: torch.nn.Module, images: torch.Tensor, target) -> torch.Tensor:
+    """The tiled classifier's map of ``target``: each tile's map of ``target``, side by side.
+
+    Exact for any map that is the derivative of the explained logit (gradient, pullback, their
+    products with the input): the tiled logit is a sum over tiles, each term depending on its own
+    tile only.
+
+    Parameters
+    ----------
+    attribute : callable
+        ``attribute(model, x, target) -> Tensor`` shaped like ``x``.
+    model : nn.Module
+    images : Tensor, shape (M, C, 2H, 2W)
+    target : int or Tensor of shape (M,)
+
+    Returns
+    -------
+    Tensor, shape (M, C, 2H, 2W)
+    """
+    if not callable(attribute):
+        raise ValueError(f"attribute must be callable as attribute(model, x, target), got {attribute!r}")
+    with torch.no_grad():
+        n_classes = mosaic_logits(model, images[:1]).shape[1]
+    target = check_target(target, len(images), n_classes, images.device)
+    return untile(attribute(model, tiles(images), target.repeat_interleave(4)))

@@ -30,7 +30,7 @@ from ._validate import check_input, check_target, int_seed, integer, torch_rng
 from .map_statistics import rank_correlation, ssim
 
 __all__ = ["weight_layers", "weight_layer_depths", "recalibrate_batchnorm", "randomise_top_layers",
-           "cascading_randomisation", "random_logit"]
+           "cascading_randomisation", "map_similarity", "random_logit"]
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 
@@ -246,6 +246,33 @@ def _spatial_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ssim(a.flatten(1), b.flatten(1))
 
 
+def map_similarity(a: torch.Tensor, b: torch.Tensor, similarity=None) -> torch.Tensor:
+    """The similarity RandomLogit uses, of any two batches of maps: each map divided by its largest
+    absolute entry, then compared.
+
+    Beside :func:`random_logit` it gives the noise floor: the same class's maps at ``x`` and at a
+    slightly perturbed ``x``, which differ only as far as the map is unstable.
+
+    Parameters
+    ----------
+    a, b : Tensor, shape (N, ...)
+        Maps of the same shape.
+    similarity : callable, optional
+        As in :func:`random_logit`; default the SSIM of the channel-summed maps for images.
+
+    Returns
+    -------
+    Tensor, float64, shape (N,)
+    """
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"a and b must be tensors of the same shape (N, ...), got "
+                         f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}")
+    similarity = _spatial_ssim if similarity is None else similarity
+    if not callable(similarity):
+        raise ValueError(f"similarity must be callable as similarity(a, b), got {similarity!r}")
+    return similarity(_max_normalised(a), _max_normalised(b)).double()
+
+
 def random_logit(model: nn.Module, x: torch.Tensor, target, attribute, similarity=None, other=None,
                  rng=0) -> torch.Tensor:
     r"""RandomLogit :cite:p:`sixt2020explanations`: the map of the target against another class's.
@@ -281,8 +308,7 @@ def random_logit(model: nn.Module, x: torch.Tensor, target, attribute, similarit
     check_input(x)
     if not callable(attribute):
         raise ValueError(f"attribute must be callable as attribute(model, x, target), got {attribute!r}")
-    similarity = _spatial_ssim if similarity is None else similarity
-    if not callable(similarity):
+    if similarity is not None and not callable(similarity):
         raise ValueError(f"similarity must be callable as similarity(a, b), got {similarity!r}")
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
@@ -297,6 +323,4 @@ def random_logit(model: nn.Module, x: torch.Tensor, target, attribute, similarit
         other = check_target(other, len(x), n_classes, device=x.device, name="other")
         if bool((other == target_idx).any()):
             raise ValueError("other must differ from target for every sample")
-    a = _max_normalised(attribute(model, x, target_idx))
-    b = _max_normalised(attribute(model, x, other))
-    return similarity(a, b).double()
+    return map_similarity(attribute(model, x, target_idx), attribute(model, x, other), similarity)

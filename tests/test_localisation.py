@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbsupport.localisation import focus, mosaics
+from nbsupport.localisation import focus, mosaic_logits, mosaics, tile_maps, tiles, untile
 
 
 def _labelled(n=40, side=4, seed=0):
@@ -96,3 +96,68 @@ def test_bad_input_is_refused_naming_it():
         focus(a, torch.ones(2, 4))
     with pytest.raises(ValueError, match="target_tiles"):
         focus(a, torch.ones(3, 4, dtype=torch.bool))
+
+
+def _tile_net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(3 * 16, 5)).double().eval()
+
+
+def test_tiles_untile_and_the_tiled_classifier_match_slicing():
+    x, y = _labelled()
+    m = mosaics(x, y, 6, rng=2)
+    batch = tiles(m.images)
+    assert batch.shape == (24, 1, 4, 4)
+    for k in range(6):
+        for t in range(4):
+            assert torch.equal(batch[4 * k + t], x[m.sources[k, t]])
+    assert torch.equal(untile(batch), m.images)
+    net = _tile_net()
+    with torch.no_grad():
+        loop = torch.stack([sum(net(x[m.sources[k, t]][None])[0] for t in range(4)) for k in range(6)])
+        assert torch.allclose(mosaic_logits(net, m.images), loop, atol=1e-12)
+
+
+def test_tile_maps_are_the_tiled_classifiers_gradient():
+    """Reference: autograd of the tiled logit through explicit slicing of the mosaic."""
+    from nbsupport.saliency import input_gradient
+
+    x, y = _labelled(seed=3)
+    m = mosaics(x, y, 5, rng=1)
+    net = _tile_net(1)
+    img = m.images.clone().requires_grad_(True)
+    quads = [img[:, :, r:r + 4, c:c + 4] for r, c in [(0, 0), (0, 4), (4, 0), (4, 4)]]
+    logit = sum(net(q) for q in quads).gather(1, m.target[:, None]).sum()
+    (reference,) = torch.autograd.grad(logit, img)
+    assert torch.allclose(tile_maps(input_gradient, net, m.images, m.target), reference, atol=1e-12)
+    # another class's map differs (the null)
+    other = (m.target + 1) % 5
+    assert not torch.allclose(tile_maps(input_gradient, net, m.images, other), reference, atol=1e-6)
+
+
+def test_tiling_refuses_bad_input_naming_it():
+    net = _tile_net()
+    with pytest.raises(ValueError, match="images"):
+        tiles(torch.zeros(2, 1, 5, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="batch"):
+        untile(torch.zeros(6, 1, 4, 4))
+    with pytest.raises(ValueError, match="attribute"):
+        tile_maps(None, net, torch.zeros(2, 1, 8, 8, dtype=torch.float64), 0)
+    with pytest.raises(ValueError, match="target"):
+        tile_maps(lambda m, x, t: x, net, torch.zeros(2, 1, 8, 8, dtype=torch.float64), 7)
+
+
+def test_tile_maps_of_the_pullback_are_each_tiles_own_pullback():
+    from nbsupport.pullbacks import excitation_pullback
+
+    x, y = _labelled(seed=4)
+    m = mosaics(x, y, 3, rng=0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 5)).double().eval()
+    mosaic_map = tile_maps(excitation_pullback, net, m.images, m.target)
+    for k in range(3):
+        for t, (r, c) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
+            own = excitation_pullback(net, x[m.sources[k, t]][None], int(m.target[k]))[0]
+            assert torch.allclose(mosaic_map[k, :, r:r + 4, c:c + 4], own, atol=1e-12)

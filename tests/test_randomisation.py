@@ -10,7 +10,7 @@ from torch import nn
 from nbsupport.attribution import image_map
 from nbsupport.map_statistics import rank_correlation
 from nbsupport.models import small_resnet, vgg_cnn
-from nbsupport.randomisation import (cascading_randomisation, random_logit, randomise_top_layers,
+from nbsupport.randomisation import (cascading_randomisation, map_similarity, random_logit, randomise_top_layers,
                                      recalibrate_batchnorm, weight_layer_depths, weight_layers)
 from nbsupport.saliency import input_gradient
 from attribution_nets import _images, _linear, _seeded_cnn
@@ -156,6 +156,22 @@ def test_random_logit_matches_a_loop():
     # a map that ignores the class is its own match; explicit other classes are used as given
     assert torch.allclose(random_logit(model, x, target, image_map, rng=3), torch.ones(5, dtype=torch.float64))
     assert torch.equal(random_logit(model, x, target, input_gradient, other=other), got)
+
+
+def test_map_similarity_is_the_loop_ssim_of_max_normalised_maps():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(3, 1, 9, 9, dtype=torch.float64, generator=g)
+    b = a + 0.3 * torch.randn(3, 1, 9, 9, dtype=torch.float64, generator=g)
+    got = map_similarity(a, 4.0 * b)  # the scale of either map does not matter
+    for i in range(3):
+        ai, bi = a[i, 0].numpy(), b[i, 0].numpy()
+        assert float(got[i]) == pytest.approx(_loop_ssim(ai / np.abs(ai).max(), bi / np.abs(bi).max()), abs=1e-12)
+    assert torch.allclose(map_similarity(a, a), torch.ones(3, dtype=torch.float64))
+    assert float(map_similarity(a, b).max()) < 0.99  # a perturbed map is less similar (the null)
+    with pytest.raises(ValueError, match="a and b"):
+        map_similarity(a, b[:, :, :8])
+    with pytest.raises(ValueError, match="similarity"):
+        map_similarity(a, b, similarity="ssim")
 
 
 def _loop_ssim(a, b, win=7):
