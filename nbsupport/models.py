@@ -399,24 +399,28 @@ class _Options:
     cache: bool
     cache_dir: object
     progress: bool
+    start_epoch: int = 0
 
 
 def _options(*, epochs, lr=1e-3, batch_size=128, weight_decay=0.0, optimizer="adam",
              loss_fn=nn.functional.cross_entropy, test_data=None, checkpoints=(), cache=True, cache_dir=None,
-             progress=True) -> _Options:
+             progress=True, start_epoch=0) -> _Options:
     # plain Python numbers from here on, so that the cache key does not depend on a scalar's type
     epochs = integer(epochs, "epochs", minimum=1)
+    start_epoch = integer(start_epoch, "start_epoch", minimum=0)
+    if start_epoch >= epochs:
+        raise ValueError(f"start_epoch must be < epochs = {epochs}, got {start_epoch}")
     batch_size = integer(batch_size, "batch_size", minimum=1)
     lr = real(lr, "lr", low=0.0)
     weight_decay = real(weight_decay, "weight_decay", low=0.0, low_inclusive=True)
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     checkpoints = sorted({integer(c, "checkpoints", minimum=0) for c in checkpoints})
-    if any(c > epochs for c in checkpoints):
-        raise ValueError(f"checkpoints must be ints in [0, {epochs}], got {checkpoints!r}")
+    if any(c > epochs or c < start_epoch for c in checkpoints):
+        raise ValueError(f"checkpoints must be ints in [{start_epoch}, {epochs}], got {checkpoints!r}")
     return _Options(epochs, lr, batch_size, weight_decay, optimizer, loss_fn,
                     _check_data(test_data, "test_data") if test_data is not None else None, checkpoints, bool(cache), cache_dir,
-                    bool(progress))
+                    bool(progress), start_epoch)
 
 
 def _check_data(data, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
@@ -441,7 +445,8 @@ def _train_key(model: nn.Module, x, y, o: _Options, rng_key: dict, **extra) -> s
                        loss_fn=callable_key(o.loss_fn), torch_version=torch.__version__,
                        # kernels and parallel reductions round differently on another device or thread count
                        device=next(model.parameters()).device.type, threads=torch.get_num_threads(),
-                       checkpoints=o.checkpoints, **rng_key, **extra)
+                       checkpoints=o.checkpoints, **rng_key,
+                       **({"start_epoch": o.start_epoch} if o.start_epoch else {}), **extra)
 
 
 def _load(model: nn.Module, path: Path, key: str) -> TrainResult:
@@ -480,6 +485,7 @@ def train(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    start_epoch: int = 0,
 ) -> TrainResult:
     """Train ``model`` in place on shuffled minibatches; cache the result.
 
@@ -490,7 +496,7 @@ def train(
     data : (x, y)
         Training inputs ``x`` of shape (N, ...) and targets ``y`` of shape (N,).
     epochs : int
-        Number of passes over the data, >= 1.
+        Number of passes over the data, >= 1 (counting the ``start_epoch`` ones already made).
     lr, weight_decay : float
         Learning rate (> 0) and weight decay (>= 0).
     optimizer : {"adam", "sgd"}
@@ -503,7 +509,8 @@ def train(
     test_data : (x, y), optional
         Evaluated after every epoch (loss and accuracy recorded in the history).
     checkpoints : sequence of int
-        Epochs in ``[0, epochs]`` after which to keep a copy of the weights (0: before training).
+        Epochs in ``[start_epoch, epochs]`` after which to keep a copy of the weights
+        (``start_epoch``: before training).
     rng : int, torch.Generator or numpy.random.Generator
         Source of the minibatch order (the package's rule, ``nbsupport._validate.torch_rng``): an
         int >= 0 seeds a private generator (``rng=s`` is the old ``seed=s``, with the same order and
@@ -518,6 +525,13 @@ def train(
         cache), else ``<data_root()>/weights``.
     progress : bool
         Show a tqdm progress bar over the minibatches.
+    start_epoch : int
+        Resume a training: ``model`` holds the weights after epoch ``start_epoch`` (< ``epochs``)
+        of ``train(..., rng=seed)``, and the epochs ``start_epoch + 1`` to ``epochs`` run on the
+        same minibatches as there (the orders of the first ``start_epoch`` epochs are drawn and
+        skipped). The optimiser starts afresh (its state is not kept in checkpoints), so the result
+        is not that of one uninterrupted training. The history counts epochs from
+        ``start_epoch + 1``. With 0 (default) nothing changes, cache keys included.
 
     Returns
     -------
@@ -526,7 +540,7 @@ def train(
     x, y = _check_data(data)
     o = _options(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                  loss_fn=loss_fn, test_data=test_data, checkpoints=checkpoints, cache=cache, cache_dir=cache_dir,
-                 progress=progress)
+                 progress=progress, start_epoch=start_epoch)
     batch(model, x, y, o.loss_fn)
     if o.test_data is not None:
         batch(model, *o.test_data, o.loss_fn, name="test_data")
@@ -543,13 +557,14 @@ def train(
 
     device = next(model.parameters()).device
     optimiser = _optimiser(o, model.parameters())
+    generator = _skip_epochs(generator, len(x), o.start_epoch)
     result = TrainResult(key=key)
-    if 0 in o.checkpoints:
-        result.checkpoints[0] = snapshot()
+    if o.start_epoch in o.checkpoints:
+        result.checkpoints[o.start_epoch] = snapshot()
     n_batches = -(-len(x) // batch_size)
-    bar = tqdm(total=o.epochs * n_batches, desc="training", disable=not progress, leave=False)
+    bar = tqdm(total=(o.epochs - o.start_epoch) * n_batches, desc="training", disable=not progress, leave=False)
     model.train()
-    for epoch in range(1, o.epochs + 1):
+    for epoch in range(o.start_epoch + 1, o.epochs + 1):
         order = torch.randperm(len(x), generator=generator)
         running = 0.0
         for idx in order.split(o.batch_size):
@@ -583,6 +598,13 @@ def _minibatch_rng(rng) -> tuple[torch.Generator, dict]:
         return generator, {"rng_state": hashlib.sha256(state).hexdigest()[:16]}
     seed = int_seed(rng, "rng")
     return torch.Generator().manual_seed(seed), {"seed": seed}
+
+
+def _skip_epochs(generator: torch.Generator, n: int, epochs: int) -> torch.Generator:
+    """Draw and discard the minibatch orders of ``epochs`` epochs (as :func:`train` draws them)."""
+    for _ in range(epochs):
+        torch.randperm(n, generator=generator)
+    return generator
 
 
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Identity)
@@ -639,7 +661,7 @@ def train_seeds(
         of the first model (the MLPs train with vmap, the CNNs in the loop, as measured).
     **train_kwargs
         :func:`train`'s keywords (``epochs``, ``lr``, ``batch_size``, ``test_data``,
-        ``checkpoints``, ``cache``, ...); not ``rng``, which the seeds give.
+        ``checkpoints``, ``cache``, ``start_epoch``, ...); not ``rng``, which the seeds give.
 
     Returns
     -------
@@ -698,7 +720,7 @@ def _train_stacked(models, seeds, x, y, o: _Options, keys) -> list[TrainResult]:
 
     batched_loss = vmap(seed_loss)
     optimiser = _optimiser(o, list(params.values()))
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    generators = [_skip_epochs(torch.Generator().manual_seed(s), len(x), o.start_epoch) for s in seeds]
     results = [TrainResult(key=k) for k in keys]
 
     def stacked(name):
@@ -713,12 +735,13 @@ def _train_stacked(models, seeds, x, y, o: _Options, keys) -> list[TrainResult]:
                 for n, t in list(m.named_parameters()) + list(m.named_buffers()):
                     t.copy_(stacked(n)[k])
 
-    if 0 in o.checkpoints:
+    if o.start_epoch in o.checkpoints:
         for r, s in zip(results, snapshot()):
-            r.checkpoints[0] = s
+            r.checkpoints[o.start_epoch] = s
     n_batches = -(-len(x) // o.batch_size)
-    bar = tqdm(total=o.epochs * n_batches, desc=f"training {K} seeds", disable=not o.progress, leave=False)
-    for epoch in range(1, o.epochs + 1):
+    bar = tqdm(total=(o.epochs - o.start_epoch) * n_batches, desc=f"training {K} seeds", disable=not o.progress,
+               leave=False)
+    for epoch in range(o.start_epoch + 1, o.epochs + 1):
         orders = torch.stack([torch.randperm(len(x), generator=g) for g in generators])  # [K, N]
         running = torch.zeros(K, dtype=torch.float64)
         for idx in orders.split(o.batch_size, dim=1):  # [K, b]: seed k's b indices

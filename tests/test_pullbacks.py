@@ -107,6 +107,70 @@ def test_small_temperature_gives_the_vanilla_gradient_away_from_kinks():
     assert not torch.allclose(excitation_pullback(cnn, xi, 3, 0.3), input_gradient(cnn, xi, 3), atol=1e-3)
 
 
+@pytest.mark.parametrize("call", list(RELU_CALLS))
+def test_a_step_excitation_is_a_leaky_relu_backward(call):
+    """excitation=1 above zero, alpha below: the backward pass of a LeakyReLU of slope alpha under
+    a ReLU forward pass (Linse et al. 2024), written out by hand; every ReLU call path."""
+    torch.manual_seed(2)
+    net = _OneHidden(RELU_CALLS[call]).double()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    x[0, :] = 0.0
+    net.fc1.bias.data[0] = 0.0  # a pre-activation exactly 0 counts as non-positive
+    alpha = 0.3
+    z = net.fc1(x).detach()
+    expected = (torch.where(z > 0, 1.0, torch.full_like(z, alpha)) * net.fc2.weight[1]) @ net.fc1.weight
+    step = excitation_pullback(net, x, 1, excitation=lambda u: torch.where(u > 0, 1.0, torch.full_like(u, alpha)))
+    torch.testing.assert_close(step, expected, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        plain = net(x)
+    with surrogate_gradients(net, excitation=lambda u: torch.where(u > 0, 1.0, torch.full_like(u, alpha))):
+        with torch.no_grad():
+            assert torch.equal(net(x), plain)  # forward exactly the same
+    other = excitation_pullback(net, x, 1, excitation=lambda u: torch.where(u > 0, 1.0, torch.full_like(u, 0.5)))
+    assert not torch.allclose(other, step, atol=1e-3)  # another slope is another map
+    # the default excitation passed explicitly is the default rule
+    sig = excitation_pullback(net, x, 1, excitation=lambda u: torch.sigmoid(u / 0.4))
+    torch.testing.assert_close(sig, excitation_pullback(net, x, 1, temperature=0.4))
+
+
+def test_step_excitation_through_a_cnn_equals_a_leaky_backward_module_swap():
+    """On a CNN with BatchNorm: the step excitation equals a straight-through LeakyReLU backward
+    (relu forward, leaky_relu's derivative) swapped in for every nn.ReLU. No max-pooling: the
+    pullback routes pooling softly, and with a leaky backward even the ties at 0 that a ReLU
+    leaves in a window would matter."""
+    cnn = _eval(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                              nn.Conv2d(4, 6, 3, stride=2), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+                              nn.Flatten(), nn.Linear(6 * 5 * 5, 3)))
+    x = _images(4, side=12)
+
+    class LeakyBackward(nn.Module):
+        def forward(self, z):
+            leaky = F.leaky_relu(z, 0.3)
+            return leaky + (torch.relu(z) - leaky).detach()
+
+    swapped = __import__("copy").deepcopy(cnn)
+    for i, child in enumerate(swapped):
+        if isinstance(child, nn.ReLU):
+            swapped[i] = LeakyBackward()
+    step = excitation_pullback(cnn, x, 2, excitation=lambda u: torch.where(u > 0, 1.0, torch.full_like(u, 0.3)))
+    torch.testing.assert_close(step, input_gradient(swapped, x, 2), rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(step, input_gradient(cnn, x, 2), atol=1e-3)  # not the gradient
+
+
+def test_excitation_bad_input():
+    net = mlp([4, 5, 3]).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    for bad in (0.3, "sigmoid", torch.ones(5)):
+        with pytest.raises(ValueError, match="excitation"):
+            excitation_pullback(net, x, 0, excitation=bad)
+    with pytest.raises(ValueError, match="excitation must map z to a tensor of z's shape"):
+        excitation_pullback(net, x, 0, excitation=lambda u: u[:, :2])
+    with pytest.raises(ValueError, match="excitation must map z"):
+        excitation_pullback(net, x, 0, excitation=lambda u: 1.0)
+    with pytest.raises(ValueError, match="dtype torch.float64"):  # float32 gates would round 0.3
+        excitation_pullback(net, x, 0, excitation=lambda u: torch.where(u > 0, 1.0, 0.3))
+
+
 # --- softmax pooling against brute force ------------------------------------------------------
 
 POOL_CASES = [
@@ -981,3 +1045,55 @@ def test_gated_value_mlp_on_its_own_gates_is_the_mlp():
         GatedValueMLP([6, 3])
     with pytest.raises(ValueError, match="widths"):
         GatedValueMLP([6, 0, 3])
+
+
+def test_frozen_gate_mlp_is_a_value_network_on_the_frozen_gates():
+    """FrozenGateMLP starts as its gate model, equals GatedValueMLP on that model's gates, keeps
+    the gates when trained (buffers, no parameters), and trains the same on every route."""
+    from nbsupport.models import mlp, train, train_seeds
+    from nbsupport.patterns import activation_patterns
+    from nbsupport.pullbacks import FrozenGateMLP, GatedValueMLP
+
+    torch.manual_seed(4)
+    widths = [6, 5, 4, 3]
+    net = mlp(widths).double().eval()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    frozen = FrozenGateMLP(net)
+    torch.testing.assert_close(frozen(x), net(x), rtol=1e-14, atol=1e-14)  # starts as the MLP
+    gates = torch.cat([g.double() for g in activation_patterns(net, x)], 1)
+    torch.testing.assert_close(frozen.gates(x), gates, rtol=0, atol=0)
+    assert [n for n, _ in frozen.named_parameters()] == [f"values.layers.{i}.{k}" for i in range(3)
+                                                          for k in ("weight", "bias")]
+    torch.manual_seed(9)
+    fresh = GatedValueMLP(widths).double()
+    other = FrozenGateMLP(net, values=fresh)
+    torch.testing.assert_close(other(x), fresh(torch.cat([x, gates], 1)))
+    # training moves the values, never the gates; the MLP itself is untouched
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    train(frozen, (x, y), epochs=3, lr=0.05, batch_size=16, cache=False, progress=False)
+    torch.testing.assert_close(frozen.gates(x), gates, rtol=0, atol=0)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert (frozen.values.layers[0].weight - net[0].weight).abs().max() > 1e-3
+    # the null: the same training of the MLP itself lets the gates move
+    free = mlp(widths).double()
+    free.load_state_dict(before)
+    train(free, (x, y), epochs=3, lr=0.05, batch_size=16, cache=False, progress=False)
+    moved = torch.cat([g.double() for g in activation_patterns(free.eval(), x)], 1)
+    assert (moved != gates).any()
+    # vmap over seeds (buffers stacked per seed) = the loop, in float64
+    nets = {s: (torch.manual_seed(s), mlp(widths).double())[1] for s in (0, 1)}
+    kwargs = dict(epochs=2, lr=0.05, batch_size=16, cache=False, progress=False)
+    vm = train_seeds(lambda s: FrozenGateMLP(nets[s]), (x, y), [0, 1], method="vmap", **kwargs)
+    loop = train_seeds(lambda s: FrozenGateMLP(nets[s]), (x, y), [0, 1], method="loop", **kwargs)
+    for (a, _), (b, _) in zip(vm, loop):
+        for k, v in a.state_dict().items():
+            assert (v - b.state_dict()[k]).abs().max() < 1e-10
+    # bad input
+    for bad in (nn.Linear(6, 3), mlp([6, 3]), mlp(widths, bias=False), mlp(widths, activation=nn.Tanh), "mlp"):
+        with pytest.raises(ValueError, match="gate_model"):
+            FrozenGateMLP(bad)
+    with pytest.raises(ValueError, match="values"):
+        FrozenGateMLP(net, values=GatedValueMLP([6, 5, 3]))
+    with pytest.raises(ValueError, match="x must have shape"):
+        frozen(torch.randn(4, 5, dtype=torch.float64))

@@ -10,7 +10,8 @@ vector-Jacobian product), ``surrogate`` (the excitation rules,
 :func:`~nbsupport.pullbacks.surrogate.surrogate_gradients`,
 :func:`~nbsupport.pullbacks.surrogate.excitation_pullback`), ``ascent`` (projected gradient
 ascent), ``imagenet`` (local ImageNet checkpoints) and ``paths`` (a value network on gates
-supplied from outside, :class:`~nbsupport.pullbacks.paths.GatedValueMLP`); ``nbsupport.pullbacks`` itself exports
+supplied from outside, :class:`~nbsupport.pullbacks.paths.GatedValueMLP`, or read from a frozen
+network, :class:`~nbsupport.pullbacks.paths.FrozenGateMLP`); ``nbsupport.pullbacks`` itself exports
 their public names (DESIGN.md's).
 
 Two modules the pullback rests on stay outside, at the top level: :mod:`nbsupport.intercept`
@@ -31,7 +32,7 @@ other attribution methods are in :mod:`nbsupport.attribution`, the metrics in
 
 from .ascent import projected_gradient_ascent
 from .imagenet import load_imagenet_checkpoint, remap_legacy_densenet_keys
-from .paths import GatedValueMLP
+from .paths import FrozenGateMLP, GatedValueMLP
 from .softpool import SoftMaxPool2d, pool_output_size, softmax_pool2d
 from .surrogate import SurrogateReLU, excitation_pullback, surrogate_gradients
 
@@ -46,4 +47,5 @@ __all__ = [
     "remap_legacy_densenet_keys",
     "load_imagenet_checkpoint",
     "GatedValueMLP",
+    "FrozenGateMLP",
 ]

@@ -121,6 +121,33 @@ class _SurrogateReLU(torch.autograd.Function):
         return _sigmoid_gate_vjp(grad, saved, ctx.temperature), None, None
 
 
+class _ExcitedReLU(torch.autograd.Function):
+    """Forward ``relu``; backward ``grad * excitation(z)`` for an excitation function of one's own.
+
+    The gate ``excitation(z)`` is computed in the forward pass, before an in-place ReLU could
+    overwrite ``z``, and kept for the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, z, excitation, inplace):
+        gate = excitation(z.detach())
+        if not (isinstance(gate, torch.Tensor) and gate.shape == z.shape and gate.dtype == z.dtype):
+            got = (f"{tuple(gate.shape)} {gate.dtype}" if isinstance(gate, torch.Tensor) else type(gate).__name__)
+            raise ValueError(f"excitation must map z to a tensor of z's shape {tuple(z.shape)} and dtype "
+                             f"{z.dtype} (e.g. torch.where(z > 0, 1.0, torch.full_like(z, 0.3))), got {got}")
+        ctx.save_for_backward(gate)
+        if inplace:
+            ctx.mark_dirty(z)
+            return z.relu_()
+        return torch.relu(z)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (gate,) = ctx.saved_tensors
+        return grad * gate, None, None
+
+
 def surrogate_relu(z: torch.Tensor, temperature: float = 0.3, inplace: bool = False) -> torch.Tensor:
     r"""``relu(z)`` whose backward pass is ``grad * sigmoid(z / T)`` (Listing 1 of the source).
 
@@ -186,7 +213,7 @@ class SurrogateReLU(nn.Module):
 
 def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_temperature: float | None = None,
                         pool_padding_value: float = -math.inf, *, pool_detach_weights: bool = False,
-                        allow_training: bool = False) -> contextlib.AbstractContextManager:
+                        allow_training: bool = False, excitation=None) -> contextlib.AbstractContextManager:
     r"""Context manager: inside it, ``model``'s backward pass uses the excitation rules.
 
     Every ReLU keeps its forward pass exactly and passes ``grad * sigmoid(z / T)`` backwards
@@ -220,6 +247,15 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
         Dropout would make the map random; batch norm would make one image's map depend on the
         batch and update the running statistics. ``True`` lets such passes run, e.g. to train
         through the soft backward pass (:class:`SurrogateReLU` is the module for that).
+    excitation : callable, optional
+        An excitation function of one's own in place of :math:`\sigma(z/T)`: ``excitation(z)``
+        maps the pre-activations ``z`` of a ReLU call (a tensor, detached) to the gates, a tensor
+        of the same shape and dtype, and the ReLU passes back ``grad * excitation(z)`` (its forward
+        pass is still ``relu``). ``temperature`` then sets only the pooling's temperature (when
+        ``pool_temperature`` is not given). For example
+        ``lambda z: torch.where(z > 0, 1.0, torch.full_like(z, 0.3))`` is the backward pass of a
+        LeakyReLU of slope 0.3 under a ReLU forward pass :cite:p:`linse2024leaky`, the constant
+        excitation per half-line of the source's Section 6.1.
 
     Raises
     ------
@@ -237,8 +273,12 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
     pool_temperature = temperature if pool_temperature is None else real(pool_temperature, "pool_temperature", low=0)
     pool_padding_value = check_padding_value(pool_padding_value)
     pool_detach_weights = flag(pool_detach_weights, "pool_detach_weights")
+    if excitation is not None and not callable(excitation):
+        raise ValueError(f"excitation must be a callable z -> gates or None, got {excitation!r}")
 
     def relu_rule(z, inplace):
+        if excitation is not None:
+            return _ExcitedReLU.apply(z, excitation, inplace)
         return _SurrogateReLU.apply(z, temperature, inplace)
 
     def pool_rule(x, geometry: PoolGeometry, ceil_mode):
@@ -250,7 +290,7 @@ def surrogate_gradients(model: nn.Module, temperature: float = 0.3, pool_tempera
 
 def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: float = 0.3,
                         pool_temperature: float | None = None, pool_padding_value: float = -math.inf, *,
-                        pool_detach_weights: bool = False) -> torch.Tensor:
+                        pool_detach_weights: bool = False, excitation=None) -> torch.Tensor:
     r"""The excitation pullback :math:`v_\Gamma(x)` of the target logit, batched.
 
     The input gradient of the target logit under :func:`surrogate_gradients`: the ordinary forward
@@ -269,6 +309,10 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
     pool_detach_weights : bool
         The pooling rule with the softmax weights held constant (default ``False``), see
         :func:`surrogate_gradients`.
+    excitation : callable, optional
+        An excitation function of one's own in place of :math:`\sigma(z/T)` (the pullback
+        :math:`v_\tau` of the source's Equation 15 for a rank-one field of such gates), see
+        :func:`surrogate_gradients`.
 
     Returns
     -------
@@ -281,5 +325,5 @@ def excitation_pullback(model: nn.Module, x: torch.Tensor, target, temperature: 
         (:func:`surrogate_gradients`). The model is left as it was.
     """
     with surrogate_gradients(model, temperature, pool_temperature, pool_padding_value,
-                             pool_detach_weights=pool_detach_weights):
+                             pool_detach_weights=pool_detach_weights, excitation=excitation):
         return input_gradient(model, x, target)
