@@ -57,7 +57,7 @@ def test_sampling_functions_leave_the_global_random_state_untouched(device):
                                  estimator, n_samples=4, n_repeats=2)
     assert all(torch.equal(a, b) for a, b in zip(before, _global_rng_states()))
     sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=1)
-    sampled_gate_grads(net, x, y, 0.5, n_draws=3, generator=torch.Generator(device=device).manual_seed(3))
+    sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=torch.Generator(device=device).manual_seed(3))
     one, x1, y1 = _net((3, 4, 3), n=8, seed=12)
     one, x1, y1 = one.to(device), x1.to(device), y1.to(device)
     log_marginal_likelihood(one, x1, y1, 0.5, method="mc", n_samples=10,

@@ -185,7 +185,7 @@ def test_sampled_gate_grads_match_autograd_with_the_drawn_gates():
     assert grads.shape == (3, 6, sum(p.numel() for p in net.parameters())) and gates.shape == (3, 6, 9)
     again = sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=1)
     assert torch.equal(again[0], grads) and torch.equal(again[1], gates)
-    explicit = sampled_gate_grads(net, x, y, 0.5, n_draws=3, generator=torch.Generator().manual_seed(1))
+    explicit = sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=torch.Generator().manual_seed(1))
     assert torch.equal(explicit[1], gates)                              # seed = a fresh generator with that seed
     assert not torch.equal(sampled_gate_grads(net, x, y, 0.5, n_draws=3, rng=2)[1], gates)
     for draw, i in [(0, 0), (2, 5), (1, 3)]:
@@ -212,8 +212,8 @@ def test_sampled_gate_grads_generator_advances_and_deeper_gates_follow_earlier_o
     from nbsupport.gating import sampled_gate_grads
     net, x, y = _net((3, 5, 4, 3), n=6, seed=11)
     g = torch.Generator().manual_seed(5)
-    first = sampled_gate_grads(net, x, y, 0.5, n_draws=2, generator=g)[1]
-    second = sampled_gate_grads(net, x, y, 0.5, n_draws=2, generator=g)[1]
+    first = sampled_gate_grads(net, x, y, 0.5, n_draws=2, rng=g)[1]
+    second = sampled_gate_grads(net, x, y, 0.5, n_draws=2, rng=g)[1]
     assert not torch.equal(first, second)                               # the generator was advanced
     # with hard-ish layer-1 gates forced off (huge negative bias), layer 2 sees only its bias: its gates
     # must then follow sigma(b2 / tau), whatever x is

@@ -113,7 +113,7 @@ def test_elbo_surrogate_value_and_gradient(estimator):
     relaxation = 0.5 if estimator == "reinforce" else 0.02
     for _ in range(30):
         s = elbo_surrogate(net, x, y, 0.7, logits, n_samples=2000, estimator=estimator, relaxation=relaxation,
-                           generator=g).sum()
+                           rng=g).sum()
         values.append(s.item())
         grads.append(torch.cat([g_.reshape(-1) for g_ in torch.autograd.grad(s, params)]))
     values, grads = torch.tensor(values, dtype=torch.float64), torch.stack(grads)

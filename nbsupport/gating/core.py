@@ -287,8 +287,6 @@ def log_marginal_likelihood(model: nn.Sequential, x: torch.Tensor, y: torch.Tens
         :math:`w(a) = P(y \mid x, a) P(a \mid x) / q(a)`.
     n_samples : int
         Draws for ``"mc"`` and ``"is"``, >= 2.
-    generator : torch.Generator, optional
-        Alias of a generator passed as ``rng``.
     rng : int, torch.Generator or numpy.random.Generator
         Source of the draws for ``"mc"`` and ``"is"`` (``nbsupport._validate.torch_rng``, default seed 0;
         the global random state is never used).
@@ -580,7 +578,7 @@ class _GatedNet(nn.Module):
 
 
 def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, n_draws: int,
-                       rng=0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       rng=0) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-sample gradients :math:`\nabla_\theta \log P(y \mid x, a)` with freshly sampled gates.
 
     Every (draw, sample) pair draws its own gates :math:`a_l \sim \text{Bernoulli}(\sigma(z_l/\tau))`
@@ -603,8 +601,6 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     rng : int, torch.Generator or numpy.random.Generator
         Source of the uniform noise (``nbsupport._validate.torch_rng``, default seed 0; a generator is
         advanced by the call); on any device, the noise is moved to ``x``'s.
-    generator : torch.Generator, optional
-        Alias of a generator passed as ``rng``.
 
     Returns
     -------
@@ -617,7 +613,7 @@ def sampled_gate_grads(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, t
     n_draws = integer(n_draws, "n_draws", minimum=1)
     if x.ndim != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must have shape (N, d) and y shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    generator = torch_rng(rng, x.device, generator=generator)
+    generator = torch_rng(rng, x.device)
     gated_net = _GatedNet(model)
     widths = [module.out_features for i, module in enumerate(model[:-1])
               if isinstance(module, nn.Linear) and isinstance(model[i + 1], nn.ReLU)]

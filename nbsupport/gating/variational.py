@@ -144,7 +144,7 @@ def _check_estimator(estimator, n_samples, relaxation) -> int:
 
 def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: float, q_logits: torch.Tensor,
                    n_samples: int = 8, estimator: str = "reinforce", relaxation: float = 0.5,
-                   generator: torch.Generator | None = None, rng=0) -> torch.Tensor:
+                   rng=0) -> torch.Tensor:
     r"""A sampled objective whose gradient estimates that of the :func:`elbo`.
 
     The KL term is exact; only :math:`\E_q[\log P(y \mid x, A)]` is sampled, with ``n_samples`` draws.
@@ -180,8 +180,6 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
     estimator : {"reinforce", "disarm", "concrete"}
     relaxation : float
         Temperature of the concrete relaxation, > 0.
-    generator : torch.Generator, optional
-        Alias of a generator passed as ``rng``.
     rng : int, torch.Generator or numpy.random.Generator
         Source of the uniform noise (``nbsupport._validate.torch_rng``, default seed
         0); the global random state is never used.
@@ -197,7 +195,7 @@ def elbo_surrogate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, tau: 
     if q_logits.shape != z.shape:
         raise ValueError(f"q_logits must have shape {tuple(z.shape)}, got {tuple(q_logits.shape)}")
     n_samples = _check_estimator(estimator, n_samples, relaxation)
-    gen = torch_rng(rng, z.device, generator=generator)
+    gen = torch_rng(rng, z.device)
     kl = bernoulli_kl(torch.sigmoid(q_logits), z / tau)
     return _sampled_term(second, z, y, q_logits, n_samples, estimator, relaxation, gen) - kl
 
