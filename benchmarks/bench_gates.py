@@ -22,27 +22,14 @@ from _timing import SMOKE, Report, interleaved, ratio_stats, setup
 
 from nbsupport.models import mlp, vgg_cnn
 from nbsupport.patterns import activation_patterns
-from nbsupport.patterns.gates import _relu_calls
+from nbsupport.patterns.gates import _relu_calls, _frozen_and_restored
 
 
 def one_pass(model, x):
     """The reader before the batch-axis check: one routed pass, parameters frozen, buffers and
     train/eval flags restored; every x-dependent call whose first axis is len(x) kept."""
-    buffers = [(b, b.clone()) for b in model.buffers()]
-    modes = [(m, m.training) for m in model.modules()]
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in frozen:
-            p.requires_grad_(False)
+    with _frozen_and_restored(model):
         calls = _relu_calls(model, x, lambda z: z > 0)
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad in frozen:
-            p.requires_grad_(requires_grad)
     return [value for _, value in calls if value is not None]
 
 

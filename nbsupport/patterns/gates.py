@@ -8,6 +8,7 @@ of every ReLU call of a model (:func:`relu_inputs` the pre-activations behind th
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -17,6 +18,28 @@ from ..intercept import route_calls
 from .._validate import check_input, checked_forward
 
 __all__ = ["activation_patterns", "relu_inputs", "path_correlation", "local_affine_maps"]
+
+
+@contextmanager
+def _frozen_and_restored(model: nn.Module):
+    """Run a block with ``model``'s parameters frozen (``requires_grad=False``); afterwards, also
+    after an error, every buffer holds its old value, every module its old train/eval flag and every
+    parameter its old ``requires_grad``."""
+    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
+    modes = [(module, module.training) for module in model.modules()]
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for module, training in modes:
+            module.training = training
+        for p, requires_grad in frozen:
+            p.requires_grad_(requires_grad)
 
 
 def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tensor]:
@@ -48,24 +71,11 @@ def _read_relu_calls(model: nn.Module, x: torch.Tensor, read) -> list[torch.Tens
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
     n_other = 2 if n != 2 else 3
     other = x[torch.arange(n_other, device=x.device) % n]  # rows of x: values can steer a forward pass
-    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
-    modes = [(module, module.training) for module in model.modules()]
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in frozen:
-            p.requires_grad_(False)
+    with _frozen_and_restored(model):
         calls = _relu_calls(model, x, read)
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             lengths = [length for length, _ in _relu_calls(model, other, None)]
-    finally:
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-        for module, training in modes:
-            module.training = training
-        for p, requires_grad in frozen:
-            p.requires_grad_(requires_grad)
     if len(lengths) != len(calls):
         raise ValueError(f"model made {len(calls)} ReLU calls on a batch of {n} and {len(lengths)} on a "
                          f"batch of {n_other}: its gates cannot be matched across batch sizes")
