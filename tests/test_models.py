@@ -630,3 +630,24 @@ def test_start_epoch_resumes_on_the_same_minibatches_with_a_fresh_optimiser():
 def test_start_epoch_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         train(_net(), _blobs(), cache=False, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("case", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=3, stride=2, ceil_mode=True),
+                                  dict(kernel_size=2, stride=1, dilation=2)])
+def test_max_pool_is_nn_max_pool_bit_for_bit(case):
+    from nbsupport.models import MaxPool2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 11, 9, generator=g).relu()  # ties at zero, as after a ReLU
+    ours, theirs = MaxPool2d(**case), nn.MaxPool2d(**case)
+    with torch.no_grad():  # the channels-last route
+        out = ours(x)
+        assert torch.equal(out, theirs(x)) and out.is_contiguous()
+        assert torch.equal(ours(x[0]), theirs(x[0]))  # an unbatched input takes nn's route
+    # with autograd: nn.MaxPool2d's forward and backward
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(out.shape, generator=g)
+    ours(a).backward(grad)
+    theirs(b).backward(grad)
+    assert torch.equal(a.grad, b.grad)
