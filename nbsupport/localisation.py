@@ -49,14 +49,15 @@ def mosaics(x: torch.Tensor, y, n: int, rng=0) -> Mosaics:
     """2x2 mosaics for the Focus metric :cite:p:`arias2022focus`.
 
     Each mosaic draws a target class uniformly among the classes that can fill it, two
-    distinct images of it and two distinct images of other classes, and places the four at a
-    random permutation of the tiles.
+    distinct images of it and one image each of two other, distinct classes (so that no other
+    class fills two tiles and ties with the target), and places the four at a random
+    permutation of the tiles.
 
     Parameters
     ----------
     x : Tensor, shape (N, C, H, W)
     y : Tensor, integer, shape (N,)
-        Class labels; some class must have two images or more, and two images of other classes.
+        Class labels; some class must have two images or more, and images of two other classes.
     n : int
         Number of mosaics, >= 1.
     rng : int or numpy.random.Generator
@@ -71,17 +72,17 @@ def mosaics(x: torch.Tensor, y, n: int, rng=0) -> Mosaics:
     y = labels(y, len(x), "y").cpu().numpy()
     n = integer(n, "n", minimum=1)
     classes, counts = np.unique(y, return_counts=True)
-    eligible = classes[(counts >= 2) & (len(y) - counts >= 2)]
+    eligible = classes[counts >= 2] if len(classes) >= 3 else classes[:0]
     if len(eligible) == 0:
-        raise ValueError("y must have a class with two images or more and two images of other classes")
+        raise ValueError("y must have a class with two images or more and images of two other classes")
     gen = numpy_rng(rng, "rng")
     sources = np.empty((n, 4), dtype=np.int64)
     is_target = np.empty((n, 4), dtype=bool)
     target = gen.choice(eligible, size=n)
     for m, c in enumerate(target):
         own = gen.choice(np.flatnonzero(y == c), 2, replace=False)
-        others = np.flatnonzero(y != c)
-        rest = gen.choice(others, 2, replace=False)
+        pair = gen.choice(classes[classes != c], 2, replace=False)
+        rest = [gen.choice(np.flatnonzero(y == d)) for d in pair]
         place = gen.permutation(4)
         sources[m, place] = np.concatenate([own, rest])
         is_target[m, place] = [True, True, False, False]
@@ -99,7 +100,8 @@ def focus(attribution: torch.Tensor, target_tiles: torch.Tensor) -> torch.Tensor
     :math:`\sum_{i \in T} \max(a_i, 0) / \sum_i \max(a_i, 0)` over the entries of all channels,
     :math:`T` the target tiles (the quadrants of the map). As Quantus's ``Focus``
     :cite:p:`hedstrom2023quantus` without its normalisation (the share does not depend on the
-    map's scale); 0 for a map with no positive entry.
+    map's scale). A map with no positive entry points nowhere: it scores the target tiles' share
+    of the area, as a constant map does (chance), not 0.
 
     Parameters
     ----------
@@ -125,7 +127,8 @@ def focus(attribution: torch.Tensor, target_tiles: torch.Tensor) -> torch.Tensor
     quadrants = positive.reshape(m, 2, h2 // 2, 2, w2 // 2).sum((2, 4)).reshape(m, 4)
     total = quadrants.sum(1)
     inside = (quadrants * target_tiles.to(quadrants.device)).sum(1)
-    return torch.where(total > 0, inside / torch.where(total > 0, total, 1), 0.0)
+    chance = target_tiles.to(quadrants).sum(1) / 4
+    return torch.where(total > 0, inside / torch.where(total > 0, total, 1), chance)
 
 
 def tiles(images: torch.Tensor) -> torch.Tensor:

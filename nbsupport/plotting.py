@@ -21,6 +21,7 @@ from matplotlib.patches import Ellipse
 
 from ._validate import integer, module, real
 from .patterns import activation_patterns, group_by_pattern
+from .report import format_p
 
 __all__ = ["PALETTE", "ANALYTIC", "MONTE_CARLO", "VERDICT_COLOURS", "MAX_WIDTH", "MIN_FONT_SIZE",
            "set_style", "image_grid", "pattern_regions", "covariance_ellipse", "forest"]
@@ -300,18 +301,12 @@ def forest(verdicts, ax: plt.Axes | None = None, *, margin=None, xlabel: str = "
     if annotate:
         transform = mpl.transforms.blended_transform_factory(ax.transAxes, ax.transData)
         for y, row in zip(ys, rows):
-            ax.text(1.02, y, f"{row.label}, p = {_pvalue(row.p_adjusted)}", transform=transform,
+            ax.text(1.02, y, f"{row.label}, p {format_p(row.p_adjusted)}", transform=transform,
                     va="center", ha="left", color=VERDICT_COLOURS[row.label],
                     fontsize=max(MIN_FONT_SIZE, mpl.rcParams["font.size"] * 0.8))
     return ax
 
 
-def _pvalue(p) -> str:
-    """A p-value for a label: two significant digits, '< 0.001' below a thousandth."""
-    p = float(p)
-    if not np.isfinite(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.2g}"
 
 
 def _numpy(values) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-__all__ = ["glue_number", "table_html", "show_table", "check"]
+__all__ = ["glue_number", "format_p", "table_html", "show_table", "check"]
 
 
 def glue_number(key: str, value) -> None:
@@ -32,6 +32,19 @@ def glue_number(key: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"value must be a real number, got {value!r}")
     glue(key, value, display=False)
+
+
+def format_p(p) -> str:
+    """A p-value as the text after "p": ``"= 0.023"`` (two significant digits), ``"< 0.001"``
+    below a thousandth (never ``"= 0.000"``), ``"n/a"`` if it is not finite. Forest plots and
+    prose print p-values with it (``f"p {format_p(p)}"``).
+    """
+    import math
+
+    p = float(p)
+    if not math.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"= {p:.2g}"
 
 
 def table_html(frame, name: str, formats: Mapping[str, str] | str | None = None, index: bool = True,

@@ -24,6 +24,9 @@ def test_mosaics_place_two_target_tiles_and_two_others():
         for t, (r, c) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
             assert torch.equal(m.images[k, :, r:r + 4, c:c + 4], x[src[t]])
             assert bool(y[src[t]] == m.target[k]) == bool(m.target_tiles[k, t])
+        # the two other tiles come from two distinct classes: none ties with the target
+        others = [int(y[src[t]]) for t in range(4) if not m.target_tiles[k, t]]
+        assert len(set(others)) == 2
     # every arrangement and class occurs; the same rng gives the same mosaics
     assert len({tuple(t.tolist()) for t in m.target_tiles}) == 6
     assert set(m.target.tolist()) == set(range(5))
@@ -44,7 +47,7 @@ def _loop_focus(a, tiles):
                     total += v
                     if tiles[k, 2 * (i >= h) + (j >= w)]:
                         inside += v
-        out.append(inside / total if total > 0 else 0.0)
+        out.append(inside / total if total > 0 else float(tiles[k].sum()) / 4)
     return np.array(out)
 
 
@@ -54,7 +57,11 @@ def test_focus_matches_a_loop_and_its_null():
     tiles = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]],
                          dtype=torch.bool)
     assert np.allclose(focus(a, tiles).numpy(), _loop_focus(a, tiles), atol=1e-12)
-    assert focus(-a.abs(), tiles).tolist() == [0.0] * 6  # no positive relevance
+    # no positive relevance: chance, the target tiles' share of the area (a constant map's)
+    assert focus(-a.abs(), tiles).tolist() == [0.5] * 6
+    assert focus(-a.abs(), tiles).tolist() == focus(torch.ones_like(a), tiles).tolist()
+    one_tile = torch.tensor([[1, 0, 0, 0]] * 6, dtype=torch.bool)
+    assert focus(-a.abs(), one_tile).tolist() == [0.25] * 6
     # a map on the target tiles only scores 1; the mean over many random maps is 0.5
     inside = tiles[:, :, None, None].expand(6, 4, 3, 4).reshape(6, 2, 2, 3, 4).permute(0, 1, 3, 2, 4)
     on_target = inside.reshape(6, 1, 6, 8).double()

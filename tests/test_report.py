@@ -56,3 +56,9 @@ def test_check_prints_one_labelled_line(capsys):
                                                    "check C004-7: holds"]
     with pytest.raises(ValueError, match="row_ids must be"):
         report.check([], "x")
+
+
+def test_format_p_never_prints_zero():
+    assert [report.format_p(p) for p in (0.0, 4e-4, 0.001, 0.0234, 0.5, 1.0)] == \
+        ["< 0.001", "< 0.001", "= 0.001", "= 0.023", "= 0.5", "= 1"]
+    assert report.format_p(float("nan")) == "n/a"
