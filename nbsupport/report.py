@@ -34,17 +34,25 @@ def glue_number(key: str, value) -> None:
     glue(key, value, display=False)
 
 
-def format_p(p) -> str:
-    """A p-value as the text after "p": ``"= 0.023"`` (two significant digits), ``"< 0.001"``
-    below a thousandth (never ``"= 0.000"``), ``"n/a"`` if it is not finite. Forest plots and
-    prose print p-values with it (``f"p {format_p(p)}"``).
+def format_p(p, relation: bool = True) -> str:
+    """A p-value as text: two significant digits, ``"< 0.001"`` below a thousandth (never
+    ``"0.000"``), ``"n/a"`` if it is not finite.
+
+    Parameters
+    ----------
+    p : float
+    relation : bool
+        ``True``: the text after "p" in a sentence or a plot label, ``"= 0.023"`` or ``"< 0.001"``
+        (``f"p {format_p(p)}"``); ``False``: a table cell, ``"0.023"`` or ``"< 0.001"``.
     """
     import math
 
     p = float(p)
     if not math.isfinite(p):
         return "n/a"
-    return "< 0.001" if p < 0.001 else f"= {p:.2g}"
+    if p < 0.001:
+        return "< 0.001"
+    return f"= {p:.2g}" if relation else f"{p:.2g}"
 
 
 def table_html(frame, name: str, formats: Mapping[str, str] | str | None = None, index: bool = True,
