@@ -99,12 +99,14 @@ class MaxPool2d(nn.MaxPool2d):
     with few channels is several times slower than its channels-last kernel, which makes a small
     CNN's evaluation about a third faster (``benchmarks/bench_evaluate.py``). With autograd on
     (training, gradients, pullbacks, which intercept ``F.max_pool2d``) it is ``nn.MaxPool2d``'s
-    forward pass, so training and every gradient are unchanged.
+    forward pass, so training and every gradient are unchanged; so it is inside ``torch.func``
+    transforms (``vmap`` cannot ask a tensor for its channels-last layout).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape (N, C, H, W) -> pooled; any other input as ``nn.MaxPool2d``."""
-        if torch.is_grad_enabled() or self.return_indices or x.ndim != 4:
+        if (torch.is_grad_enabled() or self.return_indices or x.ndim != 4
+                or torch._C._functorch.is_functorch_wrapped_tensor(x)):
             return super().forward(x)
         pooled = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
                               self.padding, self.dilation, ceil_mode=self.ceil_mode)
@@ -374,7 +376,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=nn.func
     """Mean loss and accuracy (argmax of the output) of ``model`` on ``(x, y)``, in eval mode.
 
     Batches of 512 keep a small CNN's activations in cache: on two CPU cores they evaluate the test
-    set about twice as fast as batches of 4096 (``benchmarks/bench_training.py``).
+    set about twice as fast as batches of 4096 (``benchmarks/bench_evaluate.py``; the logits agree
+    to rounding, about 1e-7, since the kernels block the batch differently).
 
     Parameters
     ----------

@@ -35,15 +35,15 @@ def glue_number(key: str, value) -> None:
 
 
 def format_p(p, relation: bool = True) -> str:
-    """A p-value as text: two significant digits, ``"< 0.001"`` below a thousandth (never
-    ``"0.000"``), ``"n/a"`` if it is not finite.
+    """A p-value as text: three significant digits (so that 0.0496 does not print as 0.05),
+    ``"< 0.001"`` below a thousandth (never ``"0.000"``), ``"n/a"`` if it is not finite.
 
     Parameters
     ----------
     p : float
     relation : bool
-        ``True``: the text after "p" in a sentence or a plot label, ``"= 0.023"`` or ``"< 0.001"``
-        (``f"p {format_p(p)}"``); ``False``: a table cell, ``"0.023"`` or ``"< 0.001"``.
+        ``True``: the text after "p" in a sentence or a plot label, ``"= 0.0231"`` or ``"< 0.001"``
+        (``f"p {format_p(p)}"``); ``False``: a table cell, ``"0.0231"`` or ``"< 0.001"``.
     """
     import math
 
@@ -52,7 +52,7 @@ def format_p(p, relation: bool = True) -> str:
         return "n/a"
     if p < 0.001:
         return "< 0.001"
-    return f"= {p:.2g}" if relation else f"{p:.2g}"
+    return f"= {p:.3g}" if relation else f"{p:.3g}"
 
 
 def table_html(frame, name: str, formats: Mapping[str, str] | str | None = None, index: bool = True,

@@ -651,3 +651,7 @@ def test_max_pool_is_nn_max_pool_bit_for_bit(case):
     ours(a).backward(grad)
     theirs(b).backward(grad)
     assert torch.equal(a.grad, b.grad)
+    # inside torch.func.vmap without autograd (the channels-last route cannot run there)
+    with torch.no_grad():
+        batched = torch.func.vmap(ours)(x[None].expand(2, *x.shape))
+    assert torch.equal(batched[1], theirs(x))

@@ -59,7 +59,7 @@ def test_check_prints_one_labelled_line(capsys):
 
 
 def test_format_p_never_prints_zero():
-    assert [report.format_p(p) for p in (0.0, 4e-4, 0.001, 0.0234, 0.5, 1.0)] == \
-        ["< 0.001", "< 0.001", "= 0.001", "= 0.023", "= 0.5", "= 1"]
+    assert [report.format_p(p) for p in (0.0, 4e-4, 0.001, 0.0234, 0.0496, 0.5, 1.0)] == \
+        ["< 0.001", "< 0.001", "= 0.001", "= 0.0234", "= 0.0496", "= 0.5", "= 1"]
     assert report.format_p(float("nan")) == "n/a"
-    assert [report.format_p(p, relation=False) for p in (4e-4, 0.0234)] == ["< 0.001", "0.023"]
+    assert [report.format_p(p, relation=False) for p in (4e-4, 0.0234)] == ["< 0.001", "0.0234"]
