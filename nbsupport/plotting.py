@@ -307,8 +307,6 @@ def forest(verdicts, ax: plt.Axes | None = None, *, margin=None, xlabel: str = "
     return ax
 
 
-
-
 def _numpy(values) -> np.ndarray:
     """A float64 NumPy copy of an array-like or a tensor on any device."""
     if isinstance(values, torch.Tensor):
