@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ._validate import check_input, check_target, integer, labels, torch_rng
-from .intercept import route_calls
+from .intercept import relu_forward_saving, route_calls
 from .saliency import input_gradient
 
 __all__ = [
@@ -40,11 +40,7 @@ class _GuidedReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, inplace):
-        ctx.save_for_backward(z > 0)
-        if inplace:
-            ctx.mark_dirty(z)
-            return z.relu_()
-        return torch.relu(z)
+        return relu_forward_saving(ctx, z, z > 0, inplace)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

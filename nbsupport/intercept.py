@@ -143,6 +143,17 @@ def _training_call(func, args, kwargs) -> str | None:
     return getattr(func, "__name__", repr(func)) if on and p > 0 else None
 
 
+def relu_forward_saving(ctx, z: torch.Tensor, saved: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """The forward pass of a ReLU rule written as an ``autograd.Function``: keep ``saved`` (what
+    the rule's backward pass needs, taken before an in-place ReLU overwrites ``z``) and return
+    ``relu(z)``, in place (``z`` marked dirty) when ``inplace``."""
+    ctx.save_for_backward(saved)
+    if inplace:
+        ctx.mark_dirty(z)
+        return z.relu_()
+    return torch.relu(z)
+
+
 class _CallRouter(TorchFunctionMode):
     """Route ReLU and max-pool calls to ``relu_rule(z, inplace)`` and ``pool_rule(x, geometry, ceil_mode)``."""
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .._validate import flag, real
-from ..intercept import PoolGeometry, route_calls
+from ..intercept import PoolGeometry, relu_forward_saving, route_calls
 from ..saliency import input_gradient
 from .softpool import check_padding_value, softmax_routed_max_pool2d
 
@@ -102,15 +102,8 @@ class _SurrogateReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, temperature, inplace):
-        ctx.temperature = temperature
-        if inplace:
-            ctx.gated = True
-            ctx.save_for_backward(z.div(temperature).sigmoid_())
-            ctx.mark_dirty(z)
-            return z.relu_()
-        ctx.gated = False
-        ctx.save_for_backward(z)
-        return torch.relu(z)
+        ctx.temperature, ctx.gated = temperature, bool(inplace)
+        return relu_forward_saving(ctx, z, z.div(temperature).sigmoid_() if inplace else z, inplace)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -135,11 +128,7 @@ class _ExcitedReLU(torch.autograd.Function):
             got = (f"{tuple(gate.shape)} {gate.dtype}" if isinstance(gate, torch.Tensor) else type(gate).__name__)
             raise ValueError(f"excitation must map z to a tensor of z's shape {tuple(z.shape)} and dtype "
                              f"{z.dtype} (e.g. torch.where(z > 0, 1.0, torch.full_like(z, 0.3))), got {got}")
-        ctx.save_for_backward(gate)
-        if inplace:
-            ctx.mark_dirty(z)
-            return z.relu_()
-        return torch.relu(z)
+        return relu_forward_saving(ctx, z, gate, inplace)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
